@@ -1,0 +1,47 @@
+/// Errors of the bdev layer's control path (create, open, claim, delete). The data path reports
+/// outcomes as [`crate::IoStatus`] instead.
+#[derive(Debug, thiserror::Error, Clone)]
+pub enum BdevError {
+    #[error("bdev '{0}' not found")]
+    NotFound(String),
+    #[error("bdev name '{0}' already exists")]
+    Exists(String),
+    #[error("bdev '{name}' is claimed by module '{module}'")]
+    Claimed { name: String, module: String },
+    #[error("bdev '{name}' has writers open; cannot claim it for '{module}'")]
+    HasWriters { name: String, module: String },
+    #[error("bdev '{0}' is being removed")]
+    Removed(String),
+    #[error("invalid parameter '{param}': {reason}")]
+    InvalidParam { param: &'static str, reason: String },
+    #[error("{context}: {source}")]
+    Io {
+        context: String,
+        #[source]
+        source: std::sync::Arc<std::io::Error>,
+    },
+}
+
+impl BdevError {
+    /// Shorthand for [`BdevError::InvalidParam`].
+    pub fn invalid(param: &'static str, reason: impl Into<String>) -> BdevError {
+        BdevError::InvalidParam { param, reason: reason.into() }
+    }
+
+    /// Wraps an OS error with what was being done.
+    pub fn io(context: impl Into<String>, source: std::io::Error) -> BdevError {
+        BdevError::Io { context: context.into(), source: std::sync::Arc::new(source) }
+    }
+
+    /// Negative errno for the RPC edge (SPDK reports these codes).
+    pub fn errno(&self) -> i32 {
+        match self {
+            BdevError::NotFound(_) => -libc::ENODEV,
+            BdevError::Exists(_) => -libc::EEXIST,
+            BdevError::Claimed { .. } | BdevError::HasWriters { .. } => -libc::EPERM,
+            BdevError::Removed(_) => -libc::ENODEV,
+            BdevError::InvalidParam { .. } => -libc::EINVAL,
+            BdevError::Io { source, .. } => -source.raw_os_error().unwrap_or(libc::EIO),
+        }
+    }
+}

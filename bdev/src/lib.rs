@@ -1,0 +1,45 @@
+//! Keel's block-device layer.
+//!
+//! A **bdev** is a registered block device ([`Bdev`]) built by a **module** (malloc, null,
+//! uring, error, delay, passthru here; dm and md elsewhere). Modules declare what a bdev is as
+//! data ([`BdevParams`]: size, block size, supported ops) and implement two small traits:
+//! [`BdevBackend`] (per bdev, shared by all cores) and [`BackendChannel`] (per bdev per core).
+//! The core does the generic work: naming, claims, validation of every request, statistics,
+//! hot removal.
+//!
+//! # Using a bdev
+//!
+//! 1. [`BdevRegistry::open`] gives a [`Descriptor`] (read-only or writable); a module stacking
+//!    on a bdev also [`Descriptor::claim`]s it so nobody writes under its feet.
+//! 2. On each core that does I/O, [`Descriptor::channel`] gives a [`Channel`].
+//! 3. Take requests from an [`IoPool`] (allocated once), fill them with
+//!    [`IoRequest::prepare`] and buffers ([`DmaBuf`] windows), and [`Channel::submit`] them
+//!    with a [`CompletionQueue`] that one of your pollers drains.
+//!
+//! After step 2 nothing on this path allocates or locks: requests and buffers are reused,
+//! completion queues keep their capacity, statistics are per-channel `Cell`s, the removal flag
+//! is an atomic load. `tests/no_alloc.rs` holds the proof.
+//!
+//! # Threading
+//!
+//! `Bdev`, `BdevRegistry` and `Descriptor` are `Send + Sync` control-path objects. Channels,
+//! requests, buffers and completion queues are `!Send` and stay on the core that made them.
+#![deny(unsafe_code)]
+
+mod bdev;
+pub mod buf;
+mod error;
+mod io;
+pub mod modules;
+mod registry;
+pub mod stats;
+
+pub use bdev::{
+    BackendChannel, Bdev, BdevBackend, BdevChannel, BdevEvent, BdevInfo, BdevParams, Channel, ConfigCall, Descriptor,
+    IoCaps,
+};
+pub use buf::{BufPool, DmaBuf};
+pub use error::BdevError;
+pub use io::{CompletionQueue, IoBox, IoOp, IoPool, IoRequest, IoStatus, IoVec, SgList, Submit, MAX_DEPTH, MAX_IOVS};
+pub use registry::BdevRegistry;
+pub use stats::{ChannelStats, IoStats, OpStats};

@@ -1,0 +1,50 @@
+//! Bdev modules that ship with the core.
+//!
+//! Each module has an options struct whose field names are SPDK's RPC parameter names (so RPC
+//! and JSON config decode straight into it, unknown keys refused), a `create` that validates and
+//! registers, a `delete`, and a backend implementing [`crate::BdevBackend`] whose `config()`
+//! reproduces the creating RPC for save_config.
+
+pub mod malloc;
+pub mod null;
+
+use serde_json::Value;
+use uuid::Uuid;
+
+use crate::{BdevError, BdevRegistry};
+
+/// Parses an optional UUID parameter.
+pub fn parse_uuid(param: &'static str, text: Option<&str>) -> Result<Option<Uuid>, BdevError> {
+    text.map(|t| Uuid::parse_str(t).map_err(|e| BdevError::invalid(param, format!("'{t}' is not a UUID: {e}"))))
+        .transpose()
+}
+
+/// Deletes `name` if it belongs to `module`; `done` runs once the removal finished. The error is
+/// `NotFound` for an unknown name or a bdev of another module (as SPDK's `*_delete`).
+pub fn delete_of_module(
+    reg: &BdevRegistry,
+    module: &str,
+    name: &str,
+    done: impl FnOnce() + Send + 'static,
+) -> Result<(), BdevError> {
+    match reg.get(name) {
+        Some(b) if b.info().module == module && b.name() == name => reg.unregister(name, done),
+        _ => Err(BdevError::NotFound(name.to_string())),
+    }
+}
+
+/// Refuses metadata/DIF options Keel does not implement, naming the parameter.
+pub fn refuse_md(md_size: Option<u32>, dif_type: Option<i32>) -> Result<(), BdevError> {
+    if md_size.unwrap_or(0) != 0 {
+        return Err(BdevError::invalid("md_size", "separate or interleaved metadata is not supported"));
+    }
+    if dif_type.unwrap_or(0) != 0 {
+        return Err(BdevError::invalid("dif_type", "DIF protection is not supported"));
+    }
+    Ok(())
+}
+
+/// `{"key": value, ...}` helper for config() output.
+pub fn obj(pairs: impl IntoIterator<Item = (&'static str, Value)>) -> Value {
+    Value::Object(pairs.into_iter().map(|(k, v)| (k.to_string(), v)).collect())
+}
