@@ -279,7 +279,10 @@ impl Bdev {
         }
         if writable {
             if let Some((_, module)) = &*self.claim.lock().unwrap() {
-                return Err(BdevError::Claimed { name: self.name().to_string(), module: module.clone() });
+                return Err(BdevError::Claimed {
+                    name: self.name().to_string(),
+                    module: module.clone(),
+                });
             }
         }
         let id = NEXT_DESC.fetch_add(1, Ordering::Relaxed);
@@ -326,7 +329,10 @@ impl Descriptor {
     pub fn claim(&self, module: &str) -> Result<(), BdevError> {
         let mut claim = self.bdev.claim.lock().unwrap();
         if let Some((_, m)) = &*claim {
-            return Err(BdevError::Claimed { name: self.bdev.name().to_string(), module: m.clone() });
+            return Err(BdevError::Claimed {
+                name: self.bdev.name().to_string(),
+                module: m.clone(),
+            });
         }
         let other_writers = self
             .bdev
@@ -336,7 +342,10 @@ impl Descriptor {
             .iter()
             .any(|o| o.writable && o.id != self.id);
         if other_writers {
-            return Err(BdevError::HasWriters { name: self.bdev.name().to_string(), module: module.to_string() });
+            return Err(BdevError::HasWriters {
+                name: self.bdev.name().to_string(),
+                module: module.to_string(),
+            });
         }
         *claim = Some((self.id, module.to_string()));
         Ok(())

@@ -67,7 +67,9 @@ impl DmaBuf {
     /// Allocates a zeroed buffer of `len_bytes`. This allocates: call at set-up time, or take
     /// one from [`BufPool`].
     pub fn new(len_bytes: usize) -> DmaBuf {
-        DmaBuf { mem: Rc::new(RefCell::new(AlignedMem::new(len_bytes))) }
+        DmaBuf {
+            mem: Rc::new(RefCell::new(AlignedMem::new(len_bytes))),
+        }
     }
 
     /// Length in bytes.
@@ -123,7 +125,10 @@ thread_local! {
 
 fn class_of(len_bytes: usize) -> (usize, usize) {
     let size = len_bytes.max(BUF_ALIGN).next_power_of_two();
-    (size.trailing_zeros() as usize - BUF_ALIGN.trailing_zeros() as usize, size)
+    (
+        size.trailing_zeros() as usize - BUF_ALIGN.trailing_zeros() as usize,
+        size,
+    )
 }
 
 impl BufPool {

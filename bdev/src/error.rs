@@ -25,12 +25,18 @@ pub enum BdevError {
 impl BdevError {
     /// Shorthand for [`BdevError::InvalidParam`].
     pub fn invalid(param: &'static str, reason: impl Into<String>) -> BdevError {
-        BdevError::InvalidParam { param, reason: reason.into() }
+        BdevError::InvalidParam {
+            param,
+            reason: reason.into(),
+        }
     }
 
     /// Wraps an OS error with what was being done.
     pub fn io(context: impl Into<String>, source: std::io::Error) -> BdevError {
-        BdevError::Io { context: context.into(), source: std::sync::Arc::new(source) }
+        BdevError::Io {
+            context: context.into(),
+            source: std::sync::Arc::new(source),
+        }
     }
 
     /// Negative errno for the RPC edge (SPDK reports these codes).

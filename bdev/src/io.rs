@@ -39,7 +39,14 @@ pub enum IoOp {
 
 impl IoOp {
     /// Every operation, in a fixed order (index = `as usize`).
-    pub const ALL: [IoOp; 6] = [IoOp::Read, IoOp::Write, IoOp::Flush, IoOp::Unmap, IoOp::WriteZeroes, IoOp::Reset];
+    pub const ALL: [IoOp; 6] = [
+        IoOp::Read,
+        IoOp::Write,
+        IoOp::Flush,
+        IoOp::Unmap,
+        IoOp::WriteZeroes,
+        IoOp::Reset,
+    ];
 
     /// Whether data moves through `iovs`.
     #[inline]
@@ -123,7 +130,11 @@ impl IoVec {
     /// The whole buffer.
     pub fn whole(buf: DmaBuf) -> IoVec {
         let len = buf.len() as u32;
-        IoVec { buf, offset_bytes: 0, len_bytes: len }
+        IoVec {
+            buf,
+            offset_bytes: 0,
+            len_bytes: len,
+        }
     }
 }
 
@@ -146,7 +157,9 @@ pub struct CompletionQueue {
 impl CompletionQueue {
     /// A queue with room for `cap` completions before it grows.
     pub fn with_capacity(cap: usize) -> CompletionQueue {
-        CompletionQueue { q: Rc::new(RefCell::new(VecDeque::with_capacity(cap))) }
+        CompletionQueue {
+            q: Rc::new(RefCell::new(VecDeque::with_capacity(cap))),
+        }
     }
 
     /// Takes the oldest completion.
@@ -281,7 +294,12 @@ impl IoRequest {
     #[inline]
     pub(crate) fn push_frame(&mut self, cq: &CompletionQueue, stats: Option<Rc<ChannelStats>>) -> Result<(), ()> {
         self.frames
-            .try_push(Frame { cq: cq.clone(), stats, submit_ticks: ticks(), layer_word: 0 })
+            .try_push(Frame {
+                cq: cq.clone(),
+                stats,
+                submit_ticks: ticks(),
+                layer_word: 0,
+            })
             .map_err(|_| ())
     }
 
@@ -320,7 +338,10 @@ pub struct IoPool {
 impl IoPool {
     /// `capacity` requests, allocated now.
     pub fn new(capacity: usize) -> IoPool {
-        IoPool { free: (0..capacity).map(|_| IoRequest::new_boxed()).collect(), capacity }
+        IoPool {
+            free: (0..capacity).map(|_| IoRequest::new_boxed()).collect(),
+            capacity,
+        }
     }
 
     /// A free request, if any is left.

@@ -21,7 +21,10 @@ const MAX_NAME_LEN: usize = 255;
 impl BdevRegistry {
     /// An empty registry whose removal notices travel over `cores`.
     pub fn new(cores: Cores) -> Arc<BdevRegistry> {
-        Arc::new(BdevRegistry { cores, bdevs: Mutex::new(Vec::new()) })
+        Arc::new(BdevRegistry {
+            cores,
+            bdevs: Mutex::new(Vec::new()),
+        })
     }
 
     /// The reactors this registry's bdevs run on.
@@ -143,7 +146,9 @@ impl BdevRegistry {
                 None => cb(BdevEvent::Remove),
             }
         }
-        let origin = try_current().map(|r| r.core()).unwrap_or_else(|| self.cores.main_core());
+        let origin = try_current()
+            .map(|r| r.core())
+            .unwrap_or_else(|| self.cores.main_core());
         let b2 = bdev.clone();
         self.cores.for_each_core(
             move || {

@@ -93,7 +93,11 @@ fn status_index(s: IoStatus) -> usize {
 impl ChannelStats {
     /// Zeroed statistics for a bdev of `block_size` bytes.
     pub fn new(block_size: u32) -> ChannelStats {
-        ChannelStats { block_size: block_size as u64, per_op: Default::default(), errors: Default::default() }
+        ChannelStats {
+            block_size: block_size as u64,
+            per_op: Default::default(),
+            errors: Default::default(),
+        }
     }
 
     /// Charges one completion. Successful ops count toward ops/bytes/latency; failures count by

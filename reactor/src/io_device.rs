@@ -58,8 +58,14 @@ impl<T: 'static> IoDevice<T> {
             return ch;
         }
         let chan: Rc<T> = Rc::new((self.factory)(reactor.core()));
-        reactor.channels.borrow_mut().insert(self.id, chan.clone() as Rc<dyn Any>);
-        IoChannel { chan, device_id: self.id }
+        reactor
+            .channels
+            .borrow_mut()
+            .insert(self.id, chan.clone() as Rc<dyn Any>);
+        IoChannel {
+            chan,
+            device_id: self.id,
+        }
     }
 
     /// This core's channel if one exists (no creation). Called on a reactor core.
@@ -70,17 +76,16 @@ impl<T: 'static> IoDevice<T> {
     fn lookup_on(&self, reactor: &crate::Reactor) -> Option<IoChannel<T>> {
         let any = reactor.channels.borrow().get(&self.id).cloned()?;
         let chan = any.downcast::<T>().ok()?;
-        Some(IoChannel { chan, device_id: self.id })
+        Some(IoChannel {
+            chan,
+            device_id: self.id,
+        })
     }
 
     /// Visits every existing channel, each on its own core, one core after another in mask
     /// order, then runs `done` on the core that called this. Called on a reactor core; returns
     /// at once, the visits happen later.
-    pub fn for_each_channel(
-        &self,
-        visit: impl Fn(&T) + Send + Sync + 'static,
-        done: impl FnOnce() + Send + 'static,
-    ) {
+    pub fn for_each_channel(&self, visit: impl Fn(&T) + Send + Sync + 'static, done: impl FnOnce() + Send + 'static) {
         let reactor = current();
         let origin = reactor.core();
         let cores = reactor.cores().clone();
@@ -107,7 +112,13 @@ impl Cores {
         origin: CoreId,
         done: impl FnOnce() + Send + 'static,
     ) {
-        fn step(cores: Cores, idx: usize, visit: Arc<dyn Fn() + Send + Sync>, origin: CoreId, done: Box<dyn FnOnce() + Send>) {
+        fn step(
+            cores: Cores,
+            idx: usize,
+            visit: Arc<dyn Fn() + Send + Sync>,
+            origin: CoreId,
+            done: Box<dyn FnOnce() + Send>,
+        ) {
             let ids = cores.core_ids();
             if idx >= ids.len() {
                 // If origin vanished (shutdown), the completion is dropped with the queue.

@@ -204,11 +204,7 @@ impl Reactor {
 
     /// Registers an active poller: `f` runs once every loop turn until the returned handle is
     /// dropped or unregistered. Called on this reactor's core.
-    pub fn register_poller(
-        &self,
-        name: impl Into<String>,
-        f: impl FnMut() -> PollStatus + 'static,
-    ) -> PollerHandle {
+    pub fn register_poller(&self, name: impl Into<String>, f: impl FnMut() -> PollStatus + 'static) -> PollerHandle {
         self.add_poller(name.into(), 0, Box::new(f))
     }
 

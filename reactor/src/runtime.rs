@@ -20,11 +20,7 @@ impl Runtime {
     /// Starts one reactor thread per core of `mask`, pinned to that core when `pin` is set (a
     /// core the machine does not have is an error then). `init` runs first thing on the main
     /// (lowest) core. Call from a non-reactor thread.
-    pub fn start(
-        mask: &CoreMask,
-        pin: bool,
-        init: impl FnOnce() + Send + 'static,
-    ) -> Result<Runtime, ReactorError> {
+    pub fn start(mask: &CoreMask, pin: bool, init: impl FnOnce() + Send + 'static) -> Result<Runtime, ReactorError> {
         if pin {
             let avail: Vec<usize> = core_affinity::get_core_ids()
                 .unwrap_or_default()
@@ -48,7 +44,10 @@ impl Runtime {
             let t = std::thread::Builder::new()
                 .name(format!("reactor_{}", core.0))
                 .spawn(move || run_reactor(core, c, pin))
-                .map_err(|e| ReactorError::Spawn { core, reason: e.to_string() })?;
+                .map_err(|e| ReactorError::Spawn {
+                    core,
+                    reason: e.to_string(),
+                })?;
             threads.push(t);
         }
         Ok(Runtime { cores, threads })
@@ -92,7 +91,11 @@ fn run_reactor(core: CoreId, cores: Cores, pin: bool) {
                 break;
             }
             if Instant::now() > deadline {
-                tracing::warn!(core = core.0, pollers = reactor.poller_count(), "reactor exits with work left");
+                tracing::warn!(
+                    core = core.0,
+                    pollers = reactor.poller_count(),
+                    "reactor exits with work left"
+                );
                 break;
             }
         }

@@ -11,7 +11,10 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::{delete_of_module, obj, parse_uuid, refuse_md};
-use crate::{BackendChannel, Bdev, BdevBackend, BdevError, BdevInfo, BdevParams, BdevRegistry, ConfigCall, IoBox, IoCaps, IoOp, IoStatus, IoVec, Submit};
+use crate::{
+    BackendChannel, Bdev, BdevBackend, BdevError, BdevInfo, BdevParams, BdevRegistry, ConfigCall, IoBox, IoCaps, IoOp,
+    IoStatus, IoVec, Submit,
+};
 
 /// `bdev_malloc_create` parameters (SPDK names).
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -67,7 +70,9 @@ impl Storage {
         v.try_reserve_exact(n)
             .map_err(|_| BdevError::invalid("num_blocks", format!("cannot allocate {len_bytes} bytes")))?;
         v.extend((0..n).map(|_| AtomicU64::new(0)));
-        Ok(Storage { words: v.into_boxed_slice() })
+        Ok(Storage {
+            words: v.into_boxed_slice(),
+        })
     }
 
     /// Copies `dst.len()` bytes starting at byte `pos` (8-aligned) out of the disk.
@@ -92,7 +97,10 @@ impl Storage {
         let first = (pos / 8) as usize;
         let mut chunks = src.chunks_exact(8);
         for (w, chunk) in self.words[first..].iter().zip(&mut chunks) {
-            w.store(u64::from_le_bytes(chunk.try_into().expect("8 bytes")), Ordering::Relaxed);
+            w.store(
+                u64::from_le_bytes(chunk.try_into().expect("8 bytes")),
+                Ordering::Relaxed,
+            );
         }
         let tail = chunks.remainder();
         if !tail.is_empty() {
@@ -160,7 +168,10 @@ impl BackendChannel for MallocChannel {
 
 impl BdevBackend for MallocBackend {
     fn create_channel(&self, _core: CoreId) -> Box<dyn BackendChannel> {
-        Box::new(MallocChannel { storage: self.storage.clone(), block_size: self.block_size })
+        Box::new(MallocChannel {
+            storage: self.storage.clone(),
+            block_size: self.block_size,
+        })
     }
 
     fn config(&self, info: &BdevInfo) -> Option<ConfigCall> {
@@ -184,7 +195,10 @@ pub fn create(reg: &BdevRegistry, opts: &MallocOpts) -> Result<Arc<Bdev>, BdevEr
     refuse_md(opts.md_size, opts.dif_type)?;
     let bs = opts.block_size;
     if bs < 512 || !bs.is_power_of_two() {
-        return Err(BdevError::invalid("block_size", format!("{bs} is not a power of two of at least 512")));
+        return Err(BdevError::invalid(
+            "block_size",
+            format!("{bs} is not a power of two of at least 512"),
+        ));
     }
     if opts.num_blocks == 0 {
         return Err(BdevError::invalid("num_blocks", "must be greater than 0"));
@@ -193,7 +207,12 @@ pub fn create(reg: &BdevRegistry, opts: &MallocOpts) -> Result<Arc<Bdev>, BdevEr
         .num_blocks
         .checked_mul(bs as u64)
         .filter(|&s| s <= MAX_SIZE_BYTES)
-        .ok_or_else(|| BdevError::invalid("num_blocks", format!("size exceeds the {} GiB limit", MAX_SIZE_BYTES >> 30)))?;
+        .ok_or_else(|| {
+            BdevError::invalid(
+                "num_blocks",
+                format!("size exceeds the {} GiB limit", MAX_SIZE_BYTES >> 30),
+            )
+        })?;
     let physical_block_size = opts.physical_block_size.unwrap_or(bs);
     if physical_block_size < bs || !physical_block_size.is_power_of_two() {
         return Err(BdevError::invalid(
@@ -203,7 +222,10 @@ pub fn create(reg: &BdevRegistry, opts: &MallocOpts) -> Result<Arc<Bdev>, BdevEr
     }
     let name = match &opts.name {
         Some(n) => n.clone(),
-        None => (0..).map(|i| format!("Malloc{i}")).find(|n| reg.get(n).is_none()).expect("a free name"),
+        None => (0..)
+            .map(|i| format!("Malloc{i}"))
+            .find(|n| reg.get(n).is_none())
+            .expect("a free name"),
     };
     let uuid = parse_uuid("uuid", opts.uuid.as_deref())?;
     if reg.get(&name).is_some() {

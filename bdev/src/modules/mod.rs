@@ -5,8 +5,12 @@
 //! registers, a `delete`, and a backend implementing [`crate::BdevBackend`] whose `config()`
 //! reproduces the creating RPC for save_config.
 
+pub mod delay;
+pub mod error;
 pub mod malloc;
 pub mod null;
+pub mod passthru;
+pub mod uring;
 
 use serde_json::Value;
 use uuid::Uuid;
@@ -36,7 +40,10 @@ pub fn delete_of_module(
 /// Refuses metadata/DIF options Keel does not implement, naming the parameter.
 pub fn refuse_md(md_size: Option<u32>, dif_type: Option<i32>) -> Result<(), BdevError> {
     if md_size.unwrap_or(0) != 0 {
-        return Err(BdevError::invalid("md_size", "separate or interleaved metadata is not supported"));
+        return Err(BdevError::invalid(
+            "md_size",
+            "separate or interleaved metadata is not supported",
+        ));
     }
     if dif_type.unwrap_or(0) != 0 {
         return Err(BdevError::invalid("dif_type", "DIF protection is not supported"));

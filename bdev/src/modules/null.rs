@@ -8,7 +8,10 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::{delete_of_module, obj, parse_uuid, refuse_md};
-use crate::{BackendChannel, Bdev, BdevBackend, BdevError, BdevInfo, BdevParams, BdevRegistry, ConfigCall, IoBox, IoCaps, IoOp, IoStatus, Submit};
+use crate::{
+    BackendChannel, Bdev, BdevBackend, BdevError, BdevInfo, BdevParams, BdevRegistry, ConfigCall, IoBox, IoCaps, IoOp,
+    IoStatus, Submit,
+};
 
 /// `bdev_null_create` parameters (SPDK names).
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -103,7 +106,14 @@ pub fn create(reg: &BdevRegistry, opts: &NullOpts) -> Result<Arc<Bdev>, BdevErro
             module: MODULE,
             block_size: opts.block_size,
             num_blocks: opts.num_blocks,
-            caps: IoCaps::of(&[IoOp::Read, IoOp::Write, IoOp::Flush, IoOp::Unmap, IoOp::WriteZeroes, IoOp::Reset]),
+            caps: IoCaps::of(&[
+                IoOp::Read,
+                IoOp::Write,
+                IoOp::Flush,
+                IoOp::Unmap,
+                IoOp::WriteZeroes,
+                IoOp::Reset,
+            ]),
             optimal_io_boundary_blocks: 0,
         },
         Arc::new(NullBackend { physical_block_size }),
