@@ -1,0 +1,18 @@
+//! Keel's control plane: the SPDK-compatible JSON-RPC method table and JSON configuration files.
+//!
+//! Method handlers run on the main reactor. Each takes the decoded `params` (absent or a JSON
+//! value) and a [`Reply`] that it calls exactly once, now or later (deletes finish after the
+//! hot-removal round trip through every core). Parameter names, result shapes and error codes
+//! follow SPDK (`shared/specs/spdk-rpc.md` §8) so SPDK's `rpc.py` and SPDK-format config files
+//! work unmodified.
+//!
+//! [`config`] reads `{"subsystems": [...]}` files (as `spdk_tgt -c` / `bdevperf --json` do) and
+//! applies their entries through the same handlers.
+#![forbid(unsafe_code)]
+
+pub mod config;
+mod error;
+pub mod methods;
+
+pub use error::{RpcError, INTERNAL_ERROR, INVALID_PARAMS, INVALID_REQUEST, METHOD_NOT_FOUND, PARSE_ERROR};
+pub use methods::{find_method, methods, Ctx, MethodInfo, Reply};

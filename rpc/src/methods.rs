@@ -1,0 +1,200 @@
+//! The method table: names, handlers and the states each may run in.
+
+use std::sync::Arc;
+
+use keel_bdev::modules::{delay, error, malloc, null, passthru, uring};
+use keel_bdev::{BdevError, BdevRegistry};
+use serde::de::DeserializeOwned;
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use crate::RpcError;
+
+/// What handlers work on. Owned by the application; handlers run on the main reactor.
+#[derive(Clone)]
+pub struct Ctx {
+    pub registry: Arc<BdevRegistry>,
+}
+
+/// The answer channel of one call: call it exactly once (on any core).
+pub type Reply = Box<dyn FnOnce(Result<Value, RpcError>) + Send>;
+
+/// A method handler. Runs on the main reactor.
+pub type Handler = fn(&Ctx, Option<Value>, Reply);
+
+/// One method of the table.
+pub struct MethodInfo {
+    pub name: &'static str,
+    pub handler: Handler,
+    /// Allowed before `framework_start_init` (SPDK's STARTUP state).
+    pub startup: bool,
+    /// Allowed after it (RUNTIME).
+    pub runtime: bool,
+}
+
+/// Decodes `params` into `T`, refusing unknown keys and wrong types with -32602 and serde's
+/// description of the problem. Absent params decode as `{}`.
+pub fn decode<T: DeserializeOwned>(params: Option<Value>) -> Result<T, RpcError> {
+    let v = params.unwrap_or_else(|| json!({}));
+    serde_json::from_value(v).map_err(|e| RpcError::invalid_params(format!("Invalid parameters: {e}")))
+}
+
+fn reply_with(reply: Reply, r: Result<Value, BdevError>) {
+    reply(r.map_err(RpcError::from))
+}
+
+fn create_with<T: DeserializeOwned>(
+    params: Option<Value>,
+    reply: Reply,
+    f: impl FnOnce(&T) -> Result<Value, BdevError>,
+) {
+    match decode::<T>(params) {
+        Ok(opts) => reply_with(reply, f(&opts)),
+        Err(e) => reply(Err(e)),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NameOnly {
+    name: String,
+}
+
+type DeleteFn = fn(&BdevRegistry, &str, Box<dyn FnOnce() + Send>) -> Result<(), BdevError>;
+
+fn delete_with(params: Option<Value>, reply: Reply, ctx: &Ctx, f: DeleteFn) {
+    let p: NameOnly = match decode(params) {
+        Ok(p) => p,
+        Err(e) => return reply(Err(e)),
+    };
+    // `reply` moves into the completion; on an immediate error we need it back, so share it.
+    let slot = Arc::new(std::sync::Mutex::new(Some(reply)));
+    let s2 = slot.clone();
+    let r = f(
+        &ctx.registry,
+        &p.name,
+        Box::new(move || {
+            if let Some(reply) = s2.lock().unwrap().take() {
+                reply(Ok(json!(true)))
+            }
+        }),
+    );
+    if let Err(e) = r {
+        if let Some(reply) = slot.lock().unwrap().take() {
+            reply(Err(e.into()))
+        }
+    }
+}
+
+fn bdev_malloc_create(ctx: &Ctx, params: Option<Value>, reply: Reply) {
+    create_with(params, reply, |o: &malloc::MallocOpts| {
+        malloc::create(&ctx.registry, o).map(|b| json!(b.name()))
+    })
+}
+fn bdev_malloc_delete(ctx: &Ctx, params: Option<Value>, reply: Reply) {
+    delete_with(params, reply, ctx, |r, n, d| malloc::delete(r, n, d))
+}
+fn bdev_null_create(ctx: &Ctx, params: Option<Value>, reply: Reply) {
+    create_with(params, reply, |o: &null::NullOpts| {
+        null::create(&ctx.registry, o).map(|b| json!(b.name()))
+    })
+}
+fn bdev_null_delete(ctx: &Ctx, params: Option<Value>, reply: Reply) {
+    delete_with(params, reply, ctx, |r, n, d| null::delete(r, n, d))
+}
+fn bdev_uring_create(ctx: &Ctx, params: Option<Value>, reply: Reply) {
+    create_with(params, reply, |o: &uring::UringOpts| {
+        uring::create(&ctx.registry, o).map(|b| json!(b.name()))
+    })
+}
+fn bdev_uring_delete(ctx: &Ctx, params: Option<Value>, reply: Reply) {
+    delete_with(params, reply, ctx, |r, n, d| uring::delete(r, n, d))
+}
+fn bdev_aio_create(ctx: &Ctx, params: Option<Value>, reply: Reply) {
+    create_with(params, reply, |o: &uring::AioOpts| {
+        uring::create_aio(&ctx.registry, o).map(|b| json!(b.name()))
+    })
+}
+fn bdev_aio_delete(ctx: &Ctx, params: Option<Value>, reply: Reply) {
+    delete_with(params, reply, ctx, |r, n, d| uring::delete_aio(r, n, d))
+}
+fn bdev_error_create(ctx: &Ctx, params: Option<Value>, reply: Reply) {
+    // SPDK answers `true` here, not the name.
+    create_with(params, reply, |o: &error::ErrorOpts| {
+        error::create(&ctx.registry, o).map(|_| json!(true))
+    })
+}
+fn bdev_error_delete(ctx: &Ctx, params: Option<Value>, reply: Reply) {
+    delete_with(params, reply, ctx, |r, n, d| error::delete(r, n, d))
+}
+fn bdev_error_inject_error(ctx: &Ctx, params: Option<Value>, reply: Reply) {
+    create_with(params, reply, |o: &error::InjectOpts| {
+        error::inject(&ctx.registry, o).map(|_| json!(true))
+    })
+}
+fn bdev_delay_create(ctx: &Ctx, params: Option<Value>, reply: Reply) {
+    create_with(params, reply, |o: &delay::DelayOpts| {
+        delay::create(&ctx.registry, o).map(|b| json!(b.name()))
+    })
+}
+fn bdev_delay_delete(ctx: &Ctx, params: Option<Value>, reply: Reply) {
+    delete_with(params, reply, ctx, |r, n, d| delay::delete(r, n, d))
+}
+fn bdev_passthru_create(ctx: &Ctx, params: Option<Value>, reply: Reply) {
+    create_with(params, reply, |o: &passthru::PassthruOpts| {
+        passthru::create(&ctx.registry, o).map(|b| json!(b.name()))
+    })
+}
+fn bdev_passthru_delete(ctx: &Ctx, params: Option<Value>, reply: Reply) {
+    delete_with(params, reply, ctx, |r, n, d| passthru::delete(r, n, d))
+}
+fn bdev_wait_for_examine(_ctx: &Ctx, params: Option<Value>, reply: Reply) {
+    // Examination is synchronous in Keel so far: nothing is ever pending.
+    match params {
+        None => reply(Ok(json!(true))),
+        Some(Value::Object(m)) if m.is_empty() => reply(Ok(json!(true))),
+        Some(_) => reply(Err(RpcError::invalid_params(
+            "bdev_wait_for_examine takes no parameters",
+        ))),
+    }
+}
+
+macro_rules! m {
+    ($f:ident, $s:expr, $r:expr) => {
+        MethodInfo {
+            name: stringify!($f),
+            handler: $f,
+            startup: $s,
+            runtime: $r,
+        }
+    };
+}
+
+static METHODS: &[MethodInfo] = &[
+    m!(bdev_malloc_create, false, true),
+    m!(bdev_malloc_delete, false, true),
+    m!(bdev_null_create, false, true),
+    m!(bdev_null_delete, false, true),
+    m!(bdev_uring_create, false, true),
+    m!(bdev_uring_delete, false, true),
+    m!(bdev_aio_create, false, true),
+    m!(bdev_aio_delete, false, true),
+    m!(bdev_error_create, false, true),
+    m!(bdev_error_delete, false, true),
+    m!(bdev_error_inject_error, false, true),
+    m!(bdev_delay_create, false, true),
+    m!(bdev_delay_delete, false, true),
+    m!(bdev_passthru_create, false, true),
+    m!(bdev_passthru_delete, false, true),
+    m!(bdev_wait_for_examine, false, true),
+];
+
+/// Every method Keel serves.
+pub fn methods() -> &'static [MethodInfo] {
+    METHODS
+}
+
+/// Looks a method up by name.
+pub fn find_method(name: &str) -> Option<&'static MethodInfo> {
+    METHODS.iter().find(|m| m.name == name)
+}
