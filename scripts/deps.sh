@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# Installs the third-party peers Keel's tests and benchmarks talk to. Idempotent: installs only
+# what is missing. Debian packages via apt-get (root or sudo), Python packages into .venv.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need_apt=()
+command -v fio >/dev/null 2>&1 || need_apt+=(fio)
+if [ ${#need_apt[@]} -gt 0 ]; then
+  SUDO=""
+  [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+  echo "== installing ${need_apt[*]}"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need_apt[@]}" >/dev/null
+fi
+command -v fio >/dev/null 2>&1 || { echo "fio is required and could not be installed" >&2; exit 1; }
