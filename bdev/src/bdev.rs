@@ -273,6 +273,26 @@ impl Bdev {
         );
     }
 
+    /// Like [`Bdev::collect_stats`] but one entry per core that has a channel, in core order.
+    pub fn collect_channel_stats(
+        self: &Arc<Self>,
+        reset: bool,
+        done: impl FnOnce(Vec<(CoreId, IoStats)>) + Send + 'static,
+    ) {
+        let acc = Arc::new(Mutex::new(Vec::new()));
+        let acc2 = acc.clone();
+        self.io_device.for_each_channel(
+            move |ch: &BdevChannel| {
+                let core = keel_reactor::current().core();
+                acc2.lock().unwrap().push((core, ch.stats.snapshot()));
+                if reset {
+                    ch.stats.reset();
+                }
+            },
+            move || done(std::mem::take(&mut *acc.lock().unwrap())),
+        );
+    }
+
     pub(crate) fn add_opener(&self, writable: bool, on_event: EventFn) -> Result<u64, BdevError> {
         if self.is_removed() {
             return Err(BdevError::Removed(self.name().to_string()));

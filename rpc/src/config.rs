@@ -183,7 +183,7 @@ pub fn apply(
     cfg: ConfigFile,
     done: impl FnOnce(Result<(), RpcError>) + Send + 'static,
 ) {
-    apply_with(Ctx { registry }, cfg, done)
+    apply_with(Ctx::new(registry), cfg, done)
 }
 
 /// Applies every call in order through the method handlers. Called on the main reactor; `done`

@@ -10,9 +10,14 @@
 //! applies their entries through the same handlers.
 #![forbid(unsafe_code)]
 
+mod bdev_info;
 pub mod config;
 mod error;
+pub mod framework;
+pub mod jsonrpc;
 pub mod methods;
+pub mod server;
 
 pub use error::{RpcError, INTERNAL_ERROR, INVALID_PARAMS, INVALID_REQUEST, METHOD_NOT_FOUND, PARSE_ERROR};
-pub use methods::{find_method, methods, Ctx, MethodInfo, Reply};
+pub use framework::Framework;
+pub use methods::{call_method, find_method, methods, Ctx, MethodInfo, Reply};

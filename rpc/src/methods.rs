@@ -8,12 +8,25 @@ use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
+use crate::bdev_info::{bdev_get_bdevs, bdev_get_iostat};
+use crate::framework::*;
 use crate::RpcError;
 
 /// What handlers work on. Owned by the application; handlers run on the main reactor.
 #[derive(Clone)]
 pub struct Ctx {
     pub registry: Arc<BdevRegistry>,
+    pub fw: Arc<Framework>,
+}
+
+impl Ctx {
+    /// A context for a framework that is already running (no STARTUP phase, no kill hook).
+    pub fn new(registry: Arc<BdevRegistry>) -> Ctx {
+        Ctx {
+            registry,
+            fw: Framework::running(),
+        }
+    }
 }
 
 /// The answer channel of one call: call it exactly once (on any core).
@@ -39,6 +52,27 @@ pub fn decode<T: DeserializeOwned>(params: Option<Value>) -> Result<T, RpcError>
     serde_json::from_value(v).map_err(|e| RpcError::invalid_params(format!("Invalid parameters: {e}")))
 }
 
+/// Like [`decode`] but with SPDK's code for bdev module decode failures: -32603.
+pub fn decode_internal<T: DeserializeOwned>(params: Option<Value>) -> Result<T, RpcError> {
+    decode(params).map_err(|e| {
+        RpcError::new(
+            crate::INTERNAL_ERROR,
+            format!("spdk_json_decode_object failed: {}", e.message),
+        )
+    })
+}
+
+/// Refuses any params (SPDK's parameter-free methods); an empty object is tolerated.
+pub fn no_params(params: Option<Value>) -> Result<(), RpcError> {
+    match params {
+        None => Ok(()),
+        Some(Value::Object(m)) if m.is_empty() => Ok(()),
+        Some(_) => Err(RpcError::invalid_params(
+            "Invalid parameters: this method requires no parameters",
+        )),
+    }
+}
+
 fn reply_with(reply: Reply, r: Result<Value, BdevError>) {
     reply(r.map_err(RpcError::from))
 }
@@ -48,7 +82,7 @@ fn create_with<T: DeserializeOwned>(
     reply: Reply,
     f: impl FnOnce(&T) -> Result<Value, BdevError>,
 ) {
-    match decode::<T>(params) {
+    match decode_internal::<T>(params) {
         Ok(opts) => reply_with(reply, f(&opts)),
         Err(e) => reply(Err(e)),
     }
@@ -171,6 +205,17 @@ macro_rules! m {
 }
 
 static METHODS: &[MethodInfo] = &[
+    m!(spdk_get_version, true, true),
+    m!(rpc_get_methods, true, true),
+    m!(framework_start_init, true, false),
+    m!(framework_wait_init, true, true),
+    m!(framework_get_reactors, false, true),
+    m!(thread_get_stats, false, true),
+    m!(spdk_kill_instance, false, true),
+    m!(framework_get_subsystems, false, true),
+    m!(framework_get_config, false, true),
+    m!(bdev_get_bdevs, false, true),
+    m!(bdev_get_iostat, false, true),
     m!(bdev_malloc_create, false, true),
     m!(bdev_malloc_delete, false, true),
     m!(bdev_null_create, false, true),
@@ -197,4 +242,26 @@ pub fn methods() -> &'static [MethodInfo] {
 /// Looks a method up by name.
 pub fn find_method(name: &str) -> Option<&'static MethodInfo> {
     METHODS.iter().find(|m| m.name == name)
+}
+
+/// Looks `method` up, checks it may run in the current state and runs it. Called on the main
+/// reactor; `reply` is called once.
+pub fn call_method(ctx: &Ctx, method: &str, params: Option<Value>, reply: Reply) {
+    let Some(m) = find_method(method) else {
+        return reply(Err(RpcError::method_not_found(method)));
+    };
+    let runtime = ctx.fw.is_runtime();
+    if runtime && !m.runtime {
+        return reply(Err(RpcError::new(
+            -1,
+            "Method may only be called before framework is initialized. Use --wait-for-rpc command line parameter and then issue this RPC before the framework_start_init RPC.",
+        )));
+    }
+    if !runtime && !m.startup {
+        return reply(Err(RpcError::new(
+            -1,
+            "Method may only be called after framework is initialized using framework_start_init RPC.",
+        )));
+    }
+    (m.handler)(ctx, params, reply)
 }

@@ -71,7 +71,7 @@ fn a_failing_entry_is_named_and_stops_the_load() {
             {"method":"bdev_null_create","params":{"name":"X","num_blocks":"many","block_size":512}}]}]}"#,
     )
     .unwrap_err();
-    assert_eq!(e.code, keel_rpc::INVALID_PARAMS);
+    assert_eq!(e.code, keel_rpc::INTERNAL_ERROR);
     assert!(e.message.contains("invalid type"), "{}", e.message);
     let e = load(
         &d,

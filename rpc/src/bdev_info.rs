@@ -1,0 +1,240 @@
+//! `bdev_get_bdevs` and `bdev_get_iostat` (spdk-rpc.md §8.2, §8.7, §8.8).
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use keel_bdev::{Bdev, IoOp, IoStats};
+use keel_reactor::{current, ticks_per_sec, PollStatus, PollerHandle};
+use serde::Deserialize;
+use serde_json::{json, Map, Value};
+
+use crate::framework::now_ticks;
+use crate::methods::decode_internal;
+use crate::{Ctx, Reply, RpcError};
+
+/// Keys of `supported_io_types`, in SPDK's order, with the op that answers each (others false).
+const IO_TYPE_KEYS: &[(&str, Option<IoOp>)] = &[
+    ("read", Some(IoOp::Read)),
+    ("write", Some(IoOp::Write)),
+    ("unmap", Some(IoOp::Unmap)),
+    ("flush", Some(IoOp::Flush)),
+    ("reset", Some(IoOp::Reset)),
+    ("nvme_admin", None),
+    ("nvme_io", None),
+    ("nvme_io_md", None),
+    ("write_zeroes", Some(IoOp::WriteZeroes)),
+    ("zcopy", None),
+    ("get_zone_info", None),
+    ("zone_management", None),
+    ("zone_append", None),
+    ("compare", None),
+    ("compare_and_write", None),
+    ("abort", None),
+    ("seek_hole", None),
+    ("seek_data", None),
+    ("copy", None),
+    ("nvme_iov_md", None),
+    ("nvme_nssr", None),
+    ("write_uncorrectable", None),
+];
+
+/// The bdev object of `bdev_get_bdevs`, keys in SPDK's order.
+pub fn bdev_json(b: &Bdev) -> Value {
+    let i = b.info();
+    let mut m = Map::new();
+    m.insert("name".into(), json!(i.name));
+    m.insert("aliases".into(), json!(b.aliases()));
+    m.insert("product_name".into(), json!(i.product_name));
+    m.insert("block_size".into(), json!(i.block_size));
+    m.insert("num_blocks".into(), json!(i.num_blocks));
+    for k in [
+        "preferred_write_alignment",
+        "preferred_write_granularity",
+        "optimal_write_size",
+        "preferred_unmap_alignment",
+        "preferred_unmap_granularity",
+    ] {
+        m.insert(k.into(), json!(0));
+    }
+    m.insert("uuid".into(), json!(i.uuid.to_string()));
+    m.insert(
+        "assigned_rate_limits".into(),
+        json!({"rw_ios_per_sec": 0, "rw_mbytes_per_sec": 0, "r_mbytes_per_sec": 0, "w_mbytes_per_sec": 0}),
+    );
+    let claimed = b.claimed_by().is_some();
+    m.insert("claimed".into(), json!(claimed));
+    if claimed {
+        m.insert("claim_type".into(), json!("exclusive_write"));
+    }
+    m.insert("zoned".into(), json!(false));
+    let mut io = Map::new();
+    for (k, op) in IO_TYPE_KEYS {
+        io.insert((*k).into(), json!(op.is_some_and(|op| i.caps.supports(op))));
+    }
+    m.insert("supported_io_types".into(), Value::Object(io));
+    m.insert("driver_specific".into(), b.backend().driver_specific());
+    Value::Object(m)
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct GetBdevs {
+    #[serde(default)]
+    name: Option<String>,
+    #[serde(default)]
+    timeout: Option<u64>,
+}
+
+pub(crate) fn bdev_get_bdevs(ctx: &Ctx, params: Option<Value>, reply: Reply) {
+    let p: GetBdevs = match decode_internal(params) {
+        Ok(p) => p,
+        Err(e) => return reply(Err(e)),
+    };
+    let Some(name) = p.name else {
+        let all: Vec<Value> = ctx.registry.list().iter().map(|b| bdev_json(b)).collect();
+        return reply(Ok(json!(all)));
+    };
+    if let Some(b) = ctx.registry.get(&name) {
+        return reply(Ok(json!([bdev_json(&b)])));
+    }
+    let timeout_ms = p.timeout.unwrap_or(0);
+    if timeout_ms == 0 {
+        return reply(Err(RpcError::from_errno(-19, "No such device")));
+    }
+    // Wait for the bdev to appear, re-checking every 10 ms on this core.
+    let deadline = Instant::now() + Duration::from_millis(timeout_ms);
+    let reg = ctx.registry.clone();
+    let reply = Arc::new(Mutex::new(Some(reply)));
+    let handle: Arc<Mutex<Option<PollerHandle>>> = Arc::new(Mutex::new(None));
+    let h2 = handle.clone();
+    let h = current().register_timed_poller("bdev_get_bdevs_wait", 10_000, move || {
+        let found = reg.get(&name);
+        if found.is_none() && Instant::now() < deadline {
+            return PollStatus::Idle;
+        }
+        if let Some(r) = reply.lock().unwrap().take() {
+            r(match found {
+                Some(b) => Ok(json!([bdev_json(&b)])),
+                None => Err(RpcError::from_errno(-19, "No such device")),
+            });
+        }
+        h2.lock().unwrap().take();
+        PollStatus::Busy
+    });
+    *handle.lock().unwrap() = Some(h);
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct GetIostat {
+    #[serde(default)]
+    name: Option<String>,
+    #[serde(default)]
+    names: Option<Vec<String>>,
+    #[serde(default)]
+    per_channel: bool,
+    #[serde(default)]
+    reset_mode: Option<String>,
+}
+
+fn stat_json(name: Option<&str>, s: &IoStats) -> Map<String, Value> {
+    let mut m = Map::new();
+    if let Some(n) = name {
+        m.insert("name".into(), json!(n));
+    }
+    let r = s.op(IoOp::Read);
+    let w = s.op(IoOp::Write);
+    let u = s.op(IoOp::Unmap);
+    m.insert("bytes_read".into(), json!(r.bytes));
+    m.insert("num_read_ops".into(), json!(r.ops));
+    m.insert("bytes_written".into(), json!(w.bytes));
+    m.insert("num_write_ops".into(), json!(w.ops));
+    m.insert("bytes_unmapped".into(), json!(u.bytes));
+    m.insert("num_unmap_ops".into(), json!(u.ops));
+    m.insert("bytes_copied".into(), json!(0));
+    m.insert("num_copy_ops".into(), json!(0));
+    for (prefix, o) in [("read", r), ("write", w), ("unmap", u)] {
+        m.insert(format!("{prefix}_latency_ticks"), json!(o.latency_ticks));
+        m.insert(format!("max_{prefix}_latency_ticks"), json!(o.max_latency_ticks));
+        m.insert(format!("min_{prefix}_latency_ticks"), json!(o.min_latency_ticks));
+    }
+    m.insert("copy_latency_ticks".into(), json!(0));
+    m.insert("max_copy_latency_ticks".into(), json!(0));
+    m.insert("min_copy_latency_ticks".into(), json!(0));
+    if !s.errors.is_empty() {
+        let e: Map<String, Value> = s.errors.iter().map(|(k, v)| ((*k).to_string(), json!(v))).collect();
+        m.insert("io_error".into(), Value::Object(e));
+    }
+    m
+}
+
+pub(crate) fn bdev_get_iostat(ctx: &Ctx, params: Option<Value>, reply: Reply) {
+    let p: GetIostat = match decode_internal(params) {
+        Ok(p) => p,
+        Err(e) => return reply(Err(e)),
+    };
+    let reset = match p.reset_mode.as_deref() {
+        None | Some("none") => false,
+        Some("all") => true,
+        Some(m @ ("maxmin" | "error")) => {
+            return reply(Err(RpcError::from_errno(
+                -95,
+                format!("reset_mode '{m}' is not supported; use all or none"),
+            )))
+        }
+        Some(other) => return reply(Err(RpcError::invalid_params(format!("invalid reset_mode '{other}'")))),
+    };
+    let mut names: Vec<String> = p.names.unwrap_or_default();
+    names.extend(p.name);
+    if p.per_channel && names.len() != 1 {
+        return reply(Err(RpcError::from_errno(
+            -22,
+            "per_channel requires exactly one bdev name",
+        )));
+    }
+    let bdevs: Vec<Arc<Bdev>> = if names.is_empty() {
+        ctx.registry.list()
+    } else {
+        let mut v = Vec::new();
+        for n in &names {
+            match ctx.registry.get(n) {
+                Some(b) => v.push(b),
+                None => return reply(Err(RpcError::from_errno(-19, "No such device"))),
+            }
+        }
+        v
+    };
+    if p.per_channel {
+        let b = bdevs[0].clone();
+        return b.clone().collect_channel_stats(reset, move |per| {
+            let channels: Vec<Value> = per
+                .iter()
+                .map(|(core, s)| {
+                    let mut m = Map::new();
+                    m.insert("thread_id".into(), json!(core.0 + 1));
+                    m.extend(stat_json(None, s));
+                    Value::Object(m)
+                })
+                .collect();
+            reply(Ok(
+                json!({"tick_rate": ticks_per_sec(), "ticks": now_ticks(), "name": b.name(), "channels": channels}),
+            ))
+        });
+    }
+    gather(bdevs, Vec::new(), reset, reply);
+}
+
+/// Collects each bdev's totals one after the other (each a round over the cores).
+fn gather(mut left: Vec<Arc<Bdev>>, mut acc: Vec<Value>, reset: bool, reply: Reply) {
+    if left.is_empty() {
+        return reply(Ok(
+            json!({"tick_rate": ticks_per_sec(), "ticks": now_ticks(), "bdevs": acc}),
+        ));
+    }
+    let b = left.remove(0);
+    let name = b.name().to_string();
+    b.collect_stats(reset, move |s| {
+        acc.push(Value::Object(stat_json(Some(&name), &s)));
+        gather(left, acc, reset, reply)
+    });
+}

@@ -1,0 +1,274 @@
+//! The JSON-RPC socket server.
+//!
+//! Socket I/O stays off the reactors: an acceptor thread and one thread per connection do the
+//! blocking reads and writes, so data reactors never make a syscall for RPC and a call is
+//! answered as soon as its handler replies (no polling interval; SPDK polls every 4 ms). Each
+//! validated request is handed to a [`Dispatch`] function — in keel-tgt it sends the call to the
+//! main reactor by message, runs the handler there and returns the reply over a channel — and
+//! requests of one connection are answered in order.
+//!
+//! Housekeeping follows SPDK: an exclusive lock on `<path>.lock` decides ownership, so a socket
+//! left behind by a dead process is replaced while a live server's socket is never stolen. The
+//! socket is created owner-only (0600 unless configured) inside a private temporary directory and
+//! renamed into place, so it is never reachable with wider permissions. Both files are removed
+//! when the server stops.
+
+use std::fs::{File, OpenOptions};
+use std::io::{ErrorKind, Read, Write};
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{mpsc, Arc};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::jsonrpc::{encode, parse_request, response, Frame, Framer, Request};
+use crate::{RpcError, INVALID_REQUEST};
+
+/// SPDK's limit of simultaneous connections; more are accepted and closed at once.
+pub const MAX_CONNECTIONS: usize = 64;
+
+/// Runs one request and calls the reply function exactly once, from any thread.
+pub type Dispatch = Arc<dyn Fn(Request, Box<dyn FnOnce(Result<Value, RpcError>) + Send>) + Send + Sync>;
+
+/// Server options.
+#[derive(Debug, Clone)]
+pub struct ServerOpts {
+    pub path: PathBuf,
+    /// Permission bits of the socket file (default 0o600).
+    pub mode: u32,
+}
+
+impl ServerOpts {
+    /// Owner-only socket at `path`.
+    pub fn new(path: impl Into<PathBuf>) -> ServerOpts {
+        ServerOpts {
+            path: path.into(),
+            mode: 0o600,
+        }
+    }
+}
+
+/// A listening server. Dropping it (or [`RpcServer::stop`]) closes the listener, removes the
+/// socket and lock files and lets connection threads finish.
+pub struct RpcServer {
+    path: PathBuf,
+    lock_path: PathBuf,
+    stopping: Arc<AtomicBool>,
+    acceptor: Option<JoinHandle<()>>,
+    _lock: File,
+}
+
+fn io_err(context: String) -> impl FnOnce(std::io::Error) -> RpcError {
+    move |e| RpcError::new(-e.raw_os_error().unwrap_or(libc::EIO), format!("{context}: {e}"))
+}
+
+impl RpcServer {
+    /// Binds the socket and starts accepting. Fails if another live process owns the path.
+    pub fn start(opts: &ServerOpts, dispatch: Dispatch) -> Result<RpcServer, RpcError> {
+        let path = opts.path.clone();
+        let lock_path = PathBuf::from(format!("{}.lock", path.display()));
+        let lock = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(io_err(format!("cannot open lock file {}", lock_path.display())))?;
+        match lock.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => {
+                return Err(RpcError::new(
+                    -libc::EADDRINUSE,
+                    format!("RPC socket {} is in use by another process", path.display()),
+                ))
+            }
+            Err(std::fs::TryLockError::Error(e)) => {
+                return Err(io_err(format!("cannot lock {}", lock_path.display()))(e));
+            }
+        }
+        // We own the path now: whatever socket file is there belongs to a dead process.
+        match std::fs::remove_file(&path) {
+            Ok(()) => tracing::info!(path = %path.display(), "replaced stale RPC socket"),
+            Err(e) if e.kind() == ErrorKind::NotFound => {}
+            Err(e) => return Err(io_err(format!("cannot remove stale socket {}", path.display()))(e)),
+        }
+        let listener = bind_private(&path, opts.mode)?;
+        let stopping = Arc::new(AtomicBool::new(false));
+        let st = stopping.clone();
+        let acceptor = std::thread::Builder::new()
+            .name("rpc_accept".into())
+            .spawn(move || accept_loop(listener, dispatch, st))
+            .map_err(io_err("cannot start RPC thread".into()))?;
+        Ok(RpcServer {
+            path,
+            lock_path,
+            stopping,
+            acceptor: Some(acceptor),
+            _lock: lock,
+        })
+    }
+
+    /// The socket path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Stops accepting and removes the socket and lock files.
+    pub fn stop(mut self) {
+        self.shutdown();
+    }
+
+    fn shutdown(&mut self) {
+        if self.stopping.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        // Wake the acceptor with a connection of our own.
+        let _ = UnixStream::connect(&self.path);
+        if let Some(a) = self.acceptor.take() {
+            let _ = a.join();
+        }
+        let _ = std::fs::remove_file(&self.path);
+        let _ = std::fs::remove_file(&self.lock_path);
+    }
+}
+
+impl Drop for RpcServer {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+fn bind_private(path: &Path, mode: u32) -> Result<UnixListener, RpcError> {
+    let parent = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let file_name = path
+        .file_name()
+        .ok_or_else(|| RpcError::invalid_params("socket path has no file name"))?;
+    let tmp_dir = parent.join(format!(".{}.{}.tmp", file_name.to_string_lossy(), std::process::id()));
+    let _ = std::fs::remove_dir_all(&tmp_dir);
+    std::fs::DirBuilder::new()
+        .mode(0o700)
+        .create(&tmp_dir)
+        .map_err(io_err(format!("cannot create {}", tmp_dir.display())))?;
+    let tmp_sock = tmp_dir.join("sock");
+    let result = (|| {
+        let l = UnixListener::bind(&tmp_sock).map_err(io_err(format!("cannot bind {}", path.display())))?;
+        std::fs::set_permissions(&tmp_sock, std::fs::Permissions::from_mode(mode))
+            .map_err(io_err(format!("cannot chmod {}", path.display())))?;
+        std::fs::rename(&tmp_sock, path).map_err(io_err(format!("cannot create {}", path.display())))?;
+        Ok(l)
+    })();
+    let _ = std::fs::remove_dir_all(&tmp_dir);
+    result
+}
+
+fn accept_loop(listener: UnixListener, dispatch: Dispatch, stopping: Arc<AtomicBool>) {
+    let live = Arc::new(AtomicUsize::new(0));
+    for conn in listener.incoming() {
+        if stopping.load(Ordering::SeqCst) {
+            break;
+        }
+        let Ok(stream) = conn else { continue };
+        if live.load(Ordering::SeqCst) >= MAX_CONNECTIONS {
+            tracing::warn!("RPC connection refused: {MAX_CONNECTIONS} already open");
+            drop(stream);
+            continue;
+        }
+        live.fetch_add(1, Ordering::SeqCst);
+        let (d, l, st) = (dispatch.clone(), live.clone(), stopping.clone());
+        let spawned = std::thread::Builder::new().name("rpc_conn".into()).spawn(move || {
+            serve_connection(stream, &d, &st);
+            l.fetch_sub(1, Ordering::SeqCst);
+        });
+        if spawned.is_err() {
+            live.fetch_sub(1, Ordering::SeqCst);
+        }
+    }
+}
+
+/// How long a connection thread waits in one read before re-checking for shutdown.
+const READ_TICK: Duration = Duration::from_millis(200);
+
+fn serve_connection(mut stream: UnixStream, dispatch: &Dispatch, stopping: &AtomicBool) {
+    let _ = stream.set_read_timeout(Some(READ_TICK));
+    let mut framer = Framer::default();
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        while let Some(frame) = framer.next_frame() {
+            match frame {
+                Frame::Fatal(e) => {
+                    let _ = stream.write_all(encode(&response(None, Err(e))).as_bytes());
+                    return;
+                }
+                Frame::Value(v) => {
+                    if let Some(out) = handle_value(v, dispatch) {
+                        if stream.write_all(out.as_bytes()).is_err() {
+                            return;
+                        }
+                    }
+                }
+            }
+        }
+        if stopping.load(Ordering::SeqCst) {
+            return;
+        }
+        match stream.read(&mut buf) {
+            Ok(0) => return, // peer closed (half-close included: nothing more will come)
+            Ok(n) => framer.push(&buf[..n]),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    ErrorKind::WouldBlock | ErrorKind::TimedOut | ErrorKind::Interrupted
+                ) => {}
+            Err(_) => return,
+        }
+    }
+}
+
+/// Runs one request synchronously through `dispatch`; `None` for a successful notification.
+fn call(req: Request, dispatch: &Dispatch) -> Option<Value> {
+    let (tx, rx) = mpsc::channel();
+    let id = req.id.clone();
+    dispatch(req, Box::new(move |r| drop(tx.send(r))));
+    let result = rx.recv().unwrap_or_else(|_| {
+        Err(RpcError::new(
+            crate::INTERNAL_ERROR,
+            "Internal error: handler dropped the call",
+        ))
+    });
+    match (&id, &result) {
+        (None, Ok(_)) => None,
+        _ => Some(response(id, result)),
+    }
+}
+
+/// The text to send for one top-level value (single request or batch), if any.
+pub fn handle_value(v: Value, dispatch: &Dispatch) -> Option<String> {
+    match v {
+        Value::Array(items) => {
+            if items.is_empty() {
+                return Some(encode(&response(
+                    None,
+                    Err(RpcError::new(INVALID_REQUEST, "Invalid request")),
+                )));
+            }
+            let out: Vec<Value> = items
+                .into_iter()
+                .filter_map(|item| match parse_request(item) {
+                    Ok(req) => call(req, dispatch),
+                    Err((id, e)) => Some(response(id, Err(e))),
+                })
+                .collect();
+            (!out.is_empty()).then(|| encode(&Value::Array(out)))
+        }
+        other => match parse_request(other) {
+            Ok(req) => call(req, dispatch).map(|r| encode(&r)),
+            Err((id, e)) => Some(encode(&response(id, Err(e)))),
+        },
+    }
+}
