@@ -14,3 +14,11 @@ if [ ${#need_apt[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need_apt[@]}" >/dev/null
 fi
 command -v fio >/dev/null 2>&1 || { echo "fio is required and could not be installed" >&2; exit 1; }
+
+# SPDK's own JSON-RPC client, unmodified, for the keel-tgt end-to-end tests.
+if ! .venv/bin/spdk-rpc --help >/dev/null 2>&1; then
+  echo "== installing spdk==26.9 (spdk-rpc) into .venv"
+  python3 -m venv .venv
+  .venv/bin/pip install -q --disable-pip-version-check spdk==26.9
+fi
+.venv/bin/spdk-rpc --help >/dev/null 2>&1 || { echo "spdk-rpc is required and could not be installed" >&2; exit 1; }

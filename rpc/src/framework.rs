@@ -144,6 +144,7 @@ struct CoreReport {
     tid: u64,
     active_pollers: usize,
     timed_pollers: usize,
+    pollers: Vec<keel_reactor::PollerStats>,
 }
 
 /// Visits every core, collecting its report, then calls `done` on the calling core.
@@ -163,6 +164,7 @@ fn collect_cores(cores: &Cores, done: impl FnOnce(Vec<CoreReport>) + Send + 'sta
                 tid: st.tid.load(Ordering::Relaxed),
                 active_pollers: active,
                 timed_pollers: timed,
+                pollers: r.poller_stats(),
             });
         },
         current().core(),
@@ -235,6 +237,45 @@ pub(crate) fn spdk_kill_instance(ctx: &Ctx, params: Option<Value>, reply: Reply)
     // Answer first, then stop: the client also tolerates a closed socket here.
     reply(Ok(json!(true)));
     ctx.fw.kill(&p.sig_name);
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct GetPollers {
+    #[serde(default)]
+    lcore: Option<u32>,
+}
+
+/// Keel's poller view (plugin command `keel_get_pollers`): per reactor its busy/idle ticks and
+/// every poller with period, run count and busy count.
+pub(crate) fn keel_get_pollers(ctx: &Ctx, params: Option<Value>, reply: Reply) {
+    let p: GetPollers = match decode(params) {
+        Ok(p) => p,
+        Err(e) => return reply(Err(e)),
+    };
+    if let Some(l) = p.lcore {
+        if !ctx.registry.cores().core_ids().contains(&CoreId(l)) {
+            return reply(Err(RpcError::from_errno(-19, format!("no reactor on core {l}"))));
+        }
+    }
+    collect_cores(ctx.registry.cores(), move |reports| {
+        let reactors: Vec<Value> = reports
+            .iter()
+            .filter(|r| p.lcore.is_none_or(|l| l == r.core.0))
+            .map(|r| {
+                let pollers: Vec<Value> = r
+                    .pollers
+                    .iter()
+                    .map(|q| {
+                        json!({"name": q.name, "type": if q.period_us == 0 { "active" } else { "timed" },
+                               "period_us": q.period_us, "run_count": q.run_count, "busy_count": q.busy_count})
+                    })
+                    .collect();
+                json!({"lcore": r.core.0, "busy": r.busy, "idle": r.idle, "pollers": pollers})
+            })
+            .collect();
+        reply(Ok(json!({"tick_rate": ticks_per_sec(), "reactors": reactors})))
+    });
 }
 
 /// Subsystems in initialisation order, with what each depends on.

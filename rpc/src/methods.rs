@@ -214,6 +214,7 @@ static METHODS: &[MethodInfo] = &[
     m!(spdk_kill_instance, false, true),
     m!(framework_get_subsystems, false, true),
     m!(framework_get_config, false, true),
+    m!(keel_get_pollers, false, true),
     m!(bdev_get_bdevs, false, true),
     m!(bdev_get_iostat, false, true),
     m!(bdev_malloc_create, false, true),
