@@ -272,3 +272,35 @@ pub fn handle_value(v: Value, dispatch: &Dispatch) -> Option<String> {
         },
     }
 }
+
+/// Feeds `data` through everything the server does with untrusted bytes — framing (split into
+/// two reads at a point chosen by the first byte), envelope validation, batch handling, response
+/// encoding — with a dispatcher that answers every method with its params. Checks the outputs'
+/// invariants (ASCII, one JSON value each, newline-terminated) and panics if one breaks. The
+/// fuzz target and the corpus test call this.
+pub fn fuzz_one(data: &[u8]) {
+    let dispatch: Dispatch = Arc::new(|req: Request, reply| {
+        if req.method == "fail" {
+            reply(Err(RpcError::new(-22, "Invalid argument")))
+        } else {
+            reply(Ok(req.params.unwrap_or(Value::Bool(true))))
+        }
+    });
+    let split = data.first().map(|b| *b as usize % (data.len() + 1)).unwrap_or(0);
+    let mut f = Framer::default();
+    for part in [&data[..split], &data[split..]] {
+        f.push(part);
+        while let Some(frame) = f.next_frame() {
+            let out = match frame {
+                Frame::Fatal(e) => Some(encode(&response(None, Err(e)))),
+                Frame::Value(v) => handle_value(v, &dispatch),
+            };
+            if let Some(text) = out {
+                assert!(text.is_ascii(), "non-ASCII response");
+                assert!(text.ends_with('\n'));
+                let v: Value = serde_json::from_str(text.trim_end()).expect("response is one JSON value");
+                assert!(v.is_object() || v.is_array());
+            }
+        }
+    }
+}
