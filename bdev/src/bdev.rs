@@ -423,13 +423,12 @@ impl Channel {
             IoStatus::Unsupported
         } else if !self.writable && matches!(io.op, IoOp::Write | IoOp::Unmap | IoOp::WriteZeroes) {
             IoStatus::ReadOnly
-        } else if io.op.needs_range()
+        } else if (io.op.needs_range()
             && (io.num_blocks == 0
                 || io.offset_blocks >= info.num_blocks
-                || io.num_blocks > info.num_blocks - io.offset_blocks)
+                || io.num_blocks > info.num_blocks - io.offset_blocks))
+            || (io.op.has_data() && io.iov_len_bytes() < io.num_blocks * info.block_size as u64)
         {
-            IoStatus::InvalidRange
-        } else if io.op.has_data() && io.iov_len_bytes() < io.num_blocks * info.block_size as u64 {
             IoStatus::InvalidRange
         } else {
             IoStatus::Pending

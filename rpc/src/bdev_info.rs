@@ -1,6 +1,8 @@
 //! `bdev_get_bdevs` and `bdev_get_iostat` (spdk-rpc.md §8.2, §8.7, §8.8).
 
-use std::sync::{Arc, Mutex};
+use std::cell::RefCell;
+use std::rc::Rc;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use keel_bdev::{Bdev, IoOp, IoStats};
@@ -104,24 +106,24 @@ pub(crate) fn bdev_get_bdevs(ctx: &Ctx, params: Option<Value>, reply: Reply) {
     // Wait for the bdev to appear, re-checking every 10 ms on this core.
     let deadline = Instant::now() + Duration::from_millis(timeout_ms);
     let reg = ctx.registry.clone();
-    let reply = Arc::new(Mutex::new(Some(reply)));
-    let handle: Arc<Mutex<Option<PollerHandle>>> = Arc::new(Mutex::new(None));
+    let mut reply = Some(reply);
+    let handle: Rc<RefCell<Option<PollerHandle>>> = Rc::default();
     let h2 = handle.clone();
     let h = current().register_timed_poller("bdev_get_bdevs_wait", 10_000, move || {
         let found = reg.get(&name);
         if found.is_none() && Instant::now() < deadline {
             return PollStatus::Idle;
         }
-        if let Some(r) = reply.lock().unwrap().take() {
+        if let Some(r) = reply.take() {
             r(match found {
                 Some(b) => Ok(json!([bdev_json(&b)])),
                 None => Err(RpcError::from_errno(-19, "No such device")),
             });
         }
-        h2.lock().unwrap().take();
+        h2.borrow_mut().take();
         PollStatus::Busy
     });
-    *handle.lock().unwrap() = Some(h);
+    *handle.borrow_mut() = Some(h);
 }
 
 #[derive(Deserialize, Default)]

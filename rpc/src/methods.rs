@@ -126,7 +126,7 @@ fn bdev_malloc_create(ctx: &Ctx, params: Option<Value>, reply: Reply) {
     })
 }
 fn bdev_malloc_delete(ctx: &Ctx, params: Option<Value>, reply: Reply) {
-    delete_with(params, reply, ctx, |r, n, d| malloc::delete(r, n, d))
+    delete_with(params, reply, ctx, malloc::delete)
 }
 fn bdev_null_create(ctx: &Ctx, params: Option<Value>, reply: Reply) {
     create_with(params, reply, |o: &null::NullOpts| {
@@ -134,7 +134,7 @@ fn bdev_null_create(ctx: &Ctx, params: Option<Value>, reply: Reply) {
     })
 }
 fn bdev_null_delete(ctx: &Ctx, params: Option<Value>, reply: Reply) {
-    delete_with(params, reply, ctx, |r, n, d| null::delete(r, n, d))
+    delete_with(params, reply, ctx, null::delete)
 }
 fn bdev_uring_create(ctx: &Ctx, params: Option<Value>, reply: Reply) {
     create_with(params, reply, |o: &uring::UringOpts| {
@@ -142,7 +142,7 @@ fn bdev_uring_create(ctx: &Ctx, params: Option<Value>, reply: Reply) {
     })
 }
 fn bdev_uring_delete(ctx: &Ctx, params: Option<Value>, reply: Reply) {
-    delete_with(params, reply, ctx, |r, n, d| uring::delete(r, n, d))
+    delete_with(params, reply, ctx, uring::delete)
 }
 fn bdev_aio_create(ctx: &Ctx, params: Option<Value>, reply: Reply) {
     create_with(params, reply, |o: &uring::AioOpts| {
@@ -150,7 +150,7 @@ fn bdev_aio_create(ctx: &Ctx, params: Option<Value>, reply: Reply) {
     })
 }
 fn bdev_aio_delete(ctx: &Ctx, params: Option<Value>, reply: Reply) {
-    delete_with(params, reply, ctx, |r, n, d| uring::delete_aio(r, n, d))
+    delete_with(params, reply, ctx, uring::delete_aio)
 }
 fn bdev_error_create(ctx: &Ctx, params: Option<Value>, reply: Reply) {
     // SPDK answers `true` here, not the name.
@@ -159,7 +159,7 @@ fn bdev_error_create(ctx: &Ctx, params: Option<Value>, reply: Reply) {
     })
 }
 fn bdev_error_delete(ctx: &Ctx, params: Option<Value>, reply: Reply) {
-    delete_with(params, reply, ctx, |r, n, d| error::delete(r, n, d))
+    delete_with(params, reply, ctx, error::delete)
 }
 fn bdev_error_inject_error(ctx: &Ctx, params: Option<Value>, reply: Reply) {
     create_with(params, reply, |o: &error::InjectOpts| {
@@ -172,15 +172,29 @@ fn bdev_delay_create(ctx: &Ctx, params: Option<Value>, reply: Reply) {
     })
 }
 fn bdev_delay_delete(ctx: &Ctx, params: Option<Value>, reply: Reply) {
-    delete_with(params, reply, ctx, |r, n, d| delay::delete(r, n, d))
+    delete_with(params, reply, ctx, delay::delete)
 }
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DelayUpdate {
+    delay_bdev_name: String,
+    latency_type: String,
+    latency_us: u64,
+}
+
+fn bdev_delay_update_latency(ctx: &Ctx, params: Option<Value>, reply: Reply) {
+    create_with(params, reply, |o: &DelayUpdate| {
+        delay::update_latency(&ctx.registry, &o.delay_bdev_name, &o.latency_type, o.latency_us).map(|_| json!(true))
+    })
+}
+
 fn bdev_passthru_create(ctx: &Ctx, params: Option<Value>, reply: Reply) {
     create_with(params, reply, |o: &passthru::PassthruOpts| {
         passthru::create(&ctx.registry, o).map(|b| json!(b.name()))
     })
 }
 fn bdev_passthru_delete(ctx: &Ctx, params: Option<Value>, reply: Reply) {
-    delete_with(params, reply, ctx, |r, n, d| passthru::delete(r, n, d))
+    delete_with(params, reply, ctx, passthru::delete)
 }
 fn bdev_wait_for_examine(_ctx: &Ctx, params: Option<Value>, reply: Reply) {
     // Examination is synchronous in Keel so far: nothing is ever pending.
@@ -230,6 +244,7 @@ static METHODS: &[MethodInfo] = &[
     m!(bdev_error_inject_error, false, true),
     m!(bdev_delay_create, false, true),
     m!(bdev_delay_delete, false, true),
+    m!(bdev_delay_update_latency, false, true),
     m!(bdev_passthru_create, false, true),
     m!(bdev_passthru_delete, false, true),
     m!(bdev_wait_for_examine, false, true),
