@@ -40,8 +40,9 @@ fn script_and_batch_modes() {
 
 #[test]
 fn save_config_restart_gives_the_identical_stack() {
+    let keep = tempfile::tempdir().unwrap(); // outlives the first target's own temp dir
     let t = Target::start(&["-m", "0x3"]);
-    let img = t.dir.path().join("u.img");
+    let img = keep.path().join("u.img");
     std::fs::write(&img, vec![0u8; 1 << 20]).unwrap();
     t.ok(&[
         "bdev_malloc_create",
@@ -74,7 +75,7 @@ fn save_config_restart_gives_the_identical_stack() {
     t.ok(&["bdev_uring_create", img.to_str().unwrap(), "U0"]);
     let before = t.json(&["bdev_get_bdevs"]);
     let saved = t.ok(&["save_config"]);
-    let cfg = t.dir.path().join("saved.json");
+    let cfg = keep.path().join("saved.json");
     std::fs::write(&cfg, &saved).unwrap();
     assert!(t.stop().success());
 
