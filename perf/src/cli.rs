@@ -1,0 +1,262 @@
+//! The command line, as bdevperf's (`shared/specs/bdevperf.md` §1), parsed with clap.
+//!
+//! Numeric options are taken as strings and checked here so that every rejection names the
+//! option and the rule (`invalid parameter -q: queue depth must be greater than 0 (got '0')`);
+//! the binary prints the message on stderr and exits with status 1, as bdevperf does on invalid
+//! parameters. Unlike bdevperf, `-q`, `-o`, `-w` and `-t` are optional: each one left out takes
+//! the embedded default (qd 128, 4 KiB, randread, 3 s), and without `--json` the bdevs are the
+//! embedded default stack, so `keel-perf` alone shows real numbers.
+
+use std::ffi::OsString;
+use std::path::PathBuf;
+
+use clap::{Parser, ValueEnum};
+use keel_reactor::CoreMask;
+
+use crate::run::{BdevSetup, OutputFormat, RunOptions, DEFAULT_MALLOC, DEFAULT_NULL};
+use crate::workload::parse_size;
+use crate::{PerfError, Workload};
+
+const AFTER_HELP: &str = "\
+Defaults (keel-perf alone runs a real benchmark):
+  Without --json/-c, keel-perf creates an embedded default stack: a null bdev 'Null0'
+  (1 GiB, 4096-byte blocks) and a malloc bdev 'Malloc0' (128 MiB, 4096-byte blocks).
+  Each of -q/-o/-w/-t that is not given takes the default workload's value:
+  -q 128 -o 4096 -w randread -t 3 (4 KiB random reads, queue depth 128, 3 seconds).
+  So `cargo run --release -p keel-perf` runs randread on Null0 and Malloc0 on core 0.
+
+Output:
+  Text output follows bdevperf's table; latency columns are exact (not histogram buckets),
+  followed by exact percentiles (p50..p99.99) per job. A live progress line is shown each
+  second only when stdout is a terminal. --output-format json prints bdevperf's perform_tests
+  result object plus a per-job latency_percentiles_us object.
+
+Exit status: 0 when every job ran to its deadline; 1 on invalid parameters, configuration
+errors, failed I/O without -f, a verify miscompare (even with -f), or a job that ended early.";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Format {
+    Text,
+    Json,
+}
+
+/// Command-line arguments as given.
+#[derive(Debug, Parser)]
+#[command(
+    name = "keel-perf",
+    version,
+    about = "Keel's bdevperf: runs an I/O workload on bdevs on N reactors and reports IOPS, MiB/s and latency",
+    after_help = AFTER_HELP
+)]
+struct Cli {
+    /// Queue depth per job (I/Os kept outstanding), > 0 [default: 128]
+    #[arg(short = 'q', long = "queue-depth", value_name = "N")]
+    queue_depth: Option<String>,
+    /// I/O size in bytes, optional k/K/m/M/g/G suffix; a multiple of the bdev's block size
+    /// [default: 4096]
+    #[arg(short = 'o', long = "io-size", value_name = "SIZE")]
+    io_size: Option<String>,
+    /// Workload: read, write, randread, randwrite, rw, randrw (with -M), verify, reset, flush,
+    /// unmap, write_zeroes [default: randread]
+    #[arg(short = 'w', long = "workload", value_name = "TYPE")]
+    workload: Option<String>,
+    /// Run time in seconds, > 0 [default: 3]
+    #[arg(short = 't', long = "time", value_name = "SECS")]
+    time: Option<String>,
+    /// Read percentage (0-100) for rw/randrw; required for them
+    #[arg(short = 'M', long = "rw-percentage", value_name = "PCT")]
+    rw_percentage: Option<String>,
+    /// Reactor core mask: hex (0x3) or list ([0,2-3])
+    #[arg(short = 'm', long = "cpumask", value_name = "MASK", default_value = "0x1")]
+    cpumask: String,
+    /// Every core submits to every bdev: one job per core per bdev, each on an equal
+    /// contiguous slice of the bdev
+    #[arg(short = 'C')]
+    every_core: bool,
+    /// Run only against this bdev [default: every leaf bdev, i.e. not claimed]
+    #[arg(short = 'T', long = "target", value_name = "NAME")]
+    target: Option<String>,
+    /// SPDK JSON config ({"subsystems":[...]}) that creates the bdevs
+    #[arg(short = 'c', long = "json", visible_alias = "config", value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Continue after failed I/O (count it as Fail/s) instead of ending the job with error
+    #[arg(short = 'f', long = "continue-on-failure")]
+    continue_on_failure: bool,
+    /// Print a full report every SECS seconds during the run (replaces the progress line)
+    #[arg(short = 'S', long = "periodic", value_name = "SECS")]
+    periodic: Option<String>,
+    /// Report format
+    #[arg(long = "output-format", value_enum, default_value = "text", value_name = "FORMAT")]
+    output_format: Format,
+    /// Do not pin reactor threads to their cores (pinning is the default)
+    #[arg(long = "no-pin")]
+    no_pin: bool,
+}
+
+/// What the command line asks for.
+pub enum CliAction {
+    /// Run with these options.
+    Run(Box<RunOptions>),
+    /// Print this text on stdout and exit 0 (`--help`, `--version`).
+    Print(String),
+}
+
+fn parse_positive(param: &'static str, what: &str, text: &str) -> Result<u64, PerfError> {
+    match text.trim().parse::<u64>() {
+        Ok(0) => Err(PerfError::invalid(
+            param,
+            format!("{what} must be greater than 0 (got '{text}')"),
+        )),
+        Ok(v) => Ok(v),
+        Err(_) => Err(PerfError::invalid(
+            param,
+            format!("{what} must be a positive integer (got '{text}')"),
+        )),
+    }
+}
+
+/// Parses the arguments (including the program name first). Invalid parameters come back as
+/// [`PerfError`] (clap's own errors as [`PerfError::InvalidParam`] with clap's text). `stdout_is_tty`
+/// decides whether the progress line is shown. Called on the binary's main thread.
+pub fn parse_args(
+    args: impl IntoIterator<Item = impl Into<OsString> + Clone>,
+    stdout_is_tty: bool,
+) -> Result<CliAction, PerfError> {
+    let cli = match Cli::try_parse_from(args) {
+        Ok(c) => c,
+        Err(e) => {
+            use clap::error::ErrorKind;
+            return match e.kind() {
+                ErrorKind::DisplayHelp | ErrorKind::DisplayVersion => Ok(CliAction::Print(e.render().to_string())),
+                _ => Err(PerfError::Usage(e.render().to_string().trim_end().to_string())),
+            };
+        }
+    };
+    let d = RunOptions::defaults();
+    let workload = match &cli.workload {
+        Some(w) => Workload::parse(w)?,
+        None => d.workload,
+    };
+    let queue_depth = match &cli.queue_depth {
+        Some(q) => {
+            let v = parse_positive("-q", "queue depth", q)?;
+            u32::try_from(v).map_err(|_| PerfError::invalid("-q", format!("queue depth {v} is too large")))?
+        }
+        None => d.queue_depth,
+    };
+    let io_size_bytes = match &cli.io_size {
+        Some(o) => parse_size(o)?,
+        None => d.io_size_bytes,
+    };
+    let run_time_secs = match &cli.time {
+        Some(t) => parse_positive("-t", "run time in seconds", t)?,
+        None => d.run_time_secs,
+    };
+    let rw_read_percent =
+        match (&cli.rw_percentage, workload.is_mixed()) {
+            (Some(m), _) => {
+                let v: u8 =
+                    m.trim().parse().ok().filter(|v| *v <= 100).ok_or_else(|| {
+                        PerfError::invalid("-M", format!("read percentage must be 0..100 (got '{m}')"))
+                    })?;
+                if !workload.is_mixed() {
+                    tracing::warn!("-M is ignored for workload {workload}");
+                }
+                v
+            }
+            (None, true) => {
+                return Err(PerfError::invalid(
+                    "-M",
+                    format!("the read percentage (-M 0..100) is required for workload {workload}"),
+                ))
+            }
+            (None, false) => d.rw_read_percent,
+        };
+    let core_mask = CoreMask::parse(&cli.cpumask).map_err(|e| PerfError::invalid("-m", e.to_string()))?;
+    let periodic_secs = cli
+        .periodic
+        .as_deref()
+        .map(|s| parse_positive("-S", "report period in seconds", s))
+        .transpose()?;
+    let bdevs = match cli.config {
+        Some(p) => BdevSetup::ConfigFile(p),
+        None => BdevSetup::Default,
+    };
+    Ok(CliAction::Run(Box::new(RunOptions {
+        workload,
+        queue_depth,
+        io_size_bytes,
+        run_time_secs,
+        rw_read_percent,
+        core_mask,
+        pin: !cli.no_pin,
+        every_core: cli.every_core,
+        target: cli.target,
+        bdevs,
+        continue_on_failure: cli.continue_on_failure,
+        periodic_secs,
+        output: match cli.output_format {
+            Format::Text => OutputFormat::Text,
+            Format::Json => OutputFormat::Json,
+        },
+        progress_line: stdout_is_tty,
+    })))
+}
+
+/// The default stack as one line, for messages.
+pub fn default_stack_description() -> String {
+    format!(
+        "{} ({} blocks of {} bytes) and {} ({} blocks of {} bytes)",
+        DEFAULT_NULL.0, DEFAULT_NULL.1, DEFAULT_NULL.2, DEFAULT_MALLOC.0, DEFAULT_MALLOC.1, DEFAULT_MALLOC.2
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<RunOptions, PerfError> {
+        let mut v = vec!["keel-perf"];
+        v.extend_from_slice(args);
+        match parse_args(v, false)? {
+            CliAction::Run(o) => Ok(*o),
+            CliAction::Print(_) => panic!("unexpected print"),
+        }
+    }
+
+    #[test]
+    fn defaults_apply_per_option() {
+        let o = parse(&[]).unwrap();
+        assert_eq!(
+            (o.workload, o.queue_depth, o.io_size_bytes, o.run_time_secs),
+            (Workload::RandRead, 128, 4096, 3)
+        );
+        assert!(matches!(o.bdevs, BdevSetup::Default));
+        let o = parse(&[
+            "-q", "32", "-o", "8k", "-w", "randrw", "-M", "70", "-t", "1", "-m", "[0,1]",
+        ])
+        .unwrap();
+        assert_eq!((o.queue_depth, o.io_size_bytes, o.rw_read_percent), (32, 8192, 70));
+        assert_eq!(o.core_mask.cores().len(), 2);
+    }
+
+    #[test]
+    fn bad_values_name_the_option() {
+        for (args, want) in [
+            (&["-q", "0"][..], "-q"),
+            (&["-t", "0"][..], "-t"),
+            (&["-w", "bogus"][..], "unknown workload 'bogus'"),
+            (&["-w", "rw"][..], "-M"),
+            (&["-M", "101", "-w", "rw"][..], "-M"),
+            (&["-o", "4x"][..], "invalid IO size"),
+            (&["-m", "0xzz"][..], "invalid core mask"),
+            (&["--nope"][..], "--nope"),
+        ] {
+            let e = parse(args)
+                .err()
+                .unwrap_or_else(|| panic!("{args:?} accepted"))
+                .to_string();
+            assert!(e.contains(want), "{args:?}: {e}");
+        }
+    }
+}
