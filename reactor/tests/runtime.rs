@@ -84,8 +84,15 @@ fn runs_messages_channels_and_drains_on_stop() {
 
     cores.request_stop();
     rt.wait();
-    assert_eq!(drained.load(Ordering::SeqCst), 1, "stop returned before the poller drained");
-    assert!(cores.run_on(CoreId(0), || {}).is_ok(), "queueing after exit is harmless");
+    assert_eq!(
+        drained.load(Ordering::SeqCst),
+        1,
+        "stop returned before the poller drained"
+    );
+    assert!(
+        cores.run_on(CoreId(0), || {}).is_ok(),
+        "queueing after exit is harmless"
+    );
 }
 
 #[test]
