@@ -9,7 +9,7 @@ use keel_reactor::{try_current, CoreId, IoChannel, IoDevice};
 use serde_json::Value;
 use uuid::Uuid;
 
-use crate::stats::{ChannelStats, IoStats};
+use crate::stats::{ChannelStats, IoStats, StatsReset};
 use crate::{BdevError, CompletionQueue, IoBox, IoOp, IoStatus, Submit};
 
 /// The set of ops a bdev supports, declared by its module as data.
@@ -247,26 +247,22 @@ impl Bdev {
     }
 
     /// Sums statistics over every core's channel and the closed ones, then calls `done` with
-    /// them on the calling core. With `reset`, counters are zeroed after reading. Called on a
-    /// reactor; completes later.
-    pub fn collect_stats(self: &Arc<Self>, reset: bool, done: impl FnOnce(IoStats) + Send + 'static) {
+    /// them on the calling core. `reset` says what to zero after reading. Called on a reactor;
+    /// completes later.
+    pub fn collect_stats(self: &Arc<Self>, reset: StatsReset, done: impl FnOnce(IoStats) + Send + 'static) {
         let acc = Arc::new(Mutex::new(IoStats::default()));
         let acc2 = acc.clone();
         let core = self.core.clone();
         self.io_device.for_each_channel(
             move |ch: &BdevChannel| {
                 acc2.lock().unwrap().merge(&ch.stats.snapshot());
-                if reset {
-                    ch.stats.reset();
-                }
+                ch.stats.apply_reset(reset);
             },
             move || {
                 let mut total = std::mem::take(&mut *acc.lock().unwrap());
                 let mut retired = core.retired.lock().unwrap();
                 total.merge(&retired);
-                if reset {
-                    *retired = IoStats::default();
-                }
+                retired.apply_reset(reset);
                 drop(retired);
                 done(total)
             },
@@ -276,7 +272,7 @@ impl Bdev {
     /// Like [`Bdev::collect_stats`] but one entry per core that has a channel, in core order.
     pub fn collect_channel_stats(
         self: &Arc<Self>,
-        reset: bool,
+        reset: StatsReset,
         done: impl FnOnce(Vec<(CoreId, IoStats)>) + Send + 'static,
     ) {
         let acc = Arc::new(Mutex::new(Vec::new()));
@@ -285,9 +281,7 @@ impl Bdev {
             move |ch: &BdevChannel| {
                 let core = keel_reactor::current().core();
                 acc2.lock().unwrap().push((core, ch.stats.snapshot()));
-                if reset {
-                    ch.stats.reset();
-                }
+                ch.stats.apply_reset(reset);
             },
             move || done(std::mem::take(&mut *acc.lock().unwrap())),
         );

@@ -19,6 +19,18 @@ struct OpCell {
     lat_max: Cell<u64>,
 }
 
+/// What to zero after reading statistics (`bdev_get_iostat`'s `reset_mode`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StatsReset {
+    None,
+    /// Every counter.
+    All,
+    /// Latency minima and maxima.
+    MaxMin,
+    /// Error counters.
+    Errors,
+}
+
 /// Live statistics of one bdev channel. Owned by that channel, on its core.
 pub struct ChannelStats {
     block_size: u64,
@@ -130,7 +142,11 @@ impl ChannelStats {
                 ops: c.ops.get(),
                 bytes: c.bytes.get(),
                 latency_ticks: c.lat_sum.get(),
-                min_latency_ticks: c.lat_min.get(),
+                min_latency_ticks: if c.lat_min.get() == u64::MAX {
+                    0
+                } else {
+                    c.lat_min.get()
+                },
                 max_latency_ticks: c.lat_max.get(),
             };
         }
@@ -140,6 +156,33 @@ impl ChannelStats {
             }
         }
         s
+    }
+
+    /// Applies a reset mode.
+    pub fn apply_reset(&self, mode: StatsReset) {
+        match mode {
+            StatsReset::None => {}
+            StatsReset::All => self.reset(),
+            StatsReset::MaxMin => self.reset_maxmin(),
+            StatsReset::Errors => self.reset_errors(),
+        }
+    }
+
+    /// Zeroes the latency extremes only (`reset_mode: maxmin`); the next completion starts them
+    /// afresh.
+    pub fn reset_maxmin(&self) {
+        for c in &self.per_op {
+            c.lat_max.set(0);
+            // With ops > 0 and min 0, `record` would keep 0: restart min from the next sample.
+            c.lat_min.set(u64::MAX);
+        }
+    }
+
+    /// Zeroes the error counters only (`reset_mode: error`).
+    pub fn reset_errors(&self) {
+        for e in &self.errors {
+            e.set(0);
+        }
     }
 
     /// Zeroes the counters (`reset_mode: all`).
@@ -172,6 +215,21 @@ impl IoStats {
         }
     }
 
+    /// Applies a reset mode to a snapshot (the totals of closed channels).
+    pub fn apply_reset(&mut self, mode: StatsReset) {
+        match mode {
+            StatsReset::None => {}
+            StatsReset::All => *self = IoStats::default(),
+            StatsReset::MaxMin => {
+                for o in &mut self.per_op {
+                    o.min_latency_ticks = 0;
+                    o.max_latency_ticks = 0;
+                }
+            }
+            StatsReset::Errors => self.errors.clear(),
+        }
+    }
+
     /// Counters of one op.
     pub fn op(&self, op: IoOp) -> &OpStats {
         &self.per_op[op as usize]
@@ -180,5 +238,61 @@ impl IoStats {
     /// Failed completions of every kind.
     pub fn failed(&self) -> u64 {
         self.errors.iter().map(|(_, n)| n).sum()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn io(op: IoOp, num_blocks: u64) -> Box<IoRequest> {
+        let mut r = IoRequest::new_boxed();
+        r.prepare(op, 0, num_blocks);
+        r
+    }
+
+    #[test]
+    fn records_and_resets_by_mode() {
+        let s = ChannelStats::new(512);
+        s.record(&io(IoOp::Read, 8), IoStatus::Success, 100);
+        s.record(&io(IoOp::Read, 8), IoStatus::Success, 40);
+        s.record(&io(IoOp::Write, 1), IoStatus::Success, 7);
+        s.record(&io(IoOp::Read, 8), IoStatus::Failed, 1);
+        let snap = s.snapshot();
+        let r = snap.op(IoOp::Read);
+        assert_eq!(
+            (
+                r.ops,
+                r.bytes,
+                r.latency_ticks,
+                r.min_latency_ticks,
+                r.max_latency_ticks
+            ),
+            (2, 8192, 140, 40, 100)
+        );
+        assert_eq!(snap.errors, vec![("failed", 1)]);
+
+        s.apply_reset(StatsReset::MaxMin);
+        let r = *s.snapshot().op(IoOp::Read);
+        assert_eq!((r.ops, r.min_latency_ticks, r.max_latency_ticks), (2, 0, 0));
+        s.record(&io(IoOp::Read, 8), IoStatus::Success, 55);
+        let r = *s.snapshot().op(IoOp::Read);
+        assert_eq!((r.ops, r.min_latency_ticks, r.max_latency_ticks), (3, 55, 55));
+
+        s.apply_reset(StatsReset::Errors);
+        let snap = s.snapshot();
+        assert!(snap.errors.is_empty());
+        assert_eq!(snap.op(IoOp::Read).ops, 3);
+
+        let mut total = IoStats::default();
+        total.merge(&snap);
+        total.merge(&snap);
+        assert_eq!(total.op(IoOp::Read).ops, 6);
+        assert_eq!(total.op(IoOp::Read).min_latency_ticks, 55);
+        total.apply_reset(StatsReset::MaxMin);
+        assert_eq!(total.op(IoOp::Read).max_latency_ticks, 0);
+
+        s.apply_reset(StatsReset::All);
+        assert_eq!(s.snapshot(), IoStats::default());
     }
 }

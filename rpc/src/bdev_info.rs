@@ -5,7 +5,7 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use keel_bdev::{Bdev, IoOp, IoStats};
+use keel_bdev::{Bdev, IoOp, IoStats, StatsReset};
 use keel_reactor::{current, ticks_per_sec, PollStatus, PollerHandle};
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
@@ -176,15 +176,16 @@ pub(crate) fn bdev_get_iostat(ctx: &Ctx, params: Option<Value>, reply: Reply) {
         Err(e) => return reply(Err(e)),
     };
     let reset = match p.reset_mode.as_deref() {
-        None | Some("none") => false,
-        Some("all") => true,
-        Some(m @ ("maxmin" | "error")) => {
-            return reply(Err(RpcError::from_errno(
-                -95,
-                format!("reset_mode '{m}' is not supported; use all or none"),
+        None | Some("none") => StatsReset::None,
+        Some("all") => StatsReset::All,
+        Some("maxmin") => StatsReset::MaxMin,
+        Some("error") => StatsReset::Errors,
+        Some(other) => {
+            return reply(Err(RpcError::new(
+                crate::INTERNAL_ERROR,
+                format!("spdk_json_decode_object failed: invalid reset_mode '{other}'"),
             )))
         }
-        Some(other) => return reply(Err(RpcError::invalid_params(format!("invalid reset_mode '{other}'")))),
     };
     let mut names: Vec<String> = p.names.unwrap_or_default();
     names.extend(p.name);
@@ -227,7 +228,7 @@ pub(crate) fn bdev_get_iostat(ctx: &Ctx, params: Option<Value>, reply: Reply) {
 }
 
 /// Collects each bdev's totals one after the other (each a round over the cores).
-fn gather(mut left: Vec<Arc<Bdev>>, mut acc: Vec<Value>, reset: bool, reply: Reply) {
+fn gather(mut left: Vec<Arc<Bdev>>, mut acc: Vec<Value>, reset: StatsReset, reply: Reply) {
     if left.is_empty() {
         return reply(Ok(
             json!({"tick_rate": ticks_per_sec(), "ticks": now_ticks(), "bdevs": acc}),
