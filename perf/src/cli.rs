@@ -23,7 +23,8 @@ Defaults (keel-perf alone runs a real benchmark):
   (1 GiB, 4096-byte blocks) and a malloc bdev 'Malloc0' (128 MiB, 4096-byte blocks).
   Each of -q/-o/-w/-t that is not given takes the default workload's value:
   -q 128 -o 4096 -w randread -t 3 (4 KiB random reads, queue depth 128, 3 seconds).
-  So `cargo run --release -p keel-perf` runs randread on Null0 and Malloc0 on core 0.
+  Without -m the default stack runs each bdev's job on its own core (cores 0 and 1) when
+  the machine has two, so `cargo run --release -p keel-perf` shows both at full speed.
 
 Output:
   Text output follows bdevperf's table; latency columns are exact (not histogram buckets),
@@ -66,9 +67,10 @@ struct Cli {
     /// Read percentage (0-100) for rw/randrw; required for them
     #[arg(short = 'M', long = "rw-percentage", value_name = "PCT")]
     rw_percentage: Option<String>,
-    /// Reactor core mask: hex (0x3) or list ([0,2-3])
-    #[arg(short = 'm', long = "cpumask", value_name = "MASK", default_value = "0x1")]
-    cpumask: String,
+    /// Reactor core mask: hex (0x3) or list ([0,2-3]) [default: 0x1; with the embedded
+    /// default stack, one core per default bdev where the machine has them]
+    #[arg(short = 'm', long = "cpumask", value_name = "MASK")]
+    cpumask: Option<String>,
     /// Every core submits to every bdev: one job per core per bdev, each on an equal
     /// contiguous slice of the bdev
     #[arg(short = 'C')]
@@ -172,7 +174,15 @@ pub fn parse_args(
             }
             (None, false) => d.rw_read_percent,
         };
-    let core_mask = CoreMask::parse(&cli.cpumask).map_err(|e| PerfError::invalid("-m", e.to_string()))?;
+    // bdevperf's default is core 0 only. The embedded default stack has two bdevs; on one core
+    // the null job would be paced by the malloc job's copies, so there each gets its own core.
+    let default_mask = if cli.config.is_none() && std::thread::available_parallelism().is_ok_and(|n| n.get() >= 2) {
+        "0x3"
+    } else {
+        "0x1"
+    };
+    let cpumask = cli.cpumask.as_deref().unwrap_or(default_mask);
+    let core_mask = CoreMask::parse(cpumask).map_err(|e| PerfError::invalid("-m", e.to_string()))?;
     let periodic_secs = cli
         .periodic
         .as_deref()
