@@ -6,14 +6,17 @@ cd "$(dirname "$0")/.."
 
 need_apt=()
 command -v fio >/dev/null 2>&1 || need_apt+=(fio)
+command -v mdadm >/dev/null 2>&1 || need_apt+=(mdadm)
 if [ ${#need_apt[@]} -gt 0 ]; then
   SUDO=""
   [ "$(id -u)" -eq 0 ] || SUDO="sudo"
   echo "== installing ${need_apt[*]}"
   $SUDO apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need_apt[@]}" >/dev/null
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${need_apt[@]}" >/dev/null
 fi
-command -v fio >/dev/null 2>&1 || { echo "fio is required and could not be installed" >&2; exit 1; }
+for tool in fio mdadm; do
+  command -v $tool >/dev/null 2>&1 || { echo "$tool is required and could not be installed" >&2; exit 1; }
+done
 
 # SPDK's own JSON-RPC client, unmodified, for the keel-tgt end-to-end tests.
 if ! .venv/bin/spdk-rpc --help >/dev/null 2>&1; then
