@@ -6,14 +6,17 @@ use std::process::Command;
 
 use keel_md::superblock::{Superblock, MAX_SECTOR, ROLE_FAULTY, ROLE_SPARE};
 
+/// Debian's mdadm, from PATH or /usr/sbin (not always on a non-root PATH).
 fn mdadm() -> &'static str {
-    let ok = Command::new("mdadm")
-        .arg("--version")
-        .output()
-        .map(|o| o.status.success())
-        .unwrap_or(false);
-    assert!(ok, "mdadm not found: run scripts/deps.sh (scripts/test.sh does)");
-    "mdadm"
+    ["mdadm", "/usr/sbin/mdadm", "/sbin/mdadm"]
+        .into_iter()
+        .find(|m| {
+            Command::new(m)
+                .arg("--version")
+                .output()
+                .is_ok_and(|o| o.status.success())
+        })
+        .expect("mdadm not found: run scripts/deps.sh (scripts/test.sh does)")
 }
 
 fn member(dev_number: u32, roles: &[u16], events: u64, clean: bool) -> Superblock {
