@@ -7,6 +7,7 @@
 #![forbid(unsafe_code)]
 
 mod error;
+pub mod layout;
 pub mod superblock;
 
 pub use error::MdError;
