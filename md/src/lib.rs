@@ -6,6 +6,7 @@
 //! and resync pollers follow (`shared/design.md` §6).
 #![forbid(unsafe_code)]
 
+pub mod bitmap;
 mod error;
 pub mod layout;
 pub mod superblock;
