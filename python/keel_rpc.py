@@ -24,3 +24,13 @@ def spdk_rpc_plugin_initialize(subparsers):
     )
     p.add_argument("-l", "--lcore", type=int, help="only this core")
     p.set_defaults(func=keel_get_pollers)
+
+    def md_examine(args):
+        print_dict(args.client.call("md_examine", {"bdev": args.bdev}))
+
+    p = subparsers.add_parser(
+        "md_examine",
+        help="What mdadm --examine shows for one member bdev (its md v1.2 superblock)",
+    )
+    p.add_argument("bdev", help="bdev holding the member")
+    p.set_defaults(func=md_examine)

@@ -1,14 +1,22 @@
 //! Keel's md RAID layer (Linux md compatible).
 //!
-//! Built in steps. Present now: [`superblock`], the Linux md v1.x superblock as a fixed-size,
-//! explicit little-endian format with its checksum and the kernel's load-time validation,
-//! byte-compatible with what `mdadm --examine` reads. The array core, bitmap, personalities
-//! and resync pollers follow (`shared/design.md` §6).
+//! Built in steps. Present now:
+//! - [`superblock`]: the Linux md v1.x superblock as a fixed-size, explicit little-endian format
+//!   with its checksum and the kernel's load-time validation, byte-compatible with mdadm;
+//! - [`bitmap`]: the write-intent bitmap header and bit math;
+//! - [`layout`]: linear, raid0 zone and raid10 address math;
+//! - [`meta_io`] and [`examine`]: reading a member's superblock through the bdev layer
+//!   (`md_examine`).
+//!
+//! The array core, personalities on the data path and resync pollers follow
+//! (`shared/design.md` §6).
 #![forbid(unsafe_code)]
 
 pub mod bitmap;
 mod error;
+pub mod examine;
 pub mod layout;
+pub mod meta_io;
 pub mod superblock;
 
 pub use error::MdError;

@@ -15,6 +15,7 @@ pub mod config;
 mod error;
 pub mod framework;
 pub mod jsonrpc;
+pub mod md_methods;
 pub mod methods;
 pub mod server;
 

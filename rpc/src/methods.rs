@@ -10,6 +10,7 @@ use serde_json::{json, Value};
 
 use crate::bdev_info::{bdev_get_bdevs, bdev_get_iostat};
 use crate::framework::*;
+use crate::md_methods::md_examine;
 use crate::RpcError;
 
 /// What handlers work on. Owned by the application; handlers run on the main reactor.
@@ -229,6 +230,7 @@ static METHODS: &[MethodInfo] = &[
     m!(framework_get_subsystems, false, true),
     m!(framework_get_config, false, true),
     m!(keel_get_pollers, false, true),
+    m!(md_examine, false, true),
     m!(bdev_get_bdevs, false, true),
     m!(bdev_get_iostat, false, true),
     m!(bdev_malloc_create, false, true),
