@@ -30,9 +30,11 @@
 //!
 //! [`Runtime`] starts one pinned OS thread per core. [`TestDriver`] runs any number of reactors
 //! on the calling thread in a fixed round-robin order, so logic tests are deterministic and need
-//! no threads.
+//! no threads. [`AttachedReactor`] binds a reactor to a thread the host owns (fio's job threads)
+//! and lets that thread turn it; [`Cores::attached`] addresses a set of them.
 #![deny(unsafe_code)]
 
+mod attached;
 mod cpumask;
 mod error;
 mod io_device;
@@ -42,6 +44,7 @@ mod runtime;
 mod test_driver;
 mod tsc;
 
+pub use attached::AttachedReactor;
 pub use cpumask::CoreMask;
 pub use error::ReactorError;
 pub use io_device::{IoChannel, IoDevice};
