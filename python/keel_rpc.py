@@ -4,13 +4,17 @@ Usage (the module must be importable):
 
     PYTHONPATH=<keel>/python spdk-rpc --plugin keel_rpc keel_get_pollers
 
-Adds Keel's own methods as subcommands. The dm and md methods join here as they land.
+Adds Keel's own methods as subcommands. The dm methods come as dmsetup's verbs (dm_create,
+dm_load, dm_suspend, dm_resume, dm_clear, dm_remove, dm_rename, dm_info, dm_table, dm_status,
+dm_message, dm_deps, dm_ls, dm_targets, dm_wait) printing dmsetup's text formats.
 """
 
 from spdk.rpc.cmd_parser import print_dict
 
 
 def spdk_rpc_plugin_initialize(subparsers):
+    _add_dm_commands(subparsers)
+
     def keel_get_pollers(args):
         params = {}
         if args.lcore is not None:
@@ -34,3 +38,255 @@ def spdk_rpc_plugin_initialize(subparsers):
     )
     p.add_argument("bdev", help="bdev holding the member")
     p.set_defaults(func=md_examine)
+
+
+# ---------------------------------------------------------------------------------------------
+# Device-mapper: dmsetup's verbs over the dm_* methods, printing dmsetup's formats.
+
+INFO_LABEL_WIDTH = 19
+
+
+def dm_info_text(i):
+    """dmsetup info's block for one device (spec §7.1), ending with a blank line."""
+    def line(label, value):
+        return (label + ":").ljust(INFO_LABEL_WIDTH) + str(value) + "\n"
+    out = line("Name", i["name"]) + line("State", i["state"])
+    if i.get("read_ahead") is not None:
+        out += line("Read Ahead", i["read_ahead"])
+    out += line("Tables present", i["tables_present"])
+    out += line("Open count", i["open_count"])
+    out += line("Event number", i["event_nr"])
+    out += line("Major, minor", "%d, %d" % (i["major"], i["minor"]))
+    out += line("Number of targets", i["target_count"])
+    if i.get("uuid"):
+        out += "UUID: " + i["uuid"] + "\n"
+    return out + "\n"
+
+
+INFO_FIELDS = {
+    "name": lambda i: i["name"],
+    "major": lambda i: str(i["major"]),
+    "minor": lambda i: str(i["minor"]),
+    "attr": lambda i: i["attr"],
+    "open": lambda i: str(i["open_count"]),
+    "segments": lambda i: str(i["target_count"]),
+    "events": lambda i: str(i["event_nr"]),
+    "uuid": lambda i: i.get("uuid") or "",
+}
+
+
+def dm_info_columns(infos, headings=True):
+    """dmsetup info -c (spec §7.2)."""
+    width = max([16] + [len(i["name"]) for i in infos])
+    out = []
+    if headings:
+        out.append("Name".ljust(width) + " Maj Min Stat Open Targ Event  UUID")
+    for i in infos:
+        row = "%s %3d %3d %s %4d %4d %6d" % (i["name"].ljust(width), i["major"], i["minor"], i["attr"],
+                                            i["open_count"], i["target_count"], i["event_nr"])
+        if i.get("uuid"):
+            row += " " + i["uuid"]
+        out.append(row)
+    return "\n".join(out) + "\n" if out else ""
+
+
+def _table_text(args):
+    if getattr(args, "table", None) is not None and getattr(args, "file", None) is not None:
+        raise SystemExit("give either --table or --file, not both")
+    if getattr(args, "file", None) is not None:
+        with open(args.file) as f:
+            return f.read()
+    return getattr(args, "table", None)
+
+
+def _add_dm_commands(subparsers):
+    def dm_create(args):
+        params = {"name": args.name}
+        table = None if args.notable else _table_text(args)
+        if table is not None:
+            params["table"] = table
+        if args.uuid:
+            params["uuid"] = args.uuid
+        if args.readonly:
+            params["readonly"] = True
+        if args.bdev_uuid:
+            params["bdev_uuid"] = args.bdev_uuid
+        if args.minor is not None:
+            params["minor"] = args.minor
+        args.client.call("dm_create", params)
+
+    p = subparsers.add_parser("dm_create", help="dmsetup create: a mapped device (a bdev named NAME), "
+                              "with its table live at once")
+    p.add_argument("name")
+    p.add_argument("--table", help="table text: '<start> <len> <type> <args>' lines (bdev names as devices)")
+    p.add_argument("-f", "--file", help="read the table from this file")
+    p.add_argument("-u", "--uuid", help="dm uuid (any string up to 128 bytes)")
+    p.add_argument("-r", "--readonly", action="store_true", help="the table is read-only")
+    p.add_argument("-n", "--notable", action="store_true", help="create without a table")
+    p.add_argument("--bdev-uuid", help="UUID of the device's bdev")
+    p.add_argument("-m", "--minor", type=int, help="minor number (default: the lowest free)")
+    p.set_defaults(func=dm_create)
+
+    def dm_load(args):
+        table = _table_text(args)
+        if table is None:
+            raise SystemExit("dm_load needs --table or --file")
+        params = {"name": args.name, "table": table}
+        if args.readonly:
+            params["readonly"] = True
+        args.client.call("dm_load", params)
+
+    p = subparsers.add_parser("dm_load", aliases=["dm_reload"],
+                              help="dmsetup load: stage a table in the inactive slot (resume swaps it in)")
+    p.add_argument("name")
+    p.add_argument("--table")
+    p.add_argument("-f", "--file")
+    p.add_argument("-r", "--readonly", action="store_true")
+    p.set_defaults(func=dm_load)
+
+    def dm_suspend(args):
+        params = {"name": args.name}
+        if args.noflush:
+            params["noflush"] = True
+        args.client.call("dm_suspend", params)
+
+    p = subparsers.add_parser("dm_suspend", help="dmsetup suspend: hold new I/O, wait for in-flight I/O")
+    p.add_argument("name")
+    p.add_argument("--noflush", action="store_true",
+                   help="requeue I/O that fails because a base bdev went away instead of failing it")
+    p.set_defaults(func=dm_suspend)
+
+    def simple(method, **extra):
+        def run(args):
+            params = {"name": args.name}
+            for key, attr in extra.items():
+                if getattr(args, attr):
+                    params[key] = True
+            args.client.call(method, params)
+        return run
+
+    p = subparsers.add_parser("dm_resume", help="dmsetup resume: swap in the staged table, release held I/O")
+    p.add_argument("name")
+    p.set_defaults(func=simple("dm_resume"))
+
+    p = subparsers.add_parser("dm_clear", help="dmsetup clear: drop the staged (inactive) table")
+    p.add_argument("name")
+    p.set_defaults(func=simple("dm_clear"))
+
+    p = subparsers.add_parser("dm_remove", help="dmsetup remove: delete a mapped device (EBUSY while open)")
+    p.add_argument("name")
+    p.add_argument("-f", "--force", action="store_true", help="even while open: outstanding I/O fails")
+    p.set_defaults(func=simple("dm_remove", force="force"))
+
+    def dm_rename(args):
+        if (args.new_name is None) == (args.setuuid is None):
+            raise SystemExit("dm_rename needs NEW_NAME or --setuuid UUID")
+        params = {"name": args.name}
+        if args.setuuid is not None:
+            params["new_uuid"] = args.setuuid
+        else:
+            params["new_name"] = args.new_name
+        args.client.call("dm_rename", params)
+
+    p = subparsers.add_parser("dm_rename", help="dmsetup rename NAME NEW_NAME | NAME --setuuid UUID")
+    p.add_argument("name")
+    p.add_argument("new_name", nargs="?")
+    p.add_argument("--setuuid")
+    p.set_defaults(func=dm_rename)
+
+    def dm_info(args):
+        res = args.client.call("dm_info", {"name": args.name} if args.name else None)
+        infos = res if isinstance(res, list) else [res]
+        if args.output:
+            fields = args.output.split(",")
+            for f in fields:
+                if f not in INFO_FIELDS:
+                    raise SystemExit("unknown field '%s' (known: %s)" % (f, ",".join(INFO_FIELDS)))
+            for i in infos:
+                print(":".join(INFO_FIELDS[f](i) for f in fields))
+        elif args.columns:
+            print(dm_info_columns(infos, not args.noheadings), end="")
+        else:
+            print("".join(dm_info_text(i) for i in infos), end="")
+
+    p = subparsers.add_parser("dm_info", help="dmsetup info [NAME]")
+    p.add_argument("name", nargs="?")
+    p.add_argument("-c", "--columns", action="store_true")
+    p.add_argument("--noheadings", action="store_true")
+    p.add_argument("-o", "--output", help="with -c: comma-separated fields (%s)" % ",".join(INFO_FIELDS))
+    p.set_defaults(func=dm_info)
+
+    def dm_table(args):
+        params = {}
+        if args.name:
+            params["name"] = args.name
+        if args.inactive:
+            params["inactive"] = True
+        text = args.client.call("dm_table", params or None)
+        print(text if text else "", end="" if text else "\n")
+
+    p = subparsers.add_parser("dm_table", help="dmsetup table [--inactive] [NAME]")
+    p.add_argument("name", nargs="?")
+    p.add_argument("--inactive", action="store_true", help="the staged table")
+    p.set_defaults(func=dm_table)
+
+    def dm_status(args):
+        text = args.client.call("dm_status", {"name": args.name} if args.name else None)
+        print(text if text else "", end="" if text else "\n")
+
+    p = subparsers.add_parser("dm_status", help="dmsetup status [NAME]")
+    p.add_argument("name", nargs="?")
+    p.set_defaults(func=dm_status)
+
+    def dm_message(args):
+        answer = args.client.call("dm_message", {"name": args.name, "sector": args.sector,
+                                                  "message": " ".join(args.message)})
+        if answer:
+            print(answer)
+
+    p = subparsers.add_parser("dm_message", help="dmsetup message NAME SECTOR MESSAGE...")
+    p.add_argument("name")
+    p.add_argument("sector", type=int)
+    p.add_argument("message", nargs="+")
+    p.set_defaults(func=dm_message)
+
+    def dm_deps(args):
+        deps = args.client.call("dm_deps", {"name": args.name})
+        print("%d dependencies\t: %s" % (len(deps), " ".join("(%s)" % d for d in deps)))
+
+    p = subparsers.add_parser("dm_deps", help="dmsetup deps NAME: the bdevs the live table uses")
+    p.add_argument("name")
+    p.set_defaults(func=dm_deps)
+
+    def dm_ls(args):
+        devs = args.client.call("dm_list_devices")
+        if not devs:
+            print("No devices found")
+        for d in devs:
+            print("%s\t(%d:%d)" % (d["name"], d["major"], d["minor"]))
+
+    p = subparsers.add_parser("dm_ls", aliases=["dm_list_devices"], help="dmsetup ls")
+    p.set_defaults(func=dm_ls)
+
+    def dm_targets(args):
+        for t in args.client.call("dm_list_targets"):
+            print("%sv%d.%d.%d" % (t["name"].ljust(16), *t["version"]))
+
+    p = subparsers.add_parser("dm_targets", aliases=["dm_list_targets"], help="dmsetup targets")
+    p.set_defaults(func=dm_targets)
+
+    def dm_wait(args):
+        params = {"name": args.name, "event_nr": args.event_nr}
+        if args.wait_timeout_ms is not None:
+            params["timeout_ms"] = args.wait_timeout_ms
+        info = args.client.call("dm_wait", params)
+        if args.print_info:
+            print(dm_info_text(info), end="")
+
+    p = subparsers.add_parser("dm_wait", help="dmsetup wait NAME [EVENT_NR]: until the event number differs")
+    p.add_argument("name")
+    p.add_argument("event_nr", type=int, nargs="?", default=0)
+    p.add_argument("--timeout", type=int, dest="wait_timeout_ms", help="give up after this many milliseconds")
+    # Not dest "verbose": spdk-rpc's own -v/--verbose lives in the same namespace.
+    p.add_argument("-v", "--verbose", action="store_true", dest="print_info", help="print the info afterwards")
+    p.set_defaults(func=dm_wait)

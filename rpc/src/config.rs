@@ -20,7 +20,7 @@ use serde_json::Value;
 use crate::{find_method, Ctx, RpcError};
 
 /// Subsystems whose methods Keel implements.
-pub const KNOWN_SUBSYSTEMS: &[&str] = &["bdev"];
+pub const KNOWN_SUBSYSTEMS: &[&str] = &["bdev", "dm"];
 
 /// One `{method, params}` entry with where it came from.
 #[derive(Debug, Clone, PartialEq)]

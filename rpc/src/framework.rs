@@ -279,7 +279,8 @@ pub(crate) fn keel_get_pollers(ctx: &Ctx, params: Option<Value>, reply: Reply) {
 }
 
 /// Subsystems in initialisation order, with what each depends on.
-pub const SUBSYSTEMS: &[(&str, &[&str])] = &[("bdev", &[])];
+/// `dm` (mapped devices, after the bdevs they stack on) is Keel's own.
+pub const SUBSYSTEMS: &[(&str, &[&str])] = &[("bdev", &[]), ("dm", &["bdev"])];
 
 pub(crate) fn framework_get_subsystems(_ctx: &Ctx, params: Option<Value>, reply: Reply) {
     if let Err(e) = no_params(params) {
@@ -304,16 +305,20 @@ struct GetConfig {
 pub fn subsystem_config(ctx: &Ctx, name: &str) -> Option<Vec<Value>> {
     match name {
         "bdev" => {
+            // Bdevs stacked on mapped devices are saved in "dm", after the devices.
+            let (deferred, _) = crate::dm_methods::dm_subsystem_config(ctx);
             let mut calls: Vec<Value> = ctx
                 .registry
                 .list()
                 .iter()
+                .filter(|b| !deferred.iter().any(|d| d == b.name()))
                 .filter_map(|b| b.backend().config(b.info()))
                 .map(|c| json!({"method": c.method, "params": c.params}))
                 .collect();
             calls.push(json!({"method": "bdev_wait_for_examine"}));
             Some(calls)
         }
+        "dm" => Some(crate::dm_methods::dm_subsystem_config(ctx).1),
         _ => None,
     }
 }

@@ -12,6 +12,7 @@
 
 mod bdev_info;
 pub mod config;
+pub mod dm_methods;
 mod error;
 pub mod framework;
 pub mod jsonrpc;

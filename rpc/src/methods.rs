@@ -9,6 +9,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use crate::bdev_info::{bdev_get_bdevs, bdev_get_iostat};
+use crate::dm_methods::*;
 use crate::framework::*;
 use crate::md_methods::md_examine;
 use crate::RpcError;
@@ -250,6 +251,21 @@ static METHODS: &[MethodInfo] = &[
     m!(bdev_passthru_create, false, true),
     m!(bdev_passthru_delete, false, true),
     m!(bdev_wait_for_examine, false, true),
+    m!(dm_create, false, true),
+    m!(dm_load, false, true),
+    m!(dm_suspend, false, true),
+    m!(dm_resume, false, true),
+    m!(dm_clear, false, true),
+    m!(dm_remove, false, true),
+    m!(dm_rename, false, true),
+    m!(dm_info, false, true),
+    m!(dm_table, false, true),
+    m!(dm_status, false, true),
+    m!(dm_message, false, true),
+    m!(dm_deps, false, true),
+    m!(dm_list_devices, false, true),
+    m!(dm_list_targets, false, true),
+    m!(dm_wait, false, true),
 ];
 
 /// Every method Keel serves.

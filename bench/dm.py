@@ -1,0 +1,123 @@
+#!/usr/bin/env python3
+"""Device-mapper benchmarks: what a dm layer costs, as same-run ratios against bare null.
+
+Cases (keel-perf, 1 core, qd 128, 4 KiB randread; each run RUNS times, cases interleaved so all
+see the same machine state; medians reported):
+  1. bare null bdev                                   (the reference)
+  2. dm-linear over a null bdev                       (one target, the direct path)
+  3. dm-striped over 2 null bdevs, 64 KiB chunks      (4 KiB reads never cross a chunk)
+  4. passthru over a null bdev                        (keel-bdev's cost of any stacked layer:
+                                                       one more Channel::submit + complete + a
+                                                       completion poller hop; the floor a dm
+                                                       layer cannot go under)
+  5. dm-striped over 2 null bdevs, 4 KiB chunks, 16 KiB randread (every I/O split into 4
+     children: the split path), informational, only with --split
+
+Usage: bench/dm.py [--runs 3] [--time 5] [--json OUT] [--split]
+Builds keel-perf in release mode. All bdevs come from one SPDK-format config (subsystems "bdev"
+and "dm"), the one keel-perf and keel-tgt both read.
+"""
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PERF = os.path.join(ROOT, "target", "release", "keel-perf")
+
+NULL_BLOCKS = 262144  # 1 GiB of 4 KiB blocks
+SECTORS = NULL_BLOCKS * 8
+
+# SPDK's raid0 over 2 null bdevs on this machine class, as the issue quotes it.
+SPDK_RAID0_RATIO = 0.45
+
+
+def config():
+    nulls = [{"method": "bdev_null_create",
+              "params": {"name": "Null%d" % i, "num_blocks": NULL_BLOCKS, "block_size": 4096}}
+             for i in range(7)]
+    bdev = nulls + [{"method": "bdev_passthru_create", "params": {"name": "Pass0", "base_bdev_name": "Null4"}}]
+    dm = [
+        {"method": "dm_create", "params": {"name": "dm_linear", "table": "0 %d linear Null1 0" % SECTORS}},
+        {"method": "dm_create", "params": {"name": "dm_striped",
+                                           "table": "0 %d striped 2 128 Null2 0 Null3 0" % (2 * SECTORS)}},
+        {"method": "dm_create", "params": {"name": "dm_striped4k",
+                                           "table": "0 %d striped 2 8 Null5 0 Null6 0" % (2 * SECTORS)}},
+    ]
+    return {"subsystems": [{"subsystem": "bdev", "config": bdev}, {"subsystem": "dm", "config": dm}]}
+
+
+def machine():
+    model = "?"
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    model = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    return f"{model}, {os.cpu_count()} cores, Linux {platform.release()}"
+
+
+def keel(cfg_path, bdev, t, io_size=4096):
+    out = subprocess.run([PERF, "--json", cfg_path, "-T", bdev, "-w", "randread", "-q", "128", "-o", str(io_size),
+                          "-t", str(t), "-m", "0x1", "--output-format", "json"],
+                         check=True, capture_output=True, text=True).stdout
+    res = json.loads(out)
+    assert all(j["io_failed"] == 0 for j in res["results"]), res
+    return sum(j["iops"] for j in res["results"])
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--time", type=int, default=5)
+    ap.add_argument("--json", help="write results here")
+    ap.add_argument("--split", action="store_true", help="also run the split-path case")
+    a = ap.parse_args()
+    subprocess.run(["cargo", "build", "--release", "-q", "-p", "keel-perf"], cwd=ROOT, check=True)
+    cases = [
+        ("bare null", "Null0", 4096),
+        ("dm-linear over null", "dm_linear", 4096),
+        ("dm-striped over 2 null", "dm_striped", 4096),
+        ("passthru over null (floor)", "Pass0", 4096),
+    ]
+    if a.split:
+        cases.append(("dm-striped 4k chunk, 16k I/O (split)", "dm_striped4k", 16384))
+    with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
+        json.dump(config(), f)
+        cfg_path = f.name
+    runs = {name: [] for name, _, _ in cases}
+    try:
+        for _ in range(a.runs):
+            for name, bdev, size in cases:
+                runs[name].append(keel(cfg_path, bdev, a.time, size))
+    finally:
+        os.unlink(cfg_path)
+    base = statistics.median(runs["bare null"])
+    print(f"machine: {machine()}")
+    print(f"keel-perf -m 0x1 -q 128 -w randread, {a.runs} runs x {a.time}s each, interleaved; medians\n")
+    print(f"{'case':40} {'IOPS (median)':>14}  {'vs bare null':>12}  runs")
+    results = []
+    for name, bdev, size in cases:
+        m = statistics.median(runs[name])
+        ratio = m / base
+        results.append({"case": name, "bdev": bdev, "io_size": size, "iops": m, "runs": runs[name],
+                        "ratio_vs_bare_null": ratio})
+        shown = ", ".join(f"{r / 1e6:.2f}" for r in runs[name])
+        print(f"{name:40} {m / 1e6:11.2f} M  {ratio:11.2f}x  ({shown})")
+    print(f"\nreference: SPDK raid0 over 2 null bdevs runs at {SPDK_RAID0_RATIO:.2f}x bare null on this machine class")
+    sys.stdout.flush()
+    if a.json:
+        with open(a.json, "w") as f:
+            json.dump({"machine": machine(), "runs": a.runs, "time_s": a.time, "queue_depth": 128,
+                       "results": results}, f, indent=2)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1126 @@
+//! The per-core data path of a mapped device.
+//!
+//! # Shape
+//!
+//! Each mapped device has an [`IoDevice`]`<DmCore>`; the dm bdev's backend channel on a core
+//! ([`DmChannel`]) holds that core's [`DmCore`]. A `DmCore` owns, behind one `RefCell` that only
+//! its own core touches:
+//!
+//! * a **table snapshot** ([`CoreTable`]): the live [`Table`] (`Arc`, immutable) plus what this
+//!   core needs around it — the base bdevs' [`Channel`]s on this core, target starts in blocks
+//!   for the lookup, per-target xorshift states and delay FIFOs;
+//! * a completion queue and one poller that drains it;
+//! * preallocated pools: child requests for splits (with a side array of per-child state), parent
+//!   slots for split requests, and queues with capacity (held, pending, retry).
+//!
+//! Configuration reaches the snapshot only through `for_each_channel` visits ([`DmCore::suspend`],
+//! [`DmCore::resume`], …), which run as messages between poller turns, never during a submit.
+//!
+//! # The hot path
+//!
+//! `submit` checks one flag (`fast`: live table, not suspended, nothing held, not read-only),
+//! finds the target (index 0 for a one-target table, binary search otherwise), and when the I/O
+//! fits in the target (and in one chunk of a striped target) and the target is *direct* (same
+//! block size as its devices, no per-piece state), calls `map` and forwards **the request
+//! itself**: the original offset goes into the request's layer word, `offset_blocks` is
+//! rewritten, and the same box goes down. When it comes back the offset is restored and it is
+//! completed upward. No allocation, no lock, a few branches.
+//!
+//! # Splitting
+//!
+//! Anything else — an I/O crossing a target or chunk boundary, a tracked target, block sizes that
+//! differ — takes a **parent slot** and is cut into pieces at target and chunk boundaries; each
+//! piece is mapped and sent as a **child** request from the channel's pool (its scatter list a
+//! window on the parent's buffers; buffer handles are reference-counted clones, not copies).
+//! Pieces a target answers by itself (`error`, `zero`, dropped writes) need no child. Children are
+//! issued as long as the pool lasts; a parent whose remaining pieces found the pool empty waits in
+//! the pending queue and continues as children come back, so an I/O of any size progresses with
+//! any pool size. A parent completes when its last child does, with the first failure seen.
+//! `Submit::Requeue` goes back up only when nothing was started: no free parent slot or child.
+//! Flush and reset fan out the same way: a flush goes through every target's flush legs (delay
+//! holds its flushes), a reset to every device of the table.
+//!
+//! # Suspend, drain, swap
+//!
+//! A suspend visit sets `suspended`: new I/O goes to the **held** queue (it is never failed).
+//! Delay FIFOs are released at once and stop holding. I/O already mapped (`inflight`: forwarded
+//! parents, split parents, held-in-FIFO pieces) keeps going; a core with I/O in flight keeps a
+//! [`DrainTicket`] and releases it from its poller when `inflight` reaches 0. The suspend
+//! completes when every core released its ticket. A resume visit installs the new snapshot (if
+//! the table changed: the device is drained, so no I/O straddles two tables) and clears
+//! `suspended`; the poller then re-issues the held queue in order, against the new table.
+//!
+//! With `noflush`, a piece that fails because its base bdev was removed (`Removed`, or `Aborted`
+//! for what the removed base held) makes its parent go back to the held queue instead of failing — Linux's "pushed back and requeued" —
+//! and it is re-issued after resume, possibly to a new table. Otherwise a removed base's I/O
+//! fails (`Failed`: the dm device itself is not removed).
+
+use std::cell::RefCell;
+use std::collections::VecDeque;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use keel_bdev::{BackendChannel, Channel, CompletionQueue, IoBox, IoOp, IoRequest, IoStatus, SgList, Submit};
+use keel_reactor::{current, ticks, CoreId, Cores, IoChannel, PollStatus, PollerHandle};
+
+use crate::table::Table;
+use crate::target::{Layout, Map, MapCx, Piece, Target, SECTOR_BYTES};
+
+/// Child requests per channel. A 4 KiB random workload through a one-chunk-per-I/O layout needs
+/// none; crossing I/Os need a few each; larger I/Os continue as children come back. 128 keeps a
+/// queue depth of 128 of crossing I/Os busy at ~90 KiB of requests per core per device.
+const CHILDREN: usize = 128;
+/// Split parents in flight per channel (beyond that: `Submit::Requeue`).
+const PARENTS: usize = 128;
+/// Initial capacity of the held queue, the retry queue and each delay FIFO; they keep whatever
+/// high-water mark they reach.
+const QUEUE_CAPACITY: usize = 256;
+/// Completion queue capacity before it first grows.
+const CQ_CAPACITY: usize = 512;
+
+/// What the control path publishes for channels created later (read once by the factory).
+#[derive(Default)]
+pub(crate) struct Published {
+    pub table: Option<Arc<Table>>,
+    pub suspended: bool,
+    pub noflush: bool,
+    pub dead: bool,
+}
+
+/// Counts cores that still have I/O in flight; runs `done` on the origin core when the count
+/// reaches zero. Starts at 1 for the visiting round itself, released by its completion.
+pub(crate) struct DrainTicket {
+    pending: AtomicUsize,
+    done: Mutex<Option<Box<dyn FnOnce() + Send>>>,
+    cores: Cores,
+    origin: CoreId,
+}
+
+impl DrainTicket {
+    pub(crate) fn new(cores: Cores, origin: CoreId, done: impl FnOnce() + Send + 'static) -> Arc<DrainTicket> {
+        Arc::new(DrainTicket {
+            pending: AtomicUsize::new(1),
+            done: Mutex::new(Some(Box::new(done))),
+            cores,
+            origin,
+        })
+    }
+
+    fn add(&self) {
+        self.pending.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// One holder is done. Any core.
+    pub(crate) fn release(&self) {
+        if self.pending.fetch_sub(1, Ordering::AcqRel) == 1 {
+            if let Some(done) = self.done.lock().unwrap_or_else(|e| e.into_inner()).take() {
+                if self.cores.send(self.origin, done).is_err() {
+                    tracing::warn!("dm drain finished while the reactors stop");
+                }
+            }
+        }
+    }
+}
+
+/// A base bdev of the table, on this core.
+struct CoreDev {
+    ch: Channel,
+    /// log2(base block size / 512): sectors → base blocks.
+    sector_shift: u32,
+    /// log2(device block size / base block size): device blocks → base blocks.
+    block_shift: u32,
+}
+
+/// A piece held by a delay target until `release_ticks`.
+struct HeldPiece {
+    release_ticks: u64,
+    io: IoBox,
+    dev: u32,
+    class: u8,
+}
+
+/// A target's mapping as the hot path computes it: inline for linear and striped, through the
+/// target's `map` otherwise.
+enum Fast {
+    Linear {
+        dev: u32,
+        offset_sectors: u64,
+    },
+    Striped {
+        chunk_shift: u32,
+        chunk_mask: u64,
+        stripes: u64,
+        /// log2(stripes) when it is a power of two (no division), else `u32::MAX`.
+        stripes_shift: u32,
+        legs: Box<[(u32, u64)]>,
+    },
+    Dyn,
+}
+
+/// One target of the snapshot.
+struct CoreTarget {
+    fast: Fast,
+    target: Arc<dyn Target>,
+    start_blocks: u64,
+    len_blocks: u64,
+    /// Chunk size in blocks minus one; `u64::MAX` = no chunk boundary.
+    split_mask: u64,
+    /// Pieces may be forwarded as the request itself.
+    direct: bool,
+    rng: u64,
+    fifo: VecDeque<HeldPiece>,
+}
+
+/// The live table as this core sees it. Built on this core by a visit (or the factory).
+struct CoreTable {
+    table: Arc<Table>,
+    /// Target starts in device blocks, for the lookup.
+    starts: Vec<u64>,
+    targets: Vec<CoreTarget>,
+    devs: Vec<CoreDev>,
+    /// log2(device block size / 512).
+    block_shift: u32,
+    block_bytes: u64,
+    num_blocks: u64,
+    readonly: bool,
+    /// Delay targets hold pieces (off while suspended).
+    holding: bool,
+    /// (target, leg) of every flush leg.
+    legs: Vec<(u32, u32)>,
+    delay_targets: Vec<u32>,
+}
+
+impl CoreTarget {
+    /// Maps a piece at `rel_sector` of this target (see [`Fast`]).
+    #[inline(always)]
+    fn map(&mut self, op: IoOp, rel_sector: u64) -> Map {
+        match &self.fast {
+            Fast::Linear { dev, offset_sectors } => Map::Remap {
+                dev: *dev,
+                sector: offset_sectors + rel_sector,
+            },
+            Fast::Striped {
+                chunk_shift,
+                chunk_mask,
+                stripes,
+                stripes_shift,
+                legs,
+            } => {
+                let chunk = rel_sector >> chunk_shift;
+                let (row, stripe) = if *stripes_shift != u32::MAX {
+                    (chunk >> stripes_shift, chunk & (stripes - 1))
+                } else {
+                    (chunk / stripes, chunk % stripes)
+                };
+                let (dev, offset) = legs[stripe as usize];
+                Map::Remap {
+                    dev,
+                    sector: offset + (row << chunk_shift) + (rel_sector & chunk_mask),
+                }
+            }
+            Fast::Dyn => self.target.map(op, rel_sector, &mut MapCx::new(&mut self.rng)),
+        }
+    }
+}
+
+impl CoreTable {
+    /// Builds the snapshot on the calling core (creates the base bdevs' channels here).
+    fn build(table: &Arc<Table>, core: CoreId) -> CoreTable {
+        let block_shift = (table.block_size as u64 / SECTOR_BYTES).trailing_zeros();
+        let devs: Vec<CoreDev> = table
+            .devs
+            .iter()
+            .map(|d| {
+                let claim = d.claim.as_ref().expect("a live table's devices are claimed");
+                let dbs = d.geometry.block_size;
+                CoreDev {
+                    ch: claim.desc.channel(),
+                    sector_shift: (dbs as u64 / SECTOR_BYTES).trailing_zeros(),
+                    block_shift: (table.block_size / dbs).trailing_zeros(),
+                }
+            })
+            .collect();
+        let mut legs = Vec::new();
+        let mut delay_targets = Vec::new();
+        let targets: Vec<CoreTarget> = table
+            .lines
+            .iter()
+            .enumerate()
+            .map(|(i, l)| {
+                for leg in 0..l.target.flush_legs() {
+                    legs.push((i as u32, leg));
+                }
+                let holds = l.ttype.name == "delay";
+                if holds {
+                    delay_targets.push(i as u32);
+                }
+                let split_mask = match l.target.split_sectors() {
+                    Some((chunk, _)) => (chunk >> block_shift).max(1) - 1,
+                    None => u64::MAX,
+                };
+                let same_size = l.target.extents().iter().all(|x| devs[x.dev as usize].block_shift == 0);
+                let tracked = l.target.tracked();
+                let fast = match l.target.layout() {
+                    Layout::Linear { dev, offset_sectors } => Fast::Linear { dev, offset_sectors },
+                    Layout::Striped { chunk_sectors, stripes } => Fast::Striped {
+                        chunk_shift: chunk_sectors.trailing_zeros(),
+                        chunk_mask: chunk_sectors - 1,
+                        stripes: stripes.len() as u64,
+                        stripes_shift: if stripes.len().is_power_of_two() {
+                            stripes.len().trailing_zeros()
+                        } else {
+                            u32::MAX
+                        },
+                        legs: stripes.into_boxed_slice(),
+                    },
+                    Layout::Other => Fast::Dyn,
+                };
+                CoreTarget {
+                    fast,
+                    target: l.target.clone(),
+                    start_blocks: l.start_sectors >> block_shift,
+                    len_blocks: l.len_sectors >> block_shift,
+                    split_mask,
+                    direct: same_size && !tracked,
+                    // Distinct non-zero xorshift seeds per core and target.
+                    rng: 0x9e37_79b9_7f4a_7c15 ^ ((core.0 as u64 + 1) << 32) ^ (i as u64 + 1),
+                    fifo: if holds {
+                        VecDeque::with_capacity(QUEUE_CAPACITY)
+                    } else {
+                        VecDeque::new()
+                    },
+                }
+            })
+            .collect();
+        CoreTable {
+            starts: targets.iter().map(|t| t.start_blocks).collect(),
+            block_shift,
+            block_bytes: table.block_size as u64,
+            num_blocks: table.num_blocks(),
+            readonly: table.readonly,
+            holding: true,
+            legs,
+            delay_targets,
+            targets,
+            devs,
+            table: table.clone(),
+        }
+    }
+
+    /// The target containing device block `offset_blocks` (which is inside the table).
+    #[inline]
+    fn find(&self, offset_blocks: u64) -> usize {
+        if self.starts.len() == 1 {
+            0
+        } else {
+            self.starts.partition_point(|&s| s <= offset_blocks) - 1
+        }
+    }
+}
+
+/// Kinds of child piece.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum ChildKind {
+    Data,
+    FlushLeg,
+    ResetLeg,
+}
+
+/// Per-child state (indexed by the child's tag).
+#[derive(Clone, Copy)]
+struct ChildMeta {
+    parent: u32,
+    target: u32,
+    /// Data: piece start relative to the target, in sectors. Flush: the leg.
+    rel: u64,
+    word: u64,
+    kind: ChildKind,
+}
+
+/// A split request in flight.
+struct ParentSlot {
+    io: Option<IoBox>,
+    /// Next device block (data) or leg index (flush/reset) to issue.
+    next: u64,
+    end: u64,
+    /// Children out.
+    remaining: u32,
+    status: IoStatus,
+    /// Go back to the held queue instead of completing (noflush, base removed).
+    requeue: bool,
+}
+
+/// Everything of the core's channel that changes; one `RefCell` around it.
+struct CoreState {
+    table: Option<Box<CoreTable>>,
+    /// Take the hot path: live table, not suspended, nothing held, writable, alive.
+    fast: bool,
+    suspended: bool,
+    noflush: bool,
+    /// The dm bdev is gone (removed): new I/O fails, held I/O was aborted.
+    dead: bool,
+    held: VecDeque<IoBox>,
+    /// Parents mapped and not yet completed or sent back to `held`.
+    inflight: u64,
+    drain: Option<Arc<DrainTicket>>,
+    children: Vec<IoBox>,
+    meta: Vec<ChildMeta>,
+    parents: Vec<ParentSlot>,
+    free_parents: Vec<u32>,
+    pending: VecDeque<u32>,
+    retry: VecDeque<(IoBox, u32)>,
+    /// Pieces in delay FIFOs (so the poller reads the clock only when there are some).
+    fifo_len: usize,
+}
+
+/// Copies `len` bytes of `src`'s data starting at byte `off` into `dst` as windows.
+fn slice_iovs(src: &SgList, mut off: u64, mut len: u64, dst: &mut SgList) {
+    for v in src {
+        if len == 0 {
+            break;
+        }
+        let vlen = v.len_bytes as u64;
+        if off >= vlen {
+            off -= vlen;
+            continue;
+        }
+        let take = (vlen - off).min(len);
+        dst.push(keel_bdev::IoVec {
+            buf: v.buf.clone(),
+            offset_bytes: v.offset_bytes + off as u32,
+            len_bytes: take as u32,
+        });
+        len -= take;
+        off = 0;
+    }
+}
+
+/// Zeroes `len` bytes of `iovs`' data from byte `off`.
+fn zero_range(iovs: &SgList, mut off: u64, mut len: u64) {
+    for v in iovs {
+        if len == 0 {
+            break;
+        }
+        let vlen = v.len_bytes as u64;
+        if off >= vlen {
+            off -= vlen;
+            continue;
+        }
+        let take = (vlen - off).min(len);
+        let start = (v.offset_bytes as u64 + off) as usize;
+        v.buf.bytes_mut()[start..start + take as usize].fill(0);
+        len -= take;
+        off = 0;
+    }
+}
+
+#[inline]
+fn is_write_op(op: IoOp) -> bool {
+    matches!(op, IoOp::Write | IoOp::Unmap | IoOp::WriteZeroes)
+}
+
+impl CoreState {
+    fn new(core: CoreId, p: &Published) -> CoreState {
+        let children: Vec<IoBox> = (0..CHILDREN)
+            .map(|i| {
+                let mut io = IoRequest::new_boxed();
+                io.tag = i as u64;
+                io
+            })
+            .collect();
+        let mut st = CoreState {
+            table: p.table.as_ref().map(|t| Box::new(CoreTable::build(t, core))),
+            fast: false,
+            suspended: p.suspended,
+            noflush: p.noflush,
+            dead: p.dead,
+            held: VecDeque::with_capacity(QUEUE_CAPACITY),
+            inflight: 0,
+            drain: None,
+            children,
+            meta: vec![
+                ChildMeta {
+                    parent: 0,
+                    target: 0,
+                    rel: 0,
+                    word: 0,
+                    kind: ChildKind::Data,
+                };
+                CHILDREN
+            ],
+            parents: (0..PARENTS)
+                .map(|_| ParentSlot {
+                    io: None,
+                    next: 0,
+                    end: 0,
+                    remaining: 0,
+                    status: IoStatus::Success,
+                    requeue: false,
+                })
+                .collect(),
+            free_parents: (0..PARENTS as u32).rev().collect(),
+            pending: VecDeque::with_capacity(PARENTS),
+            retry: VecDeque::with_capacity(QUEUE_CAPACITY),
+            fifo_len: 0,
+        };
+        if let Some(t) = st.table.as_deref_mut() {
+            t.holding = !p.suspended;
+        }
+        st.refresh_fast();
+        st
+    }
+
+    fn refresh_fast(&mut self) {
+        self.fast =
+            !self.suspended && !self.dead && self.held.is_empty() && self.table.as_deref().is_some_and(|t| !t.readonly);
+    }
+
+    /// Whether a piece failing because its base is gone goes back to the held queue.
+    #[inline]
+    fn requeue_removed(&self) -> bool {
+        self.suspended && self.noflush && !self.dead
+    }
+
+    /// Entry of every request (`BackendChannel::submit`).
+    #[inline]
+    fn submit(&mut self, io: IoBox, cq: &CompletionQueue) -> Submit {
+        if self.fast {
+            return self.submit_mapped(io, cq);
+        }
+        self.submit_slow(io, cq)
+    }
+
+    #[cold]
+    fn submit_slow(&mut self, io: IoBox, cq: &CompletionQueue) -> Submit {
+        if self.dead {
+            io.complete(IoStatus::Aborted);
+            return Submit::Accepted;
+        }
+        if self.suspended || !self.held.is_empty() {
+            self.held.push_back(io);
+            return Submit::Accepted;
+        }
+        self.submit_checked(io, cq)
+    }
+
+    /// The checks the hot path's flag stands for: a table, writability, range.
+    fn submit_checked(&mut self, io: IoBox, cq: &CompletionQueue) -> Submit {
+        let Some(t) = self.table.as_deref() else {
+            io.complete(IoStatus::Failed);
+            return Submit::Accepted;
+        };
+        if t.readonly && is_write_op(io.op) {
+            io.complete(IoStatus::ReadOnly);
+            return Submit::Accepted;
+        }
+        if io.op.needs_range() && (io.offset_blocks >= t.num_blocks || io.num_blocks > t.num_blocks - io.offset_blocks)
+        {
+            io.complete(IoStatus::InvalidRange);
+            return Submit::Accepted;
+        }
+        self.submit_mapped(io, cq)
+    }
+
+    /// Maps a request against the live table: direct forward, or split.
+    #[inline]
+    fn submit_mapped(&mut self, mut io: IoBox, cq: &CompletionQueue) -> Submit {
+        let Some(t) = self.table.as_deref_mut() else {
+            io.complete(IoStatus::Failed);
+            return Submit::Accepted;
+        };
+        if !io.op.needs_range() {
+            return self.accept_split(io, cq);
+        }
+        let i = t.find(io.offset_blocks);
+        let ct = &mut t.targets[i];
+        let rel = io.offset_blocks - ct.start_blocks;
+        let last = rel + io.num_blocks - 1;
+        if !(ct.direct && last < ct.len_blocks && (rel | ct.split_mask) == (last | ct.split_mask)) {
+            return self.accept_split(io, cq);
+        }
+        let m = ct.map(io.op, rel << t.block_shift);
+        match m {
+            Map::Remap { dev, sector } | Map::Track { dev, sector, .. } => {
+                let d = &t.devs[dev as usize];
+                *io.layer_word() = io.offset_blocks;
+                io.offset_blocks = sector >> d.sector_shift;
+                self.inflight += 1;
+                match d.ch.submit(io, cq) {
+                    Submit::Accepted => Submit::Accepted,
+                    Submit::Requeue(mut io) => {
+                        io.offset_blocks = *io.layer_word();
+                        self.inflight -= 1;
+                        Submit::Requeue(io)
+                    }
+                }
+            }
+            Map::Done(status) => {
+                io.complete(status);
+                Submit::Accepted
+            }
+            Map::ZeroFill => {
+                zero_range(&io.iovs, 0, io.num_blocks * t.block_bytes);
+                io.complete(IoStatus::Success);
+                Submit::Accepted
+            }
+            Map::Hold {
+                dev,
+                sector,
+                delay_ticks,
+                class,
+            } => {
+                let d = &t.devs[dev as usize];
+                *io.layer_word() = io.offset_blocks;
+                io.offset_blocks = sector >> d.sector_shift;
+                self.inflight += 1;
+                if !t.holding {
+                    return match d.ch.submit(io, cq) {
+                        Submit::Accepted => Submit::Accepted,
+                        Submit::Requeue(mut io) => {
+                            io.offset_blocks = *io.layer_word();
+                            self.inflight -= 1;
+                            Submit::Requeue(io)
+                        }
+                    };
+                }
+                ct.target.on_hold(class);
+                ct.fifo.push_back(HeldPiece {
+                    release_ticks: ticks().saturating_add(delay_ticks),
+                    io,
+                    dev,
+                    class,
+                });
+                self.fifo_len += 1;
+                Submit::Accepted
+            }
+        }
+    }
+
+    /// Takes a parent slot for a request that needs pieces (or legs) and starts issuing them.
+    fn accept_split(&mut self, io: IoBox, cq: &CompletionQueue) -> Submit {
+        if self.children.is_empty() {
+            return Submit::Requeue(io);
+        }
+        let Some(pidx) = self.free_parents.pop() else {
+            return Submit::Requeue(io);
+        };
+        let t = self.table.as_deref().expect("split needs a table");
+        let (next, end) = match io.op {
+            IoOp::Flush => (0, t.legs.len() as u64),
+            IoOp::Reset => (0, t.devs.len() as u64),
+            _ => (io.offset_blocks, io.offset_blocks + io.num_blocks),
+        };
+        let p = &mut self.parents[pidx as usize];
+        p.io = Some(io);
+        p.next = next;
+        p.end = end;
+        p.remaining = 0;
+        p.status = IoStatus::Success;
+        p.requeue = false;
+        self.inflight += 1;
+        if self.issue(pidx, cq) {
+            if self.parents[pidx as usize].remaining == 0 {
+                self.finish(pidx);
+            }
+        } else {
+            self.pending.push_back(pidx);
+        }
+        Submit::Accepted
+    }
+
+    /// Issues the parent's remaining pieces while children last. Returns whether all are issued.
+    fn issue(&mut self, pidx: u32, cq: &CompletionQueue) -> bool {
+        let CoreState {
+            table,
+            parents,
+            children,
+            meta,
+            retry,
+            fifo_len,
+            suspended,
+            noflush,
+            dead,
+            ..
+        } = self;
+        let requeue_removed = *suspended && *noflush && !*dead;
+        let t = table.as_deref_mut().expect("issue needs a table");
+        let p = &mut parents[pidx as usize];
+        let pio = p.io.as_ref().expect("parent present");
+        let op = pio.op;
+        let base = pio.offset_blocks;
+        while p.next < p.end {
+            // What this piece is, where it goes.
+            let (m, n, ti, rel, kind) = match op {
+                IoOp::Reset => {
+                    let dev = p.next as u32;
+                    (Map::Remap { dev, sector: 0 }, 1, u32::MAX, 0, ChildKind::ResetLeg)
+                }
+                IoOp::Flush => {
+                    let (ti, leg) = t.legs[p.next as usize];
+                    let ct = &mut t.targets[ti as usize];
+                    let m = ct.target.map_flush(leg, &mut MapCx::new(&mut ct.rng));
+                    (m, 1, ti, leg as u64, ChildKind::FlushLeg)
+                }
+                _ => {
+                    let i = t.find(p.next);
+                    let ct = &mut t.targets[i];
+                    let rel = p.next - ct.start_blocks;
+                    let piece_end = (rel | ct.split_mask)
+                        .saturating_add(1)
+                        .min(ct.len_blocks)
+                        .min(p.end - ct.start_blocks);
+                    let rel_sectors = rel << t.block_shift;
+                    let m = ct.map(op, rel_sectors);
+                    (m, piece_end - rel, i as u32, rel_sectors, ChildKind::Data)
+                }
+            };
+            let (dev, sector, word, hold) = match m {
+                Map::Remap { dev, sector } => (dev, sector, 0, None),
+                Map::Track { dev, sector, word } => (dev, sector, word, None),
+                Map::Hold {
+                    dev,
+                    sector,
+                    delay_ticks,
+                    class,
+                } => (dev, sector, 0, t.holding.then_some((delay_ticks, class))),
+                Map::Done(status) => {
+                    if status != IoStatus::Success && kind == ChildKind::Data {
+                        t.targets[ti as usize].target.on_error(Piece::Sector(rel), status);
+                    }
+                    merge(&mut p.status, &mut p.requeue, status, requeue_removed);
+                    p.next += n;
+                    continue;
+                }
+                Map::ZeroFill => {
+                    if op == IoOp::Read {
+                        zero_range(&pio.iovs, (p.next - base) * t.block_bytes, n * t.block_bytes);
+                    }
+                    p.next += n;
+                    continue;
+                }
+            };
+            let Some(mut child) = children.pop() else {
+                return false;
+            };
+            let d = &t.devs[dev as usize];
+            match kind {
+                ChildKind::Data => {
+                    child.prepare(op, sector >> d.sector_shift, n << d.block_shift);
+                    child.iovs.clear();
+                    if op.has_data() {
+                        slice_iovs(
+                            &pio.iovs,
+                            (p.next - base) * t.block_bytes,
+                            n * t.block_bytes,
+                            &mut child.iovs,
+                        );
+                    }
+                }
+                _ => {
+                    child.prepare(op, 0, 0);
+                    child.iovs.clear();
+                }
+            }
+            let id = child.tag as usize;
+            meta[id] = ChildMeta {
+                parent: pidx,
+                target: ti,
+                rel,
+                word,
+                kind,
+            };
+            p.remaining += 1;
+            p.next += n;
+            if word != 0 {
+                let ct = &t.targets[ti as usize];
+                ct.target.before_submit(&mut child, &mut meta[id].word);
+            }
+            if let Some((delay_ticks, class)) = hold {
+                let ct = &mut t.targets[ti as usize];
+                ct.target.on_hold(class);
+                ct.fifo.push_back(HeldPiece {
+                    release_ticks: ticks().saturating_add(delay_ticks),
+                    io: child,
+                    dev,
+                    class,
+                });
+                *fifo_len += 1;
+                continue;
+            }
+            if let Submit::Requeue(c) = d.ch.submit(child, cq) {
+                retry.push_back((c, dev));
+            }
+        }
+        true
+    }
+
+    /// A parent's last piece is done: complete it upward, or send it back to the held queue.
+    fn finish(&mut self, pidx: u32) {
+        let p = &mut self.parents[pidx as usize];
+        let io = p.io.take().expect("parent present");
+        let (status, requeue) = (p.status, p.requeue);
+        self.free_parents.push(pidx);
+        self.inflight -= 1;
+        if requeue {
+            self.held.push_back(io);
+            self.fast = false;
+        } else {
+            io.complete(status);
+        }
+    }
+
+    /// One completion from a base bdev.
+    #[inline]
+    fn on_complete(&mut self, mut io: IoBox) {
+        if io.depth() == 0 {
+            return self.child_done(io);
+        }
+        // A forwarded request: restore the caller's offset and complete it upward.
+        io.offset_blocks = *io.layer_word();
+        self.inflight -= 1;
+        let status = io.status();
+        if status == IoStatus::Success {
+            io.complete(status);
+        } else {
+            self.direct_failed(io, status);
+        }
+    }
+
+    #[cold]
+    fn direct_failed(&mut self, io: IoBox, status: IoStatus) {
+        if let Some(t) = self.table.as_deref() {
+            if io.offset_blocks < t.num_blocks {
+                let ct = &t.targets[t.find(io.offset_blocks)];
+                ct.target.on_error(
+                    Piece::Sector((io.offset_blocks - ct.start_blocks) << t.block_shift),
+                    status,
+                );
+            }
+        }
+        if base_gone(status) && self.requeue_removed() {
+            self.held.push_back(io);
+            self.fast = false;
+            return;
+        }
+        io.complete(if status == IoStatus::Removed {
+            IoStatus::Failed
+        } else {
+            status
+        });
+    }
+
+    fn child_done(&mut self, mut io: IoBox) {
+        let id = io.tag as usize;
+        let m = self.meta[id];
+        let mut status = io.status();
+        if m.kind != ChildKind::ResetLeg {
+            let t = self.table.as_deref().expect("children imply a table");
+            let target = &t.targets[m.target as usize].target;
+            if m.word != 0 {
+                status = target.end_io(&mut io, status, m.word);
+            }
+            if m.kind == ChildKind::FlushLeg && status == IoStatus::Unsupported {
+                // A device without a volatile cache has nothing to flush.
+                status = IoStatus::Success;
+            }
+            if status != IoStatus::Success {
+                let piece = match m.kind {
+                    ChildKind::FlushLeg => Piece::Leg(m.rel as u32),
+                    _ => Piece::Sector(m.rel),
+                };
+                target.on_error(piece, status);
+            }
+        } else if status == IoStatus::Unsupported {
+            status = IoStatus::Success;
+        }
+        io.iovs.clear();
+        self.children.push(io);
+        let requeue_removed = self.requeue_removed();
+        let p = &mut self.parents[m.parent as usize];
+        p.remaining -= 1;
+        merge(&mut p.status, &mut p.requeue, status, requeue_removed);
+        if p.remaining == 0 && p.next == p.end {
+            self.finish(m.parent);
+        }
+    }
+
+    /// Resubmits children (and forwarded parents released by delay) that a base handed back.
+    fn run_retry(&mut self, cq: &CompletionQueue) -> usize {
+        let Some(t) = self.table.as_deref() else { return 0 };
+        let mut n = 0;
+        while let Some((io, dev)) = self.retry.pop_front() {
+            match t.devs[dev as usize].ch.submit(io, cq) {
+                Submit::Accepted => n += 1,
+                Submit::Requeue(io) => {
+                    self.retry.push_front((io, dev));
+                    break;
+                }
+            }
+        }
+        n
+    }
+
+    /// Continues parents that waited for children.
+    fn run_pending(&mut self, cq: &CompletionQueue) -> usize {
+        let mut n = 0;
+        while let Some(&pidx) = self.pending.front() {
+            if self.children.is_empty() {
+                break;
+            }
+            n += 1;
+            if !self.issue(pidx, cq) {
+                break;
+            }
+            self.pending.pop_front();
+            if self.parents[pidx as usize].remaining == 0 {
+                self.finish(pidx);
+            }
+        }
+        n
+    }
+
+    /// Submits delay pieces whose time came (all of them with `all`).
+    fn release_due(&mut self, cq: &CompletionQueue, all: bool) -> usize {
+        let Some(t) = self.table.as_deref_mut() else { return 0 };
+        let now = if all { u64::MAX } else { ticks() };
+        let mut n = 0;
+        for &ti in &t.delay_targets {
+            let ct = &mut t.targets[ti as usize];
+            while ct.fifo.front().is_some_and(|h| h.release_ticks <= now) {
+                let Some(h) = ct.fifo.pop_front() else { break };
+                ct.target.on_release(h.class);
+                n += 1;
+                if let Submit::Requeue(io) = t.devs[h.dev as usize].ch.submit(h.io, cq) {
+                    self.retry.push_back((io, h.dev));
+                }
+            }
+        }
+        self.fifo_len -= n;
+        n
+    }
+
+    /// Re-issues held requests in order once the device runs again.
+    fn run_held(&mut self, cq: &CompletionQueue) -> usize {
+        let mut n = 0;
+        while let Some(io) = self.held.pop_front() {
+            match self.submit_checked(io, cq) {
+                Submit::Accepted => n += 1,
+                Submit::Requeue(io) => {
+                    self.held.push_front(io);
+                    break;
+                }
+            }
+        }
+        self.refresh_fast();
+        n
+    }
+
+    fn abort_held(&mut self) -> usize {
+        let n = self.held.len();
+        while let Some(io) = self.held.pop_front() {
+            io.complete(IoStatus::Aborted);
+        }
+        n
+    }
+
+    fn check_drain(&mut self) -> bool {
+        if self.inflight == 0 {
+            if let Some(t) = self.drain.take() {
+                t.release();
+                return true;
+            }
+        }
+        false
+    }
+}
+
+/// Whether a status says the base bdev went away under the piece: `Removed` for I/O that reached
+/// a removed bdev, `Aborted` for I/O a removed bdev still held.
+#[inline]
+fn base_gone(status: IoStatus) -> bool {
+    matches!(status, IoStatus::Removed | IoStatus::Aborted)
+}
+
+/// Folds a piece's status into its parent: the first failure wins; with `requeue_removed` a
+/// removed base sends the parent back to the held queue instead.
+#[inline]
+fn merge(slot: &mut IoStatus, requeue: &mut bool, status: IoStatus, requeue_removed: bool) {
+    if status == IoStatus::Success {
+        return;
+    }
+    if base_gone(status) && requeue_removed {
+        *requeue = true;
+        return;
+    }
+    if *slot == IoStatus::Success {
+        *slot = if status == IoStatus::Removed {
+            IoStatus::Failed
+        } else {
+            status
+        };
+    }
+}
+
+/// State shared by a core's channel and its poller.
+struct Inner {
+    st: RefCell<CoreState>,
+    cq: CompletionQueue,
+}
+
+impl Inner {
+    fn poll(&self) -> usize {
+        let mut guard = self.st.borrow_mut();
+        let st = &mut *guard;
+        let mut n = self.cq.drain_now(|io| st.on_complete(io));
+        if !st.retry.is_empty() {
+            n += st.run_retry(&self.cq);
+        }
+        if !st.pending.is_empty() {
+            n += st.run_pending(&self.cq);
+        }
+        if st.fifo_len > 0 {
+            n += st.release_due(&self.cq, false);
+        }
+        if !st.held.is_empty() && !st.suspended && !st.dead {
+            n += st.run_held(&self.cq);
+        }
+        if st.drain.is_some() && st.check_drain() {
+            n += 1;
+        }
+        n
+    }
+}
+
+/// A mapped device's state on one core: the value of its [`IoDevice`] channel. Built by the
+/// factory on the core that first does I/O to the device; visited by the control path.
+pub(crate) struct DmCore {
+    inner: Rc<Inner>,
+    _poller: PollerHandle,
+}
+
+impl DmCore {
+    /// Builds the core's state from what the control path published. Called on `core` by the
+    /// device's `IoDevice` factory.
+    pub(crate) fn new(core: CoreId, published: &Mutex<Published>, name: &str) -> DmCore {
+        let st = {
+            let p = published.lock().unwrap_or_else(|e| e.into_inner());
+            CoreState::new(core, &p)
+        };
+        let inner = Rc::new(Inner {
+            st: RefCell::new(st),
+            cq: CompletionQueue::with_capacity(CQ_CAPACITY),
+        });
+        let i2 = inner.clone();
+        let poller = current().register_poller(format!("dm_{name}"), move || PollStatus::from_work(i2.poll() > 0));
+        DmCore { inner, _poller: poller }
+    }
+
+    /// Suspend visit: hold new I/O, release delay FIFOs, join the drain if I/O is in flight.
+    pub(crate) fn suspend(&self, noflush: bool, ticket: &Arc<DrainTicket>) {
+        let mut st = self.inner.st.borrow_mut();
+        st.suspended = true;
+        st.noflush = noflush;
+        if let Some(t) = st.table.as_deref_mut() {
+            t.holding = false;
+        }
+        if st.fifo_len > 0 {
+            st.release_due(&self.inner.cq, true);
+        }
+        st.refresh_fast();
+        if st.inflight > 0 {
+            ticket.add();
+            if let Some(old) = st.drain.replace(ticket.clone()) {
+                old.release();
+            }
+        }
+    }
+
+    /// Drain visit without suspending (remove): join the drain if I/O is in flight.
+    pub(crate) fn drain(&self, ticket: &Arc<DrainTicket>) {
+        let mut st = self.inner.st.borrow_mut();
+        if st.inflight > 0 {
+            ticket.add();
+            if let Some(old) = st.drain.replace(ticket.clone()) {
+                old.release();
+            }
+        }
+    }
+
+    /// Resume visit: install `table` if it is not the live one, run again (held I/O is
+    /// re-issued by the poller).
+    pub(crate) fn resume(&self, table: Option<&Arc<Table>>, core: CoreId) {
+        let mut st = self.inner.st.borrow_mut();
+        if let Some(tb) = table {
+            let same = st.table.as_deref().is_some_and(|t| Arc::ptr_eq(&t.table, tb));
+            if !same {
+                debug_assert_eq!(st.inflight, 0, "table swap with I/O in flight");
+                st.table = Some(Box::new(CoreTable::build(tb, core)));
+            }
+        }
+        st.suspended = false;
+        st.noflush = false;
+        if let Some(t) = st.table.as_deref_mut() {
+            t.holding = true;
+        }
+        st.refresh_fast();
+    }
+
+    /// Remove: the device is gone — fail held I/O, fail new I/O.
+    pub(crate) fn kill(&self) {
+        let mut st = self.inner.st.borrow_mut();
+        st.dead = true;
+        st.abort_held();
+        st.refresh_fast();
+    }
+
+    /// Remove, after the drain: drop the snapshot (and with it this core's base channels).
+    pub(crate) fn drop_table(&self) {
+        let mut st = self.inner.st.borrow_mut();
+        st.dead = true;
+        st.table = None;
+        st.refresh_fast();
+    }
+}
+
+impl Drop for DmCore {
+    fn drop(&mut self) {
+        // Nothing held is lost when the last user closes: held requests complete as aborted.
+        if let Ok(mut st) = self.inner.st.try_borrow_mut() {
+            st.abort_held();
+        }
+    }
+}
+
+/// The dm bdev's backend channel on one core: a handle on the core's [`DmCore`].
+pub(crate) struct DmChannel {
+    /// The core's state, held directly: one pointer less on the hot path.
+    inner: Rc<Inner>,
+    core: IoChannel<DmCore>,
+    /// Set while dm itself unregisters this bdev to re-register it (rename, resize): the abort
+    /// that unregistration sends must not kill the device's state.
+    internal: Arc<AtomicBool>,
+}
+
+impl DmChannel {
+    pub(crate) fn new(core: IoChannel<DmCore>, internal: Arc<AtomicBool>) -> DmChannel {
+        DmChannel {
+            inner: core.inner.clone(),
+            core,
+            internal,
+        }
+    }
+}
+
+impl BackendChannel for DmChannel {
+    #[inline]
+    fn submit(&mut self, io: IoBox) -> Submit {
+        self.inner.st.borrow_mut().submit(io, &self.inner.cq)
+    }
+
+    fn abort_all(&mut self) {
+        if !self.internal.load(Ordering::Acquire) {
+            self.core.kill();
+        }
+    }
+}

@@ -1,0 +1,163 @@
+//! After set-up, I/O through dm does not allocate: a counting global allocator sees zero
+//! allocations while a keel-perf job completes 50k I/Os in steady state through dm linear over
+//! null, striped over two nulls (4 KiB I/Os that map whole: the direct path; 12 KiB I/Os that
+//! cross chunks: the split path with child requests), a 64-target linear table over malloc under
+//! verify (splits, data checked), and a delay target (held pieces in FIFOs).
+//!
+//! Everything runs in one #[test] on one thread so that no other test allocates meanwhile.
+#![allow(unsafe_code)]
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use keel_bdev::modules::{malloc, null};
+use keel_bdev::BdevRegistry;
+use keel_dm::{CreateOpts, DmRegistry};
+use keel_perf::{Job, JobSpec, JobStatus, Workload};
+use keel_reactor::{CoreId, TestDriver};
+
+struct Counting;
+
+static ALLOCS: AtomicU64 = AtomicU64::new(0);
+
+// SAFETY: every method forwards to `System` with the caller's arguments unchanged, so the
+// GlobalAlloc contract is exactly System's; the only addition is a relaxed counter increment.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        ALLOCS.fetch_add(1, Ordering::Relaxed);
+        // SAFETY: forwarded unchanged (see above).
+        unsafe { System.alloc(layout) }
+    }
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        ALLOCS.fetch_add(1, Ordering::Relaxed);
+        // SAFETY: forwarded unchanged.
+        unsafe { System.alloc_zeroed(layout) }
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        ALLOCS.fetch_add(1, Ordering::Relaxed);
+        // SAFETY: forwarded unchanged.
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        // SAFETY: forwarded unchanged.
+        unsafe { System.dealloc(ptr, layout) }
+    }
+}
+
+#[global_allocator]
+static GLOBAL: Counting = Counting;
+
+const WARMUP_IOS: u64 = 5_000;
+const MEASURED_IOS: u64 = 50_000;
+
+struct Case {
+    name: &'static str,
+    table: String,
+    workload: Workload,
+    io_size: u64,
+}
+
+fn steady_state_allocations(case: &Case) -> u64 {
+    let d = TestDriver::new(1);
+    let reg = BdevRegistry::new(d.cores());
+    null::create(&reg, &null::NullOpts::new("N0", 1 << 16, 4096)).unwrap();
+    null::create(&reg, &null::NullOpts::new("N1", 1 << 16, 4096)).unwrap();
+    malloc::create(&reg, &malloc::MallocOpts::new("M0", 1024, 4096)).unwrap();
+    let dm = DmRegistry::of(&reg);
+    let (tx, rx) = std::sync::mpsc::channel();
+    d.enter(CoreId(0), || {
+        dm.create(
+            CreateOpts {
+                name: "dm0".into(),
+                table: Some(case.table.clone()),
+                ..Default::default()
+            },
+            move |r| tx.send(r).unwrap(),
+        )
+    });
+    assert!(
+        d.run_until(1_000, || matches!(rx.try_recv(), Ok(Ok(())))),
+        "{}: create",
+        case.name
+    );
+    let mut spec = JobSpec::new("dm0", case.workload, 32, case.io_size, 0);
+    spec.rw_read_percent = 70;
+    let job = d.enter(CoreId(0), || {
+        let desc = reg.open("dm0", case.workload.writes(), |_| {}).unwrap();
+        Job::start(spec, desc).unwrap()
+    });
+    assert!(d.run_until(100_000_000, || job.completed_ios() >= WARMUP_IOS));
+    let before = ALLOCS.load(Ordering::SeqCst);
+    let start = job.completed_ios();
+    assert!(d.run_until(100_000_000, || job.completed_ios() >= start + MEASURED_IOS));
+    let after = ALLOCS.load(Ordering::SeqCst);
+    job.stop();
+    assert!(d.run_until(100_000, || job.is_done()));
+    let r = job.result().unwrap();
+    assert_eq!(r.status, JobStatus::Terminated, "{}: {r:?}", case.name);
+    assert_eq!(r.ios_failed, 0, "{}", case.name);
+    assert!(r.miscompare.is_none(), "{}", case.name);
+    let (tx, rx) = std::sync::mpsc::channel();
+    d.enter(CoreId(0), || dm.remove("dm0", false, move |r| tx.send(r).unwrap()));
+    assert!(
+        d.run_until(1_000, || matches!(rx.try_recv(), Ok(Ok(())))),
+        "{}: remove",
+        case.name
+    );
+    after - before
+}
+
+#[test]
+fn steady_state_io_through_dm_does_not_allocate() {
+    let base = ALLOCS.load(Ordering::SeqCst);
+    drop(std::hint::black_box(vec![1u8; 10]));
+    assert!(ALLOCS.load(Ordering::SeqCst) > base, "the counter sees allocations");
+    let multi: String = (0..64)
+        .map(|k| format!("{} 128 linear M0 {}\n", k * 128, (63 - k) * 128))
+        .collect();
+    let cases = [
+        Case {
+            name: "linear/null randread",
+            table: "0 524288 linear N0 0".into(),
+            workload: Workload::RandRead,
+            io_size: 4096,
+        },
+        Case {
+            name: "linear/null randwrite",
+            table: "0 524288 linear N0 0".into(),
+            workload: Workload::RandWrite,
+            io_size: 4096,
+        },
+        Case {
+            name: "striped/2 null randread 4k (direct)",
+            table: "0 1048576 striped 2 8 N0 0 N1 0".into(),
+            workload: Workload::RandRead,
+            io_size: 4096,
+        },
+        Case {
+            name: "striped/2 null randrw 12k (split)",
+            table: "0 1048576 striped 2 8 N0 0 N1 0".into(),
+            workload: Workload::RandRw,
+            io_size: 12288,
+        },
+        Case {
+            name: "64 linear targets/malloc verify 12k (split)",
+            table: multi,
+            workload: Workload::Verify,
+            io_size: 12288,
+        },
+        Case {
+            name: "delay 0/1 ms over malloc randread",
+            table: "0 8192 delay M0 0 1".into(),
+            workload: Workload::RandRead,
+            io_size: 4096,
+        },
+    ];
+    let mut report = Vec::new();
+    for c in &cases {
+        report.push((c.name, steady_state_allocations(c)));
+    }
+    for (name, n) in &report {
+        assert_eq!(*n, 0, "{name}: {n} allocations in {MEASURED_IOS} I/Os; all: {report:?}");
+    }
+}

@@ -1,0 +1,317 @@
+//! Device-mapper RPC methods (Keel's own; `spdk-rpc --plugin keel_rpc` subcommands mirror
+//! dmsetup's verbs). Handlers run on the main reactor and work on the [`DmRegistry`] of the
+//! context's bdev registry.
+//!
+//! | method | params | result |
+//! |---|---|---|
+//! | `dm_create` | `name`, `table`?, `uuid`?, `readonly`?, `bdev_uuid`?, `minor`? | the name |
+//! | `dm_load` | `name`, `table`, `readonly`? | `true` |
+//! | `dm_suspend` | `name`, `noflush`? | `true` (once drained) |
+//! | `dm_resume` | `name` | `true` |
+//! | `dm_clear` | `name` | `true` |
+//! | `dm_remove` | `name`, `force`? | `true` (once the claims are released) |
+//! | `dm_rename` | `name`, `new_name` or `new_uuid` | `true` |
+//! | `dm_info` | `name`? | an info object (an array of them without `name`) |
+//! | `dm_table` | `name`?, `inactive`? | dmsetup's `table` text |
+//! | `dm_status` | `name`? | dmsetup's `status` text |
+//! | `dm_message` | `name`, `sector`, `message` | the target's answer (`""` if none) |
+//! | `dm_deps` | `name` | array of bdev names |
+//! | `dm_list_devices` | – | array of `{name, major, minor}` in name order |
+//! | `dm_list_targets` | – | array of `{name, version: [maj, min, patch]}` |
+//! | `dm_wait` | `name`, `event_nr`?, `timeout_ms`? | the info object once the event number differs |
+//!
+//! Errors carry Linux's errno for the same failure: -6 (ENXIO) for an unknown device, -16 (EBUSY)
+//! for names/uuids in use and open devices, -22 (EINVAL) for tables (the message names the line
+//! and field) and bad values, -110 for a `dm_wait` that timed out; malformed params are -32602.
+
+use keel_bdev::modules::parse_uuid;
+use keel_dm::{CreateOpts, DmError, DmInfo, DmRegistry};
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use crate::methods::{decode, no_params};
+use crate::{Ctx, Reply, RpcError};
+
+fn dm_err(e: DmError) -> RpcError {
+    RpcError::from_errno(e.errno(), e.to_string())
+}
+
+fn reg(ctx: &Ctx) -> std::sync::Arc<DmRegistry> {
+    DmRegistry::of(&ctx.registry)
+}
+
+/// A one-shot reply for dm's asynchronous operations.
+fn done_with(reply: Reply, value: Value) -> impl FnOnce(Result<(), DmError>) + Send + 'static {
+    move |r| reply(r.map(|()| value).map_err(dm_err))
+}
+
+/// The JSON of a device's info (dmsetup info's fields).
+pub fn info_json(i: &DmInfo) -> Value {
+    json!({
+        "name": i.name,
+        "uuid": i.uuid,
+        "state": i.state(),
+        "suspended": i.suspended,
+        "read_only": i.read_only,
+        "tables_present": i.tables_present(),
+        "attr": i.attr(),
+        "open_count": i.open_count,
+        "event_nr": i.event_nr,
+        "major": i.major,
+        "minor": i.minor,
+        "target_count": i.target_count,
+        "read_ahead": i.read_ahead_sectors,
+        "size_sectors": i.size_sectors,
+        "block_size": i.block_size,
+    })
+}
+
+macro_rules! params {
+    ($p:expr, $reply:expr) => {
+        match decode($p) {
+            Ok(p) => p,
+            Err(e) => return $reply(Err(e)),
+        }
+    };
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Create {
+    name: String,
+    #[serde(default)]
+    table: Option<String>,
+    #[serde(default)]
+    uuid: Option<String>,
+    #[serde(default)]
+    readonly: bool,
+    #[serde(default)]
+    bdev_uuid: Option<String>,
+    #[serde(default)]
+    minor: Option<u32>,
+}
+
+pub(crate) fn dm_create(ctx: &Ctx, params: Option<Value>, reply: Reply) {
+    let p: Create = params!(params, reply);
+    let bdev_uuid = match parse_uuid("bdev_uuid", p.bdev_uuid.as_deref()) {
+        Ok(u) => u,
+        Err(e) => return reply(Err(e.into())),
+    };
+    let name = p.name.clone();
+    reg(ctx).create(
+        CreateOpts {
+            name: p.name,
+            table: p.table,
+            uuid: p.uuid,
+            readonly: p.readonly,
+            bdev_uuid,
+            minor: p.minor,
+        },
+        done_with(reply, json!(name)),
+    );
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Load {
+    name: String,
+    table: String,
+    #[serde(default)]
+    readonly: bool,
+}
+
+pub(crate) fn dm_load(ctx: &Ctx, params: Option<Value>, reply: Reply) {
+    let p: Load = params!(params, reply);
+    reply(
+        reg(ctx)
+            .load(&p.name, &p.table, p.readonly)
+            .map(|()| json!(true))
+            .map_err(dm_err),
+    )
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Suspend {
+    name: String,
+    #[serde(default)]
+    noflush: bool,
+}
+
+pub(crate) fn dm_suspend(ctx: &Ctx, params: Option<Value>, reply: Reply) {
+    let p: Suspend = params!(params, reply);
+    reg(ctx).suspend(&p.name, p.noflush, done_with(reply, json!(true)));
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Name {
+    name: String,
+}
+
+pub(crate) fn dm_resume(ctx: &Ctx, params: Option<Value>, reply: Reply) {
+    let p: Name = params!(params, reply);
+    reg(ctx).resume(&p.name, done_with(reply, json!(true)));
+}
+
+pub(crate) fn dm_clear(ctx: &Ctx, params: Option<Value>, reply: Reply) {
+    let p: Name = params!(params, reply);
+    reply(reg(ctx).clear(&p.name).map(|()| json!(true)).map_err(dm_err))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Remove {
+    name: String,
+    #[serde(default)]
+    force: bool,
+}
+
+pub(crate) fn dm_remove(ctx: &Ctx, params: Option<Value>, reply: Reply) {
+    let p: Remove = params!(params, reply);
+    reg(ctx).remove(&p.name, p.force, done_with(reply, json!(true)));
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Rename {
+    name: String,
+    #[serde(default)]
+    new_name: Option<String>,
+    #[serde(default)]
+    new_uuid: Option<String>,
+}
+
+pub(crate) fn dm_rename(ctx: &Ctx, params: Option<Value>, reply: Reply) {
+    let p: Rename = params!(params, reply);
+    match (p.new_name, p.new_uuid) {
+        (Some(n), None) => reg(ctx).rename(&p.name, &n, done_with(reply, json!(true))),
+        (None, Some(u)) => reply(reg(ctx).set_uuid(&p.name, &u).map(|()| json!(true)).map_err(dm_err)),
+        _ => reply(Err(RpcError::invalid_params(
+            "Invalid parameters: exactly one of new_name and new_uuid is required",
+        ))),
+    }
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct MaybeName {
+    #[serde(default)]
+    name: Option<String>,
+}
+
+pub(crate) fn dm_info(ctx: &Ctx, params: Option<Value>, reply: Reply) {
+    let p: MaybeName = params!(params, reply);
+    let r = reg(ctx);
+    reply(match p.name {
+        Some(n) => r.info(&n).map(|i| info_json(&i)).map_err(dm_err),
+        None => Ok(Value::Array(r.list().iter().map(info_json).collect())),
+    })
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct TableParams {
+    #[serde(default)]
+    name: Option<String>,
+    #[serde(default)]
+    inactive: bool,
+}
+
+pub(crate) fn dm_table(ctx: &Ctx, params: Option<Value>, reply: Reply) {
+    let p: TableParams = params!(params, reply);
+    reply(
+        reg(ctx)
+            .table(p.name.as_deref(), p.inactive)
+            .map(Value::String)
+            .map_err(dm_err),
+    )
+}
+
+pub(crate) fn dm_status(ctx: &Ctx, params: Option<Value>, reply: Reply) {
+    let p: MaybeName = params!(params, reply);
+    reply(reg(ctx).status(p.name.as_deref()).map(Value::String).map_err(dm_err))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Message {
+    name: String,
+    sector: u64,
+    message: String,
+}
+
+pub(crate) fn dm_message(ctx: &Ctx, params: Option<Value>, reply: Reply) {
+    let p: Message = params!(params, reply);
+    reply(
+        reg(ctx)
+            .message(&p.name, p.sector, &p.message)
+            .map(|a| json!(a.unwrap_or_default()))
+            .map_err(dm_err),
+    )
+}
+
+pub(crate) fn dm_deps(ctx: &Ctx, params: Option<Value>, reply: Reply) {
+    let p: Name = params!(params, reply);
+    reply(reg(ctx).deps(&p.name).map(|d| json!(d)).map_err(dm_err))
+}
+
+pub(crate) fn dm_list_devices(ctx: &Ctx, params: Option<Value>, reply: Reply) {
+    if let Err(e) = no_params(params) {
+        return reply(Err(e));
+    }
+    let v: Vec<Value> = reg(ctx)
+        .list()
+        .iter()
+        .map(|i| json!({"name": i.name, "major": i.major, "minor": i.minor}))
+        .collect();
+    reply(Ok(Value::Array(v)))
+}
+
+pub(crate) fn dm_list_targets(_ctx: &Ctx, params: Option<Value>, reply: Reply) {
+    if let Err(e) = no_params(params) {
+        return reply(Err(e));
+    }
+    let v: Vec<Value> = DmRegistry::target_versions()
+        .iter()
+        .map(|(n, (a, b, c))| json!({"name": n, "version": [a, b, c]}))
+        .collect();
+    reply(Ok(Value::Array(v)))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Wait {
+    name: String,
+    #[serde(default)]
+    event_nr: u32,
+    #[serde(default)]
+    timeout_ms: Option<u64>,
+}
+
+pub(crate) fn dm_wait(ctx: &Ctx, params: Option<Value>, reply: Reply) {
+    let p: Wait = params!(params, reply);
+    let timeout_us = p.timeout_ms.map(|ms| ms.saturating_mul(1000));
+    reg(ctx).wait(&p.name, p.event_nr, timeout_us, move |r| {
+        reply(r.map(|i| info_json(&i)).map_err(dm_err))
+    });
+}
+
+/// The `"dm"` subsystem's save_config entries, and the non-dm bdevs they take over from the
+/// `"bdev"` subsystem (see `keel_dm`'s config docs).
+pub fn dm_subsystem_config(ctx: &Ctx) -> (Vec<String>, Vec<Value>) {
+    let plan = reg(ctx).config_plan(&ctx.registry);
+    let calls = plan
+        .steps
+        .into_iter()
+        .filter_map(|s| match s {
+            keel_dm::ConfigStep::Call { method, params } => Some(json!({"method": method, "params": params})),
+            keel_dm::ConfigStep::Bdev(name) => {
+                let b = ctx.registry.get(&name)?;
+                let c = b.backend().config(b.info())?;
+                Some(json!({"method": c.method, "params": c.params}))
+            }
+        })
+        .collect();
+    (plan.deferred_bdevs, calls)
+}
