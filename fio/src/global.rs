@@ -18,9 +18,9 @@
 //! registry or the same refusal, and a job naming a different config file is refused (one Keel
 //! instance per fio process).
 //!
-//! Nothing drives the control core after the load. Today's modules need it only for bdev
-//! removal and for operations that visit every core, which an fio run does not do; see the
-//! crate docs.
+//! The control reactor is detached after the load, so its core has no reactor; visits over
+//! every core (dm table swaps, bdev removal) pass unattached cores by and wait only for the
+//! cores fio job threads hold and turn.
 
 use std::path::Path;
 use std::sync::{mpsc, Arc, Mutex};
@@ -177,8 +177,8 @@ fn load_now(path: &str) -> Result<Arc<Global>, String> {
             }
             Err(mpsc::TryRecvError::Empty) if Instant::now() > deadline => {
                 break Err(format!(
-                    "{}: the load did not finish within {} s (config methods that wait for every core are \
-                     not supported by the fio engine)",
+                    "{}: the load did not finish within {} s (a config method waited for \
+                     something no thread drives)",
                     in_file(path),
                     LOAD_TIMEOUT.as_secs()
                 ))

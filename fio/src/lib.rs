@@ -55,8 +55,8 @@
 //! # Limits
 //!
 //! - Only fio 3.33 (x86_64 layout of Debian bookworm's build).
-//! - Nothing drives the control core after the config loaded: bdev hot removal and operations
-//!   that visit every core would wait (an fio run does neither).
+//! - Visits over every core (dm table swaps, bdev removal) reach only the cores fio job threads
+//!   hold; unattached cores have no reactor and are passed by.
 //! - `verify_async` is not supported: fio's verify threads would read buffers the engine's
 //!   job thread may be filling at the same time.
 #![deny(unsafe_code)]

@@ -22,10 +22,9 @@
 //! # Limits
 //!
 //! - A message sent to a core that nobody has attached waits in its queue until some thread
-//!   attaches that core. Control operations that visit every core in turn
-//!   ([`Cores::for_each_core`], [`crate::IoDevice::for_each_channel`], bdev hot removal) therefore
-//!   finish only when every core of the set is being driven; hosts that leave cores idle must not
-//!   rely on them.
+//!   attaches that core. Visits over every core ([`Cores::for_each_core`],
+//!   [`crate::IoDevice::for_each_channel`], bdev hot removal) pass such cores by — they have no
+//!   reactor and so no channels — but wait for every attached core, which must be turned.
 //! - Only for handles made by [`Cores::attached`]: a `Runtime`'s cores are owned by its threads.
 //!
 //! Everything here is control path except [`AttachedReactor::turn`], which is one reactor loop
@@ -42,7 +41,9 @@ impl Cores {
     /// started. Threads join with [`AttachedReactor::attach`]. Callable on any thread.
     pub fn attached(n: u32) -> Cores {
         let ids: Vec<CoreId> = (0..n.max(1)).map(CoreId).collect();
-        Cores::new(&ids)
+        let cores = Cores::new(&ids);
+        cores.inner.external.store(true, Ordering::Release);
+        cores
     }
 }
 
@@ -269,5 +270,25 @@ mod tests {
             t.join().unwrap();
         }
         assert_eq!(created.load(Ordering::SeqCst), 2);
+    }
+
+    #[test]
+    fn visits_over_all_cores_pass_unattached_cores_by() {
+        let cores = Cores::attached(4);
+        let r0 = AttachedReactor::attach(&cores, CoreId(0)).unwrap();
+        let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (s2, d2) = (seen.clone(), done.clone());
+        cores.for_each_core(
+            move || s2.lock().unwrap().push(crate::current().core()),
+            CoreId(0),
+            move || d2.store(true, Ordering::SeqCst),
+        );
+        for _ in 0..10 {
+            r0.turn();
+        }
+        assert!(done.load(Ordering::SeqCst), "the visit waited for cores nobody drives");
+        assert_eq!(*seen.lock().unwrap(), vec![CoreId(0)]);
+        assert!(cores.is_live(CoreId(0)) && !cores.is_live(CoreId(3)));
     }
 }

@@ -105,7 +105,8 @@ impl<T: 'static> IoDevice<T> {
 
 impl Cores {
     /// Runs `visit` on every core in mask order (each after the previous finished), then `done`
-    /// on `origin`. Returns at once.
+    /// on `origin`. Externally driven cores that no thread has attached are passed by (they have
+    /// no reactor, hence no channels). Returns at once.
     pub fn for_each_core(
         &self,
         visit: impl Fn() + Send + Sync + 'static,
@@ -120,6 +121,11 @@ impl Cores {
             done: Box<dyn FnOnce() + Send>,
         ) {
             let ids = cores.core_ids();
+            // Externally driven cores that nobody attached have no reactor and no channels.
+            let mut idx = idx;
+            while idx < ids.len() && !cores.is_live(ids[idx]) {
+                idx += 1;
+            }
             if idx >= ids.len() {
                 // If origin vanished (shutdown), the completion is dropped with the queue.
                 let _ = cores.send(origin, done);

@@ -47,6 +47,9 @@ pub(crate) struct Mailbox {
 pub(crate) struct CoresInner {
     pub mailboxes: Vec<Mailbox>,
     pub stopping: AtomicBool,
+    /// Cores driven by threads Keel does not own (see `attached.rs`): a core nobody has
+    /// attached has no reactor, so visits over all cores pass it by.
+    pub external: AtomicBool,
 }
 
 /// `Send + Sync` handle to every reactor of a runtime: addresses them by core and carries
@@ -71,12 +74,22 @@ impl Cores {
                     })
                     .collect(),
                 stopping: AtomicBool::new(false),
+                external: AtomicBool::new(false),
             }),
         }
     }
 
     pub(crate) fn mailbox(&self, core: CoreId) -> Option<&Mailbox> {
         self.inner.mailboxes.iter().find(|m| m.core == core)
+    }
+
+    /// Whether `core` can run messages now. False only for an externally driven core that no
+    /// thread has attached (it has no reactor, so no channels and nothing to visit).
+    pub fn is_live(&self, core: CoreId) -> bool {
+        match self.mailbox(core) {
+            Some(mb) => !self.inner.external.load(Ordering::Acquire) || mb.stats.tid.load(Ordering::Acquire) != 0,
+            None => false,
+        }
     }
 
     /// The cores that have a reactor, ascending.
