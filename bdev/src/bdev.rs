@@ -10,7 +10,7 @@ use serde_json::Value;
 use uuid::Uuid;
 
 use crate::stats::{ChannelStats, IoStats, StatsReset};
-use crate::{BdevError, CompletionQueue, IoBox, IoOp, IoStatus, Submit};
+use crate::{BdevError, CompletionQueue, ForwardCtx, IoBox, IoOp, IoStatus, Submit};
 
 /// The set of ops a bdev supports, declared by its module as data.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -404,9 +404,14 @@ impl Channel {
     /// reaches a removed bdev — completes with that status through `cq` like any other.
     /// `Submit::Requeue` hands it back untouched (backpressure). Called on this channel's core.
     #[inline]
-    pub fn submit(&self, mut io: IoBox, cq: &CompletionQueue) -> Submit {
+    pub fn submit(&self, io: IoBox, cq: &CompletionQueue) -> Submit {
+        self.submit_stamped(io, cq, keel_reactor::ticks())
+    }
+
+    #[inline]
+    fn submit_stamped(&self, mut io: IoBox, cq: &CompletionQueue, submit_ticks: u64) -> Submit {
         let ch = &*self.ch;
-        if io.push_frame(cq, Some(ch.stats.clone())).is_err() {
+        if io.push_frame(cq, Some(ch.stats.clone()), submit_ticks).is_err() {
             io.complete_direct(cq, IoStatus::StackOverflow);
             return Submit::Accepted;
         }
@@ -443,5 +448,29 @@ impl Channel {
     /// Live statistics of this core's channel.
     pub fn stats(&self) -> &ChannelStats {
         &self.ch.stats
+    }
+
+    /// In-place forwarding, for a layer inside its [`BackendChannel::submit`]: hands `io` (whose
+    /// top frame is the layer's, its `offset_blocks` already remapped to this bdev) to this
+    /// channel such that a **success** skips the layer's completion queue and poller — the
+    /// layer's frame is finished on the way up with `offset_blocks` set back to
+    /// `restore_offset_blocks` and `ctx`'s in-flight count dropped. A **failure** comes back to
+    /// `ctx.cq()` with the layer's frame on top, exactly as after [`Channel::submit`]; the layer
+    /// then calls `ctx.end()` itself and handles it. `ctx.inflight()` counts the request from
+    /// here until either. `Submit::Requeue` hands the request back unmarked.
+    #[inline]
+    pub fn forward(&self, mut io: IoBox, ctx: &Rc<ForwardCtx>, restore_offset_blocks: u64) -> Submit {
+        if !io.mark_forwarded(ctx, restore_offset_blocks) {
+            // Not inside a layer: nothing to skip.
+            return self.submit(io, ctx.cq());
+        }
+        let stamp = io.submit_ticks();
+        match self.submit_stamped(io, ctx.cq(), stamp) {
+            Submit::Accepted => Submit::Accepted,
+            Submit::Requeue(mut io) => {
+                io.unmark_forwarded();
+                Submit::Requeue(io)
+            }
+        }
     }
 }

@@ -16,7 +16,7 @@
 //! Buffers: `iovs` holds [`IoVec`]s (a [`DmaBuf`] handle plus a byte window). The request's
 //! owner decides them; layers read or fill them and never keep a clone after completing.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
 use std::rc::Rc;
 
@@ -205,6 +205,51 @@ pub(crate) struct Frame {
     stats: Option<Rc<ChannelStats>>,
     submit_ticks: u64,
     layer_word: u64,
+    /// Set when this frame's layer forwarded the request in place ([`crate::Channel::forward`]):
+    /// a success from below passes through this layer without visiting its queue.
+    fwd: Option<Rc<ForwardCtx>>,
+    restore_offset_blocks: u64,
+}
+
+/// A layer's per-channel state for in-place forwarding ([`crate::Channel::forward`]): the queue
+/// where failures come back to the layer, and the count of its requests still below it. Owned
+/// by the layer's channel (shared by `Rc` with the requests in flight), on its core.
+pub struct ForwardCtx {
+    failure_cq: CompletionQueue,
+    inflight: Cell<u64>,
+}
+
+impl ForwardCtx {
+    /// A context whose failures arrive on `failure_cq` (the layer's own completion queue).
+    pub fn new(failure_cq: CompletionQueue) -> Rc<ForwardCtx> {
+        Rc::new(ForwardCtx {
+            failure_cq,
+            inflight: Cell::new(0),
+        })
+    }
+
+    /// Requests forwarded (or otherwise counted with [`ForwardCtx::begin`]) and not yet finished.
+    #[inline]
+    pub fn inflight(&self) -> u64 {
+        self.inflight.get()
+    }
+
+    /// Counts one more request below the layer.
+    #[inline]
+    pub fn begin(&self) {
+        self.inflight.set(self.inflight.get() + 1);
+    }
+
+    /// Counts one request back (the layer calls this for failures it handles itself).
+    #[inline]
+    pub fn end(&self) {
+        self.inflight.set(self.inflight.get() - 1);
+    }
+
+    /// The layer's queue.
+    pub fn cq(&self) -> &CompletionQueue {
+        &self.failure_cq
+    }
 }
 
 /// A block I/O request. See the module docs for the life cycle.
@@ -291,14 +336,23 @@ impl IoRequest {
         self.frames.last().map(|f| f.submit_ticks).unwrap_or(0)
     }
 
+    /// Pushes a frame stamped `submit_ticks` (the caller's reading of [`ticks`]; a forwarded
+    /// request reuses its layer's stamp: the same moment, one clock read fewer).
     #[inline]
-    pub(crate) fn push_frame(&mut self, cq: &CompletionQueue, stats: Option<Rc<ChannelStats>>) -> Result<(), ()> {
+    pub(crate) fn push_frame(
+        &mut self,
+        cq: &CompletionQueue,
+        stats: Option<Rc<ChannelStats>>,
+        submit_ticks: u64,
+    ) -> Result<(), ()> {
         self.frames
             .try_push(Frame {
                 cq: cq.clone(),
                 stats,
-                submit_ticks: ticks(),
+                submit_ticks,
                 layer_word: 0,
+                fwd: None,
+                restore_offset_blocks: 0,
             })
             .map_err(|_| ())
     }
@@ -309,16 +363,54 @@ impl IoRequest {
     }
 
     /// Finishes the current layer's part: records `status`, charges the layer's statistics and
-    /// queues the request for the layer above, whose poller will see it. Called by modules on
-    /// the request's core, inside `submit` or later from a poller.
+    /// queues the request for the layer above, whose poller will see it. On success, layers
+    /// above that forwarded the request in place ([`crate::Channel::forward`]) are finished
+    /// here too — offset restored, statistics charged, in-flight count dropped — so the request
+    /// goes straight to the first layer that did not. Called by modules on the request's core,
+    /// inside `submit` or later from a poller.
     #[inline]
     pub fn complete(mut self: Box<Self>, status: IoStatus) {
         self.status = status;
-        let frame = self.frames.pop().expect("complete() on a request that is in no bdev");
+        let now = ticks();
+        let mut frame = self.frames.pop().expect("complete() on a request that is in no bdev");
         if let Some(stats) = &frame.stats {
-            stats.record(&self, status, ticks().wrapping_sub(frame.submit_ticks));
+            stats.record(&self, status, now.wrapping_sub(frame.submit_ticks));
+        }
+        if status == IoStatus::Success {
+            while self.frames.last().is_some_and(|f| f.fwd.is_some()) {
+                let up = self.frames.pop().expect("checked");
+                let ctx = up.fwd.as_ref().expect("checked");
+                ctx.end();
+                self.offset_blocks = up.restore_offset_blocks;
+                if let Some(stats) = &up.stats {
+                    stats.record(&self, status, now.wrapping_sub(up.submit_ticks));
+                }
+                frame = up;
+            }
         }
         frame.cq.push(self);
+    }
+
+    /// Marks the current layer's frame as forwarded in place (see [`crate::Channel::forward`]).
+    #[inline]
+    pub(crate) fn mark_forwarded(&mut self, ctx: &Rc<ForwardCtx>, restore_offset_blocks: u64) -> bool {
+        match self.frames.last_mut() {
+            Some(f) => {
+                f.fwd = Some(ctx.clone());
+                f.restore_offset_blocks = restore_offset_blocks;
+                ctx.begin();
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Undoes [`IoRequest::mark_forwarded`] after the base handed the request back.
+    #[inline]
+    pub(crate) fn unmark_forwarded(&mut self) {
+        if let Some(ctx) = self.frames.last_mut().and_then(|f| f.fwd.take()) {
+            ctx.end();
+        }
     }
 
     /// Completes the request to `cq` without a bdev frame: used when it is refused before

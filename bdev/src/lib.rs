@@ -40,6 +40,8 @@ pub use bdev::{
 };
 pub use buf::{BufPool, DmaBuf};
 pub use error::BdevError;
-pub use io::{CompletionQueue, IoBox, IoOp, IoPool, IoRequest, IoStatus, IoVec, SgList, Submit, MAX_DEPTH, MAX_IOVS};
+pub use io::{
+    CompletionQueue, ForwardCtx, IoBox, IoOp, IoPool, IoRequest, IoStatus, IoVec, SgList, Submit, MAX_DEPTH, MAX_IOVS,
+};
 pub use registry::BdevRegistry;
 pub use stats::{ChannelStats, IoStats, OpStats, StatsReset};

@@ -61,7 +61,9 @@ use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
-use keel_bdev::{BackendChannel, Channel, CompletionQueue, IoBox, IoOp, IoRequest, IoStatus, SgList, Submit};
+use keel_bdev::{
+    BackendChannel, Channel, CompletionQueue, ForwardCtx, IoBox, IoOp, IoRequest, IoStatus, SgList, Submit,
+};
 use keel_reactor::{current, ticks, CoreId, Cores, IoChannel, PollStatus, PollerHandle};
 
 use crate::table::Table;
@@ -361,8 +363,10 @@ struct CoreState {
     /// The dm bdev is gone (removed): new I/O fails, held I/O was aborted.
     dead: bool,
     held: VecDeque<IoBox>,
-    /// Parents mapped and not yet completed or sent back to `held`.
-    inflight: u64,
+    /// Requests below the device (forwarded, held in a delay FIFO, or split parents), counted
+    /// in the in-place forwarding context: a forwarded success drops the count on its way up
+    /// without visiting this channel. Its queue is the channel's completion queue.
+    fwd: Rc<ForwardCtx>,
     drain: Option<Arc<DrainTicket>>,
     children: Vec<IoBox>,
     meta: Vec<ChildMeta>,
@@ -421,7 +425,7 @@ fn is_write_op(op: IoOp) -> bool {
 }
 
 impl CoreState {
-    fn new(core: CoreId, p: &Published) -> CoreState {
+    fn new(core: CoreId, p: &Published, fwd: Rc<ForwardCtx>) -> CoreState {
         let children: Vec<IoBox> = (0..CHILDREN)
             .map(|i| {
                 let mut io = IoRequest::new_boxed();
@@ -436,7 +440,7 @@ impl CoreState {
             noflush: p.noflush,
             dead: p.dead,
             held: VecDeque::with_capacity(QUEUE_CAPACITY),
-            inflight: 0,
+            fwd,
             drain: None,
             children,
             meta: vec![
@@ -543,14 +547,14 @@ impl CoreState {
         match m {
             Map::Remap { dev, sector } | Map::Track { dev, sector, .. } => {
                 let d = &t.devs[dev as usize];
-                *io.layer_word() = io.offset_blocks;
+                let orig = io.offset_blocks;
+                *io.layer_word() = orig;
                 io.offset_blocks = sector >> d.sector_shift;
-                self.inflight += 1;
-                match d.ch.submit(io, cq) {
+                // In place: a success goes straight up; failures come back to `on_complete`.
+                match d.ch.forward(io, &self.fwd, orig) {
                     Submit::Accepted => Submit::Accepted,
                     Submit::Requeue(mut io) => {
-                        io.offset_blocks = *io.layer_word();
-                        self.inflight -= 1;
+                        io.offset_blocks = orig;
                         Submit::Requeue(io)
                     }
                 }
@@ -571,19 +575,19 @@ impl CoreState {
                 class,
             } => {
                 let d = &t.devs[dev as usize];
-                *io.layer_word() = io.offset_blocks;
+                let orig = io.offset_blocks;
+                *io.layer_word() = orig;
                 io.offset_blocks = sector >> d.sector_shift;
-                self.inflight += 1;
                 if !t.holding {
-                    return match d.ch.submit(io, cq) {
+                    return match d.ch.forward(io, &self.fwd, orig) {
                         Submit::Accepted => Submit::Accepted,
                         Submit::Requeue(mut io) => {
-                            io.offset_blocks = *io.layer_word();
-                            self.inflight -= 1;
+                            io.offset_blocks = orig;
                             Submit::Requeue(io)
                         }
                     };
                 }
+                self.fwd.begin();
                 ct.target.on_hold(class);
                 ct.fifo.push_back(HeldPiece {
                     release_ticks: ticks().saturating_add(delay_ticks),
@@ -618,7 +622,7 @@ impl CoreState {
         p.remaining = 0;
         p.status = IoStatus::Success;
         p.requeue = false;
-        self.inflight += 1;
+        self.fwd.begin();
         if self.issue(pidx, cq) {
             if self.parents[pidx as usize].remaining == 0 {
                 self.finish(pidx);
@@ -761,7 +765,7 @@ impl CoreState {
         let io = p.io.take().expect("parent present");
         let (status, requeue) = (p.status, p.requeue);
         self.free_parents.push(pidx);
-        self.inflight -= 1;
+        self.fwd.end();
         if requeue {
             self.held.push_back(io);
             self.fast = false;
@@ -776,9 +780,10 @@ impl CoreState {
         if io.depth() == 0 {
             return self.child_done(io);
         }
-        // A forwarded request: restore the caller's offset and complete it upward.
+        // A forwarded request that failed (forwarded successes never come here), or a held piece
+        // released to its base: restore the caller's offset and complete it upward.
         io.offset_blocks = *io.layer_word();
-        self.inflight -= 1;
+        self.fwd.end();
         let status = io.status();
         if status == IoStatus::Success {
             io.complete(status);
@@ -925,7 +930,7 @@ impl CoreState {
     }
 
     fn check_drain(&mut self) -> bool {
-        if self.inflight == 0 {
+        if self.fwd.inflight() == 0 {
             if let Some(t) = self.drain.take() {
                 t.release();
                 return true;
@@ -1003,13 +1008,14 @@ impl DmCore {
     /// Builds the core's state from what the control path published. Called on `core` by the
     /// device's `IoDevice` factory.
     pub(crate) fn new(core: CoreId, published: &Mutex<Published>, name: &str) -> DmCore {
+        let cq = CompletionQueue::with_capacity(CQ_CAPACITY);
         let st = {
             let p = published.lock().unwrap_or_else(|e| e.into_inner());
-            CoreState::new(core, &p)
+            CoreState::new(core, &p, ForwardCtx::new(cq.clone()))
         };
         let inner = Rc::new(Inner {
             st: RefCell::new(st),
-            cq: CompletionQueue::with_capacity(CQ_CAPACITY),
+            cq,
         });
         let i2 = inner.clone();
         let poller = current().register_poller(format!("dm_{name}"), move || PollStatus::from_work(i2.poll() > 0));
@@ -1028,7 +1034,7 @@ impl DmCore {
             st.release_due(&self.inner.cq, true);
         }
         st.refresh_fast();
-        if st.inflight > 0 {
+        if st.fwd.inflight() > 0 {
             ticket.add();
             if let Some(old) = st.drain.replace(ticket.clone()) {
                 old.release();
@@ -1039,7 +1045,7 @@ impl DmCore {
     /// Drain visit without suspending (remove): join the drain if I/O is in flight.
     pub(crate) fn drain(&self, ticket: &Arc<DrainTicket>) {
         let mut st = self.inner.st.borrow_mut();
-        if st.inflight > 0 {
+        if st.fwd.inflight() > 0 {
             ticket.add();
             if let Some(old) = st.drain.replace(ticket.clone()) {
                 old.release();
@@ -1054,7 +1060,7 @@ impl DmCore {
         if let Some(tb) = table {
             let same = st.table.as_deref().is_some_and(|t| Arc::ptr_eq(&t.table, tb));
             if !same {
-                debug_assert_eq!(st.inflight, 0, "table swap with I/O in flight");
+                debug_assert_eq!(st.fwd.inflight(), 0, "table swap with I/O in flight");
                 st.table = Some(Box::new(CoreTable::build(tb, core)));
             }
         }

@@ -50,7 +50,10 @@ struct PassthruLayer;
 /// Passthru forwards everything: the default hooks.
 struct PassthruHooks;
 
-impl Hooks for PassthruHooks {}
+impl Hooks for PassthruHooks {
+    // Passthru does nothing with a success: it goes straight to the layer above.
+    const FORWARD_IN_PLACE: bool = true;
+}
 
 impl Layer for PassthruLayer {
     type Hooks = PassthruHooks;

@@ -48,7 +48,7 @@ use uuid::Uuid;
 
 use crate::{
     BackendChannel, Bdev, BdevBackend, BdevError, BdevEvent, BdevInfo, BdevParams, BdevRegistry, Channel,
-    CompletionQueue, ConfigCall, Descriptor, IoBox, IoRequest, IoStatus, Submit,
+    CompletionQueue, ConfigCall, Descriptor, ForwardCtx, IoBox, IoRequest, IoStatus, Submit,
 };
 
 /// Completions a layer channel's queue holds before it first grows: a typical queue depth; the
@@ -68,6 +68,11 @@ pub(crate) enum Route {
 /// A module's per-channel data-path behaviour. One value per layer channel, living on that
 /// channel's core and shared (`Rc`) by the channel and its poller; interior mutability only.
 pub(crate) trait Hooks: 'static {
+    /// Whether the layer has nothing to do when a forwarded request succeeds. Then requests go
+    /// down with [`Channel::forward`]: a success skips this layer's queue and poller entirely,
+    /// and only failures come back through [`Hooks::on_base_done`].
+    const FORWARD_IN_PLACE: bool = false;
+
     /// A request entered the layer (already validated by the generic bdev layer; the layer's
     /// frame is on top). Called on the channel's core from `submit`.
     #[inline]
@@ -260,6 +265,8 @@ fn remove_layer(reg: &Weak<BdevRegistry>, me: &OnceLock<Weak<Bdev>>, name: &str)
 /// State shared by a layer channel and its poller.
 struct Shared<H> {
     cq: CompletionQueue,
+    /// In-place forwarding context (its queue is `cq`), used when `H::FORWARD_IN_PLACE`.
+    fwd: Rc<ForwardCtx>,
     hooks: H,
     /// Set by `abort_all`: the bdev is going away.
     aborted: Cell<bool>,
@@ -271,6 +278,10 @@ impl<H: Hooks> Shared<H> {
     #[inline]
     fn poll(&self) -> usize {
         let moved = self.cq.drain_now(|io| {
+            if H::FORWARD_IN_PLACE {
+                // Every request of such a layer went down forwarded: this is one of its failures.
+                self.fwd.end();
+            }
             if let Some(io) = self.hooks.on_base_done(io) {
                 let status = io.status();
                 io.complete(status);
@@ -290,8 +301,10 @@ pub(crate) struct StackChannel<H: Hooks> {
 impl<H: Hooks> StackChannel<H> {
     /// Builds the channel and registers its poller on the calling core.
     fn new(base: Option<Channel>, hooks: H, poller_name: String) -> StackChannel<H> {
+        let cq = CompletionQueue::with_capacity(CQ_CAPACITY);
         let shared = Rc::new(Shared {
-            cq: CompletionQueue::with_capacity(CQ_CAPACITY),
+            fwd: ForwardCtx::new(cq.clone()),
+            cq,
             hooks,
             aborted: Cell::new(false),
         });
@@ -317,7 +330,13 @@ impl<H: Hooks> BackendChannel for StackChannel<H> {
             io.complete(IoStatus::Removed);
             return Submit::Accepted;
         };
-        match base.submit(io, &self.shared.cq) {
+        let r = if H::FORWARD_IN_PLACE {
+            let offset = io.offset_blocks;
+            base.forward(io, &self.shared.fwd, offset)
+        } else {
+            base.submit(io, &self.shared.cq)
+        };
+        match r {
             Submit::Accepted => Submit::Accepted,
             Submit::Requeue(mut io) => {
                 self.shared.hooks.on_requeue(&mut io);

@@ -1013,7 +1013,7 @@ mod tests {
         let mut io = IoRequest::new_boxed();
         io.iovs.push(IoVec::whole(DmaBuf::new(512)));
         io.prepare(IoOp::Read, 0, 1);
-        io.push_frame(&cq, None).unwrap();
+        io.push_frame(&cq, None, 0).unwrap();
         assert!(matches!(st.submit(io), Submit::Accepted));
         assert_eq!(cq.pop().unwrap().status(), IoStatus::Failed);
         assert_eq!(st.poll(), PollStatus::Idle);
