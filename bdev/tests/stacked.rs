@@ -3,8 +3,6 @@
 //! injection of every kind, delay latencies and the 1-in-100 p99 rule, delete and hot-removal
 //! cascades with no request lost, and each module's config().
 
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::cell::Cell;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -21,44 +19,10 @@ use keel_bdev::{
 use keel_reactor::{ticks, ticks_to_us, CoreId, TestDriver};
 use serde_json::json;
 
-/// Counts allocations made by the calling thread, so `no_allocation_per_io_through_three_layers`
-/// can prove the data path allocation-free while other tests run on other threads.
-struct CountingAlloc;
-
-thread_local! {
-    static THREAD_ALLOCS: Cell<u64> = const { Cell::new(0) };
-}
-
-fn count_alloc() {
-    let _ = THREAD_ALLOCS.try_with(|c| c.set(c.get() + 1));
-}
-
-fn thread_allocs() -> u64 {
-    THREAD_ALLOCS.with(|c| c.get())
-}
-
-// SAFETY: forwards every call unchanged to the system allocator; the counter is a const
-// thread-local `Cell` that never allocates.
-unsafe impl GlobalAlloc for CountingAlloc {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        count_alloc();
-        System.alloc(layout)
-    }
-    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        count_alloc();
-        System.alloc_zeroed(layout)
-    }
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        count_alloc();
-        System.realloc(ptr, layout, new_size)
-    }
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        System.dealloc(ptr, layout)
-    }
-}
-
+/// Counts allocations per thread, so `no_allocation_per_io_through_three_layers` can prove the
+/// data path allocation-free while other tests run on other threads.
 #[global_allocator]
-static ALLOC: CountingAlloc = CountingAlloc;
+static ALLOC: keel_testkit::CountingAlloc = keel_testkit::CountingAlloc;
 
 const BS: u32 = 512;
 const BLOCKS: u64 = 256;
@@ -940,16 +904,16 @@ fn no_allocation_per_io_through_three_layers() {
         inject(&reg, "EE_PT0", "read", "failure", Some(5));
         inject(&reg, "EE_PT0", "write", "nomem", Some(3));
         let (ok0, failed0, requeued0) = (ok, failed, requeued);
-        let before = thread_allocs();
+        let before = keel_testkit::thread_allocations();
         drop(std::hint::black_box(Box::new(0u64)));
         assert_eq!(
-            thread_allocs(),
+            keel_testkit::thread_allocations(),
             before + 1,
             "the counter counts this thread's allocations"
         );
-        let before = thread_allocs();
+        let before = keel_testkit::thread_allocations();
         run(4000, &mut ok, &mut failed, &mut requeued);
-        let allocs = thread_allocs() - before;
+        let allocs = keel_testkit::thread_allocations() - before;
         assert_eq!(failed - failed0, 5);
         assert_eq!(requeued - requeued0, 3);
         assert!(ok - ok0 >= 3995);

@@ -5,8 +5,6 @@
 //! config() round trips, delete, a block device (loop) when the machine allows one, and a
 //! counting allocator proving steady-state I/O allocates nothing.
 
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::cell::Cell;
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -26,38 +24,8 @@ use serde_json::json;
 // A per-thread counting allocator (tests run on parallel threads; each counts only its own).
 // ---------------------------------------------------------------------------------------------
 
-struct Counting;
-
-thread_local! {
-    static COUNTING: Cell<bool> = const { Cell::new(false) };
-    static ALLOCS: Cell<u64> = const { Cell::new(0) };
-}
-
-// SAFETY: forwards to the system allocator; the counters are const-initialised thread locals
-// without destructors, so touching them never allocates or recurses.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        if COUNTING.with(|c| c.get()) {
-            ALLOCS.with(|a| a.set(a.get() + 1));
-        }
-        // SAFETY: same contract as ours.
-        unsafe { System.alloc(layout) }
-    }
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        // SAFETY: same contract as ours.
-        unsafe { System.dealloc(ptr, layout) }
-    }
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        if COUNTING.with(|c| c.get()) {
-            ALLOCS.with(|a| a.set(a.get() + 1));
-        }
-        // SAFETY: same contract as ours.
-        unsafe { System.realloc(ptr, layout, new_size) }
-    }
-}
-
 #[global_allocator]
-static GLOBAL: Counting = Counting;
+static GLOBAL: keel_testkit::CountingAlloc = keel_testkit::CountingAlloc;
 
 // ---------------------------------------------------------------------------------------------
 // Helpers
@@ -850,11 +818,13 @@ fn steady_state_io_does_not_allocate() {
             )
         };
         run(&mut load, 200); // warm-up: queues and stats reach their sizes
-        ALLOCS.with(|a| a.set(0));
-        COUNTING.with(|c| c.set(true));
+        let before = keel_testkit::thread_allocations();
         run(&mut load, 2000);
-        COUNTING.with(|c| c.set(false));
-        assert_eq!(ALLOCS.with(|a| a.get()), 0, "allocations on the I/O path");
+        assert_eq!(
+            keel_testkit::thread_allocations() - before,
+            0,
+            "allocations on the I/O path"
+        );
     });
 }
 

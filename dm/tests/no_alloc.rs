@@ -5,10 +5,6 @@
 //! verify (splits, data checked), and a delay target (held pieces in FIFOs).
 //!
 //! Everything runs in one #[test] on one thread so that no other test allocates meanwhile.
-#![allow(unsafe_code)]
-
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use keel_bdev::modules::{malloc, null};
 use keel_bdev::BdevRegistry;
@@ -16,36 +12,8 @@ use keel_dm::{CreateOpts, DmRegistry};
 use keel_perf::{Job, JobSpec, JobStatus, Workload};
 use keel_reactor::{CoreId, TestDriver};
 
-struct Counting;
-
-static ALLOCS: AtomicU64 = AtomicU64::new(0);
-
-// SAFETY: every method forwards to `System` with the caller's arguments unchanged, so the
-// GlobalAlloc contract is exactly System's; the only addition is a relaxed counter increment.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        ALLOCS.fetch_add(1, Ordering::Relaxed);
-        // SAFETY: forwarded unchanged (see above).
-        unsafe { System.alloc(layout) }
-    }
-    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        ALLOCS.fetch_add(1, Ordering::Relaxed);
-        // SAFETY: forwarded unchanged.
-        unsafe { System.alloc_zeroed(layout) }
-    }
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        ALLOCS.fetch_add(1, Ordering::Relaxed);
-        // SAFETY: forwarded unchanged.
-        unsafe { System.realloc(ptr, layout, new_size) }
-    }
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        // SAFETY: forwarded unchanged.
-        unsafe { System.dealloc(ptr, layout) }
-    }
-}
-
 #[global_allocator]
-static GLOBAL: Counting = Counting;
+static GLOBAL: keel_testkit::CountingAlloc = keel_testkit::CountingAlloc;
 
 const WARMUP_IOS: u64 = 5_000;
 const MEASURED_IOS: u64 = 50_000;
@@ -87,10 +55,10 @@ fn steady_state_allocations(case: &Case) -> u64 {
         Job::start(spec, desc).unwrap()
     });
     assert!(d.run_until(100_000_000, || job.completed_ios() >= WARMUP_IOS));
-    let before = ALLOCS.load(Ordering::SeqCst);
+    let before = keel_testkit::allocations();
     let start = job.completed_ios();
     assert!(d.run_until(100_000_000, || job.completed_ios() >= start + MEASURED_IOS));
-    let after = ALLOCS.load(Ordering::SeqCst);
+    let after = keel_testkit::allocations();
     job.stop();
     assert!(d.run_until(100_000, || job.is_done()));
     let r = job.result().unwrap();
@@ -109,9 +77,9 @@ fn steady_state_allocations(case: &Case) -> u64 {
 
 #[test]
 fn steady_state_io_through_dm_does_not_allocate() {
-    let base = ALLOCS.load(Ordering::SeqCst);
+    let base = keel_testkit::allocations();
     drop(std::hint::black_box(vec![1u8; 10]));
-    assert!(ALLOCS.load(Ordering::SeqCst) > base, "the counter sees allocations");
+    assert!(keel_testkit::allocations() > base, "the counter sees allocations");
     let multi: String = (0..64)
         .map(|k| format!("{} 128 linear M0 {}\n", k * 128, (63 - k) * 128))
         .collect();

@@ -5,45 +5,14 @@
 //! with reads, writes, trims and flushes.
 //!
 //! Everything runs in one #[test] on one thread so that no other test allocates meanwhile.
-#![allow(unsafe_code)]
 
-use std::alloc::{GlobalAlloc, Layout, System};
 use std::ffi::c_void;
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use keel_fio::engine::{ddir, Queued};
 use keel_fio::{Global, JobEngine};
 
-struct Counting;
-
-static ALLOCS: AtomicU64 = AtomicU64::new(0);
-
-// SAFETY: every method forwards to `System` with the caller's arguments unchanged, so the
-// GlobalAlloc contract is exactly System's; the only addition is a relaxed counter increment.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        ALLOCS.fetch_add(1, Ordering::Relaxed);
-        // SAFETY: forwarded unchanged (see above).
-        unsafe { System.alloc(layout) }
-    }
-    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        ALLOCS.fetch_add(1, Ordering::Relaxed);
-        // SAFETY: forwarded unchanged.
-        unsafe { System.alloc_zeroed(layout) }
-    }
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        ALLOCS.fetch_add(1, Ordering::Relaxed);
-        // SAFETY: forwarded unchanged.
-        unsafe { System.realloc(ptr, layout, new_size) }
-    }
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        // SAFETY: forwarded unchanged.
-        unsafe { System.dealloc(ptr, layout) }
-    }
-}
-
 #[global_allocator]
-static GLOBAL: Counting = Counting;
+static GLOBAL: keel_testkit::CountingAlloc = keel_testkit::CountingAlloc;
 
 const IODEPTH: usize = 32;
 const BS: u64 = 4096;
@@ -100,12 +69,12 @@ fn steady_state_allocations(job: &mut FakeJob, bdev: &str, size_blocks: u64) -> 
     while job.done < WARMUP_IOS {
         job.step(token, size_blocks);
     }
-    let before = ALLOCS.load(Ordering::Relaxed);
+    let before = keel_testkit::allocations();
     let start = job.done;
     while job.done < start + MEASURED_IOS {
         job.step(token, size_blocks);
     }
-    let allocs = ALLOCS.load(Ordering::Relaxed) - before;
+    let allocs = keel_testkit::allocations() - before;
     // Drain what is in flight before closing, as fio does.
     while job.free.len() < IODEPTH {
         let n = job.engine.getevents(1, IODEPTH, None, |_, _| {});
@@ -173,7 +142,7 @@ fn per_io_path_does_not_allocate() {
         job.engine.queue(0, u, ddir::READ, token, 512, buffer, BS),
         errno(libc::EINVAL)
     );
-    let before = ALLOCS.load(Ordering::Relaxed);
+    let before = keel_testkit::allocations();
     assert_eq!(
         job.engine.queue(0, u, ddir::READ, token, 0, buffer, 100),
         errno(libc::EINVAL)
@@ -188,7 +157,7 @@ fn per_io_path_does_not_allocate() {
         errno(libc::ENODEV)
     );
     assert_eq!(job.engine.queue(0, u, 42, token, 0, buffer, BS), errno(libc::EINVAL));
-    assert_eq!(ALLOCS.load(Ordering::Relaxed), before);
+    assert_eq!(keel_testkit::allocations(), before);
     job.engine.close(token);
     assert_eq!(job.engine.busy(), 0);
     assert!(job.engine.drain(std::time::Duration::from_secs(1)));

@@ -3,46 +3,14 @@
 //! randread, randwrite, randrw and verify (verify on malloc only: null stores no data).
 //!
 //! Everything runs in one #[test] on one thread so that no other test allocates meanwhile.
-#![allow(unsafe_code)]
-
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use keel_bdev::modules::{malloc, null};
 use keel_bdev::BdevRegistry;
 use keel_perf::{Job, JobSpec, JobStatus, Workload};
 use keel_reactor::{CoreId, TestDriver};
 
-struct Counting;
-
-static ALLOCS: AtomicU64 = AtomicU64::new(0);
-
-// SAFETY: every method forwards to `System` with the caller's arguments unchanged, so the
-// GlobalAlloc contract is exactly System's; the only addition is a relaxed counter increment.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        ALLOCS.fetch_add(1, Ordering::Relaxed);
-        // SAFETY: forwarded unchanged (see above).
-        unsafe { System.alloc(layout) }
-    }
-    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        ALLOCS.fetch_add(1, Ordering::Relaxed);
-        // SAFETY: forwarded unchanged.
-        unsafe { System.alloc_zeroed(layout) }
-    }
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        ALLOCS.fetch_add(1, Ordering::Relaxed);
-        // SAFETY: forwarded unchanged.
-        unsafe { System.realloc(ptr, layout, new_size) }
-    }
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        // SAFETY: forwarded unchanged.
-        unsafe { System.dealloc(ptr, layout) }
-    }
-}
-
 #[global_allocator]
-static GLOBAL: Counting = Counting;
+static GLOBAL: keel_testkit::CountingAlloc = keel_testkit::CountingAlloc;
 
 const WARMUP_IOS: u64 = 10_000;
 const MEASURED_IOS: u64 = 100_000;
@@ -62,10 +30,10 @@ fn steady_state_allocations(module: &str, workload: Workload) -> u64 {
         Job::start(spec, desc).unwrap()
     });
     assert!(d.run_until(10_000_000, || job.completed_ios() >= WARMUP_IOS));
-    let before = ALLOCS.load(Ordering::SeqCst);
+    let before = keel_testkit::allocations();
     let start = job.completed_ios();
     assert!(d.run_until(10_000_000, || job.completed_ios() >= start + MEASURED_IOS));
-    let after = ALLOCS.load(Ordering::SeqCst);
+    let after = keel_testkit::allocations();
     job.stop();
     assert!(d.run_until(1_000, || job.is_done()));
     let r = job.result().unwrap();
@@ -78,9 +46,9 @@ fn steady_state_allocations(module: &str, workload: Workload) -> u64 {
 #[test]
 fn steady_state_io_does_not_allocate() {
     // The counter sees allocations at all.
-    let base = ALLOCS.load(Ordering::SeqCst);
+    let base = keel_testkit::allocations();
     drop(std::hint::black_box(vec![1u8; 10]));
-    assert!(ALLOCS.load(Ordering::SeqCst) > base);
+    assert!(keel_testkit::allocations() > base);
     let mut report = Vec::new();
     for (module, w) in [
         ("null", Workload::RandRead),
