@@ -9,7 +9,7 @@ dm_load, dm_suspend, dm_resume, dm_clear, dm_remove, dm_rename, dm_info, dm_tabl
 dm_message, dm_deps, dm_ls, dm_targets, dm_wait) printing dmsetup's text formats.
 """
 
-from spdk.rpc.cmd_parser import print_dict
+from spdk.rpc.cmd_parser import print_dict, print_json
 
 
 def spdk_rpc_plugin_initialize(subparsers):
@@ -38,6 +38,49 @@ def spdk_rpc_plugin_initialize(subparsers):
     )
     p.add_argument("bdev", help="bdev holding the member")
     p.set_defaults(func=md_examine)
+
+    def md_create(args):
+        params = {"name": args.name, "level": args.level, "members": args.members}
+        if args.chunk is not None:
+            params["chunk_kb"] = args.chunk
+        if args.layout is not None:
+            params["layout"] = args.layout
+        if args.bitmap is not None:
+            params["bitmap"] = args.bitmap
+        if args.assume_clean:
+            params["assume_clean"] = True
+        if args.uuid is not None:
+            params["uuid"] = args.uuid
+        print_json(args.client.call("md_create", params))
+
+    p = subparsers.add_parser(
+        "md_create",
+        help="mdadm --create: an md array (a bdev named NAME) over MEMBER bdevs in role order",
+    )
+    p.add_argument("-n", "--name", required=True, help="array name (and bdev name)")
+    p.add_argument("-l", "--level", required=True, help="linear, raid0 or raid1")
+    p.add_argument("-c", "--chunk", type=int, help="chunk size in KiB (raid0; default 512)")
+    p.add_argument("-p", "--layout", help="raid0 layout: original or alternate")
+    p.add_argument("-b", "--bitmap", help="internal or none")
+    p.add_argument("--assume-clean", action="store_true", help="skip the initial resync (raid1)")
+    p.add_argument("-u", "--uuid", help="array UUID (random when absent)")
+    p.add_argument("members", nargs="+", metavar="MEMBER", help="member bdevs")
+    p.set_defaults(func=md_create)
+
+    def md_stop(args):
+        print_json(args.client.call("md_stop", {"name": args.name}))
+
+    p = subparsers.add_parser("md_stop", help="mdadm --stop: unregister the array, mark members clean")
+    p.add_argument("name", help="array name")
+    p.set_defaults(func=md_stop)
+
+    def md_get_arrays(args):
+        params = {"name": args.name} if args.name else {}
+        print_dict(args.client.call("md_get_arrays", params))
+
+    p = subparsers.add_parser("md_get_arrays", help="mdadm --detail: arrays, their state and members")
+    p.add_argument("name", nargs="?", help="only this array")
+    p.set_defaults(func=md_get_arrays)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -8,15 +8,21 @@
 //! - [`meta_io`] and [`examine`]: reading a member's superblock through the bdev layer
 //!   (`md_examine`).
 //!
-//! The array core, personalities on the data path and resync pollers follow
-//! (`shared/design.md` §6).
+//! - [`array`] (with the private `channel` data path): arrays as bdevs for linear, raid0 and
+//!   raid1 — `md_create`, `md_stop`, `md_get_arrays` ([`array::MdRegistry`]).
+//!
+//! The write-intent bitmap, resync/recovery pollers, assembly, member failure, raid10 and the
+//! parity levels follow (`shared/design.md` §6).
 #![forbid(unsafe_code)]
 
+pub mod array;
 pub mod bitmap;
+mod channel;
 mod error;
 pub mod examine;
 pub mod layout;
 pub mod meta_io;
 pub mod superblock;
 
+pub use array::{ArrayInfo, CreateOpts, Level, MdRegistry};
 pub use error::MdError;

@@ -6,6 +6,7 @@ use serde_json::{json, Value};
 use keel_md::examine::{examine, level_name, Examine};
 use keel_md::superblock::{feature, Superblock};
 use keel_md::MdError;
+use keel_md::{CreateOpts, MdRegistry};
 
 use crate::methods::decode;
 use crate::{Ctx, Reply, RpcError};
@@ -17,12 +18,81 @@ struct ExamineParams {
 }
 
 fn md_error(e: MdError) -> RpcError {
-    let code = match &e {
-        MdError::Bdev(m) if m.contains("not found") => -libc::ENODEV,
-        MdError::Io(_) => -libc::EIO,
-        _ => -libc::EINVAL,
+    RpcError::new(e.errno(), e.to_string())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CreateParams {
+    name: String,
+    level: String,
+    members: Vec<String>,
+    #[serde(default)]
+    chunk_kb: Option<u32>,
+    #[serde(default)]
+    layout: Option<String>,
+    #[serde(default)]
+    bitmap: Option<String>,
+    #[serde(default)]
+    assume_clean: bool,
+    #[serde(default)]
+    uuid: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NameParams {
+    name: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct GetParams {
+    #[serde(default)]
+    name: Option<String>,
+}
+
+/// `md_create {name, level, members, chunk_kb?, layout?, bitmap?, assume_clean?, uuid?}` →
+/// the array bdev's name.
+pub(crate) fn md_create(ctx: &Ctx, params: Option<Value>, reply: Reply) {
+    let p: CreateParams = match decode(params) {
+        Ok(p) => p,
+        Err(e) => return reply(Err(e)),
     };
-    RpcError::new(code, e.to_string())
+    let name = p.name.clone();
+    let opts = CreateOpts {
+        name: p.name,
+        level: p.level,
+        members: p.members,
+        chunk_kb: p.chunk_kb,
+        layout: p.layout,
+        bitmap: p.bitmap,
+        assume_clean: p.assume_clean,
+        uuid: p.uuid,
+    };
+    MdRegistry::of(&ctx.registry).create(opts, move |r| reply(r.map(|()| json!(name)).map_err(md_error)));
+}
+
+/// `md_stop {name}` → true.
+pub(crate) fn md_stop(ctx: &Ctx, params: Option<Value>, reply: Reply) {
+    let p: NameParams = match decode(params) {
+        Ok(p) => p,
+        Err(e) => return reply(Err(e)),
+    };
+    MdRegistry::of(&ctx.registry).stop(&p.name, move |r| reply(r.map(|()| json!(true)).map_err(md_error)));
+}
+
+/// `md_get_arrays {name?}` → a list of arrays (what `mdadm --detail` shows, phase 1 subset).
+pub(crate) fn md_get_arrays(ctx: &Ctx, params: Option<Value>, reply: Reply) {
+    let p: GetParams = match decode(params) {
+        Ok(p) => p,
+        Err(e) => return reply(Err(e)),
+    };
+    let r = MdRegistry::of(&ctx.registry)
+        .arrays(p.name.as_deref())
+        .map(|v| Value::Array(v.iter().map(|a| a.to_json()).collect()))
+        .map_err(md_error);
+    reply(r)
 }
 
 /// The JSON of `md_examine`: mdadm --examine's facts under snake_case keys.

@@ -11,7 +11,7 @@ use serde_json::{json, Value};
 use crate::bdev_info::{bdev_get_bdevs, bdev_get_iostat};
 use crate::dm_methods::*;
 use crate::framework::*;
-use crate::md_methods::md_examine;
+use crate::md_methods::{md_create, md_examine, md_get_arrays, md_stop};
 use crate::RpcError;
 
 /// What handlers work on. Owned by the application; handlers run on the main reactor.
@@ -232,6 +232,9 @@ static METHODS: &[MethodInfo] = &[
     m!(framework_get_config, false, true),
     m!(keel_get_pollers, false, true),
     m!(md_examine, false, true),
+    m!(md_create, false, true),
+    m!(md_stop, false, true),
+    m!(md_get_arrays, false, true),
     m!(bdev_get_bdevs, false, true),
     m!(bdev_get_iostat, false, true),
     m!(bdev_malloc_create, false, true),
