@@ -20,11 +20,13 @@ and "dm"), the one keel-perf and keel-tgt both read.
 import argparse
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
 import tempfile
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from benchlib import machine  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PERF = os.path.join(ROOT, "target", "release", "keel-perf")
@@ -50,18 +52,6 @@ def config():
     ]
     return {"subsystems": [{"subsystem": "bdev", "config": bdev}, {"subsystem": "dm", "config": dm}]}
 
-
-def machine():
-    model = "?"
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    model = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    return f"{model}, {os.cpu_count()} cores, Linux {platform.release()}"
 
 
 def keel(cfg_path, bdev, t, io_size=4096):

@@ -16,11 +16,13 @@ Needs fio (scripts/deps.sh installs it) and builds keel-perf in release mode.
 import argparse
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
 import tempfile
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from benchlib import sh, machine  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PERF = os.path.join(ROOT, "target", "release", "keel-perf")
@@ -28,21 +30,6 @@ PERF = os.path.join(ROOT, "target", "release", "keel-perf")
 SPDK_ANCHOR = {"null randread": 13.3e6, "malloc randread": 1.15e6, "malloc randwrite": 0.83e6}
 
 
-def sh(cmd, **kw):
-    return subprocess.run(cmd, check=True, capture_output=True, text=True, **kw).stdout
-
-
-def machine():
-    model = "?"
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    model = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    return f"{model}, {os.cpu_count()} cores, Linux {platform.release()}"
 
 
 def keel(config, bdev, workload, qd, t):
