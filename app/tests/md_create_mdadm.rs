@@ -5,35 +5,8 @@
 
 mod common;
 
-use std::process::Command;
-
 use common::Target;
-
-fn mdadm_examine(img: &std::path::Path) -> String {
-    let bin = ["mdadm", "/usr/sbin/mdadm", "/sbin/mdadm"]
-        .into_iter()
-        .find(|m| {
-            Command::new(m)
-                .arg("--version")
-                .output()
-                .is_ok_and(|o| o.status.success())
-        })
-        .expect("mdadm not found: run scripts/deps.sh");
-    let out = Command::new(bin).arg("--examine").arg(img).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8(out.stdout).unwrap()
-}
-
-fn field<'a>(text: &'a str, label: &str) -> &'a str {
-    text.lines()
-        .find_map(|l| {
-            l.trim_start()
-                .strip_prefix(label)
-                .and_then(|r| r.trim_start().strip_prefix(':'))
-        })
-        .map(str::trim)
-        .unwrap_or_else(|| panic!("no '{label}' in:\n{text}"))
-}
+use keel_testkit::mdadm_field;
 
 fn plugin(t: &Target, args: &[&str]) -> String {
     let o = t.rpc_with(&["--plugin", "keel_rpc"], args, None);
@@ -103,20 +76,20 @@ fn md_create_stop_then_mdadm_examine() {
     assert_eq!(left, serde_json::json!([]));
 
     for (i, img) in imgs[..2].iter().enumerate() {
-        let x = mdadm_examine(img);
-        assert_eq!(field(&x, "Array UUID"), uuid, "{x}");
-        assert!(field(&x, "Name").starts_with("data"), "{x}");
-        assert_eq!(field(&x, "Raid Level"), "raid1", "{x}");
-        assert_eq!(field(&x, "Raid Devices"), "2", "{x}");
-        assert_eq!(field(&x, "Device Role"), format!("Active device {i}"), "{x}");
-        assert_eq!(field(&x, "Events"), "2", "{x}");
-        assert_eq!(field(&x, "State"), "clean", "{x}");
-        assert!(field(&x, "Array State").starts_with("AA"), "{x}");
-        assert_eq!(field(&x, "Data Offset"), "2048 sectors", "{x}");
+        let x = keel_testkit::mdadm_run(&["--examine"], img);
+        assert_eq!(mdadm_field(&x, "Array UUID"), uuid, "{x}");
+        assert!(mdadm_field(&x, "Name").starts_with("data"), "{x}");
+        assert_eq!(mdadm_field(&x, "Raid Level"), "raid1", "{x}");
+        assert_eq!(mdadm_field(&x, "Raid Devices"), "2", "{x}");
+        assert_eq!(mdadm_field(&x, "Device Role"), format!("Active device {i}"), "{x}");
+        assert_eq!(mdadm_field(&x, "Events"), "2", "{x}");
+        assert_eq!(mdadm_field(&x, "State"), "clean", "{x}");
+        assert!(mdadm_field(&x, "Array State").starts_with("AA"), "{x}");
+        assert_eq!(mdadm_field(&x, "Data Offset"), "2048 sectors", "{x}");
     }
-    let x = mdadm_examine(&imgs[3]);
-    assert_eq!(field(&x, "Raid Level"), "raid0", "{x}");
-    assert_eq!(field(&x, "Chunk Size"), "64K", "{x}");
-    assert_eq!(field(&x, "Device Role"), "Active device 1", "{x}");
-    assert_eq!(field(&x, "State"), "clean", "{x}");
+    let x = keel_testkit::mdadm_run(&["--examine"], &imgs[3]);
+    assert_eq!(mdadm_field(&x, "Raid Level"), "raid0", "{x}");
+    assert_eq!(mdadm_field(&x, "Chunk Size"), "64K", "{x}");
+    assert_eq!(mdadm_field(&x, "Device Role"), "Active device 1", "{x}");
+    assert_eq!(mdadm_field(&x, "State"), "clean", "{x}");
 }

@@ -3,36 +3,9 @@
 
 mod common;
 
-use std::process::Command;
-
 use common::Target;
 use keel_md::superblock::{Superblock, MAX_SECTOR, ROLE_FAULTY, ROLE_SPARE};
-
-fn mdadm_examine(img: &std::path::Path) -> String {
-    let bin = ["mdadm", "/usr/sbin/mdadm", "/sbin/mdadm"]
-        .into_iter()
-        .find(|m| {
-            Command::new(m)
-                .arg("--version")
-                .output()
-                .is_ok_and(|o| o.status.success())
-        })
-        .expect("mdadm not found: run scripts/deps.sh");
-    let out = Command::new(bin).arg("--examine").arg(img).output().unwrap();
-    assert!(out.status.success());
-    String::from_utf8(out.stdout).unwrap()
-}
-
-fn field<'a>(text: &'a str, label: &str) -> &'a str {
-    text.lines()
-        .find_map(|l| {
-            l.trim_start()
-                .strip_prefix(label)
-                .and_then(|r| r.trim_start().strip_prefix(':'))
-        })
-        .map(str::trim)
-        .unwrap_or_else(|| panic!("no '{label}' in:\n{text}"))
-}
+use keel_testkit::mdadm_field;
 
 fn raid10_member() -> Superblock {
     let mut roles = vec![ROLE_SPARE; 128];
@@ -80,33 +53,33 @@ fn md_examine_agrees_with_mdadm() {
     let mut data = vec![0u8; 16 << 20];
     data[4096..8192].copy_from_slice(&raid10_member().encode());
     std::fs::write(&img, &data).unwrap();
-    let mdadm = mdadm_examine(&img);
+    let mdadm = keel_testkit::mdadm_run(&["--examine"], &img);
     t.ok(&["bdev_aio_create", img.to_str().unwrap(), "M0", "512"]);
     let o = t.rpc_with(&["--plugin", "keel_rpc"], &["md_examine", "M0"], None);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let k: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
-    assert_eq!(k["array_uuid"], field(&mdadm, "Array UUID"));
-    assert_eq!(k["raid_level"], field(&mdadm, "Raid Level"));
-    assert_eq!(k["raid_devices"].to_string(), field(&mdadm, "Raid Devices"));
-    assert_eq!(k["events"].to_string(), field(&mdadm, "Events"));
-    assert_eq!(k["state"], field(&mdadm, "State"));
-    assert_eq!(k["device_role"], field(&mdadm, "Device Role"));
+    assert_eq!(k["array_uuid"], mdadm_field(&mdadm, "Array UUID"));
+    assert_eq!(k["raid_level"], mdadm_field(&mdadm, "Raid Level"));
+    assert_eq!(k["raid_devices"].to_string(), mdadm_field(&mdadm, "Raid Devices"));
+    assert_eq!(k["events"].to_string(), mdadm_field(&mdadm, "Events"));
+    assert_eq!(k["state"], mdadm_field(&mdadm, "State"));
+    assert_eq!(k["device_role"], mdadm_field(&mdadm, "Device Role"));
     assert!(
-        field(&mdadm, "Array State").starts_with(k["array_state"].as_str().unwrap()),
+        mdadm_field(&mdadm, "Array State").starts_with(k["array_state"].as_str().unwrap()),
         "{mdadm}"
     );
     assert_eq!(
         format!("{} sectors", k["data_offset_sectors"]),
-        field(&mdadm, "Data Offset")
+        mdadm_field(&mdadm, "Data Offset")
     );
-    assert_eq!(k["layout"], field(&mdadm, "Layout"));
-    assert_eq!(format!("{}K", k["chunk_size_kib"]), field(&mdadm, "Chunk Size"));
-    assert!(field(&mdadm, "Name").starts_with(k["name"].as_str().unwrap()));
+    assert_eq!(k["layout"], mdadm_field(&mdadm, "Layout"));
+    assert_eq!(format!("{}K", k["chunk_size_kib"]), mdadm_field(&mdadm, "Chunk Size"));
+    assert!(mdadm_field(&mdadm, "Name").starts_with(k["name"].as_str().unwrap()));
     assert!(
-        field(&mdadm, "Array Size").starts_with(&format!("{} KiB", k["array_size_kib"])),
+        mdadm_field(&mdadm, "Array Size").starts_with(&format!("{} KiB", k["array_size_kib"])),
         "{mdadm}"
     );
-    assert!(field(&mdadm, "Checksum").starts_with(k["checksum"].as_str().unwrap()));
+    assert!(mdadm_field(&mdadm, "Checksum").starts_with(k["checksum"].as_str().unwrap()));
 
     // A corrupt superblock: refused with the field named.
     data[4096 + 100] ^= 0xff;

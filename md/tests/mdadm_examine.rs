@@ -4,20 +4,9 @@
 
 use std::process::Command;
 
-use keel_md::superblock::{Superblock, MAX_SECTOR, ROLE_FAULTY, ROLE_SPARE};
+use keel_testkit::mdadm_field;
 
-/// Debian's mdadm, from PATH or /usr/sbin (not always on a non-root PATH).
-fn mdadm() -> &'static str {
-    ["mdadm", "/usr/sbin/mdadm", "/sbin/mdadm"]
-        .into_iter()
-        .find(|m| {
-            Command::new(m)
-                .arg("--version")
-                .output()
-                .is_ok_and(|o| o.status.success())
-        })
-        .expect("mdadm not found: run scripts/deps.sh (scripts/test.sh does)")
-}
+use keel_md::superblock::{Superblock, MAX_SECTOR, ROLE_FAULTY, ROLE_SPARE};
 
 fn member(dev_number: u32, roles: &[u16], events: u64, clean: bool) -> Superblock {
     let mut dev_roles = vec![ROLE_SPARE; 128];
@@ -65,7 +54,11 @@ fn examine(sb: &Superblock) -> String {
     let mut data = vec![0u8; 16 << 20];
     data[4096..8192].copy_from_slice(&sb.encode());
     std::fs::write(&img, &data).unwrap();
-    let out = Command::new(mdadm()).arg("--examine").arg(&img).output().unwrap();
+    let out = Command::new(keel_testkit::mdadm())
+        .arg("--examine")
+        .arg(&img)
+        .output()
+        .unwrap();
     let text = String::from_utf8_lossy(&out.stdout).to_string();
     assert!(
         out.status.success(),
@@ -75,44 +68,33 @@ fn examine(sb: &Superblock) -> String {
     text
 }
 
-fn field<'a>(text: &'a str, label: &str) -> &'a str {
-    text.lines()
-        .find_map(|l| {
-            l.trim_start()
-                .strip_prefix(label)
-                .and_then(|r| r.trim_start().strip_prefix(':'))
-        })
-        .map(str::trim)
-        .unwrap_or_else(|| panic!("no '{label}' in:\n{text}"))
-}
-
 #[test]
 fn mdadm_examine_reads_keel_superblocks() {
     let t = examine(&member(0, &[0, 1], 18, true));
-    assert_eq!(field(&t, "Magic"), "a92b4efc");
-    assert_eq!(field(&t, "Version"), "1.2");
-    assert_eq!(field(&t, "Array UUID"), "11223344:55667788:99aabbcc:ddeeff00");
-    assert!(field(&t, "Name").starts_with("keel:r1"));
-    assert_eq!(field(&t, "Raid Level"), "raid1");
-    assert_eq!(field(&t, "Raid Devices"), "2");
-    assert_eq!(field(&t, "Data Offset"), "2048 sectors");
-    assert_eq!(field(&t, "Super Offset"), "8 sectors");
-    assert_eq!(field(&t, "State"), "clean");
-    assert!(field(&t, "Checksum").ends_with("correct"), "{t}");
-    assert_eq!(field(&t, "Events"), "18");
-    assert_eq!(field(&t, "Device Role"), "Active device 0");
-    assert!(field(&t, "Array State").starts_with("AA "), "{t}");
+    assert_eq!(mdadm_field(&t, "Magic"), "a92b4efc");
+    assert_eq!(mdadm_field(&t, "Version"), "1.2");
+    assert_eq!(mdadm_field(&t, "Array UUID"), "11223344:55667788:99aabbcc:ddeeff00");
+    assert!(mdadm_field(&t, "Name").starts_with("keel:r1"));
+    assert_eq!(mdadm_field(&t, "Raid Level"), "raid1");
+    assert_eq!(mdadm_field(&t, "Raid Devices"), "2");
+    assert_eq!(mdadm_field(&t, "Data Offset"), "2048 sectors");
+    assert_eq!(mdadm_field(&t, "Super Offset"), "8 sectors");
+    assert_eq!(mdadm_field(&t, "State"), "clean");
+    assert!(mdadm_field(&t, "Checksum").ends_with("correct"), "{t}");
+    assert_eq!(mdadm_field(&t, "Events"), "18");
+    assert_eq!(mdadm_field(&t, "Device Role"), "Active device 0");
+    assert!(mdadm_field(&t, "Array State").starts_with("AA "), "{t}");
 
     // Second member, dirty, one slot failed: role, state and array state follow.
     let t = examine(&member(1, &[ROLE_FAULTY, 1], 42, false));
-    assert_eq!(field(&t, "State"), "active");
-    assert_eq!(field(&t, "Events"), "42");
-    assert_eq!(field(&t, "Device Role"), "Active device 1");
-    assert!(field(&t, "Array State").starts_with(".A "), "{t}");
+    assert_eq!(mdadm_field(&t, "State"), "active");
+    assert_eq!(mdadm_field(&t, "Events"), "42");
+    assert_eq!(mdadm_field(&t, "Device Role"), "Active device 1");
+    assert!(mdadm_field(&t, "Array State").starts_with(".A "), "{t}");
 
     // A spare.
     let t = examine(&member(2, &[0, 1, ROLE_SPARE], 7, true));
-    assert_eq!(field(&t, "Device Role"), "spare");
+    assert_eq!(mdadm_field(&t, "Device Role"), "spare");
 }
 
 #[test]
@@ -147,18 +129,26 @@ fn mdadm_reads_keel_bitmaps() {
     // offset 0), so hand it the bitmap region on its own.
     let bm_file = dir.path().join("bitmap");
     std::fs::write(&bm_file, &data[8192..8192 + 4096]).unwrap();
-    let out = Command::new(mdadm()).arg("-X").arg(&bm_file).output().unwrap();
+    let out = Command::new(keel_testkit::mdadm())
+        .arg("-X")
+        .arg(&bm_file)
+        .output()
+        .unwrap();
     let t = String::from_utf8_lossy(&out.stdout).to_string();
-    assert_eq!(field(&t, "Magic"), "6d746962", "{t}");
-    assert_eq!(field(&t, "Version"), "4");
-    assert_eq!(field(&t, "UUID"), "11223344:55667788:99aabbcc:ddeeff00");
-    assert_eq!(field(&t, "Events"), "18");
-    assert_eq!(field(&t, "State"), "OK");
-    assert_eq!(field(&t, "Chunksize"), "4 MB");
-    assert_eq!(field(&t, "Sync Size").split_whitespace().next(), Some("15360"));
-    assert_eq!(field(&t, "Bitmap"), "4 bits (chunks), 1 dirty (25.0%)");
-    let e = Command::new(mdadm()).arg("--examine").arg(&img).output().unwrap();
+    assert_eq!(mdadm_field(&t, "Magic"), "6d746962", "{t}");
+    assert_eq!(mdadm_field(&t, "Version"), "4");
+    assert_eq!(mdadm_field(&t, "UUID"), "11223344:55667788:99aabbcc:ddeeff00");
+    assert_eq!(mdadm_field(&t, "Events"), "18");
+    assert_eq!(mdadm_field(&t, "State"), "OK");
+    assert_eq!(mdadm_field(&t, "Chunksize"), "4 MB");
+    assert_eq!(mdadm_field(&t, "Sync Size").split_whitespace().next(), Some("15360"));
+    assert_eq!(mdadm_field(&t, "Bitmap"), "4 bits (chunks), 1 dirty (25.0%)");
+    let e = Command::new(keel_testkit::mdadm())
+        .arg("--examine")
+        .arg(&img)
+        .output()
+        .unwrap();
     let e = String::from_utf8_lossy(&e.stdout).to_string();
-    assert_eq!(field(&e, "Internal Bitmap"), "8 sectors from superblock");
-    assert!(field(&e, "Checksum").ends_with("correct"));
+    assert_eq!(mdadm_field(&e, "Internal Bitmap"), "8 sectors from superblock");
+    assert!(mdadm_field(&e, "Checksum").ends_with("correct"));
 }

@@ -68,3 +68,46 @@ unsafe impl GlobalAlloc for CountingAlloc {
         unsafe { System.dealloc(ptr, layout) }
     }
 }
+
+/// Debian's mdadm, from PATH or /usr/sbin (not always on a non-root PATH). Missing → panics with
+/// the set-up hint: tests that talk to mdadm must fail, not skip, without it.
+pub fn mdadm() -> &'static str {
+    ["mdadm", "/usr/sbin/mdadm", "/sbin/mdadm"]
+        .into_iter()
+        .find(|m| {
+            std::process::Command::new(m)
+                .arg("--version")
+                .output()
+                .is_ok_and(|o| o.status.success())
+        })
+        .expect("mdadm not found: run scripts/deps.sh (scripts/test.sh does)")
+}
+
+/// `mdadm <args>` on `path` (e.g. `--examine`, `-X`); panics with mdadm's output if it fails.
+pub fn mdadm_run(args: &[&str], path: &std::path::Path) -> String {
+    let out = std::process::Command::new(mdadm())
+        .args(args)
+        .arg(path)
+        .output()
+        .expect("run mdadm");
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        out.status.success(),
+        "mdadm {args:?} {} failed: {text}{}",
+        path.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    text
+}
+
+/// The value of a `Label : value` line of mdadm's output (trimmed); panics naming the label.
+pub fn mdadm_field<'a>(text: &'a str, label: &str) -> &'a str {
+    text.lines()
+        .find_map(|l| {
+            l.trim_start()
+                .strip_prefix(label)
+                .and_then(|r| r.trim_start().strip_prefix(':'))
+        })
+        .map(str::trim)
+        .unwrap_or_else(|| panic!("no '{label}' in:\n{text}"))
+}
