@@ -1,101 +1,87 @@
-//! The per-core data path of an md array (linear, raid0, raid1).
+//! The per-core data path of an md array.
 //!
 //! # Shape
 //!
-//! The array bdev's backend channel on a core ([`MdChannel`]) owns, behind one `RefCell` only
-//! its core touches: the members' [`Channel`]s on this core, a completion queue drained by one
-//! poller, a [`ForwardCtx`] for in-place forwarding, and preallocated pools — child requests
-//! (with a side array naming each child's parent), parent slots, a pending queue of parents that
-//! waited for children and a retry queue of children a member handed back. The geometry
-//! ([`Geometry`]) is immutable and shared by every core (`Arc`).
+//! Each array has an [`IoDevice`]`<MdCore>`: its value on a core ([`MdCore`]) owns, behind one
+//! `RefCell` only that core touches, the members' [`Channel`]s on this core (one per role, `None`
+//! while the role has no member), a completion queue drained by one poller, a [`ForwardCtx`] for
+//! in-place forwarding, and preallocated pools — child requests (with side arrays naming each
+//! child's parent, member and array sector), parent slots, a queue of parents that waited for
+//! children, a retry queue of children a member handed back and a queue of writes the write gate
+//! held. The geometry ([`Geometry`]) is immutable; member states, the resync checkpoint and the
+//! write gate are atomics in [`Shared`]. The control path reaches a core's state only through
+//! `for_each_channel` visits ([`MdCore::refresh_members`]).
 //!
-//! # Hot path
+//! # Striped levels (linear, raid0)
 //!
-//! Linear and raid0: the array sector is mapped with [`crate::layout`]; when the whole request
-//! stays on one member (inside one chunk for raid0) and that member has the array's block size,
-//! the request itself is forwarded ([`Channel::forward`]): the original offset goes into the
-//! layer word, `offset_blocks` becomes `data_offset + member sector`, a success goes straight up
-//! without visiting this layer's poller. raid1 reads are forwarded the same way to one member,
-//! round-robin over the members while the array is in sync, role 0 only while it is not (no
-//! resync yet: only role 0's contents are known good).
+//! The array sector is mapped with [`crate::layout`]; when the whole request stays on one member
+//! (inside one chunk for raid0) and that member has the array's block size, the request itself is
+//! forwarded ([`Channel::forward`]): the original offset goes into the layer word,
+//! `offset_blocks` becomes `data_offset + member sector`, and a success goes straight up without
+//! visiting this layer's poller. Anything else is split at member/chunk boundaries into children.
 //!
-//! # Splitting and fan-out
+//! # Copy levels (raid1, raid10)
 //!
-//! Anything else takes a parent slot: requests crossing a member or chunk boundary are cut
-//! there, each piece sent as a child from the pool (its scatter list windows on the parent's
-//! buffers: `DmaBuf` handle clones, no copies); raid1 writes, unmaps and write-zeroes, and flush
-//! and reset on every level, fan out as one child per member. A parent completes when its last
-//! child does, with the first failure seen (`Unsupported` from a member's flush or reset counts
-//! as success: nothing to flush). `Submit::Requeue` goes up only when nothing was started (no
-//! parent slot or no child); a parent that ran out of children mid-way waits in the pending
-//! queue and continues as children come back.
+//! Reads go to one readable copy: in the part of the array not yet resynced, the first readable
+//! copy (as Linux does); elsewhere the copy whose member last read the preceding sector
+//! (sequential streams stay on one member) and otherwise the next in a per-core rotation (in-place
+//! forwarded successes are not observed, so load is balanced by rotation). A single-chunk read is
+//! forwarded in place; the member is kept in the layer word's top bits, so a failure marks that
+//! member faulty and the read is sent to another copy. Crossing reads are split, each child on
+//! its own copy, retried the same way.
 //!
-//! After the channel exists nothing here allocates or locks.
+//! Writes, unmaps and write-zeroes pass the write gate ([`crate::shared::WriteGate::admit`]: dirty
+//! mark, sync window, bitmap) — a held write waits in the held queue and is admitted again from
+//! the poller — and then fan out to every writable copy of every piece. A member write that fails
+//! marks the member faulty; the write still succeeds when the array, without the faulty members,
+//! still holds every sector (Linux raid1/raid10 semantics). The gate is told when the last copy
+//! answered, with whether every copy was written (a degraded write keeps its bitmap chunk dirty).
+//!
+//! Flush and reset fan out to every present member; `Unsupported` from a member counts as success.
+//!
+//! # Budget
+//!
+//! After the core's state exists nothing here allocates or locks. `Submit::Requeue` goes up only
+//! when nothing was started (no parent slot or child); a parent that ran out of children mid-way
+//! waits in the pending queue and continues as children come back.
 
 use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::rc::Rc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use keel_bdev::{
     BackendChannel, Channel, CompletionQueue, ForwardCtx, IoBox, IoOp, IoRequest, IoStatus, IoVec, SgList, Submit,
 };
-use keel_reactor::{current, PollStatus, PollerHandle};
+use keel_reactor::{current, IoChannel, PollStatus, PollerHandle};
 
-use crate::layout::{Linear, Place, Raid0};
+use crate::geometry::Geometry;
+use crate::layout::{MemberIdx, Place, MAX_COPIES};
+use crate::shared::{Admit, Shared};
 
-/// Child requests per channel.
+/// Child requests per core.
 const CHILDREN: usize = 256;
-/// Split or fanned-out parents in flight per channel (beyond that: `Submit::Requeue`).
+/// Split or fanned-out parents in flight per core (beyond that: `Submit::Requeue`).
 const PARENTS: usize = 128;
-/// Initial capacity of the retry queue.
+/// Initial capacity of the retry and held queues.
 const QUEUE_CAPACITY: usize = 256;
 /// Completion queue capacity before it first grows.
 const CQ_CAPACITY: usize = 512;
-
-/// How array sectors map to members.
-#[derive(Debug)]
-pub(crate) enum Mapping {
-    Linear(Linear),
-    Raid0(Raid0),
-    /// Every member holds every sector.
-    Raid1,
-}
-
-/// What every core needs to map I/O. Built by the control path at create; shared by `Arc`.
-#[derive(Debug)]
-pub(crate) struct Geometry {
-    pub mapping: Mapping,
-    /// Where data starts on every member, in 512-byte sectors.
-    pub data_offset_sectors: u64,
-    /// log2(array block size / 512).
-    pub block_shift: u32,
-    /// log2(member block size / 512), per member in role order.
-    pub member_shifts: Vec<u32>,
-    /// raid1: whether all members hold the same data (assume_clean, or resync done). Read on
-    /// every raid1 read (relaxed atomic load), written by the control path.
-    pub in_sync: AtomicBool,
-}
-
-impl Geometry {
-    #[inline]
-    fn map(&self, array_sector: u64) -> (Place, u64) {
-        match &self.mapping {
-            Mapping::Linear(l) => l.map(array_sector),
-            Mapping::Raid0(r) => r.map(array_sector),
-            Mapping::Raid1 => unreachable!("raid1 is not mapped by sector"),
-        }
-    }
-}
+/// Layer word: the original offset below this bit, the member above.
+const MEMBER_SHIFT: u32 = 48;
+const OFFSET_MASK: u64 = (1 << MEMBER_SHIFT) - 1;
 
 /// What a parent slot is doing.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Kind {
-    /// Pieces at member/chunk boundaries; `next`/`end` are array sectors.
+    /// Pieces at member/chunk boundaries (striped levels, copy-level reads); `next`/`end` are
+    /// array sectors.
     Split,
-    /// One child per member; `next`/`end` are member indices.
+    /// One child per present member (flush, reset); `next`/`end` are roles.
     Fanout,
+    /// Every writable copy of every piece (copy-level writes); `next`/`end` are array sectors,
+    /// `copy` the next copy of the current piece.
+    Mirror,
 }
 
 struct ParentSlot {
@@ -103,25 +89,51 @@ struct ParentSlot {
     kind: Kind,
     next: u64,
     end: u64,
+    copy: u32,
     remaining: u32,
     status: IoStatus,
+    /// Mirror: a copy failed or was not writable (degraded write).
+    partial: bool,
+    /// Mirror: some member write failed.
+    write_failed: bool,
+    /// Mirror: admitted through the write gate (tell it at the end).
+    gated: bool,
+}
+
+/// Where a child went.
+#[derive(Clone, Copy)]
+struct ChildInfo {
+    parent: u32,
+    member: u16,
+    /// Copy-level reads: the array sector of the piece (to find another copy).
+    array_sector: u64,
 }
 
 struct State {
     geo: Arc<Geometry>,
-    members: Vec<Channel>,
+    shared: Arc<Shared>,
+    core: u32,
+    /// This core's channel of each role's member.
+    members: Vec<Option<Channel>>,
+    /// Identity of the member each channel belongs to (see [`MdCore::refresh_members`]).
+    member_ids: Vec<u64>,
+    /// Channels of replaced members, dropped once nothing is in flight here.
+    retired: Vec<Channel>,
     fwd: Rc<ForwardCtx>,
     children: Vec<IoBox>,
-    /// Parent slot of each child, indexed by the child's tag.
-    child_parent: Vec<u32>,
+    child_info: Vec<ChildInfo>,
     parents: Vec<ParentSlot>,
     free_parents: Vec<u32>,
     pending: VecDeque<u32>,
     retry: VecDeque<(IoBox, u32)>,
-    /// raid1 read round-robin cursor.
+    held: VecDeque<IoBox>,
+    /// Copy-level read rotation.
     rr: usize,
-    /// Set by `abort_all` (the array bdev is being unregistered): new I/O fails.
+    /// Per role: the sector after the last read sent there (sequential detection).
+    next_read: Vec<u64>,
+    /// Set when the array bdev goes away: new I/O fails.
     dead: bool,
+    copies: [Place; MAX_COPIES],
 }
 
 /// Copies `len` bytes of `src`'s data starting at byte `off` into `dst` as windows.
@@ -147,11 +159,33 @@ fn slice_iovs(src: &SgList, mut off: u64, mut len: u64, dst: &mut SgList) {
     }
 }
 
+#[inline]
+fn upward(status: IoStatus) -> IoStatus {
+    if status == IoStatus::Removed {
+        IoStatus::Failed
+    } else {
+        status
+    }
+}
+
 impl State {
-    fn new(geo: Arc<Geometry>, members: Vec<Channel>, fwd: Rc<ForwardCtx>) -> State {
+    fn new(
+        geo: Arc<Geometry>,
+        shared: Arc<Shared>,
+        core: u32,
+        members: Vec<(u64, Option<Channel>)>,
+        fwd: Rc<ForwardCtx>,
+    ) -> State {
+        let roles = members.len();
+        shared.gate.row(core);
+        let (member_ids, members) = members.into_iter().unzip();
         State {
             geo,
+            shared,
+            core,
             members,
+            member_ids,
+            retired: Vec::new(),
             fwd,
             children: (0..CHILDREN)
                 .map(|i| {
@@ -160,23 +194,45 @@ impl State {
                     io
                 })
                 .collect(),
-            child_parent: vec![0; CHILDREN],
+            child_info: vec![
+                ChildInfo {
+                    parent: 0,
+                    member: 0,
+                    array_sector: 0
+                };
+                CHILDREN
+            ],
             parents: (0..PARENTS)
                 .map(|_| ParentSlot {
                     io: None,
                     kind: Kind::Split,
                     next: 0,
                     end: 0,
+                    copy: 0,
                     remaining: 0,
                     status: IoStatus::Success,
+                    partial: false,
+                    write_failed: false,
+                    gated: false,
                 })
                 .collect(),
             free_parents: (0..PARENTS as u32).rev().collect(),
             pending: VecDeque::with_capacity(PARENTS),
             retry: VecDeque::with_capacity(QUEUE_CAPACITY),
+            held: VecDeque::with_capacity(QUEUE_CAPACITY),
             rr: 0,
+            next_read: vec![u64::MAX; roles],
             dead: false,
+            copies: [Place {
+                member: MemberIdx(0),
+                sector: 0,
+            }; MAX_COPIES],
         }
+    }
+
+    #[inline]
+    fn usable(&self, m: usize) -> bool {
+        self.members[m].is_some()
     }
 
     /// Entry of every request (range and op already validated by the bdev layer).
@@ -186,60 +242,158 @@ impl State {
             io.complete(IoStatus::Aborted);
             return Submit::Accepted;
         }
-        let n = self.members.len() as u64;
+        let bs = self.geo.block_shift;
+        let start = io.offset_blocks << bs;
+        let len = io.num_blocks << bs;
         match io.op {
-            IoOp::Flush | IoOp::Reset => self.accept(io, Kind::Fanout, 0, n, cq),
-            op => match self.geo.mapping {
-                Mapping::Raid1 => {
-                    if op == IoOp::Read {
-                        let m = if self.geo.in_sync.load(Ordering::Relaxed) {
-                            self.rr = (self.rr + 1) % self.members.len();
-                            self.rr
-                        } else {
-                            0
-                        };
-                        let sector = io.offset_blocks << self.geo.block_shift;
-                        self.forward(io, m, sector, cq)
-                    } else {
-                        self.accept(io, Kind::Fanout, 0, n, cq)
-                    }
+            IoOp::Flush | IoOp::Reset => {
+                let n = self.members.len() as u64;
+                self.accept(io, Kind::Fanout, 0, n, cq)
+            }
+            op if !self.geo.redundant() => {
+                let _ = op;
+                let (place, left) = self.geo.map(start);
+                if len <= left {
+                    self.forward(io, place.member.0 as usize, place.sector, start, cq)
+                } else {
+                    self.accept(io, Kind::Split, start, start + len, cq)
                 }
-                _ => {
-                    let bs = self.geo.block_shift;
-                    let start = io.offset_blocks << bs;
-                    let len = io.num_blocks << bs;
-                    let (place, left) = self.geo.map(start);
-                    if len <= left {
-                        self.forward(io, place.member.0 as usize, place.sector, cq)
-                    } else {
-                        self.accept(io, Kind::Split, start, start + len, cq)
+            }
+            IoOp::Read => {
+                let (k, left) = self.geo.copies(start, &mut self.copies);
+                if len <= left {
+                    match self.pick_copy(k, start, len, u16::MAX) {
+                        Some((m, sector)) => self.forward(io, m, sector, start, cq),
+                        None => {
+                            io.complete(IoStatus::Failed);
+                            Submit::Accepted
+                        }
                     }
+                } else {
+                    self.accept(io, Kind::Split, start, start + len, cq)
                 }
-            },
+            }
+            _ => self.write(io, start, len, cq),
         }
     }
 
-    /// Sends the whole request to member `m` at `member_sector` (relative to data_offset): in
-    /// place when the member has the array's block size, as one child otherwise.
+    /// A copy-level write: through the gate, then fanned out.
     #[inline]
-    fn forward(&mut self, mut io: IoBox, m: usize, member_sector: u64, cq: &CompletionQueue) -> Submit {
+    fn write(&mut self, io: IoBox, start: u64, len: u64, cq: &CompletionQueue) -> Submit {
+        if self.children.is_empty() || self.free_parents.is_empty() {
+            return Submit::Requeue(io);
+        }
+        if !self.held.is_empty() {
+            // Keep order behind writes already held.
+            self.held.push_back(io);
+            return Submit::Accepted;
+        }
+        let row = self.shared.gate.row(self.core);
+        match self
+            .shared
+            .gate
+            .admit(row, self.shared.intent.as_ref(), start, start + len)
+        {
+            Admit::Go => self.accept_gated(io, start, len, cq),
+            Admit::Hold => {
+                self.held.push_back(io);
+                Submit::Accepted
+            }
+        }
+    }
+
+    fn accept_gated(&mut self, io: IoBox, start: u64, len: u64, cq: &CompletionQueue) -> Submit {
+        match self.accept(io, Kind::Mirror, start, start + len, cq) {
+            Submit::Accepted => Submit::Accepted,
+            Submit::Requeue(io) => {
+                let row = self.shared.gate.row(self.core);
+                self.shared
+                    .gate
+                    .end(row, self.shared.intent.as_ref(), start, start + len, true);
+                Submit::Requeue(io)
+            }
+        }
+    }
+
+    /// Picks the copy (of `self.copies[..k]`) to read `[sector, sector + len)` from, skipping
+    /// member `avoid`. Returns the role and the member sector.
+    #[inline]
+    fn pick_copy(&mut self, k: usize, array_sector: u64, len: u64, avoid: u16) -> Option<(usize, u64)> {
+        let unsynced = array_sector + len > self.shared.resync_cp();
+        let mut first = None;
+        let mut seq = None;
+        let mut count = 0usize;
+        for i in 0..k {
+            let p = self.copies[i];
+            let m = p.member.0 as usize;
+            if p.member.0 == avoid || !self.usable(m) || !self.shared.slots[m].readable(p.sector, len) {
+                continue;
+            }
+            if first.is_none() {
+                first = Some((m, p.sector));
+                if unsynced {
+                    break;
+                }
+            }
+            if seq.is_none() && self.next_read[m] == p.sector {
+                seq = Some((m, p.sector));
+            }
+            count += 1;
+        }
+        let pick = if unsynced || count <= 1 {
+            first
+        } else if seq.is_some() {
+            seq
+        } else {
+            self.rr = self.rr.wrapping_add(1);
+            let want = self.rr % count;
+            let mut seen = 0;
+            let mut out = first;
+            for i in 0..k {
+                let p = self.copies[i];
+                let m = p.member.0 as usize;
+                if p.member.0 == avoid || !self.usable(m) || !self.shared.slots[m].readable(p.sector, len) {
+                    continue;
+                }
+                if seen == want {
+                    out = Some((m, p.sector));
+                    break;
+                }
+                seen += 1;
+            }
+            out
+        };
+        if let Some((m, s)) = pick {
+            self.next_read[m] = s + len;
+        }
+        pick
+    }
+
+    /// Sends the whole request to member `m` at `member_sector` (relative to data_offset): in
+    /// place when the member has the array's block size, as a one-piece split otherwise.
+    #[inline]
+    fn forward(
+        &mut self,
+        mut io: IoBox,
+        m: usize,
+        member_sector: u64,
+        array_sector: u64,
+        cq: &CompletionQueue,
+    ) -> Submit {
         let g = &*self.geo;
         let shift = g.member_shifts[m];
+        let Some(member) = self.members[m].as_ref() else {
+            io.complete(IoStatus::Failed);
+            return Submit::Accepted;
+        };
         if shift != g.block_shift {
-            // Different block size: a child carries the rescaled range (a one-piece split).
-            return match g.mapping {
-                Mapping::Raid1 => self.accept(io, Kind::Fanout, m as u64, m as u64 + 1, cq),
-                _ => {
-                    let start = io.offset_blocks << g.block_shift;
-                    let len = io.num_blocks << g.block_shift;
-                    self.accept(io, Kind::Split, start, start + len, cq)
-                }
-            };
+            let len = io.num_blocks << g.block_shift;
+            return self.accept(io, Kind::Split, array_sector, array_sector + len, cq);
         }
         let orig = io.offset_blocks;
-        *io.layer_word() = orig;
+        *io.layer_word() = orig | ((m as u64) << MEMBER_SHIFT);
         io.offset_blocks = (g.data_offset_sectors + member_sector) >> shift;
-        match self.members[m].forward(io, &self.fwd, orig) {
+        match member.forward(io, &self.fwd, orig) {
             Submit::Accepted => Submit::Accepted,
             Submit::Requeue(mut io) => {
                 io.offset_blocks = orig;
@@ -261,8 +415,12 @@ impl State {
         p.kind = kind;
         p.next = next;
         p.end = end;
+        p.copy = 0;
         p.remaining = 0;
         p.status = IoStatus::Success;
+        p.partial = false;
+        p.write_failed = false;
+        p.gated = kind == Kind::Mirror;
         self.fwd.begin();
         if self.issue(pidx, cq) {
             if self.parents[pidx as usize].remaining == 0 {
@@ -274,70 +432,148 @@ impl State {
         Submit::Accepted
     }
 
+    /// Prepares `child` for `n` sectors at member `m`'s `member_sector`, windowing the parent's
+    /// data from array sector `at`.
+    #[inline]
+    fn prep_child(g: &Geometry, child: &mut IoBox, pio: &IoRequest, m: usize, member_sector: u64, at: u64, n: u64) {
+        let shift = g.member_shifts[m];
+        let op = pio.op;
+        child.prepare(op, (g.data_offset_sectors + member_sector) >> shift, n >> shift);
+        child.iovs.clear();
+        if op.has_data() {
+            let base = pio.offset_blocks << g.block_shift;
+            slice_iovs(&pio.iovs, (at - base) << 9, n << 9, &mut child.iovs);
+        }
+    }
+
     /// Issues the parent's remaining children. Returns whether all are issued.
     fn issue(&mut self, pidx: u32, cq: &CompletionQueue) -> bool {
-        let State {
-            geo,
-            members,
-            children,
-            child_parent,
-            parents,
-            retry,
-            ..
-        } = self;
-        let g = &**geo;
-        let p = &mut parents[pidx as usize];
-        let pio = p.io.as_ref().expect("parent present");
-        let op = pio.op;
-        let base_sector = pio.offset_blocks << g.block_shift;
-        let len_sectors = pio.num_blocks << g.block_shift;
-        while p.next < p.end {
-            let Some(mut child) = children.pop() else {
+        loop {
+            let p = &self.parents[pidx as usize];
+            if p.next >= p.end {
+                return true;
+            }
+            if self.children.is_empty() {
                 return false;
-            };
-            let (m, n) = match p.kind {
-                Kind::Split => {
-                    let (place, left) = g.map(p.next);
-                    let m = place.member.0 as usize;
-                    let n = left.min(p.end - p.next);
-                    let shift = g.member_shifts[m];
-                    child.prepare(op, (g.data_offset_sectors + place.sector) >> shift, n >> shift);
-                    child.iovs.clear();
-                    if op.has_data() {
-                        slice_iovs(&pio.iovs, (p.next - base_sector) << 9, n << 9, &mut child.iovs);
-                    }
-                    (m, n)
-                }
+            }
+            let (kind, next, end) = (p.kind, p.next, p.end);
+            let op = p.io.as_ref().expect("parent present").op;
+            match kind {
                 Kind::Fanout => {
-                    let m = p.next as usize;
-                    let shift = g.member_shifts[m];
+                    let m = next as usize;
+                    self.parents[pidx as usize].next += 1;
+                    let present =
+                        self.members[m].is_some() && (!self.geo.redundant() || self.shared.slots[m].writable());
+                    if !present {
+                        continue;
+                    }
+                    let mut child = self.children.pop().expect("checked");
                     child.iovs.clear();
-                    if op.needs_range() {
-                        child.prepare(op, (g.data_offset_sectors + base_sector) >> shift, len_sectors >> shift);
-                        if op.has_data() {
-                            slice_iovs(&pio.iovs, 0, len_sectors << 9, &mut child.iovs);
+                    child.prepare(op, 0, 0);
+                    self.send_child(child, pidx, m, 0, cq);
+                }
+                Kind::Split => {
+                    let (m, sector, n) = if self.geo.redundant() {
+                        let (k, left) = self.geo.copies(next, &mut self.copies);
+                        let n = left.min(end - next);
+                        match self.pick_copy(k, next, n, u16::MAX) {
+                            Some((m, s)) => (m, s, n),
+                            None => {
+                                // No readable copy: the rest of this parent fails.
+                                let p = &mut self.parents[pidx as usize];
+                                p.next = p.end;
+                                p.status = IoStatus::Failed;
+                                return true;
+                            }
                         }
                     } else {
-                        child.prepare(op, 0, 0);
+                        let (place, left) = self.geo.map(next);
+                        (place.member.0 as usize, place.sector, left.min(end - next))
+                    };
+                    let mut child = self.children.pop().expect("checked");
+                    {
+                        let pio = self.parents[pidx as usize].io.as_ref().expect("parent present");
+                        Self::prep_child(&self.geo, &mut child, pio, m, sector, next, n);
                     }
-                    (m, 1)
+                    self.parents[pidx as usize].next += n;
+                    if self.members[m].is_none() {
+                        self.children.push(child);
+                        let p = &mut self.parents[pidx as usize];
+                        p.status = IoStatus::Failed;
+                        continue;
+                    }
+                    self.send_child(child, pidx, m, next, cq);
                 }
-            };
-            child_parent[child.tag as usize] = pidx;
-            p.remaining += 1;
-            p.next += n;
-            if let Submit::Requeue(c) = members[m].submit(child, cq) {
-                retry.push_back((c, m as u32));
+                Kind::Mirror => {
+                    let (k, left) = self.geo.copies(next, &mut self.copies);
+                    let n = left.min(end - next);
+                    let copy = self.parents[pidx as usize].copy as usize;
+                    if copy >= k {
+                        let p = &mut self.parents[pidx as usize];
+                        p.next += n;
+                        p.copy = 0;
+                        continue;
+                    }
+                    self.parents[pidx as usize].copy += 1;
+                    let place = self.copies[copy];
+                    let m = place.member.0 as usize;
+                    if self.members[m].is_none() || !self.shared.slots[m].writable() {
+                        self.parents[pidx as usize].partial = true;
+                        continue;
+                    }
+                    let mut child = self.children.pop().expect("checked");
+                    {
+                        let pio = self.parents[pidx as usize].io.as_ref().expect("parent present");
+                        Self::prep_child(&self.geo, &mut child, pio, m, place.sector, next, n);
+                    }
+                    self.send_child(child, pidx, m, next, cq);
+                }
             }
         }
-        true
+    }
+
+    #[inline]
+    fn send_child(&mut self, child: IoBox, pidx: u32, m: usize, array_sector: u64, cq: &CompletionQueue) {
+        self.child_info[child.tag as usize] = ChildInfo {
+            parent: pidx,
+            member: m as u16,
+            array_sector,
+        };
+        self.parents[pidx as usize].remaining += 1;
+        let ch = self.members[m].as_ref().expect("present member");
+        if let Submit::Requeue(c) = ch.submit(child, cq) {
+            self.retry.push_back((c, m as u32));
+        }
     }
 
     /// A parent's last child is done: complete it upward.
     fn finish(&mut self, pidx: u32) {
         let p = &mut self.parents[pidx as usize];
         let io = p.io.take().expect("parent present");
-        let status = p.status;
+        let mut status = p.status;
+        if p.kind == Kind::Mirror {
+            let (partial, failed) = (p.partial, p.write_failed);
+            if p.gated {
+                let bs = self.geo.block_shift;
+                let start = io.offset_blocks << bs;
+                let end = start + (io.num_blocks << bs);
+                let row = self.shared.gate.row(self.core);
+                self.shared
+                    .gate
+                    .end(row, self.shared.intent.as_ref(), start, end, !partial && !failed);
+            }
+            if failed || partial {
+                // Every sector must still have a surviving copy that took the write.
+                let ok = self
+                    .geo
+                    .operational(|m| self.shared.slots[m].state() == crate::shared::SlotState::InSync);
+                status = if ok && status != IoStatus::Failed {
+                    IoStatus::Success
+                } else {
+                    IoStatus::Failed
+                };
+            }
+        }
         self.free_parents.push(pidx);
         self.fwd.end();
         io.complete(status);
@@ -345,39 +581,85 @@ impl State {
 
     /// One completion from a member.
     #[inline]
-    fn on_complete(&mut self, mut io: IoBox) {
+    fn on_complete(&mut self, mut io: IoBox, cq: &CompletionQueue) {
         if io.depth() == 0 {
-            return self.child_done(io);
+            return self.child_done(io, cq);
         }
         // A forwarded request that failed (forwarded successes never come here).
-        io.offset_blocks = *io.layer_word();
+        let word = *io.layer_word();
+        let orig = word & OFFSET_MASK;
+        let m = (word >> MEMBER_SHIFT) as usize;
         self.fwd.end();
         let status = io.status();
-        io.complete(if status == IoStatus::Removed {
-            IoStatus::Failed
-        } else {
-            status
-        });
+        if self.geo.redundant() && io.op == IoOp::Read && status != IoStatus::Aborted {
+            self.shared.fail_member(m);
+            io.offset_blocks = orig;
+            let bs = self.geo.block_shift;
+            let start = orig << bs;
+            let len = io.num_blocks << bs;
+            let (k, _) = self.geo.copies(start, &mut self.copies);
+            if let Some((m2, sector)) = self.pick_copy(k, start, len, m as u16) {
+                if let Submit::Requeue(io) = self.forward(io, m2, sector, start, cq) {
+                    // No room below right now: fail rather than spin (the bdev layer may retry).
+                    io.complete(IoStatus::Failed);
+                }
+                return;
+            }
+            return io.complete(IoStatus::Failed);
+        }
+        io.offset_blocks = orig;
+        io.complete(upward(status));
     }
 
-    fn child_done(&mut self, mut io: IoBox) {
-        let pidx = self.child_parent[io.tag as usize];
+    fn child_done(&mut self, mut io: IoBox, cq: &CompletionQueue) {
+        let info = self.child_info[io.tag as usize];
+        let pidx = info.parent;
         let mut status = io.status();
-        if status == IoStatus::Unsupported && matches!(io.op, IoOp::Flush | IoOp::Reset) {
+        let op = io.op;
+        if status == IoStatus::Unsupported && matches!(op, IoOp::Flush | IoOp::Reset) {
             status = IoStatus::Success;
+        }
+        let redundant = self.geo.redundant();
+        if status != IoStatus::Success && status != IoStatus::Aborted && redundant {
+            match op {
+                IoOp::Read => {
+                    self.shared.fail_member(info.member as usize);
+                    // Another copy of the same piece.
+                    let n = io.num_blocks << self.geo.member_shifts[info.member as usize];
+                    let (k, _) = self.geo.copies(info.array_sector, &mut self.copies);
+                    if let Some((m2, sector)) = self.pick_copy(k, info.array_sector, n, info.member) {
+                        let shift = self.geo.member_shifts[m2];
+                        let lshift = self.geo.member_shifts[info.member as usize];
+                        let blocks = (io.num_blocks << lshift) >> shift;
+                        io.prepare(op, (self.geo.data_offset_sectors + sector) >> shift, blocks);
+                        self.child_info[io.tag as usize].member = m2 as u16;
+                        let ch = self.members[m2].as_ref().expect("readable member has a channel");
+                        if let Submit::Requeue(c) = ch.submit(io, cq) {
+                            self.retry.push_back((c, m2 as u32));
+                        }
+                        return;
+                    }
+                }
+                IoOp::Write | IoOp::Unmap | IoOp::WriteZeroes => {
+                    self.shared.fail_member(info.member as usize);
+                    let p = &mut self.parents[pidx as usize];
+                    p.write_failed = true;
+                    status = IoStatus::Success;
+                }
+                IoOp::Flush | IoOp::Reset => {
+                    self.shared.fail_member(info.member as usize);
+                    status = IoStatus::Success;
+                }
+            }
         }
         io.iovs.clear();
         self.children.push(io);
         let p = &mut self.parents[pidx as usize];
         p.remaining -= 1;
         if status != IoStatus::Success && p.status == IoStatus::Success {
-            p.status = if status == IoStatus::Removed {
-                IoStatus::Failed
-            } else {
-                status
-            };
+            p.status = upward(status);
         }
-        if p.remaining == 0 && p.next == p.end {
+        if p.remaining == 0 && p.next >= p.end {
             self.finish(pidx);
         }
     }
@@ -386,7 +668,12 @@ impl State {
     fn run_retry(&mut self, cq: &CompletionQueue) -> usize {
         let mut n = 0;
         while let Some((io, m)) = self.retry.pop_front() {
-            match self.members[m as usize].submit(io, cq) {
+            let Some(ch) = self.members[m as usize].as_ref() else {
+                io.complete(IoStatus::Failed);
+                n += 1;
+                continue;
+            };
+            match ch.submit(io, cq) {
                 Submit::Accepted => n += 1,
                 Submit::Requeue(io) => {
                     self.retry.push_front((io, m));
@@ -415,6 +702,41 @@ impl State {
         }
         n
     }
+
+    /// Admits held writes in order while the gate lets them through.
+    fn run_held(&mut self, cq: &CompletionQueue) -> usize {
+        let mut n = 0;
+        while let Some(io) = self.held.front() {
+            if self.dead {
+                let io = self.held.pop_front().expect("front");
+                io.complete(IoStatus::Aborted);
+                n += 1;
+                continue;
+            }
+            if self.children.is_empty() || self.free_parents.is_empty() {
+                break;
+            }
+            let bs = self.geo.block_shift;
+            let start = io.offset_blocks << bs;
+            let len = io.num_blocks << bs;
+            let row = self.shared.gate.row(self.core);
+            if self
+                .shared
+                .gate
+                .admit(row, self.shared.intent.as_ref(), start, start + len)
+                == Admit::Hold
+            {
+                break;
+            }
+            let io = self.held.pop_front().expect("front");
+            if let Submit::Requeue(io) = self.accept_gated(io, start, len, cq) {
+                self.held.push_front(io);
+                break;
+            }
+            n += 1;
+        }
+        n
+    }
 }
 
 struct Inner {
@@ -426,47 +748,96 @@ impl Inner {
     fn poll(&self) -> usize {
         let mut guard = self.st.borrow_mut();
         let st = &mut *guard;
-        let mut n = self.cq.drain_now(|io| st.on_complete(io));
+        let cq = &self.cq;
+        let mut n = cq.drain_now(|io| st.on_complete(io, cq));
         if !st.retry.is_empty() {
-            n += st.run_retry(&self.cq);
+            n += st.run_retry(cq);
         }
         if !st.pending.is_empty() {
-            n += st.run_pending(&self.cq);
+            n += st.run_pending(cq);
+        }
+        if !st.held.is_empty() {
+            n += st.run_held(cq);
+        }
+        if !st.retired.is_empty() && st.fwd.inflight() == 0 {
+            st.retired.clear();
+            n += 1;
         }
         n
     }
 }
 
-/// The array bdev's backend channel on one core. Built by [`crate::array`]'s backend on the
-/// core that first does I/O to the array; owns that core's member channels and pools.
-pub(crate) struct MdChannel {
+/// An array's state on one core: the value of its [`IoDevice`](keel_reactor::IoDevice)
+/// channel. Built by the array's `IoDevice` factory on the core that first does I/O to it.
+pub(crate) struct MdCore {
     inner: Rc<Inner>,
     _poller: PollerHandle,
 }
 
-impl MdChannel {
-    /// Builds the core's state over `members` (this core's channels of the member bdevs, in
-    /// role order). Called on that core.
-    pub(crate) fn new(name: &str, geo: Arc<Geometry>, members: Vec<Channel>) -> MdChannel {
+impl MdCore {
+    /// Builds the core's state over `members` (per role: the member's identity and this core's
+    /// channel of it). Called on `core`.
+    pub(crate) fn new(
+        name: &str,
+        core: u32,
+        geo: Arc<Geometry>,
+        shared: Arc<Shared>,
+        members: Vec<(u64, Option<Channel>)>,
+    ) -> MdCore {
         let cq = CompletionQueue::with_capacity(CQ_CAPACITY);
         let fwd = ForwardCtx::new(cq.clone());
         let inner = Rc::new(Inner {
-            st: RefCell::new(State::new(geo, members, fwd)),
+            st: RefCell::new(State::new(geo, shared, core, members, fwd)),
             cq,
         });
         let i2 = inner.clone();
         let poller = current().register_poller(format!("md_{name}"), move || PollStatus::from_work(i2.poll() > 0));
-        MdChannel { inner, _poller: poller }
+        MdCore { inner, _poller: poller }
+    }
+
+    /// Control-path visit: installs the members of `ids` (per role; 0 = none) whose identity
+    /// changed, opening this core's channel with `open(role)`. Replaced channels are dropped
+    /// once nothing is in flight on this core.
+    pub(crate) fn refresh_members(&self, ids: &[u64], open: impl Fn(usize) -> Option<Channel>) {
+        let mut st = self.inner.st.borrow_mut();
+        for (r, &id) in ids.iter().enumerate() {
+            if st.member_ids[r] == id {
+                continue;
+            }
+            st.member_ids[r] = id;
+            let new = if id == 0 { None } else { open(r) };
+            if let Some(old) = std::mem::replace(&mut st.members[r], new) {
+                st.retired.push(old);
+            }
+            st.next_read[r] = u64::MAX;
+        }
+    }
+
+    /// Control-path visit: the array is going away; new and held I/O fail.
+    pub(crate) fn kill(&self) {
+        self.inner.st.borrow_mut().dead = true;
+    }
+}
+
+/// The array bdev's backend channel on one core.
+pub(crate) struct MdChannel {
+    core: IoChannel<MdCore>,
+}
+
+impl MdChannel {
+    pub(crate) fn new(core: IoChannel<MdCore>) -> MdChannel {
+        MdChannel { core }
     }
 }
 
 impl BackendChannel for MdChannel {
     #[inline]
     fn submit(&mut self, io: IoBox) -> Submit {
-        self.inner.st.borrow_mut().submit(io, &self.inner.cq)
+        let inner = &self.core.rc().inner;
+        inner.st.borrow_mut().submit(io, &inner.cq)
     }
 
     fn abort_all(&mut self) {
-        self.inner.st.borrow_mut().dead = true;
+        self.core.rc().kill();
     }
 }

@@ -79,7 +79,7 @@ impl Role {
 
 /// A decoded v1.x superblock. Field names and units follow the spec's table; sectors are 512
 /// bytes whatever the device's block size.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Superblock {
     pub feature_map: u32,
     pub set_uuid: [u8; 16],

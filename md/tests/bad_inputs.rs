@@ -32,7 +32,7 @@ fn bad_creates_leave_nothing_behind() {
     check(err(opts("a", "raid1", &["M0", "nope"])), -19, "'nope' not found");
     check(err(opts("a", "raid1", &["M0"])), -22, "at least 2 members");
     check(err(opts("a", "raid1", &["M0", "M0"])), -16, "listed twice");
-    check(err(opts("a", "raid10", &["M0", "M1"])), -95, "not supported yet");
+    check(err(opts("a", "raid5", &["M0", "M1"])), -95, "not supported yet");
     check(err(opts("a", "raid7", &["M0", "M1"])), -22, "'level'");
     check(err(opts("", "raid1", &["M0", "M1"])), -22, "'name'");
     check(err(opts("a", "raid1", &["M0", "tiny"])), -22, "'tiny' has 2100 sectors");
@@ -42,9 +42,15 @@ fn bad_creates_leave_nothing_behind() {
     let mut o = opts("a", "raid0", &["M0", "M1"]);
     o.chunk_kb = Some(2);
     check(err(o), -22, "'chunk_kb'");
-    let mut o = opts("a", "raid1", &["M0", "M1"]);
+    let mut o = opts("a", "raid0", &["M0", "M1"]);
     o.bitmap = Some("internal".into());
-    check(err(o), -95, "bitmap 'internal' is not supported yet");
+    check(err(o), -22, "not meaningful for raid0");
+    let mut o = opts("a", "raid1", &["M0", "M1"]);
+    o.bitmap = Some("external".into());
+    check(err(o), -22, "'bitmap'");
+    let mut o = opts("a", "raid10", &["M0", "M1"]);
+    o.layout = Some("n3".into());
+    check(err(o), -22, "'layout'");
     let mut o = opts("a", "raid1", &["M0", "M1"]);
     o.layout = Some("far2".into());
     check(err(o), -22, "'layout'");

@@ -1,8 +1,9 @@
 //! After set-up, I/O through md arrays does not allocate: a counting global allocator sees zero
 //! allocations while a keel-perf job completes 50k I/Os in steady state through raid0 over two
 //! nulls (4 KiB: forwarded in place; 12 KiB on 4 KiB chunks: split into children) and raid1
-//! over two nulls (70 % reads forwarded round-robin, writes fanned out) and over two mallocs
-//! under verify.
+//! over two nulls (70 % reads forwarded round-robin, writes fanned out through the write gate)
+//! and over two mallocs under verify, and with an internal write-intent bitmap (once its bit is
+//! on disk, writes pass the gate without the control path).
 //!
 //! Everything runs in one #[test] on one thread so that no other test allocates meanwhile.
 
@@ -24,6 +25,7 @@ struct Case {
     malloc: bool,
     workload: Workload,
     io_size: u64,
+    bitmap: bool,
 }
 
 fn steady_state_allocations(case: &Case) -> u64 {
@@ -46,13 +48,14 @@ fn steady_state_allocations(case: &Case) -> u64 {
                 members: vec!["D0".into(), "D1".into()],
                 chunk_kb: Some(4),
                 assume_clean: true,
+                bitmap: Some(if case.bitmap { "internal" } else { "none" }.into()),
                 ..Default::default()
             },
             move |r| tx.send(r).unwrap(),
         )
     });
     assert!(
-        d.run_until(1_000, || matches!(rx.try_recv(), Ok(Ok(())))),
+        d.run_until(50_000_000, || matches!(rx.try_recv(), Ok(Ok(())))),
         "{}: create",
         case.name
     );
@@ -76,7 +79,7 @@ fn steady_state_allocations(case: &Case) -> u64 {
     let (tx, rx) = std::sync::mpsc::channel();
     d.enter(CoreId(0), || md.stop("md0", move |r| tx.send(r).unwrap()));
     assert!(
-        d.run_until(1_000, || matches!(rx.try_recv(), Ok(Ok(())))),
+        d.run_until(50_000_000, || matches!(rx.try_recv(), Ok(Ok(())))),
         "{}: stop",
         case.name
     );
@@ -95,6 +98,7 @@ fn steady_state_io_through_md_does_not_allocate() {
             malloc: false,
             workload: Workload::RandRead,
             io_size: 4096,
+            bitmap: false,
         },
         Case {
             name: "raid0/2 null randrw 12k (split)",
@@ -102,6 +106,7 @@ fn steady_state_io_through_md_does_not_allocate() {
             malloc: false,
             workload: Workload::RandRw,
             io_size: 12288,
+            bitmap: false,
         },
         Case {
             name: "raid1/2 null randrw 4k",
@@ -109,6 +114,7 @@ fn steady_state_io_through_md_does_not_allocate() {
             malloc: false,
             workload: Workload::RandRw,
             io_size: 4096,
+            bitmap: false,
         },
         Case {
             name: "raid1/2 malloc verify 8k",
@@ -116,6 +122,15 @@ fn steady_state_io_through_md_does_not_allocate() {
             malloc: true,
             workload: Workload::Verify,
             io_size: 8192,
+            bitmap: false,
+        },
+        Case {
+            name: "raid1/2 malloc randrw 4k, internal bitmap",
+            level: "raid1",
+            malloc: true,
+            workload: Workload::RandRw,
+            io_size: 4096,
+            bitmap: true,
         },
     ];
     let mut report = Vec::new();

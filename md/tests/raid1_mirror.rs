@@ -1,7 +1,7 @@
-//! raid1: every write lands on both members at data_offset (single-block and large writes,
-//! unmap-free malloc), reads return it from either member, md_get_arrays shows the array, a
-//! raid1 created without assume_clean is "active" with resync_offset 0 on disk and stays so
-//! after stop, one created clean is "clean" with events 1 → 2 at stop.
+//! raid1: every write lands on both members at data_offset (single-block and large writes),
+//! reads return it from either member, md_get_arrays shows the array; the first write marks the
+//! superblocks active before it reaches the members, safe mode marks them clean again, stop
+//! writes events + 1.
 
 mod common;
 
@@ -19,7 +19,15 @@ fn raid1_writes_reach_every_member() {
     let r = Rig::new(2);
     r.malloc("M0", 8192, 512);
     r.malloc("M1", 9000, 512);
-    r.create_simple("mir", "raid1", &["M0", "M1"], None).unwrap();
+    r.create(CreateOpts {
+        name: "mir".into(),
+        level: "raid1".into(),
+        members: vec!["M0".into(), "M1".into()],
+        assume_clean: true,
+        bitmap: Some("none".into()),
+        ..Default::default()
+    })
+    .unwrap();
     let info = r.reg.get("mir").unwrap().info().clone();
     // Component size: smallest data size rounded down to 64 KiB.
     assert_eq!(info.num_blocks, (8192 - 2048) / 128 * 128);
@@ -36,50 +44,60 @@ fn raid1_writes_reach_every_member() {
         assert_eq!(r.read("mir", 1000, 64), data);
     }
 
-    let a = r.md.arrays(Some("mir")).unwrap();
-    assert_eq!(a.len(), 1);
-    let a = &a[0];
+    let a = r.array("mir");
+    assert_eq!((a.level.as_str(), a.raid_devices), ("raid1", 2));
+    // The first write marked the superblocks active (events 2).
+    assert!(a.events >= 2, "{a:?}");
     assert_eq!(
-        (a.level.as_str(), a.raid_devices, a.state, a.events),
-        ("raid1", 2, "clean", 1)
-    );
-    assert_eq!(
-        a.members.iter().map(|m| (m.bdev.as_str(), m.role)).collect::<Vec<_>>(),
-        [("M0", 0), ("M1", 1)]
+        a.members
+            .iter()
+            .map(|m| (m.bdev.as_str(), m.role, m.state))
+            .collect::<Vec<_>>(),
+        [("M0", Some(0), "in_sync"), ("M1", Some(1), "in_sync")]
     );
     assert_eq!(a.uuid, Superblock::uuid_text(&sb(&r, "M0").set_uuid));
     assert!(r.md.arrays(Some("nope")).is_err());
+    // Safe mode: idle writes → clean again.
+    r.wait_until(5, "safe mode", |r| r.array("mir").state == "clean");
+    let events = r.array("mir").events;
+    assert_eq!(sb(&r, "M1").events, events);
+    assert_eq!(sb(&r, "M1").resync_offset, MAX_SECTOR);
 
     r.stop("mir").unwrap();
     for (i, m) in ["M0", "M1"].into_iter().enumerate() {
         let s = sb(&r, m);
         assert_eq!(
             (s.level, s.events, s.resync_offset, s.dev_number),
-            (1, 2, MAX_SECTOR, i as u32)
+            (1, events + 1, MAX_SECTOR, i as u32)
         );
         assert_eq!(s.size_sectors, info.num_blocks);
     }
     assert!(r.md.arrays(None).unwrap().is_empty());
+}
 
-    // Without assume_clean: active on disk (needs the resync of the next phase), before and
-    // after stop; reads come from role 0 only but the array works.
+#[test]
+fn write_marks_dirty_before_reaching_members() {
+    let r = Rig::new(1);
+    r.malloc("M0", 8192, 512);
+    r.malloc("M1", 8192, 512);
     r.create(CreateOpts {
-        name: "dirty".into(),
+        name: "mir".into(),
         level: "raid1".into(),
         members: vec!["M0".into(), "M1".into()],
+        assume_clean: true,
+        bitmap: Some("none".into()),
         uuid: Some("01234567:89abcdef:01234567:89abcdef".into()),
         ..Default::default()
     })
     .unwrap();
-    assert_eq!(sb(&r, "M1").resync_offset, 0);
-    assert_eq!(r.md.arrays(None).unwrap()[0].state, "active");
-    assert_eq!(
-        r.md.arrays(None).unwrap()[0].uuid,
-        "01234567:89abcdef:01234567:89abcdef"
-    );
-    assert_eq!(r.write("dirty", 5, &data[..1024]), IoStatus::Success);
-    assert_eq!(r.read("dirty", 5, 2), &data[..1024]);
-    r.stop("dirty").unwrap();
+    assert_eq!(r.array("mir").uuid, "01234567:89abcdef:01234567:89abcdef");
+    assert_eq!(sb(&r, "M0").resync_offset, MAX_SECTOR);
+    assert_eq!(r.array("mir").state, "clean");
+    let data = pattern(3, 4096);
+    assert_eq!(r.write("mir", 0, &data), IoStatus::Success);
+    // By the time the write completed, the superblocks said "active".
     let s = sb(&r, "M0");
-    assert_eq!((s.events, s.resync_offset), (2, 0));
+    assert!(s.resync_offset == 0 || r.array("mir").state == "clean", "{s:?}");
+    assert!(s.events >= 2);
+    r.stop("mir").unwrap();
 }

@@ -81,6 +81,30 @@ impl Rig {
         self.wait(rx)
     }
 
+    /// Turns the reactors until `cond` holds (panics after `secs` seconds).
+    pub fn wait_until(&self, secs: u64, what: &str, mut cond: impl FnMut(&Rig) -> bool) {
+        let until = Instant::now() + Duration::from_secs(secs);
+        while !cond(self) {
+            assert!(Instant::now() < until, "timed out waiting for {what}");
+            for _ in 0..100 {
+                self.d.turn();
+            }
+        }
+    }
+
+    /// Turns the reactors for `ms` milliseconds of wall time.
+    pub fn run_for_ms(&self, ms: u64) {
+        let until = Instant::now() + Duration::from_millis(ms);
+        while Instant::now() < until {
+            self.d.turn();
+        }
+    }
+
+    /// The array `name` as md_get_arrays shows it.
+    pub fn array(&self, name: &str) -> keel_md::ArrayInfo {
+        self.md.arrays(Some(name)).unwrap().remove(0)
+    }
+
     /// One request of `blocks` blocks at `offset` on bdev `name` (core 0) over `buf`.
     pub fn io(&self, name: &str, op: IoOp, offset: u64, blocks: u64, buf: &DmaBuf) -> IoStatus {
         let writable = op != IoOp::Read;

@@ -1,0 +1,716 @@
+//! An array's control poller on the main reactor: the single writer of its superblocks and
+//! bitmap, and the owner of its sync runs.
+//!
+//! Every millisecond (a timed poller, `md_daemon_<array>`) it looks at what changed and acts,
+//! one step at a time, never waiting:
+//!
+//! 1. results that arrived (a superblock write, a sync run ending, a checkpoint);
+//! 2. stop, as a small state machine: stop the sync at its window → unregister the bdev → wait
+//!    for writes in flight → final superblocks ("clean" when nothing is in flight) → release the
+//!    members and answer;
+//! 3. member failures (a core marked a slot faulty, or the member bdev is going away): the member
+//!    moves to the faulty list, every core drops its channel, the superblocks record it
+//!    (role 0xfffe); a spare, if any, takes the role as `Rebuilding`;
+//! 4. dirty marking: a writer found the superblocks clean → write them "active" (resync_offset
+//!    0), then open the write gate; after [`SAFE_MODE_MS`] without writes, close the gate and
+//!    write them clean again (resync_offset = the resync checkpoint), as Linux's safe mode;
+//! 5. the bitmap's disk side ([`IntentDisk::poll`]);
+//! 6. sync scheduling: recovery onto rebuilding roles, else resync from the checkpoint, else a
+//!    requested check/repair — unless frozen, stopping, or a channel refresh is in progress;
+//! 7. one coalesced superblock write (events + 1) when anything above asked for it.
+//!
+//! Superblock writes go to every working member (in-sync, rebuilding, spares); a write that fails
+//! marks that member faulty.
+
+use std::cell::RefCell;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use keel_bdev::{Channel, IoStatus};
+use keel_reactor::{current, PollStatus, PollerHandle};
+
+use crate::array::{Array, MdRegistry, MemberRec, SyncRequest};
+use crate::geometry::Mapping;
+use crate::intent::IntentDisk;
+use crate::meta_io;
+use crate::shared::SlotState;
+use crate::superblock::{MAX_SECTOR, V1_2_SUPER_OFFSET_SECTORS};
+use crate::sync::{self, SyncAction, SyncHandle, SyncJob, SyncOutcome};
+use crate::MdError;
+
+/// How long writes must be idle before the superblocks are marked clean (Linux: 200 ms).
+pub(crate) const SAFE_MODE_MS: u64 = 200;
+/// Daemon period.
+const PERIOD_US: u64 = 1_000;
+/// Checkpoint interval handed to sync runs.
+const CHECKPOINT_MS: u64 = 1_000;
+/// Pause before restarting a sync run that failed.
+const SYNC_RETRY_MS: u64 = 1_000;
+
+/// One member's metadata writes: its channel, name, and (byte offset, bytes) blocks.
+pub(crate) type MetaTarget = (Rc<Channel>, String, Vec<(u64, Vec<u8>)>);
+
+/// The answer of [`write_meta`]: per target, the first failure.
+type MetaDone = Box<dyn FnOnce(Vec<Option<String>>)>;
+/// A finished superblock write: per member its failure, and whether it opens the write gate.
+type SbDone = (Vec<(Who, Option<String>)>, bool);
+
+/// Writes every target's blocks at once; `done` gets, per target, the first failure (None: all
+/// written). Called on a reactor; `done` runs there, from a poller.
+pub(crate) fn write_meta(targets: Vec<MetaTarget>, done: impl FnOnce(Vec<Option<String>>) + 'static) {
+    struct Pending {
+        left: usize,
+        errs: Vec<Option<String>>,
+        done: Option<MetaDone>,
+    }
+    let total: usize = targets.iter().map(|t| t.2.len()).sum();
+    let st = Rc::new(RefCell::new(Pending {
+        left: total,
+        errs: vec![None; targets.len()],
+        done: Some(Box::new(done)),
+    }));
+    if total == 0 {
+        // Still answer from a poller, never on the caller's stack.
+        let handle: Rc<RefCell<Option<PollerHandle>>> = Rc::default();
+        let h2 = handle.clone();
+        let h = current().register_poller("md_meta_none", move || {
+            if let Some(d) = st.borrow_mut().done.take() {
+                d(Vec::new());
+            }
+            h2.borrow_mut().take();
+            PollStatus::Busy
+        });
+        *handle.borrow_mut() = Some(h);
+        return;
+    }
+    for (i, (ch, name, blocks)) in targets.into_iter().enumerate() {
+        for (at, data) in blocks {
+            let st = st.clone();
+            let name = name.clone();
+            let ch2 = ch.clone();
+            meta_io::write(&ch, at, &data, move |status: IoStatus| {
+                let _keep = ch2;
+                let mut s = st.borrow_mut();
+                if !status.is_success() && s.errs[i].is_none() {
+                    s.errs[i] = Some(format!(
+                        "writing metadata at byte {at} of '{name}' failed: {}",
+                        status.name()
+                    ));
+                }
+                s.left -= 1;
+                if s.left == 0 {
+                    let errs = std::mem::take(&mut s.errs);
+                    let d = s.done.take();
+                    drop(s);
+                    if let Some(d) = d {
+                        d(errs)
+                    }
+                }
+            });
+        }
+    }
+}
+
+/// Results that arrive from completions, picked up by the next poll.
+#[derive(Default)]
+struct Inbox {
+    /// A superblock write finished: per target (role or spare index) the failure.
+    sb_done: Option<SbDone>,
+    sync_done: Option<SyncOutcome>,
+    checkpoint: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Who {
+    Role(usize),
+    Spare(u64),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum StopPhase {
+    Running,
+    WaitSync,
+    WaitUnregister,
+    WaitIdle,
+    FinalSb,
+}
+
+struct Daemon {
+    reg: std::sync::Weak<MdRegistry>,
+    array: Arc<Array>,
+    t0: Instant,
+    disk: Option<IntentDisk>,
+    /// Main-core channels per role, with the member identity they belong to.
+    chans: Vec<(u64, Option<Rc<Channel>>)>,
+    /// Main-core channels of the written members (for the bitmap), and their fingerprint.
+    writable: Vec<Rc<Channel>>,
+    writable_key: u64,
+    sync: Option<(SyncAction, Vec<usize>, SyncHandle)>,
+    sync_retry_at_ms: u64,
+    sb_inflight: bool,
+    /// What the superblocks say (or will, after the write in flight): "active".
+    sb_active: bool,
+    /// The next superblock write opens the write gate when done.
+    open_gate_after: bool,
+    last_activity: u64,
+    last_activity_ms: u64,
+    stop: StopPhase,
+    unregistered: Arc<AtomicBool>,
+    refreshing: Arc<AtomicBool>,
+    inbox: Rc<RefCell<Inbox>>,
+}
+
+/// Starts the daemon of `array` on the current (main) reactor.
+pub(crate) fn start(reg: Arc<MdRegistry>, array: Arc<Array>) {
+    let disk = array.bitmap_offset_bytes.map(IntentDisk::new);
+    let sb_active = array.shared.gate.is_dirty();
+    let d = Daemon {
+        reg: Arc::downgrade(&reg),
+        array: array.clone(),
+        t0: Instant::now(),
+        disk,
+        chans: Vec::new(),
+        writable: Vec::new(),
+        writable_key: 0,
+        sync: None,
+        sync_retry_at_ms: 0,
+        sb_inflight: false,
+        sb_active,
+        open_gate_after: false,
+        last_activity: 0,
+        last_activity_ms: 0,
+        stop: StopPhase::Running,
+        unregistered: Arc::new(AtomicBool::new(false)),
+        refreshing: Arc::new(AtomicBool::new(false)),
+        inbox: Rc::default(),
+    };
+    let handle: Rc<RefCell<Option<PollerHandle>>> = Rc::default();
+    let h2 = handle.clone();
+    let mut d = Some(d);
+    let h = current().register_timed_poller(format!("md_daemon_{}", array.name), PERIOD_US, move || {
+        let Some(dm) = d.as_mut() else {
+            return PollStatus::Idle;
+        };
+        let (busy, finished) = dm.poll();
+        if finished {
+            d = None;
+            h2.borrow_mut().take();
+        }
+        PollStatus::from_work(busy)
+    });
+    *handle.borrow_mut() = Some(h);
+}
+
+impl Daemon {
+    fn now_ms(&self) -> u64 {
+        self.t0.elapsed().as_millis() as u64
+    }
+
+    /// One step. Returns (did work, finished).
+    fn poll(&mut self) -> (bool, bool) {
+        let mut busy = self.array.wake.swap(false, Ordering::SeqCst);
+        let now = self.now_ms();
+        busy |= self.collect(now);
+        if self.array.ctl().stop.is_some() || self.stop != StopPhase::Running {
+            return self.step_stop(busy);
+        }
+        if std::mem::take(&mut self.array.ctl().interrupt) {
+            if let Some((_, _, h)) = &self.sync {
+                h.stop();
+                busy = true;
+            }
+        }
+        busy |= self.handle_failures();
+        busy |= self.dirty_marking(now);
+        busy |= self.bitmap(now);
+        busy |= self.schedule_sync(now);
+        busy |= self.write_sbs();
+        (busy, false)
+    }
+
+    /// Picks up completions.
+    fn collect(&mut self, now: u64) -> bool {
+        let (sb, sync_out, cp) = {
+            let mut ib = self.inbox.borrow_mut();
+            (
+                ib.sb_done.take(),
+                ib.sync_done.take(),
+                std::mem::take(&mut ib.checkpoint),
+            )
+        };
+        let mut busy = false;
+        if let Some((results, opens)) = sb {
+            busy = true;
+            self.sb_inflight = false;
+            let mut ctl = self.array.ctl();
+            for (who, err) in results {
+                let Some(e) = err else { continue };
+                tracing::warn!(array = %self.array.name, error = %e, "md: superblock write failed; member marked faulty");
+                match who {
+                    Who::Role(r) => self.array.shared.fail_member(r),
+                    Who::Spare(id) => {
+                        if let Some(i) = ctl.spares.iter().position(|m| m.id == id) {
+                            let m = ctl.spares.remove(i);
+                            ctl.faulty.push(m);
+                            ctl.sb_needed = true;
+                        }
+                    }
+                }
+            }
+            drop(ctl);
+            if opens {
+                self.array.shared.gate.set_dirty();
+            }
+        }
+        if cp {
+            busy = true;
+            self.array.ctl().sb_needed = true;
+        }
+        if let Some(out) = sync_out {
+            busy = true;
+            let (action, targets, _h) = self.sync.take().expect("a sync was running");
+            let mut ctl = self.array.ctl();
+            match out {
+                SyncOutcome::Done { mismatch_sectors } => {
+                    tracing::info!(array = %self.array.name, ?action, mismatch_sectors, "md: sync finished");
+                    ctl.last_action = Some(action);
+                    match action {
+                        SyncAction::Resync => self.array.shared.set_resync_cp(MAX_SECTOR),
+                        SyncAction::Recover => {
+                            for t in targets {
+                                if self.array.shared.slots[t].state() == SlotState::Rebuilding {
+                                    self.array.shared.slots[t].set_state(SlotState::InSync);
+                                    self.array.shared.slots[t].set_recovered_sectors(MAX_SECTOR);
+                                }
+                            }
+                            ctl.readd_bitmap = false;
+                        }
+                        SyncAction::Check | SyncAction::Repair => ctl.mismatch_sectors = mismatch_sectors,
+                    }
+                    if matches!(ctl.request, SyncRequest::Run(a) if a == action) {
+                        ctl.request = SyncRequest::Auto;
+                    }
+                }
+                SyncOutcome::Stopped { at_sector } => {
+                    tracing::info!(array = %self.array.name, ?action, at_sector, "md: sync interrupted");
+                    if matches!(ctl.request, SyncRequest::Run(a) if a == action) {
+                        ctl.request = SyncRequest::Auto;
+                    }
+                }
+                SyncOutcome::Failed { at_sector, reason } => {
+                    tracing::warn!(array = %self.array.name, ?action, at_sector, %reason, "md: sync failed");
+                    self.sync_retry_at_ms = now + SYNC_RETRY_MS;
+                    if matches!(ctl.request, SyncRequest::Run(a) if a == action) {
+                        ctl.request = SyncRequest::Auto;
+                    }
+                }
+            }
+            ctl.sb_needed = true;
+        }
+        busy
+    }
+
+    /// Faulty or vanished members out, spares in.
+    fn handle_failures(&mut self) -> bool {
+        let shared = &self.array.shared;
+        let kicked = shared.take_kick();
+        let mut ctl = self.array.ctl();
+        // Vanishing members fail.
+        for (r, s) in ctl.slots.iter().enumerate() {
+            if s.as_ref().is_some_and(|m| m.removed.load(Ordering::SeqCst)) && shared.slots[r].fail() {
+                tracing::warn!(array = %self.array.name, role = r, "md: member bdev removed");
+            }
+        }
+        let gone_spares = ctl.spares.iter().any(|m| m.removed.load(Ordering::SeqCst))
+            || ctl.faulty.iter().any(|m| m.removed.load(Ordering::SeqCst));
+        if gone_spares {
+            ctl.spares.retain(|m| !m.removed.load(Ordering::SeqCst));
+            ctl.faulty.retain(|m| !m.removed.load(Ordering::SeqCst));
+            ctl.sb_needed = true;
+        }
+        let faulty: Vec<usize> = (0..ctl.slots.len())
+            .filter(|&r| ctl.slots[r].is_some() && shared.slots[r].state() == SlotState::Faulty)
+            .collect();
+        if faulty.is_empty() && !kicked && !gone_spares {
+            drop(ctl);
+            return self.activate_spares();
+        }
+        for &r in &faulty {
+            let m = ctl.slots[r].take().expect("checked");
+            tracing::warn!(array = %self.array.name, role = r, member = %m.name, "md: member faulty, array degraded");
+            shared.slots[r].set_state(SlotState::Missing);
+            shared.slots[r].set_recovered_sectors(0);
+            if m.removed.load(Ordering::SeqCst) {
+                drop(m);
+            } else {
+                ctl.faulty.push(m);
+            }
+            // A failing recovery target ends the run.
+            if let Some((SyncAction::Recover, targets, h)) = &self.sync {
+                if targets.contains(&r) {
+                    h.stop();
+                }
+            }
+        }
+        let states = shared.states();
+        if !self.array.geo.operational(|m| states[m] == SlotState::InSync) && !ctl.failed {
+            tracing::error!(array = %self.array.name, "md: not enough working members: array failed");
+            ctl.failed = true;
+        }
+        ctl.sb_needed = true;
+        drop(ctl);
+        self.refresh();
+        true
+    }
+
+    /// Moves spares into missing roles (as Rebuilding).
+    fn activate_spares(&mut self) -> bool {
+        let array = self.array.clone();
+        let mut ctl = array.ctl();
+        if ctl.failed || ctl.spares.is_empty() || !self.array.level.redundant() || ctl.request == SyncRequest::Frozen {
+            return false;
+        }
+        let shared = &self.array.shared;
+        let mut changed = false;
+        for r in 0..ctl.slots.len() {
+            if ctl.slots[r].is_none() && shared.slots[r].state() == SlotState::Missing && !ctl.spares.is_empty() {
+                let m = ctl.spares.remove(0);
+                tracing::info!(array = %self.array.name, role = r, member = %m.name, "md: spare activated, recovery follows");
+                shared.slots[r].set_recovered_sectors(0);
+                shared.slots[r].set_state(SlotState::Rebuilding);
+                ctl.slots[r] = Some(m);
+                changed = true;
+            }
+        }
+        if changed {
+            ctl.readd_bitmap = false;
+            ctl.sb_needed = true;
+            drop(ctl);
+            self.refresh();
+        }
+        changed
+    }
+
+    /// Every core installs the current members; sync waits until they have.
+    fn refresh(&mut self) {
+        self.refreshing.store(true, Ordering::SeqCst);
+        let f = self.refreshing.clone();
+        self.array.refresh_channels(move || f.store(false, Ordering::SeqCst));
+    }
+
+    fn dirty_marking(&mut self, now: u64) -> bool {
+        if !self.array.level.redundant() {
+            return false;
+        }
+        let gate = &self.array.shared.gate;
+        if gate.take_want_dirty() && !gate.is_dirty() && !self.open_gate_after {
+            self.sb_active = true;
+            self.open_gate_after = true;
+            self.array.ctl().sb_needed = true;
+            return true;
+        }
+        if !gate.is_dirty() || self.open_gate_after || self.sb_inflight {
+            return false;
+        }
+        let act = gate.activity();
+        if act != self.last_activity {
+            self.last_activity = act;
+            self.last_activity_ms = now;
+            return false;
+        }
+        if now.saturating_sub(self.last_activity_ms) >= SAFE_MODE_MS && gate.try_close_for_clean() {
+            self.sb_active = false;
+            self.array.ctl().sb_needed = true;
+            return true;
+        }
+        false
+    }
+
+    /// The main core's channels of the current members (opened on first use).
+    fn member_chans(&mut self) -> Vec<Option<Rc<Channel>>> {
+        let ctl = self.array.ctl();
+        if self.chans.len() != ctl.slots.len() {
+            self.chans = vec![(0, None); ctl.slots.len()];
+        }
+        for (r, s) in ctl.slots.iter().enumerate() {
+            let id = s.as_ref().map_or(0, |m| m.id);
+            if self.chans[r].0 != id {
+                self.chans[r] = (id, s.as_ref().map(|m| Rc::new(m.desc.channel())));
+            }
+        }
+        self.chans.iter().map(|c| c.1.clone()).collect()
+    }
+
+    /// A fingerprint of (member identity, state) per role; changes when the set of written
+    /// members does. Computed without allocating (the daemon runs every millisecond).
+    fn members_key(&self) -> u64 {
+        let ctl = self.array.ctl();
+        let mut key: u64 = 0xcbf2_9ce4_8422_2325;
+        for (r, s) in ctl.slots.iter().enumerate() {
+            let id = s.as_ref().map_or(0, |m| m.id);
+            let st = self.array.shared.slots[r].state() as u64;
+            key = (key ^ (id << 2 | st)).wrapping_mul(0x100_0000_01b3);
+        }
+        key
+    }
+
+    fn bitmap(&mut self, now: u64) -> bool {
+        if self.disk.is_none() {
+            return false;
+        }
+        let key = self.members_key();
+        if key != self.writable_key {
+            self.writable_key = key;
+            let chans = self.member_chans();
+            let shared = &self.array.shared;
+            self.writable = chans
+                .iter()
+                .enumerate()
+                .filter(|(r, _)| shared.slots[*r].writable())
+                .filter_map(|(_, c)| c.clone())
+                .collect();
+        }
+        let shared = &self.array.shared;
+        let degraded = shared.slots.iter().any(|s| s.state() != SlotState::InSync);
+        let events = self.array.ctl().events;
+        let (Some(disk), Some(intent)) = (self.disk.as_mut(), shared.intent.as_ref()) else {
+            return false;
+        };
+        let busy = disk.poll(intent, &self.writable, events, now, degraded);
+        let failed = disk.take_failed();
+        for ch in failed {
+            if let Some(r) = self
+                .chans
+                .iter()
+                .position(|c| c.1.as_ref().is_some_and(|c| Rc::ptr_eq(c, &ch)))
+            {
+                tracing::warn!(array = %self.array.name, role = r, "md: bitmap write failed; member marked faulty");
+                shared.fail_member(r);
+            }
+        }
+        busy
+    }
+
+    fn schedule_sync(&mut self, now: u64) -> bool {
+        if self.sync.is_some() || self.refreshing.load(Ordering::SeqCst) || now < self.sync_retry_at_ms {
+            return false;
+        }
+        if !self.array.level.redundant() {
+            return false;
+        }
+        let shared = self.array.shared.clone();
+        let (request, failed, readd_bitmap) = {
+            let ctl = self.array.ctl();
+            (ctl.request, ctl.failed, ctl.readd_bitmap)
+        };
+        if failed || request == SyncRequest::Frozen {
+            return false;
+        }
+        let rebuilding: Vec<usize> = if shared.slots.iter().any(|s| s.state() == SlotState::Rebuilding) {
+            (0..shared.slots.len())
+                .filter(|&r| shared.slots[r].state() == SlotState::Rebuilding)
+                .collect()
+        } else {
+            Vec::new()
+        };
+        let (action, start_sector, targets, bitmap_only) = if !rebuilding.is_empty() {
+            let start = match self.array.geo.mapping {
+                Mapping::Raid1 { .. } => rebuilding
+                    .iter()
+                    .map(|&r| shared.slots[r].recovered_sectors())
+                    .min()
+                    .unwrap_or(0),
+                _ => 0,
+            };
+            (
+                SyncAction::Recover,
+                start,
+                rebuilding,
+                readd_bitmap && shared.intent.is_some(),
+            )
+        } else if shared.resync_cp() != MAX_SECTOR {
+            (
+                SyncAction::Resync,
+                shared.resync_cp(),
+                Vec::new(),
+                shared.intent.is_some(),
+            )
+        } else if let SyncRequest::Run(a) = request {
+            if a == SyncAction::Resync {
+                shared.set_resync_cp(0);
+            }
+            (a, 0, Vec::new(), false)
+        } else {
+            return false;
+        };
+        let members = self.member_chans();
+        let inbox = self.inbox.clone();
+        let inbox2 = self.inbox.clone();
+        let job = SyncJob {
+            action,
+            name: self.array.name.clone(),
+            shared,
+            geo: self.array.geo.clone(),
+            members,
+            start_sector,
+            targets: targets.clone(),
+            bitmap_only,
+            speed: self.array.speed.clone(),
+            progress: self.array.progress.clone(),
+            on_checkpoint: Box::new(move |_| inbox2.borrow_mut().checkpoint = true),
+            checkpoint_interval_ms: CHECKPOINT_MS,
+        };
+        tracing::info!(array = %self.array.name, ?action, start_sector, bitmap_only, "md: sync starting");
+        let h = sync::start(job, move |out| inbox.borrow_mut().sync_done = Some(out));
+        self.sync = Some((action, targets, h));
+        true
+    }
+
+    /// Launches one superblock write if one is needed and none is in flight.
+    fn write_sbs(&mut self) -> bool {
+        if self.sb_inflight {
+            return false;
+        }
+        let mut ctl = self.array.ctl();
+        if !ctl.sb_needed && !self.open_gate_after {
+            return false;
+        }
+        ctl.sb_needed = false;
+        ctl.events += 1;
+        let mut targets: Vec<MetaTarget> = Vec::new();
+        let mut whos = Vec::new();
+        let active = self.sb_active;
+        let mut sbs: Vec<(Who, crate::superblock::Superblock)> = Vec::new();
+        for (r, s) in ctl.slots.iter().enumerate() {
+            let Some(m) = s else { continue };
+            if !self.array.shared.slots[r].writable() {
+                continue;
+            }
+            sbs.push((Who::Role(r), self.array.member_sb(&ctl, m, Some(r), active)));
+        }
+        for m in &ctl.spares {
+            sbs.push((Who::Spare(m.id), self.array.member_sb(&ctl, m, None, active)));
+        }
+        for (who, sb) in sbs {
+            let m: &MemberRec = match who {
+                Who::Role(r) => ctl.slots[r].as_ref().expect("listed"),
+                Who::Spare(id) => ctl.spares.iter().find(|m| m.id == id).expect("listed"),
+            };
+            targets.push((
+                Rc::new(m.desc.channel()),
+                m.name.clone(),
+                vec![(V1_2_SUPER_OFFSET_SECTORS * 512, sb.encode().to_vec())],
+            ));
+            whos.push(who);
+        }
+        // Remember what was written.
+        for (i, who) in whos.iter().enumerate() {
+            let sb = crate::superblock::Superblock::decode(&targets[i].2[0].1, V1_2_SUPER_OFFSET_SECTORS)
+                .expect("own encoding decodes");
+            match *who {
+                Who::Role(r) => {
+                    if let Some(m) = ctl.slots[r].as_mut() {
+                        m.sb = sb
+                    }
+                }
+                Who::Spare(id) => {
+                    if let Some(m) = ctl.spares.iter_mut().find(|m| m.id == id) {
+                        m.sb = sb
+                    }
+                }
+            }
+        }
+        drop(ctl);
+        let opens = std::mem::take(&mut self.open_gate_after);
+        self.sb_inflight = true;
+        let inbox = self.inbox.clone();
+        write_meta(targets, move |errs| {
+            let results = whos.into_iter().zip(errs).collect();
+            inbox.borrow_mut().sb_done = Some((results, opens));
+        });
+        true
+    }
+
+    /// The stop state machine (see the module docs). Returns (busy, finished).
+    fn step_stop(&mut self, mut busy: bool) -> (bool, bool) {
+        loop {
+            match self.stop {
+                StopPhase::Running => {
+                    busy = true;
+                    if let Some((_, _, h)) = &self.sync {
+                        h.stop();
+                        self.stop = StopPhase::WaitSync;
+                    } else {
+                        self.unregister();
+                    }
+                }
+                StopPhase::WaitSync => {
+                    if self.sync.is_some() {
+                        return (busy, false);
+                    }
+                    self.unregister();
+                }
+                StopPhase::WaitUnregister => {
+                    if !self.unregistered.load(Ordering::SeqCst) {
+                        return (busy, false);
+                    }
+                    self.stop = StopPhase::WaitIdle;
+                }
+                StopPhase::WaitIdle => {
+                    if self.sb_inflight || self.array.shared.gate.writes_in_flight() != 0 {
+                        return (busy, false);
+                    }
+                    self.sb_active = false;
+                    self.open_gate_after = false;
+                    self.array.ctl().sb_needed = true;
+                    self.write_sbs();
+                    self.stop = StopPhase::FinalSb;
+                    return (true, false);
+                }
+                StopPhase::FinalSb => {
+                    if self.sb_inflight {
+                        return (busy, false);
+                    }
+                    let (done, recs) = {
+                        let mut ctl = self.array.ctl();
+                        let mut recs: Vec<MemberRec> = ctl.slots.iter_mut().filter_map(|s| s.take()).collect();
+                        recs.append(&mut ctl.spares);
+                        recs.append(&mut ctl.faulty);
+                        (ctl.stop.take(), recs)
+                    };
+                    self.chans.clear();
+                    self.writable.clear();
+                    drop(recs);
+                    tracing::info!(array = %self.array.name, "md: array stopped");
+                    if let Some(d) = done {
+                        d(Ok(()));
+                    }
+                    return (true, true);
+                }
+            }
+        }
+    }
+
+    fn unregister(&mut self) {
+        self.stop = StopPhase::WaitUnregister;
+        if let Some(reg) = self.reg.upgrade() {
+            reg.arrays
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .retain(|a| !Arc::ptr_eq(a, &self.array));
+            let flag = self.unregistered.clone();
+            let r = reg.bdevs().and_then(|b| {
+                b.unregister(&self.array.name, move || flag.store(true, Ordering::SeqCst))
+                    .map_err(|e| MdError::Bdev(e.to_string()))
+            });
+            if let Err(e) = r {
+                tracing::warn!(array = %self.array.name, error = %e, "md stop: array bdev was already gone");
+                self.unregistered.store(true, Ordering::SeqCst);
+            }
+        } else {
+            self.unregistered.store(true, Ordering::SeqCst);
+        }
+    }
+}
