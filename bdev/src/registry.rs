@@ -1,5 +1,17 @@
 //! The bdev registry: names, aliases and UUIDs → bdevs; open, claim and hot removal.
+//!
+//! # Examine on appear
+//!
+//! Layers that recognise their own metadata on a bdev (md's superblock, later partitions or
+//! lvol stores) register an *examiner* with [`BdevRegistry::add_examiner`]: a callback that
+//! [`BdevRegistry::register`] calls with the new bdev's name after every successful
+//! registration, on the registering thread and outside the registry's lock (so it may call
+//! back into the registry). An examiner must return quickly: it records the name and does its
+//! reading later (typically by message to the main core). While that work is under way it
+//! holds [`BdevRegistry::examine_begin`] / [`BdevRegistry::examine_end`], so
+//! `bdev_wait_for_examine` can wait until [`BdevRegistry::examines_in_flight`] is 0.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use keel_reactor::{try_current, Cores};
@@ -13,7 +25,14 @@ use crate::{Bdev, BdevError, BdevInfo, BdevParams, Descriptor};
 pub struct BdevRegistry {
     cores: Cores,
     bdevs: Mutex<Vec<Arc<Bdev>>>,
+    /// Called with every newly registered bdev's name (see the module docs).
+    examiners: Mutex<Vec<Examiner>>,
+    /// Examinations started and not yet finished ([`BdevRegistry::examine_begin`]).
+    examines_in_flight: AtomicUsize,
 }
+
+/// An examiner: called with a newly registered bdev's name, on the registering thread.
+pub type Examiner = Arc<dyn Fn(&str) + Send + Sync>;
 
 /// Longest bdev name accepted (SPDK has no hard limit; this keeps names printable in reports).
 const MAX_NAME_LEN: usize = 255;
@@ -24,6 +43,8 @@ impl BdevRegistry {
         Arc::new(BdevRegistry {
             cores,
             bdevs: Mutex::new(Vec::new()),
+            examiners: Mutex::new(Vec::new()),
+            examines_in_flight: AtomicUsize::new(0),
         })
     }
 
@@ -68,6 +89,8 @@ impl BdevRegistry {
         let bdev = Bdev::new(info, backend);
         bdevs.push(bdev.clone());
         tracing::debug!(name = bdev.name(), "bdev registered");
+        drop(bdevs);
+        self.run_examiners(bdev.name());
         Ok(bdev)
     }
 
@@ -166,6 +189,45 @@ impl BdevRegistry {
     }
 }
 
+impl BdevRegistry {
+    /// Adds an examiner: from now on it is called with the name of every bdev that registers
+    /// successfully, on the registering thread (any thread; usually the main core), after the
+    /// bdev is visible in the registry and outside the registry's lock. Bdevs registered before
+    /// the call are not examined. Examiners are never removed (they live as long as the
+    /// registry); one that only holds weak references to its owner becomes a no-op when the
+    /// owner goes. Any thread.
+    pub fn add_examiner(&self, f: Examiner) {
+        self.examiners.lock().unwrap().push(f);
+    }
+
+    /// An examination (reading metadata, and what it starts) begins; pair it with
+    /// [`BdevRegistry::examine_end`]. Any thread.
+    pub fn examine_begin(&self) {
+        self.examines_in_flight.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// An examination begun with [`BdevRegistry::examine_begin`] finished. Any thread; an
+    /// unpaired call is ignored (the count never goes below 0).
+    pub fn examine_end(&self) {
+        let _ = self
+            .examines_in_flight
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1));
+    }
+
+    /// Examinations in flight: `bdev_wait_for_examine` answers once this is 0. Any thread.
+    pub fn examines_in_flight(&self) -> usize {
+        self.examines_in_flight.load(Ordering::SeqCst)
+    }
+
+    /// Calls every examiner with `name` (a snapshot of the list, so an examiner may add one).
+    fn run_examiners(&self, name: &str) {
+        let examiners: Vec<Examiner> = self.examiners.lock().unwrap().clone();
+        for f in examiners {
+            f(name);
+        }
+    }
+}
+
 fn validate_name(name: &str) -> Result<(), BdevError> {
     if name.is_empty() {
         return Err(BdevError::invalid("name", "must not be empty"));
@@ -177,4 +239,57 @@ fn validate_name(name: &str) -> Result<(), BdevError> {
         return Err(BdevError::invalid("name", "contains whitespace or control characters"));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod examiner_tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::{Arc, Mutex};
+
+    use keel_reactor::TestDriver;
+
+    use crate::modules::null::{self, NullOpts};
+    use crate::BdevRegistry;
+
+    #[test]
+    fn examiners_see_every_registration_outside_the_lock() {
+        let d = TestDriver::new(1);
+        let reg = BdevRegistry::new(d.cores());
+        null::create(&reg, &NullOpts::new("before", 8, 512)).unwrap();
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let (s2, r2) = (seen.clone(), Arc::downgrade(&reg));
+        reg.add_examiner(Arc::new(move |name: &str| {
+            // The registry is usable here: the bdev is visible and no lock is held.
+            let found = r2.upgrade().and_then(|r| r.get(name)).is_some();
+            s2.lock().unwrap().push((name.to_string(), found));
+        }));
+        null::create(&reg, &NullOpts::new("n1", 8, 512)).unwrap();
+        assert!(null::create(&reg, &NullOpts::new("n1", 8, 512)).is_err());
+        null::create(&reg, &NullOpts::new("n2", 8, 512)).unwrap();
+        assert_eq!(
+            *seen.lock().unwrap(),
+            [("n1".to_string(), true), ("n2".to_string(), true)],
+            "only successful registrations after add_examiner"
+        );
+    }
+
+    #[test]
+    fn examine_counter_never_underflows() {
+        let d = TestDriver::new(1);
+        let reg = BdevRegistry::new(d.cores());
+        let calls = Arc::new(AtomicUsize::new(0));
+        let c2 = calls.clone();
+        reg.add_examiner(Arc::new(move |_: &str| {
+            c2.fetch_add(1, Ordering::SeqCst);
+        }));
+        assert_eq!(reg.examines_in_flight(), 0);
+        reg.examine_begin();
+        reg.examine_begin();
+        assert_eq!(reg.examines_in_flight(), 2);
+        reg.examine_end();
+        reg.examine_end();
+        reg.examine_end();
+        assert_eq!(reg.examines_in_flight(), 0);
+        assert_eq!(calls.load(Ordering::SeqCst), 0);
+    }
 }

@@ -1018,13 +1018,15 @@ impl MdRegistry {
             }
             feature_map |= feature::BITMAP_OFFSET;
             let space_bytes = bm_space * 512;
-            let chunk_bytes = crate::intent::default_chunk_bytes(size_sectors, space_bytes);
+            // The bitmap covers sync space: the array for raid10, a member's component for raid1
+            // (the same size).
+            let chunk_bytes = crate::intent::default_chunk_bytes(array_sectors, space_bytes);
             let header = BitmapHeader {
                 version: crate::bitmap::VERSION,
                 uuid: set_uuid,
                 events: 1,
                 events_cleared: 1,
-                sync_size_sectors: size_sectors,
+                sync_size_sectors: array_sectors,
                 state: 0,
                 chunk_bytes,
                 daemon_sleep_s: 5,

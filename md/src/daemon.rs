@@ -474,7 +474,16 @@ impl Daemon {
         }
         let shared = &self.array.shared;
         let degraded = shared.slots.iter().any(|s| s.state() != SlotState::InSync);
-        let events = self.array.ctl().events;
+        // The header carries the events of the superblock write about to happen: it lands first
+        // (the kernel's order), so a bitmap is never older than the superblocks beside it.
+        let events = {
+            let ctl = self.array.ctl();
+            if !self.sb_inflight && (ctl.sb_needed || self.open_gate_after) {
+                ctl.events + 1
+            } else {
+                ctl.events
+            }
+        };
         let (Some(disk), Some(intent)) = (self.disk.as_mut(), shared.intent.as_ref()) else {
             return false;
         };
@@ -577,6 +586,12 @@ impl Daemon {
         if !ctl.sb_needed && !self.open_gate_after {
             return false;
         }
+        if let Some(disk) = &self.disk {
+            if disk.events_on_disk() < ctl.events + 1 {
+                // The bitmap header with the new count goes first (see `bitmap`).
+                return false;
+            }
+        }
         ctl.sb_needed = false;
         ctl.events += 1;
         let mut targets: Vec<MetaTarget> = Vec::new();
@@ -665,12 +680,13 @@ impl Daemon {
                     self.sb_active = false;
                     self.open_gate_after = false;
                     self.array.ctl().sb_needed = true;
-                    self.write_sbs();
                     self.stop = StopPhase::FinalSb;
-                    return (true, false);
                 }
                 StopPhase::FinalSb => {
-                    if self.sb_inflight {
+                    let now = self.now_ms();
+                    busy |= self.bitmap(now);
+                    busy |= self.write_sbs();
+                    if self.sb_inflight || self.array.ctl().sb_needed {
                         return (busy, false);
                     }
                     let (done, recs) = {

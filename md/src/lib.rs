@@ -5,6 +5,7 @@
 //!   and the kernel's load checks), [`bitmap`] (the bitmap header and bit math), [`layout`]
 //!   (linear, raid0 zones, raid10 near/far/offset address math); [`meta_io`] and [`examine`]
 //!   read and write metadata through the bdev layer (`md_examine`).
+//! - The array core, [`array`]: [`MdRegistry`] creates, assembles and stops arrays, adds, fails
 //!   and removes members, and drives sync actions; each array's state shared with every core is
 //!   in the private `shared` module (member slot states, resync checkpoint, the write gate:
 //!   dirty marking, the sync window barrier, the bitmap), its immutable mapping in `geometry`.
@@ -21,6 +22,7 @@
 #![forbid(unsafe_code)]
 
 pub mod array;
+mod assemble;
 pub mod bitmap;
 mod channel;
 mod daemon;
@@ -35,4 +37,5 @@ pub mod superblock;
 mod sync;
 
 pub use array::{ArrayInfo, CreateOpts, Level, MdRegistry};
+pub use assemble::AssembleOpts;
 pub use error::MdError;
