@@ -6,7 +6,9 @@ Usage (the module must be importable):
 
 Adds Keel's own methods as subcommands. The dm methods come as dmsetup's verbs (dm_create,
 dm_load, dm_suspend, dm_resume, dm_clear, dm_remove, dm_rename, dm_info, dm_table, dm_status,
-dm_message, dm_deps, dm_ls, dm_targets, dm_wait) printing dmsetup's text formats.
+dm_message, dm_deps, dm_ls, dm_targets, dm_wait) printing dmsetup's text formats; the md
+methods as mdadm's (md_create, md_assemble, md_stop, md_get_arrays [--detail], md_examine,
+md_add, md_remove, md_fail, md_set_sync_action, md_set_sync_speed).
 """
 
 from spdk.rpc.cmd_parser import print_dict, print_json
@@ -29,12 +31,75 @@ def spdk_rpc_plugin_initialize(subparsers):
     p.add_argument("-l", "--lcore", type=int, help="only this core")
     p.set_defaults(func=keel_get_pollers)
 
+    _add_md_commands(subparsers)
+
+
+# ---------------------------------------------------------------------------------------------
+# md RAID: mdadm's verbs over the md_* methods.
+
+SYNC_ACTIONS = ["idle", "frozen", "resync", "recover", "check", "repair"]
+
+DETAIL_LABEL_WIDTH = 18
+
+MEMBER_STATE_TEXT = {
+    "in_sync": "active sync",
+    "rebuilding": "spare rebuilding",
+    "spare": "spare",
+    "faulty": "faulty",
+}
+
+
+def md_detail_text(a):
+    """mdadm --detail's report for one md_get_arrays object."""
+    def line(label, value):
+        return label.rjust(DETAIL_LABEL_WIDTH) + " : " + str(value) + "\n"
+    out = a["name"] + ":\n"
+    out += line("Version", "1.2")
+    out += line("Raid Level", a["level"])
+    out += line("Array Size", "%d KiB" % (a["size_blocks"] * a["block_size"] // 1024))
+    out += line("Raid Devices", a["raid_devices"])
+    out += line("Total Devices", len(a["members"]))
+    out += "\n"
+    out += line("State", a["state"])
+    out += line("Active Devices", a["active_devices"])
+    out += line("Working Devices", a["working_devices"])
+    out += line("Failed Devices", a["failed_devices"])
+    out += line("Spare Devices", a["spare_devices"])
+    if a.get("layout") or a.get("chunk_kb"):
+        out += "\n"
+        if a.get("layout"):
+            out += line("Layout", a["layout"])
+        if a.get("chunk_kb"):
+            out += line("Chunk Size", "%dK" % a["chunk_kb"])
+    if a.get("bitmap"):
+        out += "\n" + line("Intent Bitmap", "Internal")
+    action = a.get("sync_action", "idle")
+    if action not in ("idle", "frozen") and a.get("sync_progress") is not None:
+        label = {"recover": "Rebuild Status", "resync": "Resync Status"}.get(action, "Check Status")
+        out += "\n" + line(label, "%d%% complete" % int(a["sync_progress"]))
+        speed = a.get("sync_speed_kbs") or 0
+        if speed:
+            status = "speed=%dK/sec" % speed
+            if a.get("sync_eta_s") is not None:
+                status += " finish=%.1fmin" % (a["sync_eta_s"] / 60.0)
+            out += line("Sync Speed", status)
+    out += "\n"
+    out += line("UUID", a["uuid"])
+    out += line("Events", a["events"])
+    out += "\n    Number   RaidDevice State\n"
+    for i, m in enumerate(a["members"]):
+        role = "-" if m["role"] is None else str(m["role"])
+        out += "    %6s   %10s %s   %s\n" % (i, role, MEMBER_STATE_TEXT.get(m["state"], m["state"]), m["bdev"])
+    return out
+
+
+def _add_md_commands(subparsers):
     def md_examine(args):
         print_dict(args.client.call("md_examine", {"bdev": args.bdev}))
 
     p = subparsers.add_parser(
         "md_examine",
-        help="What mdadm --examine shows for one member bdev (its md v1.2 superblock)",
+        help="mdadm --examine: what one member bdev's md v1.2 superblock says",
     )
     p.add_argument("bdev", help="bdev holding the member")
     p.set_defaults(func=md_examine)
@@ -58,14 +123,37 @@ def spdk_rpc_plugin_initialize(subparsers):
         help="mdadm --create: an md array (a bdev named NAME) over MEMBER bdevs in role order",
     )
     p.add_argument("-n", "--name", required=True, help="array name (and bdev name)")
-    p.add_argument("-l", "--level", required=True, help="linear, raid0 or raid1")
-    p.add_argument("-c", "--chunk", type=int, help="chunk size in KiB (raid0; default 512)")
-    p.add_argument("-p", "--layout", help="raid0 layout: original or alternate")
-    p.add_argument("-b", "--bitmap", help="internal or none")
-    p.add_argument("--assume-clean", action="store_true", help="skip the initial resync (raid1)")
+    p.add_argument("-l", "--level", required=True, help="linear, raid0, raid1 or raid10")
+    p.add_argument("-c", "--chunk", type=int, help="chunk size in KiB (raid0, raid10; default 512)")
+    p.add_argument("-p", "--layout", help="raid0: original or alternate; raid10: n2, f2, o2 (default n2)")
+    p.add_argument("-b", "--bitmap", choices=["internal", "none"],
+                   help="write-intent bitmap (default: internal for raid1/raid10, none otherwise)")
+    p.add_argument("--assume-clean", action="store_true", help="skip the initial resync (raid1, raid10)")
     p.add_argument("-u", "--uuid", help="array UUID (random when absent)")
     p.add_argument("members", nargs="+", metavar="MEMBER", help="member bdevs")
     p.set_defaults(func=md_create)
+
+    def md_assemble(args):
+        params = {}
+        if args.name is not None:
+            params["name"] = args.name
+        if args.uuid is not None:
+            params["uuid"] = args.uuid
+        if args.members:
+            params["members"] = args.members
+        if not params:
+            raise SystemExit("md_assemble needs MEMBERs, --uuid or --name")
+        print_json(args.client.call("md_assemble", params))
+
+    p = subparsers.add_parser(
+        "md_assemble",
+        help="mdadm --assemble: start an array from its members (named, or every examined bdev "
+        "whose superblock carries --uuid / --name)",
+    )
+    p.add_argument("-n", "--name", help="array name (default: the name in the superblocks)")
+    p.add_argument("-u", "--uuid", help="array UUID")
+    p.add_argument("members", nargs="*", metavar="MEMBER", help="member bdevs")
+    p.set_defaults(func=md_assemble)
 
     def md_stop(args):
         print_json(args.client.call("md_stop", {"name": args.name}))
@@ -75,12 +163,55 @@ def spdk_rpc_plugin_initialize(subparsers):
     p.set_defaults(func=md_stop)
 
     def md_get_arrays(args):
-        params = {"name": args.name} if args.name else {}
-        print_dict(args.client.call("md_get_arrays", params))
+        arrays = args.client.call("md_get_arrays", {"name": args.name} if args.name else {})
+        if args.detail:
+            print("\n".join(md_detail_text(a) for a in arrays), end="")
+        else:
+            print_dict(arrays)
 
-    p = subparsers.add_parser("md_get_arrays", help="mdadm --detail: arrays, their state and members")
+    p = subparsers.add_parser("md_get_arrays", help="mdadm --detail: arrays, their state, members and sync")
     p.add_argument("name", nargs="?", help="only this array")
+    p.add_argument("-D", "--detail", action="store_true", help="print mdadm --detail's text instead of JSON")
     p.set_defaults(func=md_get_arrays)
+
+    def member_verb(method):
+        def run(args):
+            print_json(args.client.call(method, {"name": args.name, "bdev": args.bdev}))
+        return run
+
+    for verb, text in (("md_add", "mdadm --add: add BDEV as a spare (or re-add it into its old role)"),
+                       ("md_remove", "mdadm --remove: take a spare or faulty BDEV out and release it"),
+                       ("md_fail", "mdadm --fail: mark member BDEV faulty")):
+        p = subparsers.add_parser(verb, help=text)
+        p.add_argument("name", help="array name")
+        p.add_argument("bdev", help="member bdev")
+        p.set_defaults(func=member_verb(verb))
+
+    def md_set_sync_action(args):
+        print_json(args.client.call("md_set_sync_action", {"name": args.name, "action": args.action}))
+
+    p = subparsers.add_parser("md_set_sync_action",
+                              help="echo ACTION > md/sync_action: start a check/repair/resync, stop (idle) or freeze")
+    p.add_argument("name", help="array name")
+    p.add_argument("action", choices=SYNC_ACTIONS)
+    p.set_defaults(func=md_set_sync_action)
+
+    def md_set_sync_speed(args):
+        params = {"name": args.name}
+        if args.min_kbs is not None:
+            params["min_kbs"] = args.min_kbs
+        if args.max_kbs is not None:
+            params["max_kbs"] = args.max_kbs
+        if len(params) == 1:
+            raise SystemExit("md_set_sync_speed needs --min, --max or both")
+        print_json(args.client.call("md_set_sync_speed", params))
+
+    p = subparsers.add_parser("md_set_sync_speed",
+                              help="md/sync_speed_min and _max: resync/recovery speed limits in KiB/s")
+    p.add_argument("name", help="array name")
+    p.add_argument("--min", type=int, dest="min_kbs", help="KiB/s kept even under foreground I/O")
+    p.add_argument("--max", type=int, dest="max_kbs", help="KiB/s never exceeded")
+    p.set_defaults(func=md_set_sync_speed)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -87,6 +87,8 @@ fn run(args: Args) -> Result<(), String> {
     let runtime = Runtime::start(&mask, !args.no_pin, || {}).map_err(|e| e.to_string())?;
     let cores = runtime.cores();
     let registry = BdevRegistry::new(cores.clone());
+    // md members that appear (config, RPC) are examined and their arrays assemble by themselves.
+    keel_rpc::md_methods::enable_md_auto_assembly(&registry);
 
     // Config: entries allowed in STARTUP first, then (after init) the RUNTIME ones, as SPDK's
     // application loader does.
@@ -220,7 +222,12 @@ fn run(args: Args) -> Result<(), String> {
     // poller is released on its own core before the reactors stop.
     drop(ctx);
     let (done_tx, done_rx) = mpsc::channel();
-    let _ = cores.run_on(main_core, move || remove_all(registry, done_tx));
+    // md arrays first: their daemons write the final (clean) superblocks while the members are
+    // still there.
+    let _ = cores.run_on(main_core, move || {
+        let reg2 = registry.clone();
+        keel_rpc::md_methods::stop_all_md_arrays(&registry, move || remove_all(reg2, done_tx));
+    });
     if done_rx.recv_timeout(std::time::Duration::from_secs(10)).is_err() {
         tracing::warn!("bdev removal did not finish in 10 s; stopping anyway");
     }

@@ -442,6 +442,8 @@ pub(crate) struct Ctl {
     pub last_action: Option<SyncAction>,
     /// Set by stop: the daemon finishes the array and calls this.
     pub stop: Option<StopDone>,
+    /// A stop was requested (stays set after the daemon took `stop`).
+    pub stopping: bool,
     /// Array data was lost (not operational): state "failed".
     pub failed: bool,
     /// `idle`/`frozen` asked the running sync to stop.
@@ -502,6 +504,20 @@ impl Array {
 
     pub(crate) fn wake(&self) {
         self.wake.store(true, Ordering::SeqCst);
+    }
+
+    /// Asks the daemon to stop the array; `done` (if any) gets the outcome. When a stop is
+    /// already under way, `done` comes back (`Err`) for the caller to answer.
+    pub(crate) fn request_stop(&self, done: Option<StopDone>) -> Result<(), Option<StopDone>> {
+        let mut ctl = self.ctl();
+        if ctl.stopping {
+            return Err(done);
+        }
+        ctl.stopping = true;
+        ctl.stop = Some(done.unwrap_or_else(|| Box::new(|_| {})));
+        drop(ctl);
+        self.wake();
+        Ok(())
     }
 
     /// The superblock for `m` (in role `role`, None for a spare) from the template and the
@@ -682,6 +698,12 @@ impl BdevBackend for MdBackend {
 
     fn driver_specific(&self) -> Value {
         json!({ "md": self.array.info().to_json() })
+    }
+
+    /// The bdev went away without `md_stop` (a shutdown removing every bdev, a forced delete):
+    /// stop the array the same way, so the members get their final superblocks and are released.
+    fn on_unregister(&self) {
+        let _ = self.array.request_stop(None);
     }
 
     /// Arrays come back through `md_assemble` by UUID (never `md_create`, which would write
@@ -1181,6 +1203,7 @@ impl MdRegistry {
                     mismatch_sectors: 0,
                     last_action: None,
                     stop: None,
+                    stopping: false,
                     failed: false,
                     interrupt: false,
                 }),
@@ -1221,14 +1244,36 @@ impl MdRegistry {
             Ok(a) => a,
             Err(e) => return done(Err(e)),
         };
-        {
-            let mut ctl = array.ctl();
-            if ctl.stop.is_some() {
-                return done(Err(MdError::Busy(format!("md array '{name}' is already stopping"))));
-            }
-            ctl.stop = Some(Box::new(done));
+        if let Err(Some(done)) = array.request_stop(Some(Box::new(done))) {
+            done(Err(MdError::Busy(format!("md array '{name}' is already stopping"))));
         }
-        array.wake();
+    }
+
+    /// Stops every array (shutdown). Called on the main reactor; `done` runs there once every
+    /// array's members have their final superblocks and are released.
+    pub fn stop_all(self: &Arc<Self>, done: impl FnOnce() + Send + 'static) {
+        let arrays: Vec<Arc<Array>> = self.arrays.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let left = Arc::new(std::sync::atomic::AtomicUsize::new(arrays.len() + 1));
+        type Once = Mutex<Option<Box<dyn FnOnce() + Send>>>;
+        let done: Arc<Once> = Arc::new(Mutex::new(Some(Box::new(done))));
+        let finish = {
+            let (left, done) = (left.clone(), done.clone());
+            move || {
+                if left.fetch_sub(1, Ordering::SeqCst) == 1 {
+                    if let Some(d) = done.lock().unwrap_or_else(|e| e.into_inner()).take() {
+                        d();
+                    }
+                }
+            }
+        };
+        for a in arrays {
+            let f = finish.clone();
+            if a.request_stop(Some(Box::new(move |_| f()))).is_err() {
+                // Already stopping: its daemon ends soon; do not wait for it.
+                finish();
+            }
+        }
+        finish();
     }
 
     /// `md_add`: adds `bdev` to array `name` (as `mdadm --add`). A bdev whose superblock says
@@ -1245,7 +1290,7 @@ impl MdRegistry {
                     array.level.name()
                 )));
             }
-            if array.ctl().stop.is_some() {
+            if array.ctl().stopping {
                 return Err(MdError::Busy(format!("md array '{name}' is stopping")));
             }
             let reg = self.bdevs()?;
@@ -1303,7 +1348,7 @@ impl MdRegistry {
         dev_sectors: u64,
     ) -> Result<(), MdError> {
         let mut ctl = array.ctl();
-        if ctl.stop.is_some() {
+        if ctl.stopping {
             return Err(MdError::Busy(format!("md array '{}' is stopping", array.name)));
         }
         // Re-add into the role it held, if that role is empty.

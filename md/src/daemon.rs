@@ -201,6 +201,11 @@ pub(crate) fn start(reg: Arc<MdRegistry>, array: Arc<Array>) {
         PollStatus::from_work(busy)
     });
     *handle.borrow_mut() = Some(h);
+    // The reactors are asked to stop: stop the array first (final superblocks, members let go).
+    let a2 = array.clone();
+    current().on_shutdown(move || {
+        let _ = a2.request_stop(None);
+    });
 }
 
 impl Daemon {
@@ -213,7 +218,7 @@ impl Daemon {
         let mut busy = self.array.wake.swap(false, Ordering::SeqCst);
         let now = self.now_ms();
         busy |= self.collect(now);
-        if self.array.ctl().stop.is_some() || self.stop != StopPhase::Running {
+        if self.array.ctl().stopping || self.stop != StopPhase::Running {
             return self.step_stop(busy);
         }
         if std::mem::take(&mut self.array.ctl().interrupt) {

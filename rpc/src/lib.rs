@@ -18,6 +18,7 @@ pub mod framework;
 pub mod jsonrpc;
 pub mod md_methods;
 pub mod methods;
+mod raid_methods;
 pub mod server;
 
 pub use error::{RpcError, INTERNAL_ERROR, INVALID_PARAMS, INVALID_REQUEST, METHOD_NOT_FOUND, PARSE_ERROR};

@@ -11,7 +11,13 @@ use serde_json::{json, Value};
 use crate::bdev_info::{bdev_get_bdevs, bdev_get_iostat};
 use crate::dm_methods::*;
 use crate::framework::*;
-use crate::md_methods::{md_create, md_examine, md_get_arrays, md_stop};
+use crate::md_methods::{
+    md_add, md_assemble, md_create, md_examine, md_fail, md_get_arrays, md_remove, md_set_sync_action,
+    md_set_sync_speed, md_stop,
+};
+use crate::raid_methods::{
+    bdev_raid_add_base_bdev, bdev_raid_create, bdev_raid_delete, bdev_raid_get_bdevs, bdev_raid_remove_base_bdev,
+};
 use crate::RpcError;
 
 /// What handlers work on. Owned by the application; handlers run on the main reactor.
@@ -198,15 +204,32 @@ fn bdev_passthru_create(ctx: &Ctx, params: Option<Value>, reply: Reply) {
 fn bdev_passthru_delete(ctx: &Ctx, params: Option<Value>, reply: Reply) {
     delete_with(params, reply, ctx, passthru::delete)
 }
-fn bdev_wait_for_examine(_ctx: &Ctx, params: Option<Value>, reply: Reply) {
-    // Examination is synchronous in Keel so far: nothing is ever pending.
+fn bdev_wait_for_examine(ctx: &Ctx, params: Option<Value>, reply: Reply) {
     match params {
-        None => reply(Ok(json!(true))),
-        Some(Value::Object(m)) if m.is_empty() => reply(Ok(json!(true))),
-        Some(_) => reply(Err(RpcError::invalid_params(
-            "bdev_wait_for_examine takes no parameters",
-        ))),
+        None => {}
+        Some(Value::Object(m)) if m.is_empty() => {}
+        Some(_) => {
+            return reply(Err(RpcError::invalid_params(
+                "bdev_wait_for_examine takes no parameters",
+            )))
+        }
     }
+    // Answers once no examiner (md's auto-assembly) is reading metadata or starting what it
+    // found, re-checking every millisecond on this core.
+    let reg = ctx.registry.clone();
+    if reg.examines_in_flight() == 0 {
+        return reply(Ok(json!(true)));
+    }
+    let mut reply = Some(reply);
+    crate::md_methods::retry_every("bdev_wait_for_examine", 1_000, move || {
+        if reg.examines_in_flight() != 0 {
+            return false;
+        }
+        if let Some(r) = reply.take() {
+            r(Ok(json!(true)));
+        }
+        true
+    });
 }
 
 macro_rules! m {
@@ -235,6 +258,13 @@ static METHODS: &[MethodInfo] = &[
     m!(md_create, false, true),
     m!(md_stop, false, true),
     m!(md_get_arrays, false, true),
+    // Runtime only, like every bdev constructor: the members it needs are created in RUNTIME.
+    m!(md_assemble, false, true),
+    m!(md_add, false, true),
+    m!(md_remove, false, true),
+    m!(md_fail, false, true),
+    m!(md_set_sync_action, false, true),
+    m!(md_set_sync_speed, false, true),
     m!(bdev_get_bdevs, false, true),
     m!(bdev_get_iostat, false, true),
     m!(bdev_malloc_create, false, true),
@@ -253,6 +283,11 @@ static METHODS: &[MethodInfo] = &[
     m!(bdev_delay_update_latency, false, true),
     m!(bdev_passthru_create, false, true),
     m!(bdev_passthru_delete, false, true),
+    m!(bdev_raid_create, false, true),
+    m!(bdev_raid_delete, false, true),
+    m!(bdev_raid_get_bdevs, false, true),
+    m!(bdev_raid_add_base_bdev, false, true),
+    m!(bdev_raid_remove_base_bdev, false, true),
     m!(bdev_wait_for_examine, false, true),
     m!(dm_create, false, true),
     m!(dm_load, false, true),
