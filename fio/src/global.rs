@@ -11,16 +11,18 @@
 //!    ([`Global::attach_job_reactor`]) and released when they end;
 //! 2. a [`BdevRegistry`] on those cores;
 //! 3. the JSON configuration (`keel_json_conf`) applied through `keel_rpc::config` on a
-//!    reactor attached to the control core *on the calling thread*, turned until the load
-//!    reports (bounded by [`LOAD_TIMEOUT`]); the control reactor is then detached.
+//!    reactor attached to the control core by a `keel-control` thread, turned until the load
+//!    reports (bounded by [`LOAD_TIMEOUT`]). If the load left pollers on the control core (md
+//!    arrays' control pollers), the thread keeps turning it for the life of the process,
+//!    sleeping when idle; otherwise it detaches and ends.
 //!
 //! The outcome — success or the load's error message — is remembered: later jobs get the same
 //! registry or the same refusal, and a job naming a different config file is refused (one Keel
 //! instance per fio process).
 //!
-//! The control reactor is detached after the load, so its core has no reactor; visits over
-//! every core (dm table swaps, bdev removal) pass unattached cores by and wait only for the
-//! cores fio job threads hold and turn.
+//! Without a control thread the control core has no reactor after the load; visits over every
+//! core (dm table swaps, bdev removal) pass unattached cores by and wait only for the cores fio
+//! job threads hold and turn.
 
 use std::path::Path;
 use std::sync::{mpsc, Arc, Mutex};
@@ -34,6 +36,9 @@ use keel_rpc::config::ConfigFile;
 /// threads. A mailbox costs a few hundred bytes, and fio's own default job limit is far above
 /// what a 2–64 core host runs with a polled engine; more concurrent jobs are refused by name.
 pub const MAX_CORES: u32 = 256;
+/// How long the control thread sleeps when its reactor had nothing to do.
+const CONTROL_IDLE_SLEEP: Duration = Duration::from_micros(200);
+
 /// The core the configuration is loaded on (the registry's main core).
 pub const CONTROL_CORE: CoreId = CoreId(0);
 /// Longest a configuration load may take (a uring file on a slow disk, big malloc bdevs).
@@ -161,42 +166,80 @@ fn load_now(path: &str) -> Result<Arc<Global>, String> {
     let cfg = ConfigFile::from_path(Path::new(path)).map_err(|e| format!("{}: {}", in_file(path), e.message))?;
     let cores = Cores::attached(MAX_CORES);
     let registry = BdevRegistry::new(cores.clone());
-    let control = AttachedReactor::attach(&cores, CONTROL_CORE)
-        .map_err(|e| format!("{}: cannot load on this thread: {e}", in_file(path)))?;
+    // The load runs on a control thread that owns the control core's reactor. When the load
+    // leaves pollers there (md arrays' control pollers: dirty marking, bitmap, resync), that
+    // thread keeps turning the control reactor for the life of the process, sleeping while it
+    // is idle; otherwise it detaches and ends, and the process has no Keel thread.
     let (tx, rx) = mpsc::channel();
-    keel_rpc::config::apply(registry.clone(), cfg, move |r| {
-        let _ = tx.send(r);
-    });
-    let deadline = Instant::now() + LOAD_TIMEOUT;
-    let outcome = loop {
-        control.turn();
-        match rx.try_recv() {
-            Ok(r) => break r.map_err(|e| format!("{}: {}", in_file(path), e.message)),
-            Err(mpsc::TryRecvError::Disconnected) => {
-                break Err(format!("{}: the load ended without reporting", in_file(path)))
-            }
-            Err(mpsc::TryRecvError::Empty) if Instant::now() > deadline => {
-                break Err(format!(
-                    "{}: the load did not finish within {} s (a config method waited for \
-                     something no thread drives)",
-                    in_file(path),
-                    LOAD_TIMEOUT.as_secs()
-                ))
-            }
-            Err(mpsc::TryRecvError::Empty) => {}
-        }
-    };
-    // Let follow-up messages of the load (e.g. examine) run before the control core is left.
-    for _ in 0..1000 {
-        if !control.turn() {
-            break;
-        }
-    }
-    drop(control);
+    let (cores2, registry2, path2) = (cores.clone(), registry.clone(), path.to_string());
+    std::thread::Builder::new()
+        .name("keel-control".into())
+        .spawn(move || control_thread(cores2, registry2, cfg, path2, tx))
+        .map_err(|e| format!("{}: cannot start the control thread: {e}", in_file(path)))?;
+    let outcome = rx
+        .recv()
+        .unwrap_or_else(|_| Err(format!("{}: the load ended without reporting", in_file(path))));
     outcome?;
     Ok(Arc::new(Global {
         cores,
         registry,
         config_path: path.to_string(),
     }))
+}
+
+/// The control thread: loads the configuration on the control core, reports, then keeps the
+/// control reactor turning while it has pollers (see [`load_now`]).
+fn control_thread(
+    cores: Cores,
+    registry: Arc<BdevRegistry>,
+    cfg: ConfigFile,
+    path: String,
+    report: mpsc::Sender<Result<(), String>>,
+) {
+    let control = match AttachedReactor::attach(&cores, CONTROL_CORE) {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = report.send(Err(format!("{}: cannot attach the control core: {e}", in_file(&path))));
+            return;
+        }
+    };
+    let (tx, rx) = mpsc::channel();
+    keel_rpc::config::apply(registry, cfg, move |r| {
+        let _ = tx.send(r);
+    });
+    let deadline = Instant::now() + LOAD_TIMEOUT;
+    let outcome = loop {
+        control.turn();
+        match rx.try_recv() {
+            Ok(r) => break r.map_err(|e| format!("{}: {}", in_file(&path), e.message)),
+            Err(mpsc::TryRecvError::Disconnected) => {
+                break Err(format!("{}: the load ended without reporting", in_file(&path)))
+            }
+            Err(mpsc::TryRecvError::Empty) if Instant::now() > deadline => {
+                break Err(format!(
+                    "{}: the load did not finish within {} s (a config method waited for \
+                     something no thread drives)",
+                    in_file(&path),
+                    LOAD_TIMEOUT.as_secs()
+                ))
+            }
+            Err(mpsc::TryRecvError::Empty) => {}
+        }
+    };
+    // Let follow-up messages of the load (e.g. examine) run before reporting.
+    for _ in 0..1000 {
+        if !control.turn() {
+            break;
+        }
+    }
+    let ok = outcome.is_ok();
+    let _ = report.send(outcome);
+    if !ok || control.reactor().poller_count() == 0 {
+        return;
+    }
+    loop {
+        if !control.turn() {
+            std::thread::sleep(CONTROL_IDLE_SLEEP);
+        }
+    }
 }
