@@ -10,7 +10,7 @@ use serde_json::Value;
 use uuid::Uuid;
 
 use crate::stats::{ChannelStats, IoStats, StatsReset};
-use crate::{BdevError, CompletionQueue, ForwardCtx, IoBox, IoOp, IoStatus, Submit};
+use crate::{BdevError, CompletionQueue, ForwardCtx, IoBox, IoOp, IoRequest, IoStatus, Submit};
 
 /// The set of ops a bdev supports, declared by its module as data.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -42,6 +42,17 @@ impl IoCaps {
     /// These caps with `op` removed.
     pub const fn without(self, op: IoOp) -> IoCaps {
         IoCaps(self.0 & !(1 << op as u8))
+    }
+
+    /// The ops that do not write (what a read-only descriptor may submit).
+    const NON_WRITING: IoCaps = IoCaps::ALL
+        .without(IoOp::Write)
+        .without(IoOp::Unmap)
+        .without(IoOp::WriteZeroes);
+
+    /// Ops in both sets.
+    const fn and(self, other: IoCaps) -> IoCaps {
+        IoCaps(self.0 & other.0)
     }
 }
 
@@ -368,9 +379,15 @@ impl Descriptor {
     /// This core's channel for submitting I/O. Called on a reactor; the first call on a core
     /// creates the module's channel there.
     pub fn channel(&self) -> Channel {
+        let caps = self.bdev.info().caps;
         Channel {
             ch: self.bdev.io_device.get_channel(),
             writable: self.writable,
+            allowed: if self.writable {
+                caps
+            } else {
+                caps.and(IoCaps::NON_WRITING)
+            },
         }
     }
 }
@@ -390,6 +407,10 @@ impl Drop for Descriptor {
 pub struct Channel {
     ch: IoChannel<BdevChannel>,
     writable: bool,
+    /// The ops this handle may submit: the bdev's caps, without the writing ones when the
+    /// descriptor is read-only. One bit test on the hot path; the precise refusal (unsupported
+    /// or read-only) is worked out only for a refused request.
+    allowed: IoCaps,
 }
 
 impl Channel {
@@ -404,39 +425,94 @@ impl Channel {
     /// reaches a removed bdev — completes with that status through `cq` like any other.
     /// `Submit::Requeue` hands it back untouched (backpressure). Called on this channel's core.
     #[inline]
-    pub fn submit(&self, io: IoBox, cq: &CompletionQueue) -> Submit {
-        self.submit_stamped(io, cq, keel_reactor::ticks())
-    }
-
-    #[inline]
-    fn submit_stamped(&self, mut io: IoBox, cq: &CompletionQueue, submit_ticks: u64) -> Submit {
-        let ch = &*self.ch;
-        if io.push_frame(cq, Some(ch.stats.clone()), submit_ticks).is_err() {
+    pub fn submit(&self, mut io: IoBox, cq: &CompletionQueue) -> Submit {
+        if io
+            .push_frame(cq, Some(self.ch.stats.clone()), keel_reactor::ticks())
+            .is_err()
+        {
             io.complete_direct(cq, IoStatus::StackOverflow);
             return Submit::Accepted;
         }
-        let info = &ch.core.info;
-        let status = if ch.core.removed.load(Ordering::Relaxed) {
+        match self.check(&io) {
+            IoStatus::Pending => self.dispatch(io),
+            status => {
+                io.complete(status);
+                Submit::Accepted
+            }
+        }
+    }
+
+    /// What [`Channel::submit`] refuses, in this order: a removed bdev, an op the bdev lacks or
+    /// this handle may not write, a range outside the bdev (or empty), buffers shorter than the
+    /// range. `Pending` = go ahead.
+    #[inline(always)]
+    fn check(&self, io: &IoRequest) -> IoStatus {
+        let core = &*self.ch.core;
+        let info = &core.info;
+        let (op, n) = (io.op, io.num_blocks);
+        if core.removed.load(Ordering::Relaxed) {
             IoStatus::Removed
-        } else if !info.caps.supports(io.op) {
-            IoStatus::Unsupported
-        } else if !self.writable && matches!(io.op, IoOp::Write | IoOp::Unmap | IoOp::WriteZeroes) {
-            IoStatus::ReadOnly
-        } else if (io.op.needs_range()
-            && (io.num_blocks == 0
-                || io.offset_blocks >= info.num_blocks
-                || io.num_blocks > info.num_blocks - io.offset_blocks))
-            || (io.op.has_data() && io.iov_len_bytes() < io.num_blocks * info.block_size as u64)
+        } else if !self.allowed.supports(op) {
+            self.refusal(op)
+        } else if (op.needs_range()
+            && (n == 0 || io.offset_blocks >= info.num_blocks || n > info.num_blocks - io.offset_blocks))
+            || (op.has_data() && io.iov_len_bytes() < n * info.block_size as u64)
         {
             IoStatus::InvalidRange
         } else {
             IoStatus::Pending
-        };
-        if status != IoStatus::Pending {
-            io.complete(status);
-            return Submit::Accepted;
         }
-        match ch.backend.borrow_mut().submit(io) {
+    }
+
+    /// What [`Channel::forward`] refuses: as [`Channel::check`], minus what the forwarding layer
+    /// already validated against its own geometry. The request's size and buffers are the ones
+    /// the layer accepted and the layer has this bdev's block size (see `forward`), so an empty
+    /// range or short buffers cannot reach here (debug builds assert it); what remains is one
+    /// compare of the mapped range's end against this bdev's size.
+    #[inline(always)]
+    fn check_forwarded(&self, io: &IoRequest) -> IoStatus {
+        let core = &*self.ch.core;
+        let info = &core.info;
+        let op = io.op;
+        debug_assert!(!op.needs_range() || io.num_blocks > 0, "forwarded an empty range");
+        debug_assert!(
+            !op.has_data() || io.iov_len_bytes() >= io.num_blocks * info.block_size as u64,
+            "forwarded buffers do not cover the range on {}",
+            info.name
+        );
+        if core.removed.load(Ordering::Relaxed) {
+            IoStatus::Removed
+        } else if !self.allowed.supports(op) {
+            self.refusal(op)
+        } else if op.needs_range()
+            && io
+                .offset_blocks
+                .checked_add(io.num_blocks)
+                .is_none_or(|end| end > info.num_blocks)
+        {
+            IoStatus::InvalidRange
+        } else {
+            IoStatus::Pending
+        }
+    }
+
+    /// Why an op outside `allowed` is refused: the bdev lacks it, or the descriptor is
+    /// read-only.
+    #[cold]
+    fn refusal(&self, op: IoOp) -> IoStatus {
+        if !self.ch.core.info.caps.supports(op) {
+            IoStatus::Unsupported
+        } else {
+            debug_assert!(!self.writable);
+            IoStatus::ReadOnly
+        }
+    }
+
+    /// Hands a validated `io` (this bdev's frame on top) to the module; a `Requeue` comes back
+    /// without that frame.
+    #[inline(always)]
+    fn dispatch(&self, io: IoBox) -> Submit {
+        match self.ch.backend.borrow_mut().submit(io) {
             Submit::Accepted => Submit::Accepted,
             Submit::Requeue(mut io) => {
                 io.pop_frame();
@@ -457,20 +533,243 @@ impl Channel {
     /// `restore_offset_blocks` and `ctx`'s in-flight count dropped. A **failure** comes back to
     /// `ctx.cq()` with the layer's frame on top, exactly as after [`Channel::submit`]; the layer
     /// then calls `ctx.end()` itself and handles it. `ctx.inflight()` counts the request from
-    /// here until either. `Submit::Requeue` hands the request back unmarked.
-    #[inline]
+    /// here until either. `Submit::Requeue` hands the request back as it came (layer frame on
+    /// top, not counted).
+    ///
+    /// The layer must keep the request's size and buffers and have this bdev's block size (as a
+    /// layer that only remaps offsets does): its own validation then covers the buffers, and
+    /// this bdev checks only removal, the op and that the mapped range ends inside it (a refusal
+    /// is a failure: it comes back to `ctx.cq()`). A layer whose block size differs splits
+    /// instead ([`Channel::submit`] of child requests). This bdev's frame shares the layer's
+    /// submit stamp (no second clock read, the same moment), so both bdevs' statistics charge the
+    /// same latency. Called on this channel's core.
+    #[inline(always)]
     pub fn forward(&self, mut io: IoBox, ctx: &Rc<ForwardCtx>, restore_offset_blocks: u64) -> Submit {
-        if !io.mark_forwarded(ctx, restore_offset_blocks) {
+        match io.push_forwarded_frame(ctx, &self.ch.stats, restore_offset_blocks) {
+            Ok(()) => {}
             // Not inside a layer: nothing to skip.
-            return self.submit(io, ctx.cq());
-        }
-        let stamp = io.submit_ticks();
-        match self.submit_stamped(io, ctx.cq(), stamp) {
-            Submit::Accepted => Submit::Accepted,
-            Submit::Requeue(mut io) => {
-                io.unmark_forwarded();
-                Submit::Requeue(io)
+            Err(false) => return self.submit(io, ctx.cq()),
+            Err(true) => {
+                // Refused like a failure from below: the layer's frame on top, on its queue.
+                ctx.begin();
+                io.complete_direct(ctx.cq(), IoStatus::StackOverflow);
+                return Submit::Accepted;
             }
         }
+        ctx.begin();
+        match self.check_forwarded(&io) {
+            IoStatus::Pending => match self.dispatch(io) {
+                Submit::Accepted => Submit::Accepted,
+                Submit::Requeue(io) => {
+                    ctx.end();
+                    Submit::Requeue(io)
+                }
+            },
+            status => {
+                io.complete(status);
+                Submit::Accepted
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! In-place forwarding on the deterministic driver: a test layer that shifts offsets by
+    //! `SHIFT` blocks forwards everything to a scripted base (succeed, fail or requeue).
+
+    use std::cell::RefCell;
+    use std::sync::atomic::AtomicU8;
+
+    use keel_reactor::{CoreId, TestDriver};
+
+    use super::*;
+    use crate::{BdevRegistry, DmaBuf, IoRequest, IoVec, MAX_DEPTH};
+
+    const SUCCEED: u8 = 0;
+    const FAIL: u8 = 1;
+    const REQUEUE: u8 = 2;
+    const BLOCKS: u64 = 64;
+    /// The layer's block 0 is the base's block `SHIFT`; both have `BLOCKS` blocks, so the
+    /// layer's last `SHIFT` blocks map outside the base.
+    const SHIFT: u64 = 10;
+
+    struct Scripted(Arc<AtomicU8>);
+    struct ScriptedChannel(Arc<AtomicU8>);
+
+    impl BackendChannel for ScriptedChannel {
+        fn submit(&mut self, io: IoBox) -> Submit {
+            match self.0.load(Ordering::Relaxed) {
+                SUCCEED => io.complete(IoStatus::Success),
+                FAIL => io.complete(IoStatus::Failed),
+                _ => return Submit::Requeue(io),
+            }
+            Submit::Accepted
+        }
+    }
+
+    impl BdevBackend for Scripted {
+        fn create_channel(&self, _core: CoreId) -> Box<dyn BackendChannel> {
+            Box::new(ScriptedChannel(self.0.clone()))
+        }
+        fn config(&self, _info: &BdevInfo) -> Option<ConfigCall> {
+            None
+        }
+    }
+
+    thread_local! {
+        /// The forwarding context of the layer channel created on this thread.
+        static LAYER_CTX: RefCell<Option<Rc<ForwardCtx>>> = const { RefCell::new(None) };
+    }
+
+    struct Layer(Mutex<Option<Descriptor>>);
+    struct LayerChannel {
+        base: Channel,
+        ctx: Rc<ForwardCtx>,
+    }
+
+    impl BackendChannel for LayerChannel {
+        fn submit(&mut self, mut io: IoBox) -> Submit {
+            let orig = io.offset_blocks;
+            *io.layer_word() = orig;
+            io.offset_blocks = orig + SHIFT;
+            match self.base.forward(io, &self.ctx, orig) {
+                Submit::Accepted => Submit::Accepted,
+                Submit::Requeue(mut io) => {
+                    io.offset_blocks = orig;
+                    Submit::Requeue(io)
+                }
+            }
+        }
+    }
+
+    impl BdevBackend for Layer {
+        fn create_channel(&self, _core: CoreId) -> Box<dyn BackendChannel> {
+            let base = self.0.lock().unwrap().as_ref().expect("base open").channel();
+            let ctx = ForwardCtx::new(CompletionQueue::with_capacity(4));
+            LAYER_CTX.with(|c| *c.borrow_mut() = Some(ctx.clone()));
+            Box::new(LayerChannel { base, ctx })
+        }
+        fn config(&self, _info: &BdevInfo) -> Option<ConfigCall> {
+            None
+        }
+    }
+
+    fn params(name: &str) -> BdevParams {
+        BdevParams {
+            name: name.into(),
+            uuid: None,
+            product_name: "test",
+            module: "test",
+            block_size: 512,
+            num_blocks: BLOCKS,
+            caps: IoCaps::ALL,
+            optimal_io_boundary_blocks: 0,
+        }
+    }
+
+    #[test]
+    fn forwarded_success_failure_requeue_and_refusals() {
+        let d = TestDriver::new(1);
+        let reg = BdevRegistry::new(d.cores());
+        let mode = Arc::new(AtomicU8::new(SUCCEED));
+        let base = reg.register(params("B"), Arc::new(Scripted(mode.clone()))).unwrap();
+        let base_desc = reg.open("B", true, |_| {}).unwrap();
+        reg.register(params("L"), Arc::new(Layer(Mutex::new(Some(base_desc)))))
+            .unwrap();
+        let desc = reg.open("L", true, |_| {}).unwrap();
+        d.enter(CoreId(0), || {
+            let ch = desc.channel();
+            let ctx = LAYER_CTX.with(|c| c.borrow().clone()).expect("layer channel built");
+            let cq = CompletionQueue::with_capacity(4);
+            let buf = DmaBuf::new(512);
+            // Test code: a fresh request each time.
+            let request = |off: u64| {
+                let mut io = IoRequest::new_boxed();
+                io.iovs.push(IoVec::whole(buf.clone()));
+                io.prepare(IoOp::Read, off, 1);
+                io
+            };
+            let layer_stats = || ch.stats().snapshot();
+            let base_stats = || base.local_stats().expect("base channel on this core");
+
+            // Success: straight to the submitter, offset restored, both layers charged with the
+            // same latency (one stamp, one completion time).
+            assert!(matches!(ch.submit(request(5), &cq), Submit::Accepted));
+            let io = cq.pop().expect("success queued for the submitter");
+            assert_eq!((io.status(), io.offset_blocks, io.depth()), (IoStatus::Success, 5, 0));
+            assert_eq!((ctx.inflight(), ctx.cq().len()), (0, 0));
+            let (top, below) = (*layer_stats().op(IoOp::Read), *base_stats().op(IoOp::Read));
+            assert_eq!((top.ops, top.bytes, below.ops, below.bytes), (1, 512, 1, 512));
+            assert_eq!(top.latency_ticks, below.latency_ticks);
+            assert_eq!(
+                (top.min_latency_ticks, top.max_latency_ticks),
+                (below.min_latency_ticks, below.max_latency_ticks)
+            );
+
+            // Failure: back to the layer's queue with the layer's frame on top, counted in flight.
+            mode.store(FAIL, Ordering::Relaxed);
+            assert!(matches!(ch.submit(request(5), &cq), Submit::Accepted));
+            assert!(cq.is_empty());
+            let mut io = ctx.cq().pop().expect("failure comes back to the layer");
+            assert_eq!(
+                (io.status(), io.depth(), io.offset_blocks),
+                (IoStatus::Failed, 1, 5 + SHIFT)
+            );
+            assert_eq!((*io.layer_word(), ctx.inflight()), (5, 1));
+            assert_eq!(base_stats().errors, vec![("failed", 1)]);
+            assert_eq!(layer_stats().failed(), 0);
+            // The layer finishes it upward.
+            ctx.end();
+            io.offset_blocks = *io.layer_word();
+            let status = io.status();
+            io.complete(status);
+            let io = cq.pop().expect("the layer completed it");
+            assert_eq!((io.status(), io.depth(), io.offset_blocks), (IoStatus::Failed, 0, 5));
+            assert_eq!(layer_stats().errors, vec![("failed", 1)]);
+
+            // Requeue: handed back as submitted, nothing counted.
+            mode.store(REQUEUE, Ordering::Relaxed);
+            let Submit::Requeue(io) = ch.submit(request(5), &cq) else {
+                panic!("base backpressure goes back to the submitter");
+            };
+            assert_eq!((io.depth(), io.offset_blocks, ctx.inflight()), (0, 5, 0));
+            assert_eq!(
+                (layer_stats().op(IoOp::Read).ops, base_stats().op(IoOp::Read).ops),
+                (1, 1)
+            );
+
+            // A mapped range past the base's end is refused by the base, as a failure.
+            mode.store(SUCCEED, Ordering::Relaxed);
+            assert!(matches!(ch.submit(request(BLOCKS - 1), &cq), Submit::Accepted));
+            let io = ctx.cq().pop().expect("refusal comes back to the layer");
+            assert_eq!(
+                (io.status(), io.depth(), ctx.inflight()),
+                (IoStatus::InvalidRange, 1, 1)
+            );
+            assert!(base_stats().errors.contains(&("invalid_range", 1)));
+            ctx.end();
+
+            // No room for the base's frame: StackOverflow, to the layer as a failure.
+            let mut io = request(0);
+            for _ in 0..MAX_DEPTH - 1 {
+                io.push_frame(&cq, None, 0).unwrap();
+            }
+            assert!(matches!(ch.submit(io, &cq), Submit::Accepted));
+            let io = ctx.cq().pop().expect("overflow comes back to the layer");
+            assert_eq!(
+                (io.status(), io.depth(), ctx.inflight()),
+                (IoStatus::StackOverflow, MAX_DEPTH, 1)
+            );
+            ctx.end();
+
+            // A removed base refuses what is forwarded to it.
+            reg.unregister("B", || {}).unwrap();
+            assert!(matches!(ch.submit(request(0), &cq), Submit::Accepted));
+            let io = ctx.cq().pop().expect("removal comes back to the layer");
+            assert_eq!((io.status(), ctx.inflight()), (IoStatus::Removed, 1));
+            ctx.end();
+        });
+        d.run_until_idle(100);
     }
 }

@@ -13,6 +13,19 @@
 //! changes `offset_blocks` on the way down restores it before completing upward, using
 //! [`IoRequest::layer_word`] to remember it.
 //!
+//! A layer with nothing to do on success forwards **in place** instead
+//! ([`crate::Channel::forward`] with its [`ForwardCtx`]): the base's frame is marked forwarded
+//! (`Dest::Forwarded`, no queue of its own) and shares the layer's submit stamp. When the base
+//! completes it with success, [`IoRequest::complete`] finishes that frame and then the layer's
+//! in the same call — both statistics charged with the one completion time read there, the
+//! layer's offset restored, the context's in-flight count dropped — and queues the request for
+//! the layer above: the layer's queue and poller are never visited. A failure stops at the
+//! layer's queue with the layer's frame on top, as after a plain submit.
+//!
+//! Frames live in a fixed array inside the request, written and cleared in place (a free slot
+//! holds no reference): pushing and popping one moves no more than its fields, and `repr(C)`
+//! keeps the per-I/O fields and the first frames in the request's first cache lines.
+//!
 //! Buffers: `iovs` holds [`IoVec`]s (a [`DmaBuf`] handle plus a byte window). The request's
 //! owner decides them; layers read or fill them and never keep a clone after completing.
 
@@ -200,15 +213,53 @@ impl CompletionQueue {
     }
 }
 
+/// Where a frame's completion goes.
+pub(crate) enum Dest {
+    /// A free slot of the frame stack (no frame): holds nothing.
+    Empty,
+    /// The submitter's queue (a frame pushed by [`crate::Channel::submit`]).
+    Queue(CompletionQueue),
+    /// A frame pushed by [`crate::Channel::forward`]: a success continues with the forwarding
+    /// layer's frame below (offset restored, the context's in-flight count dropped); a failure
+    /// goes to the context's queue with the layer's frame on top.
+    Forwarded(Rc<ForwardCtx>),
+}
+
+/// What a request carries for one bdev it is in. Frames live in a fixed array inside the
+/// request and are written and cleared in place (a cleared slot holds no reference).
 pub(crate) struct Frame {
-    cq: CompletionQueue,
+    dest: Dest,
+    /// The bdev channel's statistics, charged when the frame completes.
     stats: Option<Rc<ChannelStats>>,
     submit_ticks: u64,
     layer_word: u64,
-    /// Set when this frame's layer forwarded the request in place ([`crate::Channel::forward`]):
-    /// a success from below passes through this layer without visiting its queue.
-    fwd: Option<Rc<ForwardCtx>>,
+    /// `Dest::Forwarded` only: the layer's `offset_blocks`, set back on success.
     restore_offset_blocks: u64,
+}
+
+impl Frame {
+    const EMPTY: Frame = Frame {
+        dest: Dest::Empty,
+        stats: None,
+        submit_ticks: 0,
+        layer_word: 0,
+        restore_offset_blocks: 0,
+    };
+
+    /// Makes this free slot a frame. A free slot holds no reference (popping clears it), so its
+    /// old contents are overwritten without running their (empty) destructors.
+    #[inline(always)]
+    fn fill(&mut self, dest: Dest, stats: Option<Rc<ChannelStats>>, submit_ticks: u64, restore_offset_blocks: u64) {
+        let old_dest = std::mem::replace(&mut self.dest, dest);
+        debug_assert!(matches!(old_dest, Dest::Empty), "frame slot in use");
+        std::mem::forget(old_dest);
+        let old_stats = std::mem::replace(&mut self.stats, stats);
+        debug_assert!(old_stats.is_none(), "frame slot in use");
+        std::mem::forget(old_stats);
+        self.submit_ticks = submit_ticks;
+        self.layer_word = 0;
+        self.restore_offset_blocks = restore_offset_blocks;
+    }
 }
 
 /// A layer's per-channel state for in-place forwarding ([`crate::Channel::forward`]): the queue
@@ -253,15 +304,23 @@ impl ForwardCtx {
 }
 
 /// A block I/O request. See the module docs for the life cycle.
+///
+/// `repr(C)` keeps what every layer touches per I/O — op, status, range, the frame count and the
+/// first frames — together in the first cache lines, and the scatter list (read by the top
+/// bdev's validation, not again by in-place forwards) after the frames: with a queue depth of
+/// requests in flight, fewer lines per request compete for L1.
+#[repr(C)]
 pub struct IoRequest {
     pub op: IoOp,
+    status: IoStatus,
+    /// Frames in use: `frames[..depth]`, the top one last.
+    depth: u32,
     pub offset_blocks: u64,
     pub num_blocks: u64,
-    pub iovs: SgList,
     /// The owner's cookie; layers never touch it.
     pub tag: u64,
-    status: IoStatus,
-    frames: ArrayVec<Frame, MAX_DEPTH>,
+    frames: [Frame; MAX_DEPTH],
+    pub iovs: SgList,
 }
 
 /// How requests move: boxed, so moving one is a pointer move.
@@ -280,12 +339,13 @@ impl IoRequest {
     pub fn new_boxed() -> IoBox {
         Box::new(IoRequest {
             op: IoOp::Read,
+            status: IoStatus::Pending,
+            depth: 0,
             offset_blocks: 0,
             num_blocks: 0,
-            iovs: SgList::new(),
             tag: 0,
-            status: IoStatus::Pending,
-            frames: ArrayVec::new(),
+            frames: [const { Frame::EMPTY }; MAX_DEPTH],
+            iovs: SgList::new(),
         })
     }
 
@@ -314,30 +374,44 @@ impl IoRequest {
     /// Total bytes of the scatter list.
     #[inline]
     pub fn iov_len_bytes(&self) -> u64 {
-        self.iovs.iter().map(|v| v.len_bytes as u64).sum()
+        match self.iovs.as_slice() {
+            // The common case (one buffer) without the loop.
+            [v] => v.len_bytes as u64,
+            iovs => iovs.iter().map(|v| v.len_bytes as u64).sum(),
+        }
     }
 
     /// How many bdev layers the request is in now.
     #[inline]
     pub fn depth(&self) -> usize {
-        self.frames.len()
+        self.depth as usize
+    }
+
+    /// The top frame (the layer holding the request), if any.
+    #[inline]
+    fn top(&self) -> Option<&Frame> {
+        self.frames[..self.depth as usize].last()
     }
 
     /// A word of scratch space private to the layer that currently holds the request (the top
     /// frame), e.g. an original offset to restore. Zero when the layer received it.
-    #[inline]
+    #[inline(always)]
     pub fn layer_word(&mut self) -> &mut u64 {
-        &mut self.frames.last_mut().expect("layer_word outside a bdev").layer_word
+        let d = self.depth as usize;
+        &mut self.frames[..d]
+            .last_mut()
+            .expect("layer_word outside a bdev")
+            .layer_word
     }
 
     /// Ticks at which the current layer received the request.
     #[inline]
     pub fn submit_ticks(&self) -> u64 {
-        self.frames.last().map(|f| f.submit_ticks).unwrap_or(0)
+        self.top().map(|f| f.submit_ticks).unwrap_or(0)
     }
 
-    /// Pushes a frame stamped `submit_ticks` (the caller's reading of [`ticks`]; a forwarded
-    /// request reuses its layer's stamp: the same moment, one clock read fewer).
+    /// Pushes a frame stamped `submit_ticks` (the caller's reading of [`ticks`]) whose completion
+    /// goes to `cq`. `Err` when the request is in [`MAX_DEPTH`] bdevs already.
     #[inline]
     pub(crate) fn push_frame(
         &mut self,
@@ -345,71 +419,91 @@ impl IoRequest {
         stats: Option<Rc<ChannelStats>>,
         submit_ticks: u64,
     ) -> Result<(), ()> {
-        self.frames
-            .try_push(Frame {
-                cq: cq.clone(),
-                stats,
-                submit_ticks,
-                layer_word: 0,
-                fwd: None,
-                restore_offset_blocks: 0,
-            })
-            .map_err(|_| ())
+        let d = self.depth as usize;
+        let Some(f) = self.frames.get_mut(d) else {
+            return Err(());
+        };
+        f.fill(Dest::Queue(cq.clone()), stats, submit_ticks, 0);
+        self.depth = d as u32 + 1;
+        Ok(())
     }
 
+    /// Pushes the frame of a request forwarded in place by the layer whose frame is on top (see
+    /// [`crate::Channel::forward`]). It shares the layer's stamp: the same moment, one clock read
+    /// fewer. `Err` when the request carries no layer frame (`Err(false)`) or no room for one
+    /// more (`Err(true)`).
+    #[inline(always)]
+    pub(crate) fn push_forwarded_frame(
+        &mut self,
+        ctx: &Rc<ForwardCtx>,
+        stats: &Rc<ChannelStats>,
+        restore_offset_blocks: u64,
+    ) -> Result<(), bool> {
+        let d = self.depth as usize;
+        let Some(submit_ticks) = self.top().map(|f| f.submit_ticks) else {
+            return Err(false);
+        };
+        let Some(f) = self.frames.get_mut(d) else {
+            return Err(true);
+        };
+        f.fill(
+            Dest::Forwarded(ctx.clone()),
+            Some(stats.clone()),
+            submit_ticks,
+            restore_offset_blocks,
+        );
+        self.depth = d as u32 + 1;
+        Ok(())
+    }
+
+    /// Drops the top frame (a request handed back with `Requeue`).
     #[inline]
     pub(crate) fn pop_frame(&mut self) {
-        self.frames.pop();
+        if let Some(d) = self.depth.checked_sub(1) {
+            self.depth = d;
+            let f = &mut self.frames[d as usize];
+            f.dest = Dest::Empty;
+            f.stats = None;
+        }
     }
 
     /// Finishes the current layer's part: records `status`, charges the layer's statistics and
     /// queues the request for the layer above, whose poller will see it. On success, layers
     /// above that forwarded the request in place ([`crate::Channel::forward`]) are finished
-    /// here too — offset restored, statistics charged, in-flight count dropped — so the request
-    /// goes straight to the first layer that did not. Called by modules on the request's core,
-    /// inside `submit` or later from a poller.
+    /// here too — offset restored, statistics charged with the same completion time, in-flight
+    /// count dropped — so the request goes straight to the first layer that did not. A failure
+    /// of a forwarded request stops at the forwarding layer's queue with that layer's frame on
+    /// top. Called by modules on the request's core, inside `submit` or later from a poller.
     #[inline]
     pub fn complete(mut self: Box<Self>, status: IoStatus) {
         self.status = status;
         let now = ticks();
-        let mut frame = self.frames.pop().expect("complete() on a request that is in no bdev");
-        if let Some(stats) = &frame.stats {
-            stats.record(&self, status, now.wrapping_sub(frame.submit_ticks));
-        }
-        if status == IoStatus::Success {
-            while self.frames.last().is_some_and(|f| f.fwd.is_some()) {
-                let up = self.frames.pop().expect("checked");
-                let ctx = up.fwd.as_ref().expect("checked");
-                ctx.end();
-                self.offset_blocks = up.restore_offset_blocks;
-                if let Some(stats) = &up.stats {
-                    stats.record(&self, status, now.wrapping_sub(up.submit_ticks));
+        let (op, num_blocks) = (self.op, self.num_blocks);
+        loop {
+            let d = self
+                .depth
+                .checked_sub(1)
+                .expect("complete() on a request that is in no bdev");
+            self.depth = d;
+            let f = &mut self.frames[d as usize];
+            if let Some(stats) = f.stats.take() {
+                stats.record(op, num_blocks, status, now.wrapping_sub(f.submit_ticks));
+            }
+            match std::mem::replace(&mut f.dest, Dest::Empty) {
+                Dest::Queue(cq) => {
+                    cq.push(self);
+                    return;
                 }
-                frame = up;
+                Dest::Forwarded(ctx) => {
+                    if status != IoStatus::Success {
+                        ctx.failure_cq.push(self);
+                        return;
+                    }
+                    ctx.end();
+                    self.offset_blocks = f.restore_offset_blocks;
+                }
+                Dest::Empty => unreachable!("a frame in use has a destination"),
             }
-        }
-        frame.cq.push(self);
-    }
-
-    /// Marks the current layer's frame as forwarded in place (see [`crate::Channel::forward`]).
-    #[inline]
-    pub(crate) fn mark_forwarded(&mut self, ctx: &Rc<ForwardCtx>, restore_offset_blocks: u64) -> bool {
-        match self.frames.last_mut() {
-            Some(f) => {
-                f.fwd = Some(ctx.clone());
-                f.restore_offset_blocks = restore_offset_blocks;
-                ctx.begin();
-                true
-            }
-            None => false,
-        }
-    }
-
-    /// Undoes [`IoRequest::mark_forwarded`] after the base handed the request back.
-    #[inline]
-    pub(crate) fn unmark_forwarded(&mut self) {
-        if let Some(ctx) = self.frames.last_mut().and_then(|f| f.fwd.take()) {
-            ctx.end();
         }
     }
 

@@ -8,12 +8,13 @@ use std::cell::Cell;
 
 use serde::Serialize;
 
-use crate::{IoOp, IoRequest, IoStatus};
+use crate::{IoOp, IoStatus};
 
 #[derive(Default)]
 struct OpCell {
     ops: Cell<u64>,
-    bytes: Cell<u64>,
+    /// Blocks moved; reported as bytes (× the bdev's block size) by `snapshot`.
+    blocks: Cell<u64>,
     lat_sum: Cell<u64>,
     lat_min: Cell<u64>,
     lat_max: Cell<u64>,
@@ -105,33 +106,36 @@ fn status_index(s: IoStatus) -> usize {
 impl ChannelStats {
     /// Zeroed statistics for a bdev of `block_size` bytes.
     pub fn new(block_size: u32) -> ChannelStats {
-        ChannelStats {
+        let s = ChannelStats {
             block_size: block_size as u64,
             per_op: Default::default(),
             errors: Default::default(),
-        }
+        };
+        s.reset();
+        s
     }
 
-    /// Charges one completion. Successful ops count toward ops/bytes/latency; failures count by
-    /// status only (as SPDK's `io_error`).
+    /// Charges one completion of `num_blocks` blocks of `op`. Successful ops count toward
+    /// ops/bytes/latency; failures count by status only (as SPDK's `io_error`).
     #[inline]
-    pub(crate) fn record(&self, io: &IoRequest, status: IoStatus, latency_ticks: u64) {
+    pub(crate) fn record(&self, op: IoOp, num_blocks: u64, status: IoStatus, latency_ticks: u64) {
         if status != IoStatus::Success {
-            let e = &self.errors[status_index(status)];
-            e.set(e.get() + 1);
+            self.record_error(status);
             return;
         }
-        let c = &self.per_op[io.op as usize];
-        let n = c.ops.get();
-        c.ops.set(n + 1);
-        c.bytes.set(c.bytes.get() + io.num_blocks * self.block_size);
+        let c = &self.per_op[op as usize];
+        c.ops.set(c.ops.get() + 1);
+        c.blocks.set(c.blocks.get() + num_blocks);
         c.lat_sum.set(c.lat_sum.get() + latency_ticks);
-        if n == 0 || latency_ticks < c.lat_min.get() {
-            c.lat_min.set(latency_ticks);
-        }
-        if latency_ticks > c.lat_max.get() {
-            c.lat_max.set(latency_ticks);
-        }
+        // `lat_min` rests at `u64::MAX` while no op counted (see `snapshot`): no branch on `ops`.
+        c.lat_min.set(c.lat_min.get().min(latency_ticks));
+        c.lat_max.set(c.lat_max.get().max(latency_ticks));
+    }
+
+    #[cold]
+    fn record_error(&self, status: IoStatus) {
+        let e = &self.errors[status_index(status)];
+        e.set(e.get() + 1);
     }
 
     /// A copy of the counters.
@@ -140,7 +144,7 @@ impl ChannelStats {
         for (i, c) in self.per_op.iter().enumerate() {
             s.per_op[i] = OpStats {
                 ops: c.ops.get(),
-                bytes: c.bytes.get(),
+                bytes: c.blocks.get() * self.block_size,
                 latency_ticks: c.lat_sum.get(),
                 min_latency_ticks: if c.lat_min.get() == u64::MAX {
                     0
@@ -173,7 +177,7 @@ impl ChannelStats {
     pub fn reset_maxmin(&self) {
         for c in &self.per_op {
             c.lat_max.set(0);
-            // With ops > 0 and min 0, `record` would keep 0: restart min from the next sample.
+            // The resting value: the next completion starts the minimum afresh.
             c.lat_min.set(u64::MAX);
         }
     }
@@ -189,9 +193,9 @@ impl ChannelStats {
     pub fn reset(&self) {
         for c in &self.per_op {
             c.ops.set(0);
-            c.bytes.set(0);
+            c.blocks.set(0);
             c.lat_sum.set(0);
-            c.lat_min.set(0);
+            c.lat_min.set(u64::MAX);
             c.lat_max.set(0);
         }
         for e in &self.errors {
@@ -245,19 +249,13 @@ impl IoStats {
 mod tests {
     use super::*;
 
-    fn io(op: IoOp, num_blocks: u64) -> Box<IoRequest> {
-        let mut r = IoRequest::new_boxed();
-        r.prepare(op, 0, num_blocks);
-        r
-    }
-
     #[test]
     fn records_and_resets_by_mode() {
         let s = ChannelStats::new(512);
-        s.record(&io(IoOp::Read, 8), IoStatus::Success, 100);
-        s.record(&io(IoOp::Read, 8), IoStatus::Success, 40);
-        s.record(&io(IoOp::Write, 1), IoStatus::Success, 7);
-        s.record(&io(IoOp::Read, 8), IoStatus::Failed, 1);
+        s.record(IoOp::Read, 8, IoStatus::Success, 100);
+        s.record(IoOp::Read, 8, IoStatus::Success, 40);
+        s.record(IoOp::Write, 1, IoStatus::Success, 7);
+        s.record(IoOp::Read, 8, IoStatus::Failed, 1);
         let snap = s.snapshot();
         let r = snap.op(IoOp::Read);
         assert_eq!(
@@ -275,7 +273,7 @@ mod tests {
         s.apply_reset(StatsReset::MaxMin);
         let r = *s.snapshot().op(IoOp::Read);
         assert_eq!((r.ops, r.min_latency_ticks, r.max_latency_ticks), (2, 0, 0));
-        s.record(&io(IoOp::Read, 8), IoStatus::Success, 55);
+        s.record(IoOp::Read, 8, IoStatus::Success, 55);
         let r = *s.snapshot().op(IoOp::Read);
         assert_eq!((r.ops, r.min_latency_ticks, r.max_latency_ticks), (3, 55, 55));
 

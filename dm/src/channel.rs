@@ -21,10 +21,18 @@
 //! `submit` checks one flag (`fast`: live table, not suspended, nothing held, not read-only),
 //! finds the target (index 0 for a one-target table, binary search otherwise), and when the I/O
 //! fits in the target (and in one chunk of a striped target) and the target is *direct* (same
-//! block size as its devices, no per-piece state), calls `map` and forwards **the request
-//! itself**: the original offset goes into the request's layer word, `offset_blocks` is
-//! rewritten, and the same box goes down. When it comes back the offset is restored and it is
-//! completed upward. No allocation, no lock, a few branches.
+//! block size as its devices, no per-piece state) and maps inline (linear, striped), computes
+//! the device and sector and forwards **the request itself** in place
+//! ([`Channel::forward`]): the original offset goes into the request's layer word,
+//! `offset_blocks` is rewritten, and the same box goes down. A success goes straight to the
+//! submitter (the bdev layer restores the offset and charges this device's statistics on the
+//! way); a failure comes back to this channel's queue, which restores the offset from the layer
+//! word and completes it upward. A table of one direct linear target (`whole_linear`) skips the
+//! lookup and the boundary checks. This is straight-line code in [`CoreState::submit`]; every
+//! other request goes to `submit_general`. No allocation, no lock, a few branches.
+//!
+//! The snapshot is held inline in the core's state (not boxed): one pointer fewer between the
+//! channel and the base devices' channels on every I/O.
 //!
 //! # Splitting
 //!
@@ -191,17 +199,28 @@ struct CoreTable {
     /// (target, leg) of every flush leg.
     legs: Vec<(u32, u32)>,
     delay_targets: Vec<u32>,
+    /// `(device, offset_sectors)` when the table is one direct linear target (the common
+    /// one-volume-on-one-device case): the hot path then maps without the lookup and the chunk
+    /// checks.
+    whole_linear: Option<(u32, u64)>,
 }
 
 impl CoreTarget {
     /// Maps a piece at `rel_sector` of this target (see [`Fast`]).
     #[inline(always)]
     fn map(&mut self, op: IoOp, rel_sector: u64) -> Map {
+        match self.map_inline(rel_sector) {
+            Some((dev, sector)) => Map::Remap { dev, sector },
+            None => self.target.map(op, rel_sector, &mut MapCx::new(&mut self.rng)),
+        }
+    }
+
+    /// `(device, sector)` of `rel_sector` for the targets mapped inline (linear, striped);
+    /// `None` for the others.
+    #[inline(always)]
+    fn map_inline(&self, rel_sector: u64) -> Option<(u32, u64)> {
         match &self.fast {
-            Fast::Linear { dev, offset_sectors } => Map::Remap {
-                dev: *dev,
-                sector: offset_sectors + rel_sector,
-            },
+            Fast::Linear { dev, offset_sectors } => Some((*dev, offset_sectors + rel_sector)),
             Fast::Striped {
                 chunk_shift,
                 chunk_mask,
@@ -216,12 +235,9 @@ impl CoreTarget {
                     (chunk / stripes, chunk % stripes)
                 };
                 let (dev, offset) = legs[stripe as usize];
-                Map::Remap {
-                    dev,
-                    sector: offset + (row << chunk_shift) + (rel_sector & chunk_mask),
-                }
+                Some((dev, offset + (row << chunk_shift) + (rel_sector & chunk_mask)))
             }
-            Fast::Dyn => self.target.map(op, rel_sector, &mut MapCx::new(&mut self.rng)),
+            Fast::Dyn => None,
         }
     }
 }
@@ -295,7 +311,15 @@ impl CoreTable {
                 }
             })
             .collect();
+        let whole_linear = match targets.as_slice() {
+            [t] if t.direct => match t.fast {
+                Fast::Linear { dev, offset_sectors } => Some((dev, offset_sectors)),
+                _ => None,
+            },
+            _ => None,
+        };
         CoreTable {
+            whole_linear,
             starts: targets.iter().map(|t| t.start_blocks).collect(),
             block_shift,
             block_bytes: table.block_size as u64,
@@ -307,6 +331,27 @@ impl CoreTable {
             targets,
             devs,
             table: table.clone(),
+        }
+    }
+
+    /// `(device, sector)` of a read, write, unmap or write_zeroes of `num_blocks` at
+    /// `offset_blocks` (inside the table) when the whole range goes to one device as it is: one
+    /// direct target, within one chunk. `None` = it needs the general path (split, or a target
+    /// that maps by itself).
+    #[inline(always)]
+    fn map_direct(&self, offset_blocks: u64, num_blocks: u64) -> Option<(u32, u64)> {
+        if let Some((dev, offset_sectors)) = self.whole_linear {
+            // The table starts at 0; only its end needs checking.
+            return (offset_blocks + num_blocks <= self.num_blocks)
+                .then(|| (dev, offset_sectors + (offset_blocks << self.block_shift)));
+        }
+        let ct = &self.targets[self.find(offset_blocks)];
+        let rel = offset_blocks - ct.start_blocks;
+        let last = rel + num_blocks - 1;
+        if ct.direct && last < ct.len_blocks && (rel | ct.split_mask) == (last | ct.split_mask) {
+            ct.map_inline(rel << self.block_shift)
+        } else {
+            None
         }
     }
 
@@ -355,7 +400,7 @@ struct ParentSlot {
 
 /// Everything of the core's channel that changes; one `RefCell` around it.
 struct CoreState {
-    table: Option<Box<CoreTable>>,
+    table: Option<CoreTable>,
     /// Take the hot path: live table, not suspended, nothing held, writable, alive.
     fast: bool,
     suspended: bool,
@@ -434,7 +479,7 @@ impl CoreState {
             })
             .collect();
         let mut st = CoreState {
-            table: p.table.as_ref().map(|t| Box::new(CoreTable::build(t, core))),
+            table: p.table.as_ref().map(|t| CoreTable::build(t, core)),
             fast: false,
             suspended: p.suspended,
             noflush: p.noflush,
@@ -468,7 +513,7 @@ impl CoreState {
             retry: VecDeque::with_capacity(QUEUE_CAPACITY),
             fifo_len: 0,
         };
-        if let Some(t) = st.table.as_deref_mut() {
+        if let Some(t) = st.table.as_mut() {
             t.holding = !p.suspended;
         }
         st.refresh_fast();
@@ -477,7 +522,7 @@ impl CoreState {
 
     fn refresh_fast(&mut self) {
         self.fast =
-            !self.suspended && !self.dead && self.held.is_empty() && self.table.as_deref().is_some_and(|t| !t.readonly);
+            !self.suspended && !self.dead && self.held.is_empty() && self.table.as_ref().is_some_and(|t| !t.readonly);
     }
 
     /// Whether a piece failing because its base is gone goes back to the held queue.
@@ -486,9 +531,35 @@ impl CoreState {
         self.suspended && self.noflush && !self.dead
     }
 
-    /// Entry of every request (`BackendChannel::submit`).
-    #[inline]
-    fn submit(&mut self, io: IoBox, cq: &CompletionQueue) -> Submit {
+    /// Entry of every request (`BackendChannel::submit`). The hot path — device running, a
+    /// range inside one chunk of a direct linear or striped target — is straight-line here and
+    /// forwards the request in place; everything else goes to [`CoreState::submit_general`].
+    #[inline(always)]
+    fn submit(&mut self, mut io: IoBox, cq: &CompletionQueue) -> Submit {
+        if self.fast && io.op.needs_range() {
+            if let Some(t) = self.table.as_ref() {
+                if let Some((dev, sector)) = t.map_direct(io.offset_blocks, io.num_blocks) {
+                    let d = &t.devs[dev as usize];
+                    let orig = io.offset_blocks;
+                    *io.layer_word() = orig;
+                    io.offset_blocks = sector >> d.sector_shift;
+                    // In place: a success goes straight up; failures come back to `on_complete`.
+                    return match d.ch.forward(io, &self.fwd, orig) {
+                        Submit::Accepted => Submit::Accepted,
+                        Submit::Requeue(mut io) => {
+                            io.offset_blocks = orig;
+                            Submit::Requeue(io)
+                        }
+                    };
+                }
+            }
+        }
+        self.submit_general(io, cq)
+    }
+
+    /// Every request the hot path of [`CoreState::submit`] does not take.
+    #[inline(never)]
+    fn submit_general(&mut self, io: IoBox, cq: &CompletionQueue) -> Submit {
         if self.fast {
             return self.submit_mapped(io, cq);
         }
@@ -510,7 +581,7 @@ impl CoreState {
 
     /// The checks the hot path's flag stands for: a table, writability, range.
     fn submit_checked(&mut self, io: IoBox, cq: &CompletionQueue) -> Submit {
-        let Some(t) = self.table.as_deref() else {
+        let Some(t) = self.table.as_ref() else {
             io.complete(IoStatus::Failed);
             return Submit::Accepted;
         };
@@ -529,7 +600,7 @@ impl CoreState {
     /// Maps a request against the live table: direct forward, or split.
     #[inline]
     fn submit_mapped(&mut self, mut io: IoBox, cq: &CompletionQueue) -> Submit {
-        let Some(t) = self.table.as_deref_mut() else {
+        let Some(t) = self.table.as_mut() else {
             io.complete(IoStatus::Failed);
             return Submit::Accepted;
         };
@@ -609,7 +680,7 @@ impl CoreState {
         let Some(pidx) = self.free_parents.pop() else {
             return Submit::Requeue(io);
         };
-        let t = self.table.as_deref().expect("split needs a table");
+        let t = self.table.as_ref().expect("split needs a table");
         let (next, end) = match io.op {
             IoOp::Flush => (0, t.legs.len() as u64),
             IoOp::Reset => (0, t.devs.len() as u64),
@@ -648,7 +719,7 @@ impl CoreState {
             ..
         } = self;
         let requeue_removed = *suspended && *noflush && !*dead;
-        let t = table.as_deref_mut().expect("issue needs a table");
+        let t = table.as_mut().expect("issue needs a table");
         let p = &mut parents[pidx as usize];
         let pio = p.io.as_ref().expect("parent present");
         let op = pio.op;
@@ -794,7 +865,7 @@ impl CoreState {
 
     #[cold]
     fn direct_failed(&mut self, io: IoBox, status: IoStatus) {
-        if let Some(t) = self.table.as_deref() {
+        if let Some(t) = self.table.as_ref() {
             if io.offset_blocks < t.num_blocks {
                 let ct = &t.targets[t.find(io.offset_blocks)];
                 ct.target.on_error(
@@ -820,7 +891,7 @@ impl CoreState {
         let m = self.meta[id];
         let mut status = io.status();
         if m.kind != ChildKind::ResetLeg {
-            let t = self.table.as_deref().expect("children imply a table");
+            let t = self.table.as_ref().expect("children imply a table");
             let target = &t.targets[m.target as usize].target;
             if m.word != 0 {
                 status = target.end_io(&mut io, status, m.word);
@@ -852,7 +923,7 @@ impl CoreState {
 
     /// Resubmits children (and forwarded parents released by delay) that a base handed back.
     fn run_retry(&mut self, cq: &CompletionQueue) -> usize {
-        let Some(t) = self.table.as_deref() else { return 0 };
+        let Some(t) = self.table.as_ref() else { return 0 };
         let mut n = 0;
         while let Some((io, dev)) = self.retry.pop_front() {
             match t.devs[dev as usize].ch.submit(io, cq) {
@@ -887,7 +958,7 @@ impl CoreState {
 
     /// Submits delay pieces whose time came (all of them with `all`).
     fn release_due(&mut self, cq: &CompletionQueue, all: bool) -> usize {
-        let Some(t) = self.table.as_deref_mut() else { return 0 };
+        let Some(t) = self.table.as_mut() else { return 0 };
         let now = if all { u64::MAX } else { ticks() };
         let mut n = 0;
         for &ti in &t.delay_targets {
@@ -1027,7 +1098,7 @@ impl DmCore {
         let mut st = self.inner.st.borrow_mut();
         st.suspended = true;
         st.noflush = noflush;
-        if let Some(t) = st.table.as_deref_mut() {
+        if let Some(t) = st.table.as_mut() {
             t.holding = false;
         }
         if st.fifo_len > 0 {
@@ -1058,15 +1129,15 @@ impl DmCore {
     pub(crate) fn resume(&self, table: Option<&Arc<Table>>, core: CoreId) {
         let mut st = self.inner.st.borrow_mut();
         if let Some(tb) = table {
-            let same = st.table.as_deref().is_some_and(|t| Arc::ptr_eq(&t.table, tb));
+            let same = st.table.as_ref().is_some_and(|t| Arc::ptr_eq(&t.table, tb));
             if !same {
                 debug_assert_eq!(st.fwd.inflight(), 0, "table swap with I/O in flight");
-                st.table = Some(Box::new(CoreTable::build(tb, core)));
+                st.table = Some(CoreTable::build(tb, core));
             }
         }
         st.suspended = false;
         st.noflush = false;
-        if let Some(t) = st.table.as_deref_mut() {
+        if let Some(t) = st.table.as_mut() {
             t.holding = true;
         }
         st.refresh_fast();
