@@ -139,24 +139,49 @@ impl Raid0 {
         self.zones.last().map(|z| z.end).unwrap_or(0)
     }
 
+    /// For one zone of a power-of-two number of members: (log2 chunk sectors, log2 members),
+    /// the shape a data path can map with shifts alone (both layouts agree on one zone).
+    pub fn pow2_single_zone(&self) -> Option<(u32, u32)> {
+        match self.zones.as_slice() {
+            [z] if z.members.len().is_power_of_two() && z.start == 0 && z.dev_start == 0 => {
+                let in_order = z.members.iter().enumerate().all(|(i, m)| m.0 as usize == i);
+                in_order.then(|| (self.chunk_sectors.trailing_zeros(), z.members.len().trailing_zeros()))
+            }
+            _ => None,
+        }
+    }
+
     /// Number of zones.
     pub fn zone_count(&self) -> usize {
         self.zones.len()
     }
 
-    /// The place of `array_sector` and the sectors left in its chunk.
+    /// The place of `array_sector` and the sectors left in its chunk. On the I/O path: the
+    /// chunk is a power of two (shifts and masks), and so is the member count of most zones.
+    #[inline]
     pub fn map(&self, array_sector: u64) -> (Place, u64) {
-        let z = &self.zones[self.zones.partition_point(|z| z.end <= array_sector)];
-        let chunk = self.chunk_sectors;
-        let zsect = array_sector - z.start;
-        let chunk_off = array_sector % chunk;
-        let zchunk = zsect / chunk;
-        let nb = z.members.len() as u64;
-        let idx = match self.layout {
-            Raid0Layout::Original => (array_sector / chunk) % nb,
-            Raid0Layout::Alternate => zchunk % nb,
+        let z = if self.zones.len() == 1 {
+            &self.zones[0]
+        } else {
+            &self.zones[self.zones.partition_point(|z| z.end <= array_sector)]
         };
-        let sector = z.dev_start + (zchunk / nb) * chunk + chunk_off;
+        let chunk = self.chunk_sectors;
+        let shift = chunk.trailing_zeros();
+        let zsect = array_sector - z.start;
+        let chunk_off = array_sector & (chunk - 1);
+        let zchunk = zsect >> shift;
+        let nb = z.members.len() as u64;
+        let pick = match self.layout {
+            Raid0Layout::Original => array_sector >> shift,
+            Raid0Layout::Alternate => zchunk,
+        };
+        let (idx, row) = if nb.is_power_of_two() {
+            let s = nb.trailing_zeros();
+            (pick & (nb - 1), zchunk >> s)
+        } else {
+            (pick % nb, zchunk / nb)
+        };
+        let sector = z.dev_start + (row << shift) + chunk_off;
         (
             Place {
                 member: z.members[idx as usize],
