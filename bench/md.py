@@ -1,0 +1,208 @@
+#!/usr/bin/env python3
+"""md RAID benchmarks, as same-run ratios against a reference measured by the same script.
+
+Cases (each run RUNS times, interleaved; medians reported):
+  1. raid0 over 2 null bdevs (64 KiB chunks) vs one null bdev: keel-perf, 1 core, qd 128,
+     4 KiB randread. SPDK's raid0 over 2 null runs at 0.45x bare null on this machine class;
+     the issue aims at >= 0.75x.
+  2. raid1 over 2 malloc bdevs vs one malloc bdev: keel-perf, 1 core, qd 32, 4 KiB randread and
+     randwrite (SPDK on one core here: 0.87 M read, 0.43 M write IOPS).
+  3. Resync of a 1 GiB raid1 on 2 malloc members (keel-tgt, md_create without assume_clean,
+     md_set_sync_speed max 10 GiB/s; time from create until md_get_arrays says idle) in MiB/s,
+     vs a memcpy of the same size (CPython bytearray slice copy: memmove of 1 GiB).
+  4. Foreground IOPS during that resync as a fraction of the same workload on the idle array:
+     keel-perf, 1 core, qd 32, 4 KiB randrw 70 % reads on a 1 GiB raid1 of 2 mallocs, created
+     without assume_clean (resync runs under the workload) vs with assume_clean. Linux speed
+     semantics: foreground writes make the resync fall back to speed_limit_min (default
+     1000 KiB/s), so this measures what the resync costs the foreground at its floor.
+
+Usage: bench/md.py [--runs 3] [--time 5] [--json OUT]
+Builds keel-perf and keel-tgt in release mode; keel-tgt is driven over its RPC socket.
+"""
+import argparse
+import json
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from benchlib import machine  # noqa: E402
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PERF = os.path.join(ROOT, "target", "release", "keel-perf")
+TGT = os.path.join(ROOT, "target", "release", "keel-tgt")
+
+NULL_BLOCKS = 262144  # 1 GiB of 4 KiB blocks
+# Malloc members for 1 GiB arrays: 1 GiB of data + mdadm's data_offset (a few MiB).
+MALLOC_MEMBER_BLOCKS = 262144 + 2048
+SPDK_RAID0_RATIO = 0.45
+SPDK_RAID1_READ_M = 0.87
+SPDK_RAID1_WRITE_M = 0.43
+
+
+def perf_config(extra_md, clean=True):
+    bdev = [{"method": "bdev_null_create", "params": {"name": "Null%d" % i, "num_blocks": NULL_BLOCKS,
+                                                      "block_size": 4096}} for i in range(3)]
+    bdev += [{"method": "bdev_malloc_create", "params": {"name": "Malloc%d" % i,
+                                                         "num_blocks": MALLOC_MEMBER_BLOCKS,
+                                                         "block_size": 4096}} for i in range(3)]
+    bdev += [
+        {"method": "md_create", "params": {"name": "r0", "level": "raid0", "members": ["Null1", "Null2"],
+                                           "chunk_kb": 64}},
+        {"method": "md_create", "params": {"name": "r1", "level": "raid1", "members": ["Malloc1", "Malloc2"],
+                                           "assume_clean": clean}},
+    ]
+    bdev += extra_md
+    return {"subsystems": [{"subsystem": "bdev", "config": bdev}]}
+
+
+def perf(cfg, bdev, workload, qd, t, extra=()):
+    with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
+        json.dump(cfg, f)
+        path = f.name
+    try:
+        out = subprocess.run([PERF, "--json", path, "-T", bdev, "-w", workload, "-q", str(qd), "-o", "4096",
+                              "-t", str(t), "-m", "0x1", "--output-format", "json", *extra],
+                             check=True, capture_output=True, text=True).stdout
+    finally:
+        os.unlink(path)
+    res = json.loads(out)
+    assert all(j["io_failed"] == 0 for j in res["results"]), res
+    return sum(j["iops"] for j in res["results"])
+
+
+class Tgt:
+    """A release keel-tgt on a private socket, driven with raw JSON-RPC."""
+
+    def __init__(self):
+        self.dir = tempfile.mkdtemp()
+        self.path = os.path.join(self.dir, "spdk.sock")
+        self.p = subprocess.Popen([TGT, "-r", self.path, "-m", "0x1", "-L", "warn"], stderr=subprocess.DEVNULL)
+        t0 = time.time()
+        while True:
+            try:
+                self.s = socket.socket(socket.AF_UNIX)
+                self.s.connect(self.path)
+                break
+            except OSError:
+                if time.time() - t0 > 10:
+                    raise RuntimeError("keel-tgt not ready")
+                time.sleep(0.01)
+        self.id = 0
+        self.buf = b""
+
+    def call(self, method, params=None):
+        self.id += 1
+        req = {"jsonrpc": "2.0", "id": self.id, "method": method}
+        if params is not None:
+            req["params"] = params
+        self.s.sendall(json.dumps(req).encode())
+        dec = json.JSONDecoder()
+        while True:
+            try:
+                obj, end = dec.raw_decode(self.buf.decode())
+                self.buf = self.buf[len(self.buf.decode()[:end].encode()):].lstrip()
+                break
+            except ValueError:
+                self.buf += self.s.recv(1 << 20)
+        if "error" in obj:
+            raise RuntimeError(f"{method}: {obj['error']}")
+        return obj["result"]
+
+    def close(self):
+        try:
+            self.call("spdk_kill_instance", {"sig_name": "SIGTERM"})
+        except Exception:
+            pass
+        self.p.wait(timeout=30)
+
+
+def resync_mib_s():
+    t = Tgt()
+    try:
+        for i in range(2):
+            t.call("bdev_malloc_create", {"name": "M%d" % i, "num_blocks": MALLOC_MEMBER_BLOCKS, "block_size": 4096})
+        t0 = time.perf_counter()
+        t.call("md_create", {"name": "rs", "level": "raid1", "members": ["M0", "M1"]})
+        t.call("md_set_sync_speed", {"name": "rs", "max_kbs": 10 * 1024 * 1024})
+        size = 0
+        while True:
+            a = t.call("md_get_arrays", {"name": "rs"})[0]
+            size = a["size_blocks"] * a["block_size"]
+            if a["sync_action"] == "idle" and a.get("last_sync_action") == "resync":
+                break
+            time.sleep(0.005)
+        dt = time.perf_counter() - t0
+        return size / (1 << 20) / dt
+    finally:
+        t.close()
+
+
+def memcpy_mib_s():
+    src = bytearray(os.urandom(1 << 20)) * 1024
+    dst = bytearray(len(src))
+    t0 = time.perf_counter()
+    dst[:] = src
+    dt = time.perf_counter() - t0
+    return len(src) / (1 << 20) / dt
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--time", type=int, default=5)
+    ap.add_argument("--json", help="write results here")
+    a = ap.parse_args()
+    subprocess.run(["cargo", "build", "--release", "-q", "-p", "keel-perf", "-p", "keel-app"], cwd=ROOT, check=True)
+    clean = perf_config([])
+    resyncing = perf_config([], clean=False)
+    cases = [
+        ("null randread qd128", lambda: perf(clean, "Null0", "randread", 128, a.time)),
+        ("raid0/2 null randread qd128", lambda: perf(clean, "r0", "randread", 128, a.time)),
+        ("malloc randread qd32", lambda: perf(clean, "Malloc0", "randread", 32, a.time)),
+        ("raid1/2 malloc randread qd32", lambda: perf(clean, "r1", "randread", 32, a.time)),
+        ("malloc randwrite qd32", lambda: perf(clean, "Malloc0", "randwrite", 32, a.time)),
+        ("raid1/2 malloc randwrite qd32", lambda: perf(clean, "r1", "randwrite", 32, a.time)),
+        ("raid1 randrw70 qd32, idle", lambda: perf(clean, "r1", "randrw", 32, a.time, ("-M", "70"))),
+        ("raid1 randrw70 qd32, during resync", lambda: perf(resyncing, "r1", "randrw", 32, a.time, ("-M", "70"))),
+        ("resync 1 GiB raid1 (MiB/s)", resync_mib_s),
+        ("memcpy 1 GiB (MiB/s)", memcpy_mib_s),
+    ]
+    runs = {name: [] for name, _ in cases}
+    for _ in range(a.runs):
+        for name, f in cases:
+            runs[name].append(f())
+    med = {name: statistics.median(v) for name, v in runs.items()}
+    ratios = [
+        ("raid0/2 null vs null", "raid0/2 null randread qd128", "null randread qd128", "SPDK 0.45x; aim >= 0.75x"),
+        ("raid1/2 malloc read vs malloc", "raid1/2 malloc randread qd32", "malloc randread qd32",
+         f"SPDK {SPDK_RAID1_READ_M} M"),
+        ("raid1/2 malloc write vs malloc", "raid1/2 malloc randwrite qd32", "malloc randwrite qd32",
+         f"SPDK {SPDK_RAID1_WRITE_M} M"),
+        ("foreground during resync vs idle", "raid1 randrw70 qd32, during resync", "raid1 randrw70 qd32, idle", ""),
+        ("resync vs memcpy", "resync 1 GiB raid1 (MiB/s)", "memcpy 1 GiB (MiB/s)", ""),
+    ]
+    print(f"machine: {machine()}")
+    print(f"{a.runs} runs, keel-perf -m 0x1 -t {a.time}, interleaved; medians\n")
+    for name, f in cases:
+        unit = "MiB/s" if "MiB/s" in name else "IOPS"
+        shown = ", ".join(f"{r / 1e6:.3f}" if unit == "IOPS" else f"{r:.0f}" for r in runs[name])
+        v = med[name] / 1e6 if unit == "IOPS" else med[name]
+        print(f"{name:40} {v:10.3f} {'M IOPS' if unit == 'IOPS' else 'MiB/s'}  ({shown})")
+    print()
+    out = []
+    for label, num, den, note in ratios:
+        r = med[num] / med[den]
+        out.append({"ratio": label, "value": r, "numerator": num, "denominator": den})
+        print(f"{label:40} {r:6.2f}x  {note}")
+    if a.json:
+        with open(a.json, "w") as f:
+            json.dump({"machine": machine(), "runs": runs, "medians": med, "ratios": out}, f, indent=2)
+
+
+if __name__ == "__main__":
+    main()
