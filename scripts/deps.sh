@@ -7,6 +7,8 @@ cd "$(dirname "$0")/.."
 need_apt=()
 command -v fio >/dev/null 2>&1 || need_apt+=(fio)
 command -v mdadm >/dev/null 2>&1 || need_apt+=(mdadm)
+# The kernel-made md fixture images are committed zstd-compressed.
+command -v zstd >/dev/null 2>&1 || need_apt+=(zstd)
 if [ ${#need_apt[@]} -gt 0 ]; then
   SUDO=""
   [ "$(id -u)" -eq 0 ] || SUDO="sudo"
@@ -14,7 +16,7 @@ if [ ${#need_apt[@]} -gt 0 ]; then
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${need_apt[@]}" >/dev/null
 fi
-for tool in fio mdadm; do
+for tool in fio mdadm zstd; do
   command -v $tool >/dev/null 2>&1 || { echo "$tool is required and could not be installed" >&2; exit 1; }
 done
 
