@@ -171,6 +171,29 @@ fn slice_iovs(src: &SgList, mut off: u64, mut len: u64, dst: &mut SgList) {
     }
 }
 
+/// Hands `io` to `member` (role `m`) at `member_offset_blocks` with [`Channel::forward`]: the
+/// original offset and the role go into the layer word (a failure comes back knowing both), and
+/// a request handed back gets its offset restored.
+#[inline]
+fn forward_in_place(
+    member: &Channel,
+    fwd: &Rc<ForwardCtx>,
+    mut io: IoBox,
+    m: usize,
+    member_offset_blocks: u64,
+) -> Submit {
+    let orig = io.offset_blocks;
+    *io.layer_word() = orig | ((m as u64) << MEMBER_SHIFT);
+    io.offset_blocks = member_offset_blocks;
+    match member.forward(io, fwd, orig) {
+        Submit::Accepted => Submit::Accepted,
+        Submit::Requeue(mut io) => {
+            io.offset_blocks = orig;
+            Submit::Requeue(io)
+        }
+    }
+}
+
 #[inline]
 fn upward(status: IoStatus) -> IoStatus {
     if status == IoStatus::Removed {
@@ -261,7 +284,7 @@ impl State {
 
     /// Entry of every request (range and op already validated by the bdev layer).
     #[inline]
-    fn submit(&mut self, mut io: IoBox, cq: &CompletionQueue) -> Submit {
+    fn submit(&mut self, io: IoBox, cq: &CompletionQueue) -> Submit {
         if let Some(f) = self.fast {
             if !self.dead && !matches!(io.op, IoOp::Flush | IoOp::Reset) {
                 let start = io.offset_blocks << f.block_shift;
@@ -272,16 +295,8 @@ impl State {
                     let m = (chunk & ((1 << f.members_shift) - 1)) as usize;
                     let member_sector = ((chunk >> f.members_shift) << f.chunk_shift) + off;
                     if let Some(member) = self.members[m].as_ref() {
-                        let orig = io.offset_blocks;
-                        *io.layer_word() = orig | ((m as u64) << MEMBER_SHIFT);
-                        io.offset_blocks = (f.data_offset_sectors + member_sector) >> f.block_shift;
-                        return match member.forward(io, &self.fwd, orig) {
-                            Submit::Accepted => Submit::Accepted,
-                            Submit::Requeue(mut io) => {
-                                io.offset_blocks = orig;
-                                Submit::Requeue(io)
-                            }
-                        };
+                        let at = (f.data_offset_sectors + member_sector) >> f.block_shift;
+                        return forward_in_place(member, &self.fwd, io, m, at);
                     }
                 }
             }
@@ -420,14 +435,7 @@ impl State {
     /// Sends the whole request to member `m` at `member_sector` (relative to data_offset): in
     /// place when the member has the array's block size, as a one-piece split otherwise.
     #[inline]
-    fn forward(
-        &mut self,
-        mut io: IoBox,
-        m: usize,
-        member_sector: u64,
-        array_sector: u64,
-        cq: &CompletionQueue,
-    ) -> Submit {
+    fn forward(&mut self, io: IoBox, m: usize, member_sector: u64, array_sector: u64, cq: &CompletionQueue) -> Submit {
         let g = &*self.geo;
         let shift = g.member_shifts[m];
         let Some(member) = self.members[m].as_ref() else {
@@ -438,16 +446,13 @@ impl State {
             let len = io.num_blocks << g.block_shift;
             return self.accept(io, Kind::Split, array_sector, array_sector + len, cq);
         }
-        let orig = io.offset_blocks;
-        *io.layer_word() = orig | ((m as u64) << MEMBER_SHIFT);
-        io.offset_blocks = (g.data_offset_sectors + member_sector) >> shift;
-        match member.forward(io, &self.fwd, orig) {
-            Submit::Accepted => Submit::Accepted,
-            Submit::Requeue(mut io) => {
-                io.offset_blocks = orig;
-                Submit::Requeue(io)
-            }
-        }
+        forward_in_place(
+            member,
+            &self.fwd,
+            io,
+            m,
+            (g.data_offset_sectors + member_sector) >> shift,
+        )
     }
 
     /// Takes a parent slot and issues children while they last.

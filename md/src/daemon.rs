@@ -73,16 +73,11 @@ pub(crate) fn write_meta(targets: Vec<MetaTarget>, done: impl FnOnce(Vec<Option<
     }));
     if total == 0 {
         // Still answer from a poller, never on the caller's stack.
-        let handle: Rc<RefCell<Option<PollerHandle>>> = Rc::default();
-        let h2 = handle.clone();
-        let h = current().register_poller("md_meta_none", move || {
+        meta_io::defer(move || {
             if let Some(d) = st.borrow_mut().done.take() {
                 d(Vec::new());
             }
-            h2.borrow_mut().take();
-            PollStatus::Busy
         });
-        *handle.borrow_mut() = Some(h);
         return;
     }
     for (i, (ch, name, blocks)) in targets.into_iter().enumerate() {
@@ -614,33 +609,18 @@ impl Daemon {
             sbs.push((Who::Spare(m.id), self.array.member_sb(&ctl, m, None, active)));
         }
         for (who, sb) in sbs {
-            let m: &MemberRec = match who {
-                Who::Role(r) => ctl.slots[r].as_ref().expect("listed"),
-                Who::Spare(id) => ctl.spares.iter().find(|m| m.id == id).expect("listed"),
+            let m: &mut MemberRec = match who {
+                Who::Role(r) => ctl.slots[r].as_mut().expect("listed"),
+                Who::Spare(id) => ctl.spares.iter_mut().find(|m| m.id == id).expect("listed"),
             };
             targets.push((
                 Rc::new(m.desc.channel()),
                 m.name.clone(),
                 vec![(V1_2_SUPER_OFFSET_SECTORS * 512, sb.encode().to_vec())],
             ));
+            // Remember what was written.
+            m.sb = sb;
             whos.push(who);
-        }
-        // Remember what was written.
-        for (i, who) in whos.iter().enumerate() {
-            let sb = crate::superblock::Superblock::decode(&targets[i].2[0].1, V1_2_SUPER_OFFSET_SECTORS)
-                .expect("own encoding decodes");
-            match *who {
-                Who::Role(r) => {
-                    if let Some(m) = ctl.slots[r].as_mut() {
-                        m.sb = sb
-                    }
-                }
-                Who::Spare(id) => {
-                    if let Some(m) = ctl.spares.iter_mut().find(|m| m.id == id) {
-                        m.sb = sb
-                    }
-                }
-            }
         }
         drop(ctl);
         let opens = std::mem::take(&mut self.open_gate_after);

@@ -107,8 +107,9 @@ pub fn write(channel: &Channel, offset_bytes: u64, data: &[u8], done: impl FnOnc
     }
 }
 
-/// Runs `f` once from a poller on this core.
-fn defer(f: impl FnOnce() + 'static) {
+/// Runs `f` once from a poller on this core (an answer that must not run on its caller's
+/// stack).
+pub(crate) fn defer(f: impl FnOnce() + 'static) {
     let handle: Rc<RefCell<Option<PollerHandle>>> = Rc::default();
     let h2 = handle.clone();
     let mut f = Some(f);
