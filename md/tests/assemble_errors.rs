@@ -6,30 +6,10 @@
 
 mod common;
 
-use std::sync::mpsc;
-use std::time::{Duration, Instant};
-
 use common::{Rig, MAIN};
 use keel_bdev::IoStatus;
 use keel_md::superblock::{Superblock, V1_2_SUPER_OFFSET_SECTORS};
 use keel_md::{AssembleOpts, MdError};
-
-fn assemble(r: &Rig, opts: AssembleOpts) -> Result<String, MdError> {
-    let (tx, rx) = mpsc::channel();
-    r.d.enter(MAIN, || {
-        r.md.assemble(opts, move |res| {
-            let _ = tx.send(res);
-        })
-    });
-    let until = Instant::now() + Duration::from_secs(10);
-    loop {
-        if let Ok(res) = rx.try_recv() {
-            return res;
-        }
-        assert!(Instant::now() < until, "assembly did not finish");
-        r.d.turn();
-    }
-}
 
 fn members(names: &[&str]) -> AssembleOpts {
     AssembleOpts {
@@ -68,7 +48,7 @@ fn corrupt_member_is_refused_and_raid1_runs_degraded() {
     let r = Rig::new(1);
     made(&r, "mir", "raid1", &["M0", "M1"]);
     corrupt(&r, "M1");
-    let name = assemble(&r, members(&["M0", "M1"])).unwrap();
+    let name = r.assemble(members(&["M0", "M1"])).unwrap();
     assert_eq!(name, "mir");
     let a = r.array("mir");
     assert_eq!(
@@ -96,7 +76,7 @@ fn corrupt_raid0_member_fails_with_the_refusal() {
     let r = Rig::new(1);
     made(&r, "str", "raid0", &["S0", "S1"]);
     corrupt(&r, "S1");
-    let e = assemble(&r, members(&["S0", "S1"])).unwrap_err().to_string();
+    let e = r.assemble(members(&["S0", "S1"])).unwrap_err().to_string();
     assert!(
         e.contains("member 'S1' refused: invalid md superblock: sb_csum"),
         "the error names the member and the field: {e}"
@@ -110,7 +90,7 @@ fn corrupt_raid0_member_fails_with_the_refusal() {
 fn raid0_missing_a_role() {
     let r = Rig::new(1);
     made(&r, "z", "raid0", &["Z0", "Z1", "Z2"]);
-    let e = assemble(&r, members(&["Z0", "Z2"])).unwrap_err();
+    let e = r.assemble(members(&["Z0", "Z2"])).unwrap_err();
     let msg = e.to_string();
     assert!(matches!(e, MdError::InvalidParam { param: "members", .. }), "{e:?}");
     assert!(msg.contains("without role 1") && msg.contains("raid0"), "{msg}");
@@ -125,14 +105,12 @@ fn raid0_missing_a_role() {
         keel_bdev::modules::malloc::delete(&r.reg, "Z1", || {}).unwrap();
     });
     r.run_for_ms(20);
-    let e = assemble(
-        &r,
-        AssembleOpts {
+    let e = r
+        .assemble(AssembleOpts {
             uuid: Some(uuid),
             ..Default::default()
-        },
-    )
-    .unwrap_err();
+        })
+        .unwrap_err();
     assert!(e.to_string().contains("without role 1"), "{e}");
     assert_unclaimed(&r, &["Z0", "Z2"]);
 }
@@ -142,7 +120,7 @@ fn members_of_two_arrays() {
     let r = Rig::new(1);
     made(&r, "a1", "raid1", &["A0", "A1"]);
     made(&r, "b1", "raid1", &["B0", "B1"]);
-    let e = assemble(&r, members(&["A0", "A1", "B0"])).unwrap_err().to_string();
+    let e = r.assemble(members(&["A0", "A1", "B0"])).unwrap_err().to_string();
     assert!(
         e.contains("different arrays") && e.contains("B0") && e.contains("A0, A1"),
         "{e}"
@@ -154,54 +132,44 @@ fn members_of_two_arrays() {
             .unwrap()
             .set_uuid,
     );
-    let e = assemble(
-        &r,
-        AssembleOpts {
+    let e = r
+        .assemble(AssembleOpts {
             uuid: Some(uuid_b.clone()),
             members: Some(vec!["A0".into()]),
             ..Default::default()
-        },
-    )
-    .unwrap_err()
-    .to_string();
+        })
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("not members of array") && e.contains("'A0'"), "{e}");
     assert_unclaimed(&r, &["A0"]);
 
     // By name, by uuid: each finds its own.
     assert_eq!(
-        assemble(
-            &r,
-            AssembleOpts {
-                name: Some("a1".into()),
-                ..Default::default()
-            }
-        )
+        r.assemble(AssembleOpts {
+            name: Some("a1".into()),
+            ..Default::default()
+        })
         .unwrap(),
         "a1"
     );
     assert_eq!(
-        assemble(
-            &r,
-            AssembleOpts {
-                uuid: Some(uuid_b.clone()),
-                name: Some("bee".into()),
-                ..Default::default()
-            }
-        )
+        r.assemble(AssembleOpts {
+            uuid: Some(uuid_b.clone()),
+            name: Some("bee".into()),
+            ..Default::default()
+        })
         .unwrap(),
         "bee"
     );
     assert_eq!(r.array("bee").members.len(), 2);
     // Already running.
-    let e = assemble(
-        &r,
-        AssembleOpts {
+    let e = r
+        .assemble(AssembleOpts {
             uuid: Some(uuid_b.clone()),
             name: Some("b2".into()),
             ..Default::default()
-        },
-    )
-    .unwrap_err();
+        })
+        .unwrap_err();
     assert!(
         matches!(&e, MdError::Exists(m) if m.contains("already running as 'bee'")),
         "{e:?}"
@@ -212,7 +180,7 @@ fn members_of_two_arrays() {
         name: Some("bee".into()),
         members: Some(vec!["B1".into()]),
     };
-    assert_eq!(assemble(&r, again).unwrap(), "bee");
+    assert_eq!(r.assemble(again).unwrap(), "bee");
     r.stop("a1").unwrap();
     r.stop("bee").unwrap();
 }
@@ -222,48 +190,42 @@ fn bad_requests() {
     let r = Rig::new(1);
     made(&r, "m", "raid1", &["N0", "N1"]);
     r.malloc("taken", 64, 512);
-    let e = assemble(
-        &r,
-        AssembleOpts {
+    let e = r
+        .assemble(AssembleOpts {
             name: Some("taken".into()),
             members: Some(vec!["N0".into(), "N1".into()]),
             ..Default::default()
-        },
-    )
-    .unwrap_err();
+        })
+        .unwrap_err();
     assert!(matches!(e, MdError::Exists(_)), "{e:?}");
     assert_unclaimed(&r, &["N0", "N1"]);
-    let e = assemble(&r, members(&["N0", "nope"])).unwrap_err();
+    let e = r.assemble(members(&["N0", "nope"])).unwrap_err();
     assert!(matches!(&e, MdError::NotFound(m) if m.contains("'nope'")), "{e:?}");
-    let e = assemble(&r, members(&["N0", "N0"])).unwrap_err();
+    let e = r.assemble(members(&["N0", "N0"])).unwrap_err();
     assert!(e.to_string().contains("listed twice"), "{e}");
-    let e = assemble(&r, AssembleOpts::default()).unwrap_err();
+    let e = r.assemble(AssembleOpts::default()).unwrap_err();
     assert!(matches!(e, MdError::InvalidParam { param: "uuid", .. }), "{e:?}");
-    let e = assemble(
-        &r,
-        AssembleOpts {
+    let e = r
+        .assemble(AssembleOpts {
             uuid: Some("not-a-uuid".into()),
             ..Default::default()
-        },
-    )
-    .unwrap_err();
+        })
+        .unwrap_err();
     assert!(matches!(e, MdError::InvalidParam { param: "uuid", .. }), "{e:?}");
-    let e = assemble(
-        &r,
-        AssembleOpts {
+    let e = r
+        .assemble(AssembleOpts {
             uuid: Some("01234567:89abcdef:01234567:89abcdef".into()),
             ..Default::default()
-        },
-    )
-    .unwrap_err();
+        })
+        .unwrap_err();
     assert!(matches!(e, MdError::NotFound(_)), "{e:?}");
     // A bdev without any superblock, named: refused by name; nothing usable is left.
-    let e = assemble(&r, members(&["taken"])).unwrap_err().to_string();
+    let e = r.assemble(members(&["taken"])).unwrap_err().to_string();
     assert!(e.contains("member 'taken' refused"), "{e}");
     assert_unclaimed(&r, &["N0", "N1", "taken"]);
     // Running array: its members are claimed.
-    assert_eq!(assemble(&r, members(&["N0", "N1"])).unwrap(), "m");
-    let e = assemble(&r, members(&["N0"])).unwrap_err();
+    assert_eq!(r.assemble(members(&["N0", "N1"])).unwrap(), "m");
+    let e = r.assemble(members(&["N0"])).unwrap_err();
     assert!(matches!(e, MdError::Busy(_)), "{e:?}");
     r.stop("m").unwrap();
 }

@@ -10,12 +10,9 @@ mod common;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::mpsc;
-use std::time::{Duration, Instant};
 
-use common::{Rig, MAIN};
-use keel_md::superblock::{Superblock, V1_2_SUPER_OFFSET_SECTORS};
-use keel_md::{AssembleOpts, MdError};
+use common::Rig;
+use keel_md::AssembleOpts;
 use serde_json::Value;
 
 fn fixture_dir(set: &str) -> PathBuf {
@@ -75,23 +72,6 @@ fn load_set(r: &Rig, set: &str, prefix: &str) -> Vec<String> {
         .collect()
 }
 
-fn assemble(r: &Rig, opts: AssembleOpts) -> Result<String, MdError> {
-    let (tx, rx) = mpsc::channel();
-    r.d.enter(MAIN, || {
-        r.md.assemble(opts, move |res| {
-            let _ = tx.send(res);
-        })
-    });
-    let until = Instant::now() + Duration::from_secs(10);
-    loop {
-        if let Ok(res) = rx.try_recv() {
-            return res;
-        }
-        assert!(Instant::now() < until, "assembly did not finish");
-        r.d.turn();
-    }
-}
-
 /// Block `i` of the pattern with `seed`: the u64 `i ^ seed` (LE) repeated over 4 KiB.
 fn block(i: u64, seed: u64) -> Vec<u8> {
     (i ^ seed).to_le_bytes().repeat(512)
@@ -132,7 +112,7 @@ fn check_set(set: &str, name: &str, opts: AssembleOpts, prefix: &str) -> Rig {
         members: opts.members.or(Some(members)),
         ..opts
     };
-    let got = assemble(&r, opts).unwrap();
+    let got = r.assemble(opts).unwrap();
     assert_eq!(got, name);
     assert_eq!(got, fx["name"].as_str().unwrap());
     let info = r.reg.get(name).unwrap().info().clone();
@@ -147,10 +127,6 @@ fn check_set(set: &str, name: &str, opts: AssembleOpts, prefix: &str) -> Rig {
     assert_eq!(a.data_offset_sectors, fx["data_offset_sectors"].as_u64().unwrap());
     verify_pattern(&r, name, &fx);
     r
-}
-
-fn sb(r: &Rig, m: &str) -> Superblock {
-    Superblock::decode(&r.read_bytes(m, 4096, 4096), V1_2_SUPER_OFFSET_SECTORS).unwrap()
 }
 
 #[test]
@@ -169,14 +145,12 @@ fn linear_by_uuid_without_members() {
     load_set(&r, "linear", "L");
     // Some other unclaimed bdev without a superblock is looked at and ignored.
     r.malloc("junk", 4096, 512);
-    let name = assemble(
-        &r,
-        AssembleOpts {
+    let name = r
+        .assemble(AssembleOpts {
             uuid: Some(fx["uuid"].as_str().unwrap().into()),
             ..Default::default()
-        },
-    )
-    .unwrap();
+        })
+        .unwrap();
     assert_eq!(name, "fxlin");
     assert_eq!(
         r.reg.get("fxlin").unwrap().info().size_bytes(),
@@ -211,15 +185,13 @@ fn raid10_near2_under_another_name() {
     r.stop("fxr10").unwrap();
 
     // Assembled again from what Keel wrote at stop, under a name of our choosing.
-    let name = assemble(
-        &r,
-        AssembleOpts {
+    let name = r
+        .assemble(AssembleOpts {
             name: Some("again".into()),
             members: Some((0..4).map(|i| format!("T{i}")).collect()),
             ..Default::default()
-        },
-    )
-    .unwrap();
+        })
+        .unwrap();
     assert_eq!(name, "again");
     verify_pattern(&r, "again", &fixture("raid10"));
     r.stop("again").unwrap();
@@ -236,7 +208,7 @@ fn raid1_with_bitmap() {
         ["in_sync", "in_sync"]
     );
     r.stop("fxr1").unwrap();
-    assert!(sb(&r, "B0").events > 17);
+    assert!(r.superblock("B0").events > 17);
 }
 
 #[test]
@@ -248,14 +220,12 @@ fn raid1_degraded_stale_member_rebuilds() {
     let m1_before = r.read("D1", 2048, 8);
     assert_eq!(&m1_before[..4096], block(0, 0x5eed).as_slice());
 
-    let name = assemble(
-        &r,
-        AssembleOpts {
+    let name = r
+        .assemble(AssembleOpts {
             members: Some(members),
             ..Default::default()
-        },
-    )
-    .unwrap();
+        })
+        .unwrap();
     assert_eq!(name, "fxr1d");
     let a = r.array("fxr1d");
     assert_eq!(
@@ -291,7 +261,7 @@ fn raid1_degraded_stale_member_rebuilds() {
         }
     }
     r.stop("fxr1d").unwrap();
-    let (s0, s1) = (sb(&r, "D0"), sb(&r, "D1"));
+    let (s0, s1) = (r.superblock("D0"), r.superblock("D1"));
     assert_eq!(s0.events, s1.events);
     assert_eq!(s0.dev_roles[..2], [0, 1]);
 }

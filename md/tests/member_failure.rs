@@ -9,7 +9,7 @@ mod common;
 
 use common::{Rig, MAIN};
 use keel_bdev::modules::error::{self, ErrorOpts, InjectOpts};
-use keel_md::superblock::{Superblock, ROLE_FAULTY, V1_2_SUPER_OFFSET_SECTORS};
+use keel_md::superblock::ROLE_FAULTY;
 use keel_md::CreateOpts;
 use keel_perf::{Job, JobHandle, JobSpec, JobStatus, Workload};
 use keel_reactor::CoreId;
@@ -57,10 +57,6 @@ fn finish(r: &Rig, jobs: Vec<JobHandle>, what: &str) {
     }
 }
 
-fn sb(r: &Rig, m: &str) -> Superblock {
-    Superblock::decode(&r.read_bytes(m, 4096, 4096), V1_2_SUPER_OFFSET_SECTORS).unwrap()
-}
-
 fn scenario(level: &str, members: usize, layout: Option<&str>) {
     let r = Rig::new(2);
     let mut names = Vec::new();
@@ -106,16 +102,16 @@ fn scenario(level: &str, members: usize, layout: Option<&str>) {
     assert_eq!((bad.state, bad.role), ("faulty", None));
     finish(&r, jobs, "after failure");
     // The survivors' superblocks record it.
-    r.wait_until(5, "faulty role on disk", |r| sb(r, "M0").dev_roles[1] == ROLE_FAULTY);
+    r.wait_until(5, "faulty role on disk", |r| {
+        r.superblock("M0").dev_roles[1] == ROLE_FAULTY
+    });
 
     // Remove the failed member, add a spare: recovery under load, then a check.
     r.md.remove("md", "EE_M1").unwrap();
     assert!(r.reg.get("EE_M1").unwrap().claimed_by().is_none());
     let jobs = start_verify(&r, "md");
     run_ios(&r, &jobs, 1_000);
-    let (tx, rx) = std::sync::mpsc::channel();
-    r.d.enter(MAIN, || r.md.add("md", "S0", move |res| tx.send(res).unwrap()));
-    r.wait_until(10, "md_add", |_| rx.try_recv().map(|x| x.unwrap()).is_ok());
+    r.add("md", "S0").unwrap();
     r.wait_until(30, "recovery onto the spare", |r| {
         let a = r.array("md");
         a.sync.action == "idle" && a.members.iter().all(|m| m.state == "in_sync")

@@ -7,12 +7,8 @@ mod common;
 
 use common::{pattern, Rig};
 use keel_bdev::IoStatus;
-use keel_md::superblock::{Superblock, MAX_SECTOR, V1_2_SUPER_OFFSET_SECTORS};
+use keel_md::superblock::{Superblock, MAX_SECTOR};
 use keel_md::CreateOpts;
-
-fn sb(r: &Rig, m: &str) -> Superblock {
-    Superblock::decode(&r.read_bytes(m, 4096, 4096), V1_2_SUPER_OFFSET_SECTORS).unwrap()
-}
 
 #[test]
 fn raid1_writes_reach_every_member() {
@@ -55,17 +51,17 @@ fn raid1_writes_reach_every_member() {
             .collect::<Vec<_>>(),
         [("M0", Some(0), "in_sync"), ("M1", Some(1), "in_sync")]
     );
-    assert_eq!(a.uuid, Superblock::uuid_text(&sb(&r, "M0").set_uuid));
+    assert_eq!(a.uuid, Superblock::uuid_text(&r.superblock("M0").set_uuid));
     assert!(r.md.arrays(Some("nope")).is_err());
     // Safe mode: idle writes → clean again.
     r.wait_until(5, "safe mode", |r| r.array("mir").state == "clean");
     let events = r.array("mir").events;
-    assert_eq!(sb(&r, "M1").events, events);
-    assert_eq!(sb(&r, "M1").resync_offset, MAX_SECTOR);
+    assert_eq!(r.superblock("M1").events, events);
+    assert_eq!(r.superblock("M1").resync_offset, MAX_SECTOR);
 
     r.stop("mir").unwrap();
     for (i, m) in ["M0", "M1"].into_iter().enumerate() {
-        let s = sb(&r, m);
+        let s = r.superblock(m);
         assert_eq!(
             (s.level, s.events, s.resync_offset, s.dev_number),
             (1, events + 1, MAX_SECTOR, i as u32)
@@ -91,12 +87,12 @@ fn write_marks_dirty_before_reaching_members() {
     })
     .unwrap();
     assert_eq!(r.array("mir").uuid, "01234567:89abcdef:01234567:89abcdef");
-    assert_eq!(sb(&r, "M0").resync_offset, MAX_SECTOR);
+    assert_eq!(r.superblock("M0").resync_offset, MAX_SECTOR);
     assert_eq!(r.array("mir").state, "clean");
     let data = pattern(3, 4096);
     assert_eq!(r.write("mir", 0, &data), IoStatus::Success);
     // By the time the write completed, the superblocks said "active".
-    let s = sb(&r, "M0");
+    let s = r.superblock("M0");
     assert!(s.resync_offset == 0 || r.array("mir").state == "clean", "{s:?}");
     assert!(s.events >= 2);
     r.stop("mir").unwrap();

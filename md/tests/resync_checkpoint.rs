@@ -6,15 +6,9 @@
 
 mod common;
 
-use std::sync::mpsc;
-
-use common::{pattern, Rig, MAIN};
-use keel_md::superblock::{Superblock, MAX_SECTOR, V1_2_SUPER_OFFSET_SECTORS};
+use common::{pattern, Rig};
+use keel_md::superblock::MAX_SECTOR;
 use keel_md::{AssembleOpts, CreateOpts};
-
-fn sb(r: &Rig, m: &str) -> Superblock {
-    Superblock::decode(&r.read_bytes(m, 4096, 4096), V1_2_SUPER_OFFSET_SECTORS).unwrap()
-}
 
 #[test]
 fn interrupted_resync_resumes_from_checkpoint() {
@@ -47,22 +41,16 @@ fn interrupted_resync_resumes_from_checkpoint() {
         s.action == "resync" && s.done_sectors >= 4096
     });
     r.stop("mir").unwrap();
-    let cp = sb(&r, "M0").resync_offset;
+    let cp = r.superblock("M0").resync_offset;
     assert!(cp > 0 && cp < size, "checkpoint {cp} of {size}");
-    assert_eq!(sb(&r, "M1").resync_offset, cp);
+    assert_eq!(r.superblock("M1").resync_offset, cp);
 
-    let (tx, rx) = mpsc::channel();
-    r.d.enter(MAIN, || {
-        r.md.assemble(
-            AssembleOpts {
-                name: None,
-                uuid: None,
-                members: Some(vec!["M0".into(), "M1".into()]),
-            },
-            move |res| tx.send(res).unwrap(),
-        )
-    });
-    r.wait_until(10, "assemble", |_| rx.try_recv().map(|x| x.unwrap()).is_ok());
+    r.assemble(AssembleOpts {
+        name: None,
+        uuid: None,
+        members: Some(vec!["M0".into(), "M1".into()]),
+    })
+    .unwrap();
     // Slow again, to look at where it starts.
     r.md.set_sync_speed("mir", Some(1), Some(2048)).unwrap();
     r.wait_until(10, "resync resumed", |r| r.array("mir").sync.action == "resync");
@@ -73,9 +61,9 @@ fn interrupted_resync_resumes_from_checkpoint() {
         let a = r.array("mir");
         a.sync.action == "idle" && a.sync.last_action == Some("resync")
     });
-    let off = sb(&r, "M0").data_offset_sectors;
+    let off = r.superblock("M0").data_offset_sectors;
     assert_eq!(r.read("M0", off, size), r.read("M1", off, size), "mirrors differ");
     r.wait_until(5, "clean", |r| r.array("mir").state == "clean");
     r.stop("mir").unwrap();
-    assert_eq!(sb(&r, "M0").resync_offset, MAX_SECTOR);
+    assert_eq!(r.superblock("M0").resync_offset, MAX_SECTOR);
 }

@@ -43,6 +43,34 @@ impl Rig {
         }
     }
 
+    /// `md_assemble` on the main core, run to its answer (the array's name).
+    pub fn assemble(&self, opts: keel_md::AssembleOpts) -> Result<String, MdError> {
+        let (tx, rx) = mpsc::channel();
+        self.d.enter(MAIN, || {
+            self.md.assemble(opts, move |r| {
+                let _ = tx.send(r);
+            })
+        });
+        self.wait(rx)
+    }
+
+    /// `md_add` on the main core, run to its answer.
+    pub fn add(&self, name: &str, bdev: &str) -> Result<(), MdError> {
+        let (tx, rx) = mpsc::channel();
+        self.d.enter(MAIN, || {
+            self.md.add(name, bdev, move |r| {
+                let _ = tx.send(r);
+            })
+        });
+        self.wait(rx)
+    }
+
+    /// The v1.2 superblock on bdev `member` (4 KiB in).
+    pub fn superblock(&self, member: &str) -> keel_md::superblock::Superblock {
+        use keel_md::superblock::{Superblock, V1_2_SUPER_OFFSET_SECTORS};
+        Superblock::decode(&self.read_bytes(member, 4096, 4096), V1_2_SUPER_OFFSET_SECTORS).unwrap()
+    }
+
     pub fn create(&self, opts: CreateOpts) -> Result<(), MdError> {
         let (tx, rx) = mpsc::channel();
         self.d.enter(MAIN, || {
