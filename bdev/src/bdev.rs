@@ -9,8 +9,9 @@ use keel_reactor::{try_current, CoreId, IoChannel, IoDevice};
 use serde_json::Value;
 use uuid::Uuid;
 
+use crate::forward::RouteSlot;
 use crate::stats::{ChannelStats, IoStats, StatsReset};
-use crate::{BdevError, CompletionQueue, ForwardCtx, IoBox, IoOp, IoRequest, IoStatus, Submit};
+use crate::{BdevError, CompletionQueue, IoBox, IoOp, IoRequest, IoStatus, Submit};
 
 /// The set of ops a bdev supports, declared by its module as data.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -21,6 +22,8 @@ impl IoCaps {
     pub const NONE: IoCaps = IoCaps(0);
     /// Read, write, flush, unmap, write_zeroes, reset.
     pub const ALL: IoCaps = IoCaps(0b11_1111);
+    /// The ops that address a block range: read, write, unmap, write_zeroes.
+    pub const RANGED: IoCaps = IoCaps::ALL.without(IoOp::Flush).without(IoOp::Reset);
 
     /// The caps of exactly these ops.
     pub const fn of(ops: &[IoOp]) -> IoCaps {
@@ -51,7 +54,7 @@ impl IoCaps {
         .without(IoOp::WriteZeroes);
 
     /// Ops in both sets.
-    const fn and(self, other: IoCaps) -> IoCaps {
+    pub const fn and(self, other: IoCaps) -> IoCaps {
         IoCaps(self.0 & other.0)
     }
 }
@@ -102,8 +105,9 @@ pub struct ConfigCall {
 
 /// A bdev module's per-bdev object. `Send + Sync`: lives in the registry, used from any core.
 pub trait BdevBackend: Send + Sync + 'static {
-    /// Builds this core's channel. Called on `core`, once per core that does I/O to the bdev.
-    fn create_channel(&self, core: CoreId) -> Box<dyn BackendChannel>;
+    /// Builds this core's channel. Called on `cx.core()`, once per core that does I/O to the
+    /// bdev.
+    fn create_channel(&self, cx: &ChannelCx) -> Box<dyn BackendChannel>;
 
     /// `driver_specific` of bdev_get_bdevs (`{}` if the module adds nothing).
     fn driver_specific(&self) -> Value {
@@ -126,6 +130,15 @@ pub trait BackendChannel {
     /// `Submit::Requeue` when out of resources.
     fn submit(&mut self, io: IoBox) -> Submit;
 
+    /// Whether this channel is a **leaf**: it finishes every request itself — completing it, or
+    /// handing it back — and never reads or writes the request's frames
+    /// ([`IoRequest::layer_word`], [`IoRequest::submit_ticks`]) nor passes the request on to
+    /// another bdev. A layer forwarding in place to a leaf keeps the leaf's part of the request
+    /// on its own frame (see `forward.rs`). Asked once, when the channel is built.
+    fn leaf(&self) -> bool {
+        false
+    }
+
     /// Hot removal: fail everything that can be failed now; what the device still owns must be
     /// failed when the device gives it back. Called on the channel's core.
     fn abort_all(&mut self) {}
@@ -138,12 +151,44 @@ pub(crate) struct BdevCore {
     pub retired: Mutex<IoStats>,
 }
 
+/// What the generic layer hands a module building its channel on a core
+/// ([`BdevBackend::create_channel`]). Lives only for that call; what the module keeps of it
+/// (the statistics handle, the route slot) it clones.
+pub struct ChannelCx {
+    core: CoreId,
+    stats: Rc<ChannelStats>,
+    route: RefCell<Option<Rc<RouteSlot>>>,
+}
+
+impl ChannelCx {
+    /// The core the channel is built on.
+    pub fn core(&self) -> CoreId {
+        self.core
+    }
+
+    /// The statistics of the bdev channel being built, for [`crate::ForwardPath::new`] (the
+    /// pair's shared statistics link to them).
+    pub fn stats(&self) -> &Rc<ChannelStats> {
+        &self.stats
+    }
+
+    /// The slot where the module publishes a [`crate::Route`] for the core to apply (created on
+    /// the first call; a bdev whose module never asks has none, and its submits skip routing).
+    pub fn route_slot(&self) -> Rc<RouteSlot> {
+        self.route.borrow_mut().get_or_insert_with(RouteSlot::new).clone()
+    }
+}
+
 /// The generic per-core channel of a bdev: validation, statistics and the module's channel.
 /// Shared by every descriptor on the core.
 pub struct BdevChannel {
     core: Arc<BdevCore>,
     backend: RefCell<Box<dyn BackendChannel>>,
     stats: Rc<ChannelStats>,
+    /// The module's route, when it publishes one.
+    route: Option<Rc<RouteSlot>>,
+    /// The module's channel is a leaf ([`BackendChannel::leaf`]).
+    leaf: bool,
 }
 
 impl Drop for BdevChannel {
@@ -202,10 +247,20 @@ impl Bdev {
             retired: Mutex::new(IoStats::default()),
         });
         let c2 = core.clone();
-        let io_device = IoDevice::new(core.info.name.clone(), move |cpu| BdevChannel {
-            core: c2.clone(),
-            backend: RefCell::new(c2.backend.create_channel(cpu)),
-            stats: Rc::new(ChannelStats::new(c2.info.block_size)),
+        let io_device = IoDevice::new(core.info.name.clone(), move |cpu| {
+            let cx = ChannelCx {
+                core: cpu,
+                stats: Rc::new(ChannelStats::new(c2.info.block_size)),
+                route: RefCell::new(None),
+            };
+            let backend = c2.backend.create_channel(&cx);
+            BdevChannel {
+                core: c2.clone(),
+                leaf: backend.leaf(),
+                backend: RefCell::new(backend),
+                stats: cx.stats,
+                route: cx.route.into_inner(),
+            }
         });
         Arc::new(Bdev {
             core,
@@ -403,7 +458,9 @@ impl Drop for Descriptor {
     }
 }
 
-/// A descriptor's handle on this core's channel: where I/O is submitted. `!Send`.
+/// A descriptor's handle on this core's channel: where I/O is submitted. `!Send`; clones are
+/// handles on the same channel.
+#[derive(Clone)]
 pub struct Channel {
     ch: IoChannel<BdevChannel>,
     writable: bool,
@@ -414,6 +471,17 @@ pub struct Channel {
 }
 
 impl Channel {
+    /// Whether the bdev's module currently publishes a [`crate::Route`] on this core, i.e.
+    /// whether the bdev layer maps and forwards fitting requests itself (diagnostics, tests).
+    pub fn is_routed(&self) -> bool {
+        self.ch.route.as_ref().is_some_and(|r| r.is_on())
+    }
+
+    /// Whether `other` is a handle on the same bdev channel.
+    pub fn same_channel(&self, other: &Channel) -> bool {
+        Rc::ptr_eq(self.ch.rc(), other.ch.rc())
+    }
+
     /// Facts of the bdev.
     #[inline]
     pub fn info(&self) -> &BdevInfo {
@@ -434,7 +502,19 @@ impl Channel {
             return Submit::Accepted;
         }
         match self.check(&io) {
-            IoStatus::Pending => self.dispatch(io),
+            IoStatus::Pending => {
+                if let Some(slot) = &self.ch.route {
+                    match slot.forward(io) {
+                        Ok(Submit::Accepted) => return Submit::Accepted,
+                        Ok(Submit::Requeue(mut io)) => {
+                            io.pop_frame();
+                            return Submit::Requeue(io);
+                        }
+                        Err(back) => io = back,
+                    }
+                }
+                self.dispatch(io)
+            }
             status => {
                 io.complete(status);
                 Submit::Accepted
@@ -464,13 +544,13 @@ impl Channel {
         }
     }
 
-    /// What [`Channel::forward`] refuses: as [`Channel::check`], minus what the forwarding layer
-    /// already validated against its own geometry. The request's size and buffers are the ones
-    /// the layer accepted and the layer has this bdev's block size (see `forward`), so an empty
+    /// What [`crate::ForwardPath::forward`] refuses: as [`Channel::check`], minus what the
+    /// forwarding layer already validated against its own geometry. The request's size and
+    /// buffers are the ones the layer accepted and the layer has this bdev's block size, so an empty
     /// range or short buffers cannot reach here (debug builds assert it); what remains is one
     /// compare of the mapped range's end against this bdev's size.
     #[inline(always)]
-    fn check_forwarded(&self, io: &IoRequest) -> IoStatus {
+    pub(crate) fn check_forwarded(&self, io: &IoRequest) -> IoStatus {
         let core = &*self.ch.core;
         let info = &core.info;
         let op = io.op;
@@ -508,10 +588,38 @@ impl Channel {
         }
     }
 
+    /// Hands a validated `io` to a leaf module (whose part is the `via` of the frame on top); a
+    /// `Requeue` comes back as it went.
+    #[inline(always)]
+    pub(crate) fn dispatch_leaf(&self, io: IoBox) -> Submit {
+        debug_assert!(self.ch.leaf);
+        self.ch.backend.borrow_mut().submit(io)
+    }
+
+    /// The bdev's shared facts.
+    pub(crate) fn core(&self) -> &Arc<BdevCore> {
+        &self.ch.core
+    }
+
+    /// Whether the bdev's module channel is a leaf ([`BackendChannel::leaf`]).
+    pub(crate) fn is_leaf(&self) -> bool {
+        self.ch.leaf
+    }
+
+    /// The ops this handle may submit.
+    pub(crate) fn allowed(&self) -> IoCaps {
+        self.allowed
+    }
+
+    /// The channel's statistics, shared.
+    pub(crate) fn stats_rc(&self) -> &Rc<ChannelStats> {
+        &self.ch.stats
+    }
+
     /// Hands a validated `io` (this bdev's frame on top) to the module; a `Requeue` comes back
     /// without that frame.
     #[inline(always)]
-    fn dispatch(&self, io: IoBox) -> Submit {
+    pub(crate) fn dispatch(&self, io: IoBox) -> Submit {
         match self.ch.backend.borrow_mut().submit(io) {
             Submit::Accepted => Submit::Accepted,
             Submit::Requeue(mut io) => {
@@ -525,58 +633,15 @@ impl Channel {
     pub fn stats(&self) -> &ChannelStats {
         &self.ch.stats
     }
-
-    /// In-place forwarding, for a layer inside its [`BackendChannel::submit`]: hands `io` (whose
-    /// top frame is the layer's, its `offset_blocks` already remapped to this bdev) to this
-    /// channel such that a **success** skips the layer's completion queue and poller — the
-    /// layer's frame is finished on the way up with `offset_blocks` set back to
-    /// `restore_offset_blocks` and `ctx`'s in-flight count dropped. A **failure** comes back to
-    /// `ctx.cq()` with the layer's frame on top, exactly as after [`Channel::submit`]; the layer
-    /// then calls `ctx.end()` itself and handles it. `ctx.inflight()` counts the request from
-    /// here until either. `Submit::Requeue` hands the request back as it came (layer frame on
-    /// top, not counted).
-    ///
-    /// The layer must keep the request's size and buffers and have this bdev's block size (as a
-    /// layer that only remaps offsets does): its own validation then covers the buffers, and
-    /// this bdev checks only removal, the op and that the mapped range ends inside it (a refusal
-    /// is a failure: it comes back to `ctx.cq()`). A layer whose block size differs splits
-    /// instead ([`Channel::submit`] of child requests). This bdev's frame shares the layer's
-    /// submit stamp (no second clock read, the same moment), so both bdevs' statistics charge the
-    /// same latency. Called on this channel's core.
-    #[inline(always)]
-    pub fn forward(&self, mut io: IoBox, ctx: &Rc<ForwardCtx>, restore_offset_blocks: u64) -> Submit {
-        match io.push_forwarded_frame(ctx, &self.ch.stats, restore_offset_blocks) {
-            Ok(()) => {}
-            // Not inside a layer: nothing to skip.
-            Err(false) => return self.submit(io, ctx.cq()),
-            Err(true) => {
-                // Refused like a failure from below: the layer's frame on top, on its queue.
-                ctx.begin();
-                io.complete_direct(ctx.cq(), IoStatus::StackOverflow);
-                return Submit::Accepted;
-            }
-        }
-        ctx.begin();
-        match self.check_forwarded(&io) {
-            IoStatus::Pending => match self.dispatch(io) {
-                Submit::Accepted => Submit::Accepted,
-                Submit::Requeue(io) => {
-                    ctx.end();
-                    Submit::Requeue(io)
-                }
-            },
-            status => {
-                io.complete(status);
-                Submit::Accepted
-            }
-        }
-    }
 }
 
 #[cfg(test)]
 mod tests {
     //! In-place forwarding on the deterministic driver: a test layer that shifts offsets by
-    //! `SHIFT` blocks forwards everything to a scripted base (succeed, fail or requeue).
+    //! `SHIFT` blocks forwards everything to a scripted base (succeed, fail or requeue) — either
+    //! from its own `submit` or through a route the core applies — and the base is a leaf (its
+    //! part rides on the layer's frame) or not (a frame of its own). Every combination must
+    //! behave the same.
 
     use std::cell::RefCell;
     use std::sync::atomic::AtomicU8;
@@ -584,7 +649,7 @@ mod tests {
     use keel_reactor::{CoreId, TestDriver};
 
     use super::*;
-    use crate::{BdevRegistry, DmaBuf, IoRequest, IoVec, MAX_DEPTH};
+    use crate::{BdevRegistry, DmaBuf, ForwardCtx, ForwardPath, IoRequest, IoVec, Route, MAX_DEPTH};
 
     const SUCCEED: u8 = 0;
     const FAIL: u8 = 1;
@@ -594,23 +659,35 @@ mod tests {
     /// layer's last `SHIFT` blocks map outside the base.
     const SHIFT: u64 = 10;
 
-    struct Scripted(Arc<AtomicU8>);
-    struct ScriptedChannel(Arc<AtomicU8>);
+    struct Scripted {
+        mode: Arc<AtomicU8>,
+        leaf: bool,
+    }
+    struct ScriptedChannel {
+        mode: Arc<AtomicU8>,
+        leaf: bool,
+    }
 
     impl BackendChannel for ScriptedChannel {
         fn submit(&mut self, io: IoBox) -> Submit {
-            match self.0.load(Ordering::Relaxed) {
+            match self.mode.load(Ordering::Relaxed) {
                 SUCCEED => io.complete(IoStatus::Success),
                 FAIL => io.complete(IoStatus::Failed),
                 _ => return Submit::Requeue(io),
             }
             Submit::Accepted
         }
+        fn leaf(&self) -> bool {
+            self.leaf
+        }
     }
 
     impl BdevBackend for Scripted {
-        fn create_channel(&self, _core: CoreId) -> Box<dyn BackendChannel> {
-            Box::new(ScriptedChannel(self.0.clone()))
+        fn create_channel(&self, _cx: &ChannelCx) -> Box<dyn BackendChannel> {
+            Box::new(ScriptedChannel {
+                mode: self.mode.clone(),
+                leaf: self.leaf,
+            })
         }
         fn config(&self, _info: &BdevInfo) -> Option<ConfigCall> {
             None
@@ -622,10 +699,13 @@ mod tests {
         static LAYER_CTX: RefCell<Option<Rc<ForwardCtx>>> = const { RefCell::new(None) };
     }
 
-    struct Layer(Mutex<Option<Descriptor>>);
+    struct Layer {
+        base: Mutex<Option<Descriptor>>,
+        /// Publish a route (the core forwards) instead of forwarding in `submit`.
+        route: bool,
+    }
     struct LayerChannel {
-        base: Channel,
-        ctx: Rc<ForwardCtx>,
+        path: Rc<ForwardPath>,
     }
 
     impl BackendChannel for LayerChannel {
@@ -633,7 +713,7 @@ mod tests {
             let orig = io.offset_blocks;
             *io.layer_word() = orig;
             io.offset_blocks = orig + SHIFT;
-            match self.base.forward(io, &self.ctx, orig) {
+            match self.path.forward(io, orig) {
                 Submit::Accepted => Submit::Accepted,
                 Submit::Requeue(mut io) => {
                     io.offset_blocks = orig;
@@ -644,39 +724,58 @@ mod tests {
     }
 
     impl BdevBackend for Layer {
-        fn create_channel(&self, _core: CoreId) -> Box<dyn BackendChannel> {
-            let base = self.0.lock().unwrap().as_ref().expect("base open").channel();
+        fn create_channel(&self, cx: &ChannelCx) -> Box<dyn BackendChannel> {
+            let base = self.base.lock().unwrap().as_ref().expect("base open").channel();
             let ctx = ForwardCtx::new(CompletionQueue::with_capacity(4));
             LAYER_CTX.with(|c| *c.borrow_mut() = Some(ctx.clone()));
-            Box::new(LayerChannel { base, ctx })
+            let path = ForwardPath::new(&ctx, cx.stats(), base);
+            if self.route {
+                cx.route_slot().set(Route::linear(path.clone(), SHIFT, IoCaps::ALL));
+            }
+            Box::new(LayerChannel { path })
         }
         fn config(&self, _info: &BdevInfo) -> Option<ConfigCall> {
             None
         }
     }
 
-    fn params(name: &str) -> BdevParams {
+    fn params(name: &str, num_blocks: u64) -> BdevParams {
         BdevParams {
             name: name.into(),
             uuid: None,
             product_name: "test",
             module: "test",
             block_size: 512,
-            num_blocks: BLOCKS,
+            num_blocks,
             caps: IoCaps::ALL,
             optimal_io_boundary_blocks: 0,
         }
     }
 
-    #[test]
-    fn forwarded_success_failure_requeue_and_refusals() {
+    fn forwarded_success_failure_requeue_and_refusals(leaf: bool, route: bool) {
         let d = TestDriver::new(1);
         let reg = BdevRegistry::new(d.cores());
         let mode = Arc::new(AtomicU8::new(SUCCEED));
-        let base = reg.register(params("B"), Arc::new(Scripted(mode.clone()))).unwrap();
-        let base_desc = reg.open("B", true, |_| {}).unwrap();
-        reg.register(params("L"), Arc::new(Layer(Mutex::new(Some(base_desc)))))
+        let base = reg
+            .register(
+                params("B", BLOCKS),
+                Arc::new(Scripted {
+                    mode: mode.clone(),
+                    leaf,
+                }),
+            )
             .unwrap();
+        let base_desc = reg.open("B", true, |_| {}).unwrap();
+        // A route must stay inside its base: the routed layer is `SHIFT` blocks smaller.
+        let layer_blocks = if route { BLOCKS - SHIFT } else { BLOCKS };
+        reg.register(
+            params("L", layer_blocks),
+            Arc::new(Layer {
+                base: Mutex::new(Some(base_desc)),
+                route,
+            }),
+        )
+        .unwrap();
         let desc = reg.open("L", true, |_| {}).unwrap();
         d.enter(CoreId(0), || {
             let ch = desc.channel();
@@ -693,35 +792,39 @@ mod tests {
             let layer_stats = || ch.stats().snapshot();
             let base_stats = || base.local_stats().expect("base channel on this core");
 
-            // Success: straight to the submitter, offset restored, both layers charged with the
+            // Success: straight to the submitter, offset restored, both bdevs charged with the
             // same latency (one stamp, one completion time).
-            assert!(matches!(ch.submit(request(5), &cq), Submit::Accepted));
-            let io = cq.pop().expect("success queued for the submitter");
-            assert_eq!((io.status(), io.offset_blocks, io.depth()), (IoStatus::Success, 5, 0));
+            for _ in 0..2 {
+                assert!(matches!(ch.submit(request(5), &cq), Submit::Accepted));
+                let io = cq.pop().expect("success queued for the submitter");
+                assert_eq!((io.status(), io.offset_blocks, io.depth()), (IoStatus::Success, 5, 0));
+            }
             assert_eq!((ctx.inflight(), ctx.cq().len()), (0, 0));
             let (top, below) = (*layer_stats().op(IoOp::Read), *base_stats().op(IoOp::Read));
-            assert_eq!((top.ops, top.bytes, below.ops, below.bytes), (1, 512, 1, 512));
+            assert_eq!((top.ops, top.bytes, below.ops, below.bytes), (2, 1024, 2, 1024));
             assert_eq!(top.latency_ticks, below.latency_ticks);
             assert_eq!(
                 (top.min_latency_ticks, top.max_latency_ticks),
                 (below.min_latency_ticks, below.max_latency_ticks)
             );
 
-            // Failure: back to the layer's queue with the layer's frame on top, counted in flight.
+            // Resetting one bdev's statistics leaves the other's whole.
+            ch.stats().apply_reset(StatsReset::All);
+            assert_eq!(layer_stats().op(IoOp::Read).ops, 0);
+            assert_eq!(*base_stats().op(IoOp::Read), below);
+
+            // Failure: back to the layer's queue with the layer's frame on top and its offset
+            // restored, counted in flight until the layer ends it.
             mode.store(FAIL, Ordering::Relaxed);
             assert!(matches!(ch.submit(request(5), &cq), Submit::Accepted));
             assert!(cq.is_empty());
-            let mut io = ctx.cq().pop().expect("failure comes back to the layer");
-            assert_eq!(
-                (io.status(), io.depth(), io.offset_blocks),
-                (IoStatus::Failed, 1, 5 + SHIFT)
-            );
-            assert_eq!((*io.layer_word(), ctx.inflight()), (5, 1));
+            let io = ctx.cq().pop().expect("failure comes back to the layer");
+            assert_eq!((io.status(), io.depth(), io.offset_blocks), (IoStatus::Failed, 1, 5));
+            assert_eq!(ctx.inflight(), 1);
             assert_eq!(base_stats().errors, vec![("failed", 1)]);
             assert_eq!(layer_stats().failed(), 0);
             // The layer finishes it upward.
             ctx.end();
-            io.offset_blocks = *io.layer_word();
             let status = io.status();
             io.complete(status);
             let io = cq.pop().expect("the layer completed it");
@@ -736,40 +839,67 @@ mod tests {
             assert_eq!((io.depth(), io.offset_blocks, ctx.inflight()), (0, 5, 0));
             assert_eq!(
                 (layer_stats().op(IoOp::Read).ops, base_stats().op(IoOp::Read).ops),
-                (1, 1)
+                (0, 2)
             );
-
-            // A mapped range past the base's end is refused by the base, as a failure.
             mode.store(SUCCEED, Ordering::Relaxed);
-            assert!(matches!(ch.submit(request(BLOCKS - 1), &cq), Submit::Accepted));
-            let io = ctx.cq().pop().expect("refusal comes back to the layer");
-            assert_eq!(
-                (io.status(), io.depth(), ctx.inflight()),
-                (IoStatus::InvalidRange, 1, 1)
-            );
-            assert!(base_stats().errors.contains(&("invalid_range", 1)));
-            ctx.end();
 
-            // No room for the base's frame: StackOverflow, to the layer as a failure.
-            let mut io = request(0);
-            for _ in 0..MAX_DEPTH - 1 {
-                io.push_frame(&cq, None, 0).unwrap();
+            if !route {
+                // A mapped range past the base's end is refused by the base, as a failure.
+                assert!(matches!(ch.submit(request(BLOCKS - 1), &cq), Submit::Accepted));
+                let io = ctx.cq().pop().expect("refusal comes back to the layer");
+                assert_eq!(
+                    (io.status(), io.depth(), io.offset_blocks, ctx.inflight()),
+                    (IoStatus::InvalidRange, 1, BLOCKS - 1, 1)
+                );
+                assert!(base_stats().errors.contains(&("invalid_range", 1)));
+                ctx.end();
             }
-            assert!(matches!(ch.submit(io, &cq), Submit::Accepted));
-            let io = ctx.cq().pop().expect("overflow comes back to the layer");
-            assert_eq!(
-                (io.status(), io.depth(), ctx.inflight()),
-                (IoStatus::StackOverflow, MAX_DEPTH, 1)
-            );
-            ctx.end();
+
+            if !leaf {
+                // No room for the base's frame: StackOverflow, to the layer as a failure.
+                let mut io = request(0);
+                for _ in 0..MAX_DEPTH - 1 {
+                    io.push_frame(&cq, None, 0).unwrap();
+                }
+                assert!(matches!(ch.submit(io, &cq), Submit::Accepted));
+                let io = ctx.cq().pop().expect("overflow comes back to the layer");
+                assert_eq!(
+                    (io.status(), io.depth(), io.offset_blocks, ctx.inflight()),
+                    (IoStatus::StackOverflow, MAX_DEPTH, 0, 1)
+                );
+                ctx.end();
+            }
 
             // A removed base refuses what is forwarded to it.
             reg.unregister("B", || {}).unwrap();
             assert!(matches!(ch.submit(request(0), &cq), Submit::Accepted));
             let io = ctx.cq().pop().expect("removal comes back to the layer");
-            assert_eq!((io.status(), ctx.inflight()), (IoStatus::Removed, 1));
+            assert_eq!(
+                (io.status(), io.offset_blocks, ctx.inflight()),
+                (IoStatus::Removed, 0, 1)
+            );
             ctx.end();
         });
         d.run_until_idle(100);
+    }
+
+    #[test]
+    fn forwarded_by_the_layer_to_a_leaf() {
+        forwarded_success_failure_requeue_and_refusals(true, false);
+    }
+
+    #[test]
+    fn forwarded_by_the_layer_to_a_layer() {
+        forwarded_success_failure_requeue_and_refusals(false, false);
+    }
+
+    #[test]
+    fn routed_by_the_core_to_a_leaf() {
+        forwarded_success_failure_requeue_and_refusals(true, true);
+    }
+
+    #[test]
+    fn routed_by_the_core_to_a_layer() {
+        forwarded_success_failure_requeue_and_refusals(false, true);
     }
 }

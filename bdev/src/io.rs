@@ -13,14 +13,15 @@
 //! changes `offset_blocks` on the way down restores it before completing upward, using
 //! [`IoRequest::layer_word`] to remember it.
 //!
-//! A layer with nothing to do on success forwards **in place** instead
-//! ([`crate::Channel::forward`] with its [`ForwardCtx`]): the base's frame is marked forwarded
-//! (`Dest::Forwarded`, no queue of its own) and shares the layer's submit stamp. When the base
-//! completes it with success, [`IoRequest::complete`] finishes that frame and then the layer's
-//! in the same call — both statistics charged with the one completion time read there, the
-//! layer's offset restored, the context's in-flight count dropped — and queues the request for
-//! the layer above: the layer's queue and poller are never visited. A failure stops at the
-//! layer's queue with the layer's frame on top, as after a plain submit.
+//! A layer with nothing to do on success forwards **in place** instead, along a
+//! [`crate::ForwardPath`] (see `forward.rs`): a success then finishes the base's part and the
+//! layer's in one go — the layer's offset restored, the pair's shared statistics charged once —
+//! and goes straight to the first layer above that wants to see it; the layer's queue and poller
+//! are never visited. A failure stops at the layer's queue with the layer's frame on top and its
+//! offset restored, as after a plain submit. The base's part is either a frame of its own
+//! (`Dest::Forwarded`) or, for a *leaf* base that never touches frames, just the request's `via`
+//! (the path and the layer's offset), which belongs to the top frame: one slot less to fill and
+//! to walk. A leaf pushes no frame, so at most one `via` is ever set.
 //!
 //! Frames live in a fixed array inside the request, written and cleared in place (a free slot
 //! holds no reference): pushing and popping one moves no more than its fields, and `repr(C)`
@@ -29,7 +30,7 @@
 //! Buffers: `iovs` holds [`IoVec`]s (a [`DmaBuf`] handle plus a byte window). The request's
 //! owner decides them; layers read or fill them and never keep a clone after completing.
 
-use std::cell::{Cell, RefCell};
+use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::rc::Rc;
 
@@ -37,6 +38,7 @@ use arrayvec::ArrayVec;
 use keel_reactor::ticks;
 
 use crate::buf::DmaBuf;
+use crate::forward::ForwardPath;
 use crate::stats::ChannelStats;
 
 /// Operation of a request.
@@ -219,21 +221,23 @@ pub(crate) enum Dest {
     Empty,
     /// The submitter's queue (a frame pushed by [`crate::Channel::submit`]).
     Queue(CompletionQueue),
-    /// A frame pushed by [`crate::Channel::forward`]: a success continues with the forwarding
-    /// layer's frame below (offset restored, the context's in-flight count dropped); a failure
-    /// goes to the context's queue with the layer's frame on top.
-    Forwarded(Rc<ForwardCtx>),
+    /// The frame of a base that a layer forwarded the request to in place along this path: a
+    /// success continues with the layer's frame below (offset restored, the layer's in-flight
+    /// count dropped); a failure goes to the layer's queue with the layer's frame on top.
+    Forwarded(Rc<ForwardPath>),
 }
 
 /// What a request carries for one bdev it is in. Frames live in a fixed array inside the
 /// request and are written and cleared in place (a cleared slot holds no reference).
 pub(crate) struct Frame {
     dest: Dest,
-    /// The bdev channel's statistics, charged when the frame completes.
+    /// The bdev channel's statistics, charged when the frame completes (`None` for a
+    /// `Dest::Forwarded` frame: its success is charged to the path's shared statistics, a
+    /// failure to the path's base).
     stats: Option<Rc<ChannelStats>>,
     submit_ticks: u64,
     layer_word: u64,
-    /// `Dest::Forwarded` only: the layer's `offset_blocks`, set back on success.
+    /// `Dest::Forwarded` only: the layer's `offset_blocks`, set back when the base is done.
     restore_offset_blocks: u64,
 }
 
@@ -262,47 +266,6 @@ impl Frame {
     }
 }
 
-/// A layer's per-channel state for in-place forwarding ([`crate::Channel::forward`]): the queue
-/// where failures come back to the layer, and the count of its requests still below it. Owned
-/// by the layer's channel (shared by `Rc` with the requests in flight), on its core.
-pub struct ForwardCtx {
-    failure_cq: CompletionQueue,
-    inflight: Cell<u64>,
-}
-
-impl ForwardCtx {
-    /// A context whose failures arrive on `failure_cq` (the layer's own completion queue).
-    pub fn new(failure_cq: CompletionQueue) -> Rc<ForwardCtx> {
-        Rc::new(ForwardCtx {
-            failure_cq,
-            inflight: Cell::new(0),
-        })
-    }
-
-    /// Requests forwarded (or otherwise counted with [`ForwardCtx::begin`]) and not yet finished.
-    #[inline]
-    pub fn inflight(&self) -> u64 {
-        self.inflight.get()
-    }
-
-    /// Counts one more request below the layer.
-    #[inline]
-    pub fn begin(&self) {
-        self.inflight.set(self.inflight.get() + 1);
-    }
-
-    /// Counts one request back (the layer calls this for failures it handles itself).
-    #[inline]
-    pub fn end(&self) {
-        self.inflight.set(self.inflight.get() - 1);
-    }
-
-    /// The layer's queue.
-    pub fn cq(&self) -> &CompletionQueue {
-        &self.failure_cq
-    }
-}
-
 /// A block I/O request. See the module docs for the life cycle.
 ///
 /// `repr(C)` keeps what every layer touches per I/O — op, status, range, the frame count and the
@@ -319,6 +282,11 @@ pub struct IoRequest {
     pub num_blocks: u64,
     /// The owner's cookie; layers never touch it.
     pub tag: u64,
+    /// The top frame's bdev forwarded the request in place along this path to a leaf base: the
+    /// leaf's part of the request (a leaf pushes no frame).
+    via: Option<Rc<ForwardPath>>,
+    /// With `via`: the layer's `offset_blocks`, set back when the leaf is done.
+    via_restore_offset_blocks: u64,
     frames: [Frame; MAX_DEPTH],
     pub iovs: SgList,
 }
@@ -344,6 +312,8 @@ impl IoRequest {
             offset_blocks: 0,
             num_blocks: 0,
             tag: 0,
+            via: None,
+            via_restore_offset_blocks: 0,
             frames: [const { Frame::EMPTY }; MAX_DEPTH],
             iovs: SgList::new(),
         })
@@ -428,15 +398,14 @@ impl IoRequest {
         Ok(())
     }
 
-    /// Pushes the frame of a request forwarded in place by the layer whose frame is on top (see
-    /// [`crate::Channel::forward`]). It shares the layer's stamp: the same moment, one clock read
-    /// fewer. `Err` when the request carries no layer frame (`Err(false)`) or no room for one
-    /// more (`Err(true)`).
+    /// Pushes the frame of a non-leaf base that the layer whose frame is on top forwards the
+    /// request to along `path` (see [`crate::ForwardPath::forward`]). It shares the layer's
+    /// stamp: the same moment, one clock read fewer. `Err` when the request carries no layer
+    /// frame (`Err(false)`) or no room for one more (`Err(true)`).
     #[inline(always)]
     pub(crate) fn push_forwarded_frame(
         &mut self,
-        ctx: &Rc<ForwardCtx>,
-        stats: &Rc<ChannelStats>,
+        path: &Rc<ForwardPath>,
         restore_offset_blocks: u64,
     ) -> Result<(), bool> {
         let d = self.depth as usize;
@@ -446,14 +415,43 @@ impl IoRequest {
         let Some(f) = self.frames.get_mut(d) else {
             return Err(true);
         };
-        f.fill(
-            Dest::Forwarded(ctx.clone()),
-            Some(stats.clone()),
-            submit_ticks,
-            restore_offset_blocks,
-        );
+        f.fill(Dest::Forwarded(path.clone()), None, submit_ticks, restore_offset_blocks);
         self.depth = d as u32 + 1;
         Ok(())
+    }
+
+    /// Records that the top frame's bdev (a layer) forwards the request in place along `path`
+    /// to a leaf base: the leaf's part of the request, without a frame of its own. `Err` (and
+    /// nothing recorded) when the request is in no bdev.
+    #[inline(always)]
+    pub(crate) fn set_via(&mut self, path: Rc<ForwardPath>, restore_offset_blocks: u64) -> Result<(), Rc<ForwardPath>> {
+        if self.depth == 0 {
+            return Err(path);
+        }
+        // A leaf pushes no frame and forwards nothing, so no part is recorded yet: nothing to
+        // drop.
+        let old = self.via.replace(path);
+        debug_assert!(old.is_none(), "one leaf part at a time");
+        std::mem::forget(old);
+        self.via_restore_offset_blocks = restore_offset_blocks;
+        Ok(())
+    }
+
+    /// [`IoRequest::set_via`] for a request known to be in a bdev (the core's route, right after
+    /// the layer's frame was pushed).
+    #[inline(always)]
+    pub(crate) fn set_via_on_top(&mut self, path: Rc<ForwardPath>, restore_offset_blocks: u64) {
+        debug_assert!(self.depth > 0, "the layer's frame is on top");
+        let old = self.via.replace(path);
+        debug_assert!(old.is_none(), "one leaf part at a time");
+        std::mem::forget(old);
+        self.via_restore_offset_blocks = restore_offset_blocks;
+    }
+
+    /// Takes back what [`IoRequest::set_via`] recorded (a leaf handed the request back).
+    #[inline]
+    pub(crate) fn clear_via(&mut self) {
+        self.via = None;
     }
 
     /// Drops the top frame (a request handed back with `Requeue`).
@@ -464,43 +462,127 @@ impl IoRequest {
             let f = &mut self.frames[d as usize];
             f.dest = Dest::Empty;
             f.stats = None;
+            self.via = None;
         }
     }
 
     /// Finishes the current layer's part: records `status`, charges the layer's statistics and
     /// queues the request for the layer above, whose poller will see it. On success, layers
-    /// above that forwarded the request in place ([`crate::Channel::forward`]) are finished
-    /// here too — offset restored, statistics charged with the same completion time, in-flight
-    /// count dropped — so the request goes straight to the first layer that did not. A failure
-    /// of a forwarded request stops at the forwarding layer's queue with that layer's frame on
-    /// top. Called by modules on the request's core, inside `submit` or later from a poller.
+    /// above that forwarded the request in place ([`crate::ForwardPath::forward`]) are finished
+    /// here too — offset restored, in-flight count dropped, each forwarded pair charged once to
+    /// its shared statistics with the one completion time read here — so the request goes
+    /// straight to the first layer that did not. A failure of a forwarded request stops at the
+    /// forwarding layer's queue with that layer's frame on top and its offset restored. Called
+    /// by modules on the request's core, inside `submit` or later from a poller.
     #[inline]
     pub fn complete(mut self: Box<Self>, status: IoStatus) {
         self.status = status;
         let now = ticks();
-        let (op, num_blocks) = (self.op, self.num_blocks);
+        let d = self
+            .depth
+            .checked_sub(1)
+            .expect("complete() on a request that is in no bdev");
+        if self.via.is_some() {
+            return self.complete_via(d, now);
+        }
+        let f = &mut self.frames[d as usize];
+        let latency = now.wrapping_sub(f.submit_ticks);
+        self.depth = d;
+        let stats = f.stats.take();
+        match std::mem::replace(&mut f.dest, Dest::Empty) {
+            Dest::Queue(cq) => {
+                if let Some(stats) = stats {
+                    stats.record(self.op, self.num_blocks, status, latency);
+                }
+                cq.push(self);
+            }
+            Dest::Forwarded(path) => {
+                let restore = f.restore_offset_blocks;
+                self.complete_forwarded(path, restore, false, latency)
+            }
+            Dest::Empty => unreachable!("a frame in use has a destination"),
+        }
+    }
+
+    /// [`IoRequest::complete`] when the top frame (`d`) carries a leaf base's part (a leaf pushes
+    /// no frame of its own): a failure goes back to the forwarding layer with its frame on top;
+    /// a success is charged once, to the pair's shared statistics, for both bdevs, and the
+    /// layer's frame is finished without charging its own.
+    #[inline(always)]
+    fn complete_via(mut self: Box<Self>, d: u32, now: u64) {
+        let (op, num_blocks, status) = (self.op, self.num_blocks, self.status);
+        let Some(path) = self.via.take() else {
+            unreachable!("complete_via without a leaf part");
+        };
+        self.offset_blocks = self.via_restore_offset_blocks;
+        let latency = now.wrapping_sub(self.frames[d as usize].submit_ticks);
+        if status != IoStatus::Success {
+            path.base_stats().record(op, num_blocks, status, latency);
+            path.ctx().failure_cq.push(self);
+            return;
+        }
+        path.ctx().end();
+        path.shared().record(op, num_blocks, status, latency);
+        drop(path);
+        self.depth = d;
+        let f = &mut self.frames[d as usize];
+        f.stats = None;
+        match std::mem::replace(&mut f.dest, Dest::Empty) {
+            Dest::Queue(cq) => cq.push(self),
+            Dest::Forwarded(path) => {
+                let restore = f.restore_offset_blocks;
+                self.complete_forwarded(path, restore, true, latency)
+            }
+            Dest::Empty => unreachable!("a frame in use has a destination"),
+        }
+    }
+
+    /// The rest of [`IoRequest::complete`] once the frame of a base that a layer forwarded
+    /// to in place along `path` is popped (`restore`: the layer's offset it kept): finishes the
+    /// layer's frame, and those of layers that forwarded in place below it. `charged`: the
+    /// popped frame's bdev was already counted (with the leaf below it). Every frame of such a
+    /// chain shares one submit stamp, hence one `latency`.
+    fn complete_forwarded(
+        mut self: Box<Self>,
+        mut path: Rc<ForwardPath>,
+        mut restore: u64,
+        mut charged: bool,
+        latency: u64,
+    ) {
+        let (op, num_blocks, status) = (self.op, self.num_blocks, self.status);
         loop {
+            self.offset_blocks = restore;
+            if status != IoStatus::Success {
+                path.base_stats().record(op, num_blocks, status, latency);
+                path.ctx().failure_cq.push(self);
+                return;
+            }
+            path.ctx().end();
+            if charged {
+                // The base was counted with the leaf below it; the layer counts itself.
+                charged = false;
+            } else {
+                path.shared().record(op, num_blocks, status, latency);
+                charged = true;
+            }
             let d = self
                 .depth
                 .checked_sub(1)
-                .expect("complete() on a request that is in no bdev");
+                .expect("a forwarded frame sits on its layer's");
             self.depth = d;
             let f = &mut self.frames[d as usize];
-            if let Some(stats) = f.stats.take() {
-                stats.record(op, num_blocks, status, now.wrapping_sub(f.submit_ticks));
-            }
+            let stats = f.stats.take();
             match std::mem::replace(&mut f.dest, Dest::Empty) {
                 Dest::Queue(cq) => {
+                    if let Some(stats) = stats.filter(|_| !charged) {
+                        stats.record(op, num_blocks, status, latency);
+                    }
                     cq.push(self);
                     return;
                 }
-                Dest::Forwarded(ctx) => {
-                    if status != IoStatus::Success {
-                        ctx.failure_cq.push(self);
-                        return;
-                    }
-                    ctx.end();
-                    self.offset_blocks = f.restore_offset_blocks;
+                Dest::Forwarded(next) => {
+                    path = next;
+                    restore = f.restore_offset_blocks;
                 }
                 Dest::Empty => unreachable!("a frame in use has a destination"),
             }

@@ -29,19 +29,19 @@
 mod bdev;
 pub mod buf;
 mod error;
+mod forward;
 mod io;
 pub mod modules;
 mod registry;
 pub mod stats;
 
 pub use bdev::{
-    BackendChannel, Bdev, BdevBackend, BdevChannel, BdevEvent, BdevInfo, BdevParams, Channel, ConfigCall, Descriptor,
-    IoCaps,
+    BackendChannel, Bdev, BdevBackend, BdevChannel, BdevEvent, BdevInfo, BdevParams, Channel, ChannelCx, ConfigCall,
+    Descriptor, IoCaps,
 };
 pub use buf::{BufPool, DmaBuf};
 pub use error::BdevError;
-pub use io::{
-    CompletionQueue, ForwardCtx, IoBox, IoOp, IoPool, IoRequest, IoStatus, IoVec, SgList, Submit, MAX_DEPTH, MAX_IOVS,
-};
+pub use forward::{ForwardCtx, ForwardPath, Leg, Route, RouteSlot};
+pub use io::{CompletionQueue, IoBox, IoOp, IoPool, IoRequest, IoStatus, IoVec, SgList, Submit, MAX_DEPTH, MAX_IOVS};
 pub use registry::BdevRegistry;
 pub use stats::{ChannelStats, IoStats, OpStats, StatsReset};

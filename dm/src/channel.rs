@@ -16,19 +16,28 @@
 //! Configuration reaches the snapshot only through `for_each_channel` visits ([`DmCore::suspend`],
 //! [`DmCore::resume`], …), which run as messages between poller turns, never during a submit.
 //!
-//! # The hot path
+//! # The hot paths
 //!
-//! `submit` checks one flag (`fast`: live table, not suspended, nothing held, not read-only),
-//! finds the target (index 0 for a one-target table, binary search otherwise), and when the I/O
-//! fits in the target (and in one chunk of a striped target) and the target is *direct* (same
-//! block size as its devices, no per-piece state) and maps inline (linear, striped), computes
-//! the device and sector and forwards **the request itself** in place
-//! ([`Channel::forward`]): the original offset goes into the request's layer word,
-//! `offset_blocks` is rewritten, and the same box goes down. A success goes straight to the
-//! submitter (the bdev layer restores the offset and charges this device's statistics on the
-//! way); a failure comes back to this channel's queue, which restores the offset from the layer
-//! word and completes it upward. A table of one direct linear target (`whole_linear`) skips the
-//! lookup and the boundary checks. This is straight-line code in [`CoreState::submit`]; every
+//! The snapshot holds a [`ForwardPath`] to each base device on this core, built when the dm
+//! bdev's channel here binds the core's state ([`DmCore::bind`]: the paths' shared statistics
+//! link to that channel's).
+//!
+//! While the device runs (`fast`: live table, not suspended, nothing held, not read-only) with a
+//! table of **one direct target** over the whole device — linear, or striped over a power of two
+//! of stripes — the core's state publishes that mapping as a [`Route`] in the bdev channel's
+//! slot (`refresh_fast`). The bdev layer then maps such requests and forwards them in place
+//! itself, without calling this module; requests that do not fit the route (crossing a chunk,
+//! flush, reset) still come here. Every visit that changes `fast` republishes or clears the route
+//! on the same core, so a suspended, held, dead or swapped device never sees a routed request.
+//!
+//! Here, `submit` checks the same flag, finds the target (index 0 for a one-target table, binary
+//! search otherwise), and when the I/O fits in the target (and in one chunk of a striped target)
+//! and the target is *direct* (same block size as its devices, no per-piece state) and maps
+//! inline (linear, striped), computes the device and sector and forwards **the request itself**
+//! in place along the device's path ([`ForwardPath::forward`]). Either way a success goes
+//! straight to the submitter (the bdev layer restores the offset and charges the pair's shared
+//! statistics on the way); a failure comes back to this channel's queue with the caller's offset
+//! restored and is completed upward. This is straight-line code in [`CoreState::submit`]; every
 //! other request goes to `submit_general`. No allocation, no lock, a few branches.
 //!
 //! The snapshot is held inline in the core's state (not boxed): one pointer fewer between the
@@ -50,7 +59,8 @@
 //!
 //! # Suspend, drain, swap
 //!
-//! A suspend visit sets `suspended`: new I/O goes to the **held** queue (it is never failed).
+//! A suspend visit sets `suspended` (and turns the route off): new I/O goes to the **held** queue
+//! (it is never failed).
 //! Delay FIFOs are released at once and stop holding. I/O already mapped (`inflight`: forwarded
 //! parents, split parents, held-in-FIFO pieces) keeps going; a core with I/O in flight keeps a
 //! [`DrainTicket`] and releases it from its poller when `inflight` reaches 0. The suspend
@@ -70,7 +80,8 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use keel_bdev::{
-    BackendChannel, Channel, CompletionQueue, ForwardCtx, IoBox, IoOp, IoRequest, IoStatus, SgList, Submit,
+    BackendChannel, ChannelCx, ChannelStats, CompletionQueue, ForwardCtx, ForwardPath, IoBox, IoOp, IoRequest,
+    IoStatus, Leg, Route, RouteSlot, SgList, Submit,
 };
 use keel_reactor::{current, ticks, CoreId, Cores, IoChannel, PollStatus, PollerHandle};
 
@@ -88,6 +99,10 @@ const PARENTS: usize = 128;
 const QUEUE_CAPACITY: usize = 256;
 /// Completion queue capacity before it first grows.
 const CQ_CAPACITY: usize = 512;
+/// Marks the layer word of a piece a delay target holds: the rest is the caller's offset, which
+/// the piece's completion (a plain submit's, not a forward's) does not restore by itself.
+/// Offsets are block numbers, far below 2^63.
+const HELD_PIECE: u64 = 1 << 63;
 
 /// What the control path publishes for channels created later (read once by the factory).
 #[derive(Default)]
@@ -135,7 +150,9 @@ impl DrainTicket {
 
 /// A base bdev of the table, on this core.
 struct CoreDev {
-    ch: Channel,
+    /// The way to the base's channel on this core (in-place forwards, and its channel for
+    /// children).
+    path: Rc<ForwardPath>,
     /// log2(base block size / 512): sectors → base blocks.
     sector_shift: u32,
     /// log2(device block size / base block size): device blocks → base blocks.
@@ -243,8 +260,9 @@ impl CoreTarget {
 }
 
 impl CoreTable {
-    /// Builds the snapshot on the calling core (creates the base bdevs' channels here).
-    fn build(table: &Arc<Table>, core: CoreId) -> CoreTable {
+    /// Builds the snapshot on the calling core (creates the base bdevs' channels here, and a
+    /// forward path from the dm bdev channel whose statistics are `layer` to each).
+    fn build(table: &Arc<Table>, core: CoreId, fwd: &Rc<ForwardCtx>, layer: &Rc<ChannelStats>) -> CoreTable {
         let block_shift = (table.block_size as u64 / SECTOR_BYTES).trailing_zeros();
         let devs: Vec<CoreDev> = table
             .devs
@@ -253,7 +271,7 @@ impl CoreTable {
                 let claim = d.claim.as_ref().expect("a live table's devices are claimed");
                 let dbs = d.geometry.block_size;
                 CoreDev {
-                    ch: claim.desc.channel(),
+                    path: ForwardPath::new(fwd, layer, claim.desc.channel()),
                     sector_shift: (dbs as u64 / SECTOR_BYTES).trailing_zeros(),
                     block_shift: (table.block_size / dbs).trailing_zeros(),
                 }
@@ -334,6 +352,38 @@ impl CoreTable {
         }
     }
 
+    /// The route of this snapshot for the core (see `refresh_fast`): one direct target over the
+    /// whole device, linear or striped over a power-of-two number of stripes.
+    fn route(&self) -> Route {
+        let [ct] = self.targets.as_slice() else {
+            return Route::Off;
+        };
+        if !ct.direct {
+            return Route::Off;
+        }
+        let ops = self.table.caps;
+        match &ct.fast {
+            Fast::Linear { dev, offset_sectors } => {
+                let d = &self.devs[*dev as usize];
+                Route::linear(d.path.clone(), offset_sectors >> d.sector_shift, ops)
+            }
+            Fast::Striped { chunk_shift, legs, .. } => {
+                let legs = legs
+                    .iter()
+                    .map(|&(dev, offset_sectors)| {
+                        let d = &self.devs[dev as usize];
+                        Leg {
+                            path: d.path.clone(),
+                            offset_blocks: offset_sectors >> d.sector_shift,
+                        }
+                    })
+                    .collect();
+                Route::striped(1 << (chunk_shift - self.block_shift), legs, ops).unwrap_or(Route::Off)
+            }
+            Fast::Dyn => Route::Off,
+        }
+    }
+
     /// `(device, sector)` of a read, write, unmap or write_zeroes of `num_blocks` at
     /// `offset_blocks` (inside the table) when the whole range goes to one device as it is: one
     /// direct target, within one chunk. `None` = it needs the general path (split, or a target
@@ -398,9 +448,20 @@ struct ParentSlot {
     requeue: bool,
 }
 
+/// What the dm bdev's channel on this core gave the core's state ([`DmCore::bind`]): the
+/// statistics its forward paths link to and the slot where the route is published.
+struct Bound {
+    stats: Rc<ChannelStats>,
+    route: Rc<RouteSlot>,
+}
+
 /// Everything of the core's channel that changes; one `RefCell` around it.
 struct CoreState {
+    core: CoreId,
+    /// The table that is live on this core (its snapshot `table` is built once bound).
+    live: Option<Arc<Table>>,
     table: Option<CoreTable>,
+    bound: Option<Bound>,
     /// Take the hot path: live table, not suspended, nothing held, writable, alive.
     fast: bool,
     suspended: bool,
@@ -479,7 +540,10 @@ impl CoreState {
             })
             .collect();
         let mut st = CoreState {
-            table: p.table.as_ref().map(|t| CoreTable::build(t, core)),
+            core,
+            live: p.table.clone(),
+            table: None,
+            bound: None,
             fast: false,
             suspended: p.suspended,
             noflush: p.noflush,
@@ -520,9 +584,38 @@ impl CoreState {
         st
     }
 
+    /// Recomputes the hot-path flag and publishes the route that goes with it: while the
+    /// device runs with a one-target linear or striped table over devices of its block size,
+    /// the core maps and forwards requests that fit by itself; otherwise every request comes
+    /// here.
     fn refresh_fast(&mut self) {
         self.fast =
             !self.suspended && !self.dead && self.held.is_empty() && self.table.as_ref().is_some_and(|t| !t.readonly);
+        if let Some(b) = &self.bound {
+            let route = match (self.fast, &self.table) {
+                (true, Some(t)) => t.route(),
+                _ => Route::Off,
+            };
+            b.route.set(route);
+        }
+    }
+
+    /// (Re)builds the snapshot of the live table for the current binding. Delay FIFOs hold
+    /// requests, so a snapshot of the same table is kept and only its paths are rebuilt.
+    fn rebuild(&mut self) {
+        let Some(b) = &self.bound else {
+            self.table = None;
+            return;
+        };
+        match (&self.live, &mut self.table) {
+            (Some(live), Some(t)) if Arc::ptr_eq(live, &t.table) => {
+                for d in &mut t.devs {
+                    d.path = ForwardPath::new(&self.fwd, &b.stats, d.path.base().clone());
+                }
+            }
+            (Some(live), _) => self.table = Some(CoreTable::build(live, self.core, &self.fwd, &b.stats)),
+            (None, _) => self.table = None,
+        }
     }
 
     /// Whether a piece failing because its base is gone goes back to the held queue.
@@ -541,10 +634,9 @@ impl CoreState {
                 if let Some((dev, sector)) = t.map_direct(io.offset_blocks, io.num_blocks) {
                     let d = &t.devs[dev as usize];
                     let orig = io.offset_blocks;
-                    *io.layer_word() = orig;
                     io.offset_blocks = sector >> d.sector_shift;
                     // In place: a success goes straight up; failures come back to `on_complete`.
-                    return match d.ch.forward(io, &self.fwd, orig) {
+                    return match d.path.forward(io, orig) {
                         Submit::Accepted => Submit::Accepted,
                         Submit::Requeue(mut io) => {
                             io.offset_blocks = orig;
@@ -619,10 +711,9 @@ impl CoreState {
             Map::Remap { dev, sector } | Map::Track { dev, sector, .. } => {
                 let d = &t.devs[dev as usize];
                 let orig = io.offset_blocks;
-                *io.layer_word() = orig;
                 io.offset_blocks = sector >> d.sector_shift;
                 // In place: a success goes straight up; failures come back to `on_complete`.
-                match d.ch.forward(io, &self.fwd, orig) {
+                match d.path.forward(io, orig) {
                     Submit::Accepted => Submit::Accepted,
                     Submit::Requeue(mut io) => {
                         io.offset_blocks = orig;
@@ -647,10 +738,9 @@ impl CoreState {
             } => {
                 let d = &t.devs[dev as usize];
                 let orig = io.offset_blocks;
-                *io.layer_word() = orig;
                 io.offset_blocks = sector >> d.sector_shift;
                 if !t.holding {
-                    return match d.ch.forward(io, &self.fwd, orig) {
+                    return match d.path.forward(io, orig) {
                         Submit::Accepted => Submit::Accepted,
                         Submit::Requeue(mut io) => {
                             io.offset_blocks = orig;
@@ -658,6 +748,9 @@ impl CoreState {
                         }
                     };
                 }
+                // Released later with a plain submit to the base: it comes back here, where the
+                // marked word gives the caller's offset back.
+                *io.layer_word() = orig | HELD_PIECE;
                 self.fwd.begin();
                 ct.target.on_hold(class);
                 ct.fifo.push_back(HeldPiece {
@@ -823,7 +916,7 @@ impl CoreState {
                 *fifo_len += 1;
                 continue;
             }
-            if let Submit::Requeue(c) = d.ch.submit(child, cq) {
+            if let Submit::Requeue(c) = d.path.base().submit(child, cq) {
                 retry.push_back((c, dev));
             }
         }
@@ -851,9 +944,13 @@ impl CoreState {
         if io.depth() == 0 {
             return self.child_done(io);
         }
-        // A forwarded request that failed (forwarded successes never come here), or a held piece
-        // released to its base: restore the caller's offset and complete it upward.
-        io.offset_blocks = *io.layer_word();
+        // A forwarded request that failed (forwarded successes never come here; the offset is
+        // the caller's again), or a held piece released to its base (its word has the caller's
+        // offset): complete it upward.
+        let word = *io.layer_word();
+        if word & HELD_PIECE != 0 {
+            io.offset_blocks = word & !HELD_PIECE;
+        }
         self.fwd.end();
         let status = io.status();
         if status == IoStatus::Success {
@@ -926,7 +1023,7 @@ impl CoreState {
         let Some(t) = self.table.as_ref() else { return 0 };
         let mut n = 0;
         while let Some((io, dev)) = self.retry.pop_front() {
-            match t.devs[dev as usize].ch.submit(io, cq) {
+            match t.devs[dev as usize].path.base().submit(io, cq) {
                 Submit::Accepted => n += 1,
                 Submit::Requeue(io) => {
                     self.retry.push_front((io, dev));
@@ -967,7 +1064,7 @@ impl CoreState {
                 let Some(h) = ct.fifo.pop_front() else { break };
                 ct.target.on_release(h.class);
                 n += 1;
-                if let Submit::Requeue(io) = t.devs[h.dev as usize].ch.submit(h.io, cq) {
+                if let Submit::Requeue(io) = t.devs[h.dev as usize].path.base().submit(h.io, cq) {
                     self.retry.push_back((io, h.dev));
                 }
             }
@@ -1126,13 +1223,14 @@ impl DmCore {
 
     /// Resume visit: install `table` if it is not the live one, run again (held I/O is
     /// re-issued by the poller).
-    pub(crate) fn resume(&self, table: Option<&Arc<Table>>, core: CoreId) {
+    pub(crate) fn resume(&self, table: Option<&Arc<Table>>) {
         let mut st = self.inner.st.borrow_mut();
         if let Some(tb) = table {
-            let same = st.table.as_ref().is_some_and(|t| Arc::ptr_eq(&t.table, tb));
+            let same = st.live.as_ref().is_some_and(|t| Arc::ptr_eq(t, tb));
             if !same {
                 debug_assert_eq!(st.fwd.inflight(), 0, "table swap with I/O in flight");
-                st.table = Some(CoreTable::build(tb, core));
+                st.live = Some(tb.clone());
+                st.rebuild();
             }
         }
         st.suspended = false;
@@ -1155,7 +1253,25 @@ impl DmCore {
     pub(crate) fn drop_table(&self) {
         let mut st = self.inner.st.borrow_mut();
         st.dead = true;
+        st.live = None;
         st.table = None;
+        st.refresh_fast();
+    }
+
+    /// Binds this core's state to the dm bdev's channel being built here (see
+    /// [`ChannelCx`]): forward paths link to its statistics and the route goes to its slot. A
+    /// bdev registered again (rename, new geometry) binds its new channel; the old one's route is
+    /// turned off first. Called on the core, from the bdev channel's construction.
+    pub(crate) fn bind(&self, cx: &ChannelCx) {
+        let mut st = self.inner.st.borrow_mut();
+        if let Some(old) = st.bound.take() {
+            old.route.set(Route::Off);
+        }
+        st.bound = Some(Bound {
+            stats: cx.stats().clone(),
+            route: cx.route_slot(),
+        });
+        st.rebuild();
         st.refresh_fast();
     }
 }
@@ -1180,7 +1296,9 @@ pub(crate) struct DmChannel {
 }
 
 impl DmChannel {
-    pub(crate) fn new(core: IoChannel<DmCore>, internal: Arc<AtomicBool>) -> DmChannel {
+    /// The dm bdev's module channel on `cx`'s core, bound to the core's state.
+    pub(crate) fn new(core: IoChannel<DmCore>, internal: Arc<AtomicBool>, cx: &ChannelCx) -> DmChannel {
+        core.bind(cx);
         DmChannel {
             inner: core.inner.clone(),
             core,

@@ -44,9 +44,9 @@ use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::Duration;
 
 use keel_bdev::{
-    BackendChannel, Bdev, BdevBackend, BdevError, BdevInfo, BdevParams, BdevRegistry, ConfigCall, Descriptor,
+    BackendChannel, Bdev, BdevBackend, BdevError, BdevInfo, BdevParams, BdevRegistry, ChannelCx, ConfigCall, Descriptor,
 };
-use keel_reactor::{current, CoreId, Cores, IoDevice, PollStatus};
+use keel_reactor::{current, Cores, IoDevice, PollStatus};
 use serde_json::{json, Value};
 use uuid::Uuid;
 
@@ -277,8 +277,8 @@ pub(crate) struct DmBackend {
 }
 
 impl BdevBackend for DmBackend {
-    fn create_channel(&self, _core: CoreId) -> Box<dyn BackendChannel> {
-        Box::new(DmChannel::new(self.io_device.get_channel(), self.internal.clone()))
+    fn create_channel(&self, cx: &ChannelCx) -> Box<dyn BackendChannel> {
+        Box::new(DmChannel::new(self.io_device.get_channel(), self.internal.clone(), cx))
     }
 
     fn driver_specific(&self) -> Value {
@@ -785,7 +785,7 @@ impl DmRegistry {
         }
         let dev2 = dev.clone();
         dev.io_device.for_each_channel(
-            move |c: &DmCore| c.resume(table.as_ref(), current().core()),
+            move |c: &DmCore| c.resume(table.as_ref()),
             move || {
                 dev2.state().suspended = false;
                 done(Ok(()));

@@ -42,7 +42,8 @@ use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use keel_bdev::{
-    BackendChannel, BdevBackend, BdevEvent, BdevInfo, BdevParams, BdevRegistry, ConfigCall, Descriptor, IoCaps, IoOp,
+    BackendChannel, BdevBackend, BdevEvent, BdevInfo, BdevParams, BdevRegistry, ChannelCx, ConfigCall, Descriptor,
+    IoCaps, IoOp,
 };
 use keel_reactor::{CoreId, IoDevice};
 use serde_json::{json, Value};
@@ -692,8 +693,8 @@ struct MdBackend {
 }
 
 impl BdevBackend for MdBackend {
-    fn create_channel(&self, _core: CoreId) -> Box<dyn BackendChannel> {
-        Box::new(MdChannel::new(self.array.io_device.get_channel()))
+    fn create_channel(&self, cx: &ChannelCx) -> Box<dyn BackendChannel> {
+        Box::new(MdChannel::new(self.array.io_device.get_channel(), cx))
     }
 
     fn driver_specific(&self) -> Value {

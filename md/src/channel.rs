@@ -4,8 +4,9 @@
 //!
 //! Each array has an [`IoDevice`]`<MdCore>`: its value on a core ([`MdCore`]) owns, behind one
 //! `RefCell` only that core touches, the members' [`Channel`]s on this core (one per role, `None`
-//! while the role has no member), a completion queue drained by one poller, a [`ForwardCtx`] for
-//! in-place forwarding, and preallocated pools — child requests (with side arrays naming each
+//! while the role has no member) and a [`ForwardPath`] to each (built once the array bdev's
+//! channel on this core binds it, [`MdCore::bind`]), a completion queue drained by one poller, a
+//! [`ForwardCtx`] counting what is below, and preallocated pools — child requests (with side arrays naming each
 //! child's parent, member and array sector), parent slots, a queue of parents that waited for
 //! children, a retry queue of children a member handed back and a queue of writes the write gate
 //! held. The geometry ([`Geometry`]) is immutable; member states, the resync checkpoint and the
@@ -16,9 +17,12 @@
 //!
 //! The array sector is mapped with [`crate::layout`]; when the whole request stays on one member
 //! (inside one chunk for raid0) and that member has the array's block size, the request itself is
-//! forwarded ([`Channel::forward`]): the original offset goes into the layer word,
-//! `offset_blocks` becomes `data_offset + member sector`, and a success goes straight up without
-//! visiting this layer's poller. Anything else is split at member/chunk boundaries into children.
+//! forwarded in place along the member's path ([`ForwardPath::forward`]): the original offset
+//! goes into the layer word, `offset_blocks` becomes `data_offset + member sector`, and a success
+//! goes straight up without visiting this layer's poller. Anything else is split at member/chunk
+//! boundaries into children. A one-zone raid0 over a power-of-two number of members publishes
+//! that mapping as a striped [`Route`] while every member is present, so the bdev layer forwards
+//! such requests without calling the array at all.
 //!
 //! # Copy levels (raid1, raid10)
 //!
@@ -51,7 +55,8 @@ use std::rc::Rc;
 use std::sync::Arc;
 
 use keel_bdev::{
-    BackendChannel, Channel, CompletionQueue, ForwardCtx, IoBox, IoOp, IoRequest, IoStatus, IoVec, SgList, Submit,
+    BackendChannel, Channel, ChannelCx, ChannelStats, CompletionQueue, ForwardCtx, ForwardPath, IoBox, IoOp, IoRequest,
+    IoStatus, IoVec, Leg, Route, RouteSlot, SgList, Submit,
 };
 use keel_reactor::{current, IoChannel, PollStatus, PollerHandle};
 
@@ -127,6 +132,10 @@ struct State {
     core: u32,
     /// This core's channel of each role's member.
     members: Vec<Option<Channel>>,
+    /// The forward path to each present member, once bound to the array bdev's channel here.
+    paths: Vec<Option<Rc<ForwardPath>>>,
+    /// What the array bdev's channel on this core gave ([`MdCore::bind`]).
+    bound: Option<(Rc<ChannelStats>, Rc<RouteSlot>)>,
     /// Identity of the member each channel belongs to (see [`MdCore::refresh_members`]).
     member_ids: Vec<u64>,
     /// Channels of replaced members, dropped once nothing is in flight here.
@@ -171,21 +180,15 @@ fn slice_iovs(src: &SgList, mut off: u64, mut len: u64, dst: &mut SgList) {
     }
 }
 
-/// Hands `io` to `member` (role `m`) at `member_offset_blocks` with [`Channel::forward`]: the
-/// original offset and the role go into the layer word (a failure comes back knowing both), and
-/// a request handed back gets its offset restored.
+/// Hands `io` to role `m`'s member along `path` at `member_offset_blocks` with
+/// [`ForwardPath::forward`]: the original offset and the role go into the layer word (a failure
+/// comes back knowing both), and a request handed back gets its offset restored.
 #[inline]
-fn forward_in_place(
-    member: &Channel,
-    fwd: &Rc<ForwardCtx>,
-    mut io: IoBox,
-    m: usize,
-    member_offset_blocks: u64,
-) -> Submit {
+fn forward_in_place(path: &Rc<ForwardPath>, mut io: IoBox, m: usize, member_offset_blocks: u64) -> Submit {
     let orig = io.offset_blocks;
     *io.layer_word() = orig | ((m as u64) << MEMBER_SHIFT);
     io.offset_blocks = member_offset_blocks;
-    match member.forward(io, fwd, orig) {
+    match path.forward(io, orig) {
         Submit::Accepted => Submit::Accepted,
         Submit::Requeue(mut io) => {
             io.offset_blocks = orig;
@@ -233,6 +236,8 @@ impl State {
             members,
             member_ids,
             retired: Vec::new(),
+            paths: (0..roles).map(|_| None).collect(),
+            bound: None,
             fwd,
             children: (0..CHILDREN)
                 .map(|i| {
@@ -277,6 +282,41 @@ impl State {
         }
     }
 
+    /// Rebuilds the forward paths for the present members (and the route over them).
+    fn rebuild_paths(&mut self) {
+        let Some((stats, _)) = &self.bound else { return };
+        for (path, member) in self.paths.iter_mut().zip(&self.members) {
+            let same = matches!((&*path, member), (Some(p), Some(c)) if p.base().same_channel(c));
+            if !same {
+                *path = member.as_ref().map(|c| ForwardPath::new(&self.fwd, stats, c.clone()));
+            }
+        }
+        self.publish_route();
+    }
+
+    /// The core maps a one-zone power-of-two raid0 by itself (what the fast path of `submit`
+    /// does) while every member is present and the array lives; otherwise requests come here.
+    fn publish_route(&self) {
+        let Some((_, slot)) = &self.bound else { return };
+        let route = match self.fast {
+            Some(f) if !self.dead && f.chunk_shift >= f.block_shift && self.paths.iter().all(Option::is_some) => {
+                let legs = self
+                    .paths
+                    .iter()
+                    .flatten()
+                    .map(|p| Leg {
+                        path: p.clone(),
+                        offset_blocks: f.data_offset_sectors >> f.block_shift,
+                    })
+                    .collect();
+                Route::striped(1 << (f.chunk_shift - f.block_shift), legs, keel_bdev::IoCaps::RANGED)
+                    .unwrap_or(Route::Off)
+            }
+            _ => Route::Off,
+        };
+        slot.set(route);
+    }
+
     #[inline]
     fn usable(&self, m: usize) -> bool {
         self.members[m].is_some()
@@ -294,9 +334,9 @@ impl State {
                 if off + len <= 1 << f.chunk_shift {
                     let m = (chunk & ((1 << f.members_shift) - 1)) as usize;
                     let member_sector = ((chunk >> f.members_shift) << f.chunk_shift) + off;
-                    if let Some(member) = self.members[m].as_ref() {
+                    if let Some(path) = self.paths[m].as_ref() {
                         let at = (f.data_offset_sectors + member_sector) >> f.block_shift;
-                        return forward_in_place(member, &self.fwd, io, m, at);
+                        return forward_in_place(path, io, m, at);
                     }
                 }
             }
@@ -438,21 +478,19 @@ impl State {
     fn forward(&mut self, io: IoBox, m: usize, member_sector: u64, array_sector: u64, cq: &CompletionQueue) -> Submit {
         let g = &*self.geo;
         let shift = g.member_shifts[m];
-        let Some(member) = self.members[m].as_ref() else {
+        if self.members[m].is_none() {
             io.complete(IoStatus::Failed);
             return Submit::Accepted;
-        };
-        if shift != g.block_shift {
-            let len = io.num_blocks << g.block_shift;
-            return self.accept(io, Kind::Split, array_sector, array_sector + len, cq);
         }
-        forward_in_place(
-            member,
-            &self.fwd,
-            io,
-            m,
-            (g.data_offset_sectors + member_sector) >> shift,
-        )
+        match self.paths[m].as_ref() {
+            Some(path) if shift == g.block_shift => {
+                forward_in_place(path, io, m, (g.data_offset_sectors + member_sector) >> shift)
+            }
+            _ => {
+                let len = io.num_blocks << g.block_shift;
+                self.accept(io, Kind::Split, array_sector, array_sector + len, cq)
+            }
+        }
     }
 
     /// Takes a parent slot and issues children while they last.
@@ -864,11 +902,27 @@ impl MdCore {
             }
             st.next_read[r] = u64::MAX;
         }
+        st.rebuild_paths();
     }
 
     /// Control-path visit: the array is going away; new and held I/O fail.
     pub(crate) fn kill(&self) {
-        self.inner.st.borrow_mut().dead = true;
+        let mut st = self.inner.st.borrow_mut();
+        st.dead = true;
+        st.publish_route();
+    }
+
+    /// Binds this core's state to the array bdev's channel being built here (see
+    /// [`ChannelCx`]): member paths link to its statistics, and a raid0 of the simple shape
+    /// publishes its route in its slot. Called on the core, from the bdev channel's
+    /// construction.
+    pub(crate) fn bind(&self, cx: &ChannelCx) {
+        let mut st = self.inner.st.borrow_mut();
+        if let Some((_, old)) = st.bound.take() {
+            old.set(Route::Off);
+        }
+        st.bound = Some((cx.stats().clone(), cx.route_slot()));
+        st.rebuild_paths();
     }
 }
 
@@ -880,7 +934,9 @@ pub(crate) struct MdChannel {
 }
 
 impl MdChannel {
-    pub(crate) fn new(core: IoChannel<MdCore>) -> MdChannel {
+    /// The array bdev's module channel on `cx`'s core, bound to the core's state.
+    pub(crate) fn new(core: IoChannel<MdCore>, cx: &ChannelCx) -> MdChannel {
+        core.bind(cx);
         let inner = core.rc().inner.clone();
         MdChannel { core, inner }
     }

@@ -6,14 +6,13 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use keel_reactor::CoreId;
 use serde::Deserialize;
 use serde_json::json;
 
 use super::{delete_of_module, obj, parse_uuid, refuse_md};
 use crate::{
-    BackendChannel, Bdev, BdevBackend, BdevError, BdevInfo, BdevParams, BdevRegistry, ConfigCall, IoBox, IoCaps, IoOp,
-    IoStatus, IoVec, Submit,
+    BackendChannel, Bdev, BdevBackend, BdevError, BdevInfo, BdevParams, BdevRegistry, ChannelCx, ConfigCall, IoBox,
+    IoCaps, IoOp, IoStatus, IoVec, Submit,
 };
 
 /// `bdev_malloc_create` parameters (SPDK names).
@@ -164,10 +163,14 @@ impl BackendChannel for MallocChannel {
         io.complete(IoStatus::Success);
         Submit::Accepted
     }
+
+    fn leaf(&self) -> bool {
+        true
+    }
 }
 
 impl BdevBackend for MallocBackend {
-    fn create_channel(&self, _core: CoreId) -> Box<dyn BackendChannel> {
+    fn create_channel(&self, _cx: &ChannelCx) -> Box<dyn BackendChannel> {
         Box::new(MallocChannel {
             storage: self.storage.clone(),
             block_size: self.block_size,

@@ -3,14 +3,13 @@
 
 use std::sync::Arc;
 
-use keel_reactor::CoreId;
 use serde::Deserialize;
 use serde_json::json;
 
 use super::{delete_of_module, obj, parse_uuid, refuse_md};
 use crate::{
-    BackendChannel, Bdev, BdevBackend, BdevError, BdevInfo, BdevParams, BdevRegistry, ConfigCall, IoBox, IoCaps, IoOp,
-    IoStatus, Submit,
+    BackendChannel, Bdev, BdevBackend, BdevError, BdevInfo, BdevParams, BdevRegistry, ChannelCx, ConfigCall, IoBox,
+    IoCaps, IoOp, IoStatus, Submit,
 };
 
 /// `bdev_null_create` parameters (SPDK names).
@@ -67,10 +66,14 @@ impl BackendChannel for NullChannel {
         io.complete(IoStatus::Success);
         Submit::Accepted
     }
+
+    fn leaf(&self) -> bool {
+        true
+    }
 }
 
 impl BdevBackend for NullBackend {
-    fn create_channel(&self, _core: CoreId) -> Box<dyn BackendChannel> {
+    fn create_channel(&self, _cx: &ChannelCx) -> Box<dyn BackendChannel> {
         Box::new(NullChannel)
     }
 

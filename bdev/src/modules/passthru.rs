@@ -53,6 +53,7 @@ struct PassthruHooks;
 impl Hooks for PassthruHooks {
     // Passthru does nothing with a success: it goes straight to the layer above.
     const FORWARD_IN_PLACE: bool = true;
+    const ROUTE: bool = true;
 }
 
 impl Layer for PassthruLayer {

@@ -13,10 +13,13 @@
 //!   the layer's name to *this* bdev). Weak references keep the registry → base → opener →
 //!   closure chain free of cycles. [`StackBackend::on_unregister`] then drops the base
 //!   descriptor, which releases the claim.
-//! * **Data path** ([`StackChannel`]): per core, the layer's channel holds the base's
-//!   [`Channel`], its own [`CompletionQueue`] and a poller. `submit` asks the module's
-//!   [`Hooks::on_submit`] what to do (forward, done/held, requeue), then forwards the same
-//!   [`IoBox`] with `base.submit(io, &cq)`; a base `Requeue` goes back up as `Requeue` (after
+//! * **Data path** ([`StackChannel`]): per core, the layer's channel holds a [`ForwardPath`] to
+//!   the base, its own [`CompletionQueue`] and a poller. `submit` asks the module's
+//!   [`Hooks::on_submit`] what to do (forward, done/held, requeue), then passes the same
+//!   [`IoBox`] on — in place along the path when the module has nothing to do on success
+//!   ([`Hooks::FORWARD_IN_PLACE`]), else with `base.submit(io, &cq)`; a layer with no per-request
+//!   work at all ([`Hooks::ROUTE`], passthru) publishes an identity route and is not even called.
+//!   A base `Requeue` goes back up as `Requeue` (after
 //!   [`Hooks::on_requeue`] undid any per-I/O work). The poller drains the queue with
 //!   `drain_now`, gives each request to [`Hooks::on_base_done`] (which may keep it, e.g. the
 //!   delay FIFOs) and completes the rest upward with `io.complete(io.status())`, which pops the
@@ -47,8 +50,8 @@ use serde_json::Value;
 use uuid::Uuid;
 
 use crate::{
-    BackendChannel, Bdev, BdevBackend, BdevError, BdevEvent, BdevInfo, BdevParams, BdevRegistry, Channel,
-    CompletionQueue, ConfigCall, Descriptor, ForwardCtx, IoBox, IoRequest, IoStatus, Submit,
+    BackendChannel, Bdev, BdevBackend, BdevError, BdevEvent, BdevInfo, BdevParams, BdevRegistry, Channel, ChannelCx,
+    CompletionQueue, ConfigCall, Descriptor, ForwardCtx, ForwardPath, IoBox, IoCaps, IoRequest, IoStatus, Submit,
 };
 
 /// Completions a layer channel's queue holds before it first grows: a typical queue depth; the
@@ -69,9 +72,14 @@ pub(crate) enum Route {
 /// channel's core and shared (`Rc`) by the channel and its poller; interior mutability only.
 pub(crate) trait Hooks: 'static {
     /// Whether the layer has nothing to do when a forwarded request succeeds. Then requests go
-    /// down with [`Channel::forward`]: a success skips this layer's queue and poller entirely,
-    /// and only failures come back through [`Hooks::on_base_done`].
+    /// down with [`ForwardPath::forward`]: a success skips this layer's queue and poller
+    /// entirely, and only failures come back through [`Hooks::on_base_done`].
     const FORWARD_IN_PLACE: bool = false;
+
+    /// Whether the layer does nothing at all per request (no hook of its own on the data
+    /// path): the core then forwards its ranged requests along an identity route, without
+    /// calling the layer (see `forward.rs`). Implies `FORWARD_IN_PLACE`.
+    const ROUTE: bool = false;
 
     /// A request entered the layer (already validated by the generic bdev layer; the layer's
     /// frame is on top). Called on the channel's core from `submit`.
@@ -148,7 +156,7 @@ impl<L: Layer> StackBackend<L> {
 }
 
 impl<L: Layer> BdevBackend for StackBackend<L> {
-    fn create_channel(&self, core: CoreId) -> Box<dyn BackendChannel> {
+    fn create_channel(&self, cx: &ChannelCx) -> Box<dyn BackendChannel> {
         // The base's channel on this core (created there if needed). After unregistration the
         // descriptor is gone; the channel then fails what reaches it with `Removed`.
         let base = self
@@ -158,7 +166,7 @@ impl<L: Layer> BdevBackend for StackBackend<L> {
             .as_ref()
             .map(|d| d.channel());
         let poller_name = format!("{}_{}", self.module, self.link.name);
-        Box::new(StackChannel::new(base, self.layer.hooks(core), poller_name))
+        Box::new(StackChannel::new(cx, base, self.layer.hooks(cx.core()), poller_name))
     }
 
     fn driver_specific(&self) -> Value {
@@ -293,17 +301,25 @@ impl<H: Hooks> Shared<H> {
 
 /// The per-core channel of every stacking bdev. `!Send`; lives and dies on its core.
 pub(crate) struct StackChannel<H: Hooks> {
-    base: Option<Channel>,
+    /// The way to the base on this core (`None` once the base descriptor is gone).
+    base: Option<Rc<ForwardPath>>,
     shared: Rc<Shared<H>>,
     _poller: PollerHandle,
 }
 
 impl<H: Hooks> StackChannel<H> {
-    /// Builds the channel and registers its poller on the calling core.
-    fn new(base: Option<Channel>, hooks: H, poller_name: String) -> StackChannel<H> {
+    /// Builds the channel and registers its poller on the calling core. A layer whose hooks
+    /// only pass requests on ([`Hooks::ROUTE`]) publishes an identity route: the core then
+    /// forwards its requests without calling the layer.
+    fn new(cx: &ChannelCx, base: Option<Channel>, hooks: H, poller_name: String) -> StackChannel<H> {
         let cq = CompletionQueue::with_capacity(CQ_CAPACITY);
+        let fwd = ForwardCtx::new(cq.clone());
+        let base = base.map(|b| ForwardPath::new(&fwd, cx.stats(), b));
+        if let (true, Some(path)) = (H::ROUTE, &base) {
+            cx.route_slot().set(crate::Route::linear(path.clone(), 0, IoCaps::ALL));
+        }
         let shared = Rc::new(Shared {
-            fwd: ForwardCtx::new(cq.clone()),
+            fwd,
             cq,
             hooks,
             aborted: Cell::new(false),
@@ -332,9 +348,9 @@ impl<H: Hooks> BackendChannel for StackChannel<H> {
         };
         let r = if H::FORWARD_IN_PLACE {
             let offset = io.offset_blocks;
-            base.forward(io, &self.shared.fwd, offset)
+            base.forward(io, offset)
         } else {
-            base.submit(io, &self.shared.cq)
+            base.base().submit(io, &self.shared.cq)
         };
         match r {
             Submit::Accepted => Submit::Accepted,

@@ -88,8 +88,8 @@ use serde_json::{json, Value};
 
 use super::{delete_of_module, obj, parse_uuid};
 use crate::{
-    BackendChannel, Bdev, BdevBackend, BdevError, BdevInfo, BdevParams, BdevRegistry, ConfigCall, IoBox, IoCaps, IoOp,
-    IoRequest, IoStatus, Submit, MAX_IOVS,
+    BackendChannel, Bdev, BdevBackend, BdevError, BdevInfo, BdevParams, BdevRegistry, ChannelCx, ConfigCall, IoBox,
+    IoCaps, IoOp, IoRequest, IoStatus, Submit, MAX_IOVS,
 };
 
 /// Module name of `bdev_uring_create` bdevs.
@@ -437,8 +437,13 @@ struct FileBackend {
 }
 
 impl BdevBackend for FileBackend {
-    fn create_channel(&self, core: CoreId) -> Box<dyn BackendChannel> {
-        Box::new(UringChannel::new(&self.name, core, self.file.clone(), self.block_size))
+    fn create_channel(&self, cx: &ChannelCx) -> Box<dyn BackendChannel> {
+        Box::new(UringChannel::new(
+            &self.name,
+            cx.core(),
+            self.file.clone(),
+            self.block_size,
+        ))
     }
 
     fn driver_specific(&self) -> Value {
@@ -987,6 +992,11 @@ impl BackendChannel for UringChannel {
     #[inline]
     fn submit(&mut self, io: IoBox) -> Submit {
         self.state.borrow_mut().submit(io)
+    }
+
+    /// Requests are finished from the ring's completions; the frames are never touched.
+    fn leaf(&self) -> bool {
+        true
     }
 
     fn abort_all(&mut self) {

@@ -14,10 +14,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use keel_bdev::{
-    BackendChannel, Bdev, BdevBackend, BdevInfo, BdevParams, BdevRegistry, ConfigCall, IoBox, IoCaps, IoOp, IoStatus,
-    Submit,
+    BackendChannel, Bdev, BdevBackend, BdevInfo, BdevParams, BdevRegistry, ChannelCx, ConfigCall, IoBox, IoCaps, IoOp,
+    IoStatus, Submit,
 };
-use keel_reactor::{current, CoreId, PollStatus, PollerHandle};
+use keel_reactor::{current, PollStatus, PollerHandle};
 
 fn params(name: &str, num_blocks: u64, block_size: u32, module: &'static str) -> BdevParams {
     BdevParams {
@@ -84,7 +84,7 @@ impl BackendChannel for CorruptChannel {
 }
 
 impl BdevBackend for CorruptDisk {
-    fn create_channel(&self, _core: CoreId) -> Box<dyn BackendChannel> {
+    fn create_channel(&self, _cx: &ChannelCx) -> Box<dyn BackendChannel> {
         Box::new(CorruptChannel {
             data: self.data.clone(),
             block_size: self.block_size,
@@ -135,7 +135,7 @@ impl BackendChannel for FailChannel {
 }
 
 impl BdevBackend for FailDisk {
-    fn create_channel(&self, _core: CoreId) -> Box<dyn BackendChannel> {
+    fn create_channel(&self, _cx: &ChannelCx) -> Box<dyn BackendChannel> {
         Box::new(FailChannel {
             every: self.every,
             count: self.count.clone(),
@@ -190,7 +190,7 @@ impl BackendChannel for SlowChannel {
 }
 
 impl BdevBackend for SlowDisk {
-    fn create_channel(&self, _core: CoreId) -> Box<dyn BackendChannel> {
+    fn create_channel(&self, _cx: &ChannelCx) -> Box<dyn BackendChannel> {
         let held: Held = Rc::default();
         let turn = Rc::new(Cell::new(0u64));
         let (h2, t2) = (held.clone(), turn.clone());
