@@ -1,7 +1,7 @@
 //! Bdevs, their backends (modules), channels, descriptors and claims.
 
-use std::cell::RefCell;
-use std::rc::Rc;
+use std::cell::{Cell, RefCell};
+use std::rc::{Rc, Weak};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -9,7 +9,7 @@ use keel_reactor::{try_current, CoreId, IoChannel, IoDevice};
 use serde_json::Value;
 use uuid::Uuid;
 
-use crate::forward::RouteSlot;
+use crate::forward::{Route, RouteHandle};
 use crate::stats::{ChannelStats, IoStats, StatsReset};
 use crate::{BdevError, CompletionQueue, IoBox, IoOp, IoRequest, IoStatus, Submit};
 
@@ -153,11 +153,16 @@ pub(crate) struct BdevCore {
 
 /// What the generic layer hands a module building its channel on a core
 /// ([`BdevBackend::create_channel`]). Lives only for that call; what the module keeps of it
-/// (the statistics handle, the route slot) it clones.
+/// (the statistics handle, a route handle) it clones.
 pub struct ChannelCx {
     core: CoreId,
     stats: Rc<ChannelStats>,
-    route: RefCell<Option<Rc<RouteSlot>>>,
+    /// The channel being built.
+    chan: Weak<BdevChannel>,
+    /// The module asked for a route handle.
+    routes: Cell<bool>,
+    /// A route published while the channel is being built (moved into it afterwards).
+    staged: Rc<RefCell<Route>>,
 }
 
 impl ChannelCx {
@@ -172,23 +177,33 @@ impl ChannelCx {
         &self.stats
     }
 
-    /// The slot where the module publishes a [`crate::Route`] for the core to apply (created on
-    /// the first call; a bdev whose module never asks has none, and its submits skip routing).
-    pub fn route_slot(&self) -> Rc<RouteSlot> {
-        self.route.borrow_mut().get_or_insert_with(RouteSlot::new).clone()
+    /// Where the module publishes a [`crate::Route`] for the core to apply (a bdev whose module
+    /// never asks has no route, and its submits skip routing).
+    pub fn route_handle(&self) -> RouteHandle {
+        self.routes.set(true);
+        RouteHandle::new(self.chan.clone(), Rc::downgrade(&self.staged))
     }
 }
 
 /// The generic per-core channel of a bdev: validation, statistics and the module's channel.
 /// Shared by every descriptor on the core.
+///
+/// `repr(C)`: what every submit reads (the shared facts, the module's channel, the flags) sits in
+/// the first cache line, ahead of the route (up to a few hundred bytes, read only by submits to a
+/// routing layer).
+#[repr(C)]
 pub struct BdevChannel {
     core: Arc<BdevCore>,
     backend: RefCell<Box<dyn BackendChannel>>,
     stats: Rc<ChannelStats>,
-    /// The module's route, when it publishes one.
-    route: Option<Rc<RouteSlot>>,
+    /// The module publishes routes (it took a [`RouteHandle`]); `route` is the current one.
+    routes: bool,
     /// The module's channel is a leaf ([`BackendChannel::leaf`]).
     leaf: bool,
+    /// Hot removal reached this core ([`BdevChannel::abort_all`]): what a route forwards here
+    /// fails. A per-core copy of the bdev's removal flag, in the line the dispatch reads anyway.
+    pub(crate) aborted: Cell<bool>,
+    pub(crate) route: RefCell<Route>,
 }
 
 impl Drop for BdevChannel {
@@ -206,6 +221,7 @@ impl BdevChannel {
     }
 
     pub(crate) fn abort_all(&self) {
+        self.aborted.set(true);
         self.backend.borrow_mut().abort_all();
     }
 }
@@ -247,11 +263,13 @@ impl Bdev {
             retired: Mutex::new(IoStats::default()),
         });
         let c2 = core.clone();
-        let io_device = IoDevice::new(core.info.name.clone(), move |cpu| {
+        let io_device = IoDevice::new_cyclic(core.info.name.clone(), move |cpu, chan: &Weak<BdevChannel>| {
             let cx = ChannelCx {
                 core: cpu,
                 stats: Rc::new(ChannelStats::new(c2.info.block_size)),
-                route: RefCell::new(None),
+                chan: chan.clone(),
+                routes: Cell::new(false),
+                staged: Rc::new(RefCell::new(Route::Off)),
             };
             let backend = c2.backend.create_channel(&cx);
             BdevChannel {
@@ -259,7 +277,9 @@ impl Bdev {
                 leaf: backend.leaf(),
                 backend: RefCell::new(backend),
                 stats: cx.stats,
-                route: cx.route.into_inner(),
+                routes: cx.routes.get(),
+                route: RefCell::new(cx.staged.replace(Route::Off)),
+                aborted: Cell::new(false),
             }
         });
         Arc::new(Bdev {
@@ -474,7 +494,7 @@ impl Channel {
     /// Whether the bdev's module currently publishes a [`crate::Route`] on this core, i.e.
     /// whether the bdev layer maps and forwards fitting requests itself (diagnostics, tests).
     pub fn is_routed(&self) -> bool {
-        self.ch.route.as_ref().is_some_and(|r| r.is_on())
+        !matches!(*self.ch.route.borrow(), Route::Off)
     }
 
     /// Whether `other` is a handle on the same bdev channel.
@@ -493,7 +513,17 @@ impl Channel {
     /// reaches a removed bdev — completes with that status through `cq` like any other.
     /// `Submit::Requeue` hands it back untouched (backpressure). Called on this channel's core.
     #[inline]
-    pub fn submit(&self, mut io: IoBox, cq: &CompletionQueue) -> Submit {
+    pub fn submit(&self, io: IoBox, cq: &CompletionQueue) -> Submit {
+        if self.ch.routes {
+            self.submit_routed(io, cq)
+        } else {
+            self.submit_to_module(io, cq)
+        }
+    }
+
+    /// [`Channel::submit`] of a bdev whose module publishes no route.
+    #[inline(always)]
+    fn submit_to_module(&self, mut io: IoBox, cq: &CompletionQueue) -> Submit {
         if io
             .push_frame(cq, Some(self.ch.stats.clone()), keel_reactor::ticks())
             .is_err()
@@ -502,20 +532,38 @@ impl Channel {
             return Submit::Accepted;
         }
         match self.check(&io) {
-            IoStatus::Pending => {
-                if let Some(slot) = &self.ch.route {
-                    match slot.forward(io) {
-                        Ok(Submit::Accepted) => return Submit::Accepted,
-                        Ok(Submit::Requeue(mut io)) => {
-                            io.pop_frame();
-                            return Submit::Requeue(io);
-                        }
-                        Err(back) => io = back,
-                    }
-                }
-                self.dispatch(io)
-            }
+            IoStatus::Pending => self.dispatch(io),
             status => {
+                io.complete(status);
+                Submit::Accepted
+            }
+        }
+    }
+
+    /// [`Channel::submit`] of a bdev with a route slot: a request the route takes is charged
+    /// to the path's shared statistics, so its frame gets the bdev's own statistics only when
+    /// something else happens to it — refused here, sent to the module, or back from a failed
+    /// forward (see `forward.rs`).
+    #[inline(always)]
+    fn submit_routed(&self, mut io: IoBox, cq: &CompletionQueue) -> Submit {
+        if io.push_frame(cq, None, keel_reactor::ticks()).is_err() {
+            io.complete_direct(cq, IoStatus::StackOverflow);
+            return Submit::Accepted;
+        }
+        match self.check(&io) {
+            IoStatus::Pending => match crate::forward::forward_routed(&self.ch.route, io) {
+                Ok(Submit::Accepted) => Submit::Accepted,
+                Ok(Submit::Requeue(mut io)) => {
+                    io.pop_frame();
+                    Submit::Requeue(io)
+                }
+                Err(mut io) => {
+                    io.charge_top_to(&self.ch.stats);
+                    self.dispatch(io)
+                }
+            },
+            status => {
+                io.charge_top_to(&self.ch.stats);
                 io.complete(status);
                 Submit::Accepted
             }
@@ -596,9 +644,10 @@ impl Channel {
         self.ch.backend.borrow_mut().submit(io)
     }
 
-    /// The bdev's shared facts.
-    pub(crate) fn core(&self) -> &Arc<BdevCore> {
-        &self.ch.core
+    /// Whether hot removal reached this channel (see `BdevChannel::aborted`).
+    #[inline(always)]
+    pub(crate) fn aborted(&self) -> bool {
+        self.ch.aborted.get()
     }
 
     /// Whether the bdev's module channel is a leaf ([`BackendChannel::leaf`]).
@@ -705,7 +754,7 @@ mod tests {
         route: bool,
     }
     struct LayerChannel {
-        path: Rc<ForwardPath>,
+        path: ForwardPath,
     }
 
     impl BackendChannel for LayerChannel {
@@ -730,7 +779,7 @@ mod tests {
             LAYER_CTX.with(|c| *c.borrow_mut() = Some(ctx.clone()));
             let path = ForwardPath::new(&ctx, cx.stats(), base);
             if self.route {
-                cx.route_slot().set(Route::linear(path.clone(), SHIFT, IoCaps::ALL));
+                cx.route_handle().set(Route::linear(path.clone(), SHIFT, IoCaps::ALL));
             }
             Box::new(LayerChannel { path })
         }
@@ -777,18 +826,18 @@ mod tests {
         )
         .unwrap();
         let desc = reg.open("L", true, |_| {}).unwrap();
-        d.enter(CoreId(0), || {
+        let buf = DmaBuf::new(512);
+        // Test code: a fresh request each time.
+        let request = |off: u64| {
+            let mut io = IoRequest::new_boxed();
+            io.iovs.push(IoVec::whole(buf.clone()));
+            io.prepare(IoOp::Read, off, 1);
+            io
+        };
+        let cq = CompletionQueue::with_capacity(4);
+        let (ch, ctx) = d.enter(CoreId(0), || {
             let ch = desc.channel();
             let ctx = LAYER_CTX.with(|c| c.borrow().clone()).expect("layer channel built");
-            let cq = CompletionQueue::with_capacity(4);
-            let buf = DmaBuf::new(512);
-            // Test code: a fresh request each time.
-            let request = |off: u64| {
-                let mut io = IoRequest::new_boxed();
-                io.iovs.push(IoVec::whole(buf.clone()));
-                io.prepare(IoOp::Read, off, 1);
-                io
-            };
             let layer_stats = || ch.stats().snapshot();
             let base_stats = || base.local_stats().expect("base channel on this core");
 
@@ -870,8 +919,13 @@ mod tests {
                 ctx.end();
             }
 
-            // A removed base refuses what is forwarded to it.
-            reg.unregister("B", || {}).unwrap();
+            (ch, ctx)
+        });
+
+        // A removed base refuses what is forwarded to it (once the removal reached this core).
+        d.enter(CoreId(0), || reg.unregister("B", || {}).unwrap());
+        d.run_until_idle(100);
+        d.enter(CoreId(0), || {
             assert!(matches!(ch.submit(request(0), &cq), Submit::Accepted));
             let io = ctx.cq().pop().expect("removal comes back to the layer");
             assert_eq!(
@@ -879,6 +933,7 @@ mod tests {
                 (IoStatus::Removed, 0, 1)
             );
             ctx.end();
+            drop(ch);
         });
         d.run_until_idle(100);
     }

@@ -5,19 +5,20 @@
 //!
 //! A layer channel (dm, md, passthru) that passes requests to base bdevs holds one
 //! [`ForwardCtx`] — its failure queue and its count of requests below it — and one
-//! [`ForwardPath`] per base it forwards to on this core. [`ForwardPath::forward`] sends the
-//! request itself down, its `offset_blocks` already remapped by the layer. A **success** never
+//! [`ForwardPath`] handle per base it forwards to on this core. [`ForwardPath::forward`] sends
+//! the request itself down, its `offset_blocks` already remapped by the layer. A **success** never
 //! comes back to the layer: [`crate::IoRequest::complete`] finishes the base's part and the
-//! layer's in the same call (offset restored, the context's count dropped) and queues the
-//! request for whoever is above the layer. A **failure** comes back to the context's queue with
-//! the layer's frame on top and its offset restored, exactly as after a plain submit; the layer
-//! then calls [`ForwardCtx::end`] and handles it.
+//! layer's in the same call (offset restored) and queues the request for whoever is above the
+//! layer. A **failure** comes back to the context's queue with the layer's frame on top and its
+//! offset restored, exactly as after a plain submit; the layer then handles it and calls
+//! [`ForwardCtx::end`].
 //!
 //! What a forwarded request costs the base depends on the base:
 //!
 //! * A **leaf** base (null, malloc, uring: its module finishes every request itself and never
-//!   touches the request's frames) gets no frame. Its part is recorded in the layer's frame
-//!   (`via`), so forwarding is a few stores and completing walks one frame for both bdevs.
+//!   touches the request's frames) gets no frame. Its part is recorded on the request (`via`:
+//!   the path and the layer's offset), so forwarding is a few stores and completing walks one
+//!   frame for both bdevs.
 //! * Any other base (a layer itself) gets a frame of its own, as a submit would push, that
 //!   shares the layer's submit stamp.
 //!
@@ -28,36 +29,50 @@
 //! ends outside it; the layer's own validation covers the rest, because a layer forwards in place
 //! only requests of its own size and block size (debug builds assert it).
 //!
+//! A request on its way along a path holds a reference to the path's shared part
+//! (`PathInner`) until the base is done with it: that reference keeps the path alive after
+//! the layer dropped it (a table swapped, a member replaced) and is also what counts it —
+//! [`ForwardCtx::inflight`] adds up the references of every path built on the context, so
+//! forwarding costs no counter of its own.
+//!
 //! # Routes
 //!
 //! A layer whose mapping is pure arithmetic — a linear range of one base, chunks striped over a
-//! power-of-two number of bases — can publish it as a [`Route`] in its [`RouteSlot`]. The core's
-//! [`crate::Channel::submit`] then maps a request that fits (one base, one chunk, an op the
-//! route carries) itself and forwards it along the route's path, without calling the module at
-//! all; anything else goes to the module as usual. The module owns the slot's contents: it
-//! publishes a route only while every request may take it (its device is live, not suspended,
-//! nothing held) and turns it off from the same visits that change its own state, so the route
-//! and the module never disagree. Requests forwarded along a route count in the module's
-//! [`ForwardCtx`] like its own, so draining works unchanged.
+//! power-of-two number of bases — can publish it as a [`Route`] through its [`RouteHandle`]; the
+//! route lives in the layer's bdev channel. The core's [`crate::Channel::submit`] then maps a
+//! request that fits (one base, one chunk, an op the route carries) itself and forwards it along
+//! the route's path, without calling the module at all; anything else goes to the module as
+//! usual. The module owns the route: it publishes one only while every request may take it (its
+//! device is live, not suspended, nothing held) and turns it off from the same visits that
+//! change its own state, so the route and the module never disagree. Requests forwarded along a
+//! route count in the module's [`ForwardCtx`] like its own, so draining works unchanged. A
+//! routed request to a leaf checks the base's per-core removal flag (set when hot removal
+//! reaches that core), which sits in the line the dispatch reads anyway.
 //!
 //! Everything here lives on one core; nothing allocates per request (paths and routes are built
 //! by the control path; forwarding clones one `Rc`).
 
 use std::cell::{Cell, RefCell};
-use std::rc::Rc;
-use std::sync::atomic::Ordering;
-use std::sync::Arc;
+use std::rc::{Rc, Weak};
 
-use crate::bdev::{BdevCore, Channel, IoCaps};
-use crate::stats::{ChannelStats, SharedStats};
+use crate::bdev::{BdevChannel, Channel, IoCaps};
+use crate::stats::{ChannelStats, HoldsShared, SharedStats};
 use crate::{CompletionQueue, IoBox, IoOp, IoStatus, Submit};
 
 /// A layer channel's forwarding state: the queue where its failed forwards come back, and the
 /// count of its requests below it. Owned by the layer's channel (shared by `Rc` with its paths),
 /// on its core.
+///
+/// The count has two parts. A request travelling along a path is counted by the path itself —
+/// it holds a reference to the path's [`PathInner`] until the base is done — so forwarding costs
+/// no counter of its own. What the layer keeps or handles itself (split parents, held requests,
+/// and failed forwards from the moment they come back) it counts with [`ForwardCtx::begin`] and
+/// [`ForwardCtx::end`].
 pub struct ForwardCtx {
     pub(crate) failure_cq: CompletionQueue,
-    inflight: Cell<u64>,
+    own: Cell<u64>,
+    /// The paths built on this context, live or still holding requests.
+    paths: RefCell<Vec<Weak<PathInner>>>,
 }
 
 impl ForwardCtx {
@@ -65,26 +80,32 @@ impl ForwardCtx {
     pub fn new(failure_cq: CompletionQueue) -> Rc<ForwardCtx> {
         Rc::new(ForwardCtx {
             failure_cq,
-            inflight: Cell::new(0),
+            own: Cell::new(0),
+            paths: RefCell::new(Vec::new()),
         })
     }
 
-    /// Requests forwarded (or otherwise counted with [`ForwardCtx::begin`]) and not yet finished.
-    #[inline]
+    /// Requests below the layer and not yet finished: those travelling along its paths (also
+    /// paths it dropped since) plus those it counted with [`ForwardCtx::begin`]. Not for the
+    /// I/O path (it walks the paths): for drains and clean-up checks.
     pub fn inflight(&self) -> u64 {
-        self.inflight.get()
+        let mut paths = self.paths.borrow_mut();
+        paths.retain(|p| p.strong_count() > 0);
+        // An upgraded reference is one more than the path's own and its requests'.
+        let travelling = |p: Rc<PathInner>| p.travelling(Rc::strong_count(&p) - 1);
+        self.own.get() + paths.iter().filter_map(Weak::upgrade).map(travelling).sum::<u64>()
     }
 
-    /// Counts one more request below the layer.
+    /// Counts one more request the layer keeps or handles itself.
     #[inline]
     pub fn begin(&self) {
-        self.inflight.set(self.inflight.get() + 1);
+        self.own.set(self.own.get() + 1);
     }
 
-    /// Counts one request back (the layer calls this for failures it handles itself).
+    /// Counts one such request back (the layer calls this for failures it handles itself).
     #[inline]
     pub fn end(&self) {
-        self.inflight.set(self.inflight.get() - 1);
+        self.own.set(self.own.get() - 1);
     }
 
     /// The layer's queue.
@@ -93,45 +114,113 @@ impl ForwardCtx {
     }
 }
 
-/// A layer channel's way to one base bdev on one core. Built by the layer on that core (control
-/// path) and shared by `Rc` with the requests in flight along it.
+/// A layer channel's way to one base bdev on one core: a handle, built by the layer on that core
+/// (control path) and cloned freely into its tables and routes.
 pub struct ForwardPath {
-    ctx: Rc<ForwardCtx>,
-    base: Channel,
-    /// The base's shared facts (its removal flag, one pointer away).
-    base_core: Arc<BdevCore>,
+    inner: Rc<PathInner>,
+}
+
+/// What the handles share and a request travelling along the path refers to (one `Rc` clone
+/// per request, dropped when the base is done with it): the strong count beyond the handles'
+/// is the number of requests on the way.
+///
+/// `repr(C)`: what forwarding reads sits next to the reference count, in one cache line ahead of
+/// the shared counters.
+#[repr(C)]
+pub(crate) struct PathInner {
     /// The base is a leaf (see the module docs): its part rides on the layer's frame.
     leaf: bool,
+    base: Channel,
+    ctx: Rc<ForwardCtx>,
     base_stats: Rc<ChannelStats>,
-    shared: Rc<SharedStats>,
+    /// [`ForwardPath`] handles (their references are not requests).
+    handles: Cell<usize>,
+    shared: SharedStats,
 }
 
 impl ForwardPath {
     /// A path from the layer channel whose statistics are `layer` (its
     /// [`crate::ChannelCx::stats`]) and whose forwarding state is `ctx`, to `base` (a channel of
     /// a bdev the layer opened). Called on the core where both channels live.
-    pub fn new(ctx: &Rc<ForwardCtx>, layer: &Rc<ChannelStats>, base: Channel) -> Rc<ForwardPath> {
+    pub fn new(ctx: &Rc<ForwardCtx>, layer: &Rc<ChannelStats>, base: Channel) -> ForwardPath {
         let base_stats = base.stats_rc().clone();
-        Rc::new(ForwardPath {
+        let inner = Rc::new(PathInner {
             ctx: ctx.clone(),
-            base_core: base.core().clone(),
             leaf: base.is_leaf(),
             shared: SharedStats::new(layer, &base_stats),
             base_stats,
             base,
-        })
+            handles: Cell::new(1),
+        });
+        ctx.paths.borrow_mut().push(Rc::downgrade(&inner));
+        SharedStats::link(&inner);
+        ForwardPath { inner }
     }
 
     /// The base's channel (for requests the layer submits itself, e.g. split children).
     #[inline]
     pub fn base(&self) -> &Channel {
-        &self.base
+        &self.inner.base
     }
 
     /// The layer's forwarding state.
     #[inline]
     pub fn ctx(&self) -> &Rc<ForwardCtx> {
-        &self.ctx
+        &self.inner.ctx
+    }
+
+    /// Requests on their way along this path now.
+    pub fn inflight(&self) -> u64 {
+        self.inner.travelling(Rc::strong_count(&self.inner))
+    }
+
+    /// Forwards `io` in place to the base, for a layer inside its
+    /// [`crate::BackendChannel::submit`]: the layer's frame is on top and `offset_blocks` is
+    /// already mapped to the base; `restore_offset_blocks` is the layer's own offset, set back
+    /// when the base is done. See the module docs for what comes back where. The request counts
+    /// in the context's [`ForwardCtx::inflight`] from here until a success passes or the layer
+    /// ends a failure. `Submit::Requeue` hands it back as it came (layer frame on top, offset as
+    /// mapped, not counted). A request in no bdev at all is simply submitted to the base with the
+    /// context's queue. Called on the path's core.
+    #[inline(always)]
+    pub fn forward(&self, io: IoBox, restore_offset_blocks: u64) -> Submit {
+        self.inner.forward(io, restore_offset_blocks)
+    }
+}
+
+impl Clone for ForwardPath {
+    fn clone(&self) -> ForwardPath {
+        self.inner.handles.set(self.inner.handles.get() + 1);
+        ForwardPath {
+            inner: self.inner.clone(),
+        }
+    }
+}
+
+impl Drop for ForwardPath {
+    fn drop(&mut self) {
+        self.inner.handles.set(self.inner.handles.get() - 1);
+    }
+}
+
+impl PathInner {
+    /// Requests travelling along the path, given its strong count: every reference but the
+    /// handles' is a request's.
+    fn travelling(&self, strong_count: usize) -> u64 {
+        (strong_count - self.handles.get()) as u64
+    }
+
+    /// Hands a request that failed below (the layer's frame on top, offset restored) back to
+    /// the layer's queue, where the layer counts it until it ends it. A frame pushed for a route
+    /// charges nothing yet; from here on it is the layer's own request again, so it charges the
+    /// layer's statistics when the layer completes it.
+    #[cold]
+    pub(crate) fn return_failure(&self, mut io: IoBox) {
+        if let Some(layer) = self.shared.layer() {
+            io.charge_top_to(&layer);
+        }
+        self.ctx.begin();
+        self.ctx.failure_cq.push(io);
     }
 
     #[inline(always)]
@@ -144,27 +233,17 @@ impl ForwardPath {
         &self.shared
     }
 
-    /// Forwards `io` in place to the base, for a layer inside its
-    /// [`crate::BackendChannel::submit`]: the layer's frame is on top and `offset_blocks` is
-    /// already mapped to the base; `restore_offset_blocks` is the layer's own offset, set back
-    /// when the base is done. See the module docs for what comes back where; the context counts
-    /// the request from here until a success passes or the layer ends a failure.
-    /// `Submit::Requeue` hands it back as it came (layer frame on top, offset as mapped, not
-    /// counted). A request in no bdev at all is simply submitted to the base with the context's
-    /// queue. Called on the path's core.
     #[inline(always)]
-    pub fn forward(self: &Rc<Self>, mut io: IoBox, restore_offset_blocks: u64) -> Submit {
+    fn forward(self: &Rc<Self>, mut io: IoBox, restore_offset_blocks: u64) -> Submit {
         if self.leaf {
             if let Err(_path) = io.set_via(self.clone(), restore_offset_blocks) {
                 return self.base.submit(io, &self.ctx.failure_cq);
             }
-            self.ctx.begin();
             match self.base.check_forwarded(&io) {
                 IoStatus::Pending => match self.base.dispatch_leaf(io) {
                     Submit::Accepted => Submit::Accepted,
                     Submit::Requeue(mut io) => {
                         io.clear_via();
-                        self.ctx.end();
                         Submit::Requeue(io)
                     }
                 },
@@ -180,21 +259,14 @@ impl ForwardPath {
                 Err(false) => return self.base.submit(io, &self.ctx.failure_cq),
                 Err(true) => {
                     // Refused like a failure from below: the layer's frame on top, on its queue.
-                    self.ctx.begin();
                     io.offset_blocks = restore_offset_blocks;
-                    io.complete_direct(&self.ctx.failure_cq, IoStatus::StackOverflow);
+                    io.set_status(IoStatus::StackOverflow);
+                    self.return_failure(io);
                     return Submit::Accepted;
                 }
             }
-            self.ctx.begin();
             match self.base.check_forwarded(&io) {
-                IoStatus::Pending => match self.base.dispatch(io) {
-                    Submit::Accepted => Submit::Accepted,
-                    Submit::Requeue(io) => {
-                        self.ctx.end();
-                        Submit::Requeue(io)
-                    }
-                },
+                IoStatus::Pending => self.base.dispatch(io),
                 status => {
                     io.complete(status);
                     Submit::Accepted
@@ -204,10 +276,16 @@ impl ForwardPath {
     }
 }
 
-impl Drop for ForwardPath {
+impl HoldsShared for PathInner {
+    fn shared(&self) -> &SharedStats {
+        &self.shared
+    }
+}
+
+impl Drop for PathInner {
     fn drop(&mut self) {
         // What the pair counted stays with both bdevs.
-        self.shared.retire();
+        self.shared.retire(self as *const PathInner as *const ());
     }
 }
 
@@ -218,40 +296,44 @@ pub const ROUTE_LEGS: usize = 16;
 /// One leg of a [`Route::Striped`]: the path to its base and where the leg starts there.
 #[derive(Clone)]
 pub struct Leg {
-    pub path: Rc<ForwardPath>,
+    pub path: ForwardPath,
     pub offset_blocks: u64,
 }
 
 /// A layer's mapping as data, for the core to apply (see the module docs). Offsets and sizes
 /// are in blocks of the layer, which are the bases' blocks too.
+// One route per layer channel, read on every submit: the legs are kept inline (no pointer to
+// follow), so the striped variant is the large one on purpose.
+#[allow(clippy::large_enum_variant)]
 pub enum Route {
     /// Every request goes to the module.
     Off,
     /// Block `x` of the layer is block `offset_blocks + x` of `path`'s base.
     Linear {
-        path: Rc<ForwardPath>,
+        path: ForwardPath,
         offset_blocks: u64,
         ops: IoCaps,
     },
     /// Chunks of `chunk_mask + 1` blocks go round robin over `legs_mask + 1` legs (both powers
     /// of two, at most [`ROUTE_LEGS`]): chunk `c` is chunk `c >> log2(legs)` of leg
     /// `c & legs_mask`. Requests crossing a chunk go to the module. The shifts and masks are kept
-    /// ready for the arithmetic (`row_shift` = log2(chunk) + log2(legs)); the legs fill a
-    /// fixed array (unused entries repeat the first), so a masked index needs no bounds check.
+    /// ready for the arithmetic; the legs fill a fixed array (unused entries repeat the first),
+    /// so a masked index needs no bounds check.
     Striped {
         chunk_shift: u32,
-        row_shift: u32,
+        legs_shift: u32,
+        chunk_blocks: u64,
         chunk_mask: u64,
         legs_mask: u64,
-        legs: Box<[Leg; ROUTE_LEGS]>,
+        legs: [Leg; ROUTE_LEGS],
         ops: IoCaps,
     },
 }
 
 impl Route {
     /// A linear route; `ops` are the ops to map (ops outside the base's go to the module).
-    pub fn linear(path: Rc<ForwardPath>, offset_blocks: u64, ops: IoCaps) -> Route {
-        let ops = ops.and(IoCaps::RANGED).and(path.base.allowed());
+    pub fn linear(path: ForwardPath, offset_blocks: u64, ops: IoCaps) -> Route {
+        let ops = ops.and(IoCaps::RANGED).and(path.inner.base.allowed());
         Route::Linear {
             path,
             offset_blocks,
@@ -268,14 +350,14 @@ impl Route {
         }
         let ops = legs
             .iter()
-            .fold(ops.and(IoCaps::RANGED), |o, l| o.and(l.path.base.allowed()));
-        let chunk_shift = chunk_blocks.trailing_zeros();
+            .fold(ops.and(IoCaps::RANGED), |o, l| o.and(l.path.inner.base.allowed()));
         Some(Route::Striped {
-            chunk_shift,
-            row_shift: chunk_shift + n.trailing_zeros(),
+            chunk_shift: chunk_blocks.trailing_zeros(),
+            legs_shift: n.trailing_zeros(),
+            chunk_blocks,
             chunk_mask: chunk_blocks - 1,
             legs_mask: n as u64 - 1,
-            legs: Box::new(std::array::from_fn(|i| legs.get(i).unwrap_or(&legs[0]).clone())),
+            legs: std::array::from_fn(|i| legs.get(i).unwrap_or(&legs[0]).clone()),
             ops,
         })
     }
@@ -283,17 +365,18 @@ impl Route {
     /// Where a request of `op` over `num_blocks` (> 0) at `offset_blocks` goes: the path and the
     /// base's offset, or `None` for the module. Pure arithmetic; the request is inside the layer.
     #[inline(always)]
-    pub fn map(&self, op: IoOp, offset_blocks: u64, num_blocks: u64) -> Option<(&Rc<ForwardPath>, u64)> {
+    pub(crate) fn map(&self, op: IoOp, offset_blocks: u64, num_blocks: u64) -> Option<(&Rc<PathInner>, u64)> {
         match self {
             Route::Off => None,
             Route::Linear {
                 path,
                 offset_blocks: base,
                 ops,
-            } => ops.supports(op).then_some((path, base + offset_blocks)),
+            } => ops.supports(op).then_some((&path.inner, base + offset_blocks)),
             Route::Striped {
                 chunk_shift,
-                row_shift,
+                legs_shift,
+                chunk_blocks,
                 chunk_mask,
                 legs_mask,
                 legs,
@@ -302,50 +385,64 @@ impl Route {
                 if !ops.supports(op) {
                     return None;
                 }
-                // Inside one chunk: the first and last block differ only below the chunk size.
-                if (offset_blocks ^ (offset_blocks + (num_blocks - 1))) > *chunk_mask {
+                let within = offset_blocks & chunk_mask;
+                if within + num_blocks > *chunk_blocks {
                     return None;
                 }
                 let leg = &legs[((offset_blocks >> chunk_shift) & legs_mask) as usize % ROUTE_LEGS];
-                let row_start = (offset_blocks >> row_shift) << chunk_shift;
-                Some((&leg.path, leg.offset_blocks + row_start + (offset_blocks & chunk_mask)))
+                // The leg's block: the offset without its leg bits. Shifting right by log2(legs)
+                // brings the row to the chunk-number bits; the bits below them are the leg's
+                // number and are replaced by `within`.
+                let on_leg = ((offset_blocks >> legs_shift) & !chunk_mask) | within;
+                Some((&leg.path.inner, leg.offset_blocks + on_leg))
             }
         }
     }
 }
 
-/// Where a layer channel publishes its [`Route`]; read by the core on every submit to the layer,
-/// written only by the layer's control-path visits on the same core. Shared by `Rc` between the
-/// layer's bdev channel and the module (from [`crate::ChannelCx::route_slot`]).
-pub struct RouteSlot {
-    route: RefCell<Route>,
+/// Where a layer's module publishes its [`Route`]: a handle on the layer's bdev channel on one
+/// core (from [`crate::ChannelCx::route_handle`]). The core reads the route on every submit to the
+/// layer; the module writes it only from its control-path visits on the same core, never from
+/// inside a submit. Once the bdev channel is gone, setting does nothing.
+pub struct RouteHandle {
+    chan: Weak<BdevChannel>,
+    /// Where a route set while the channel is still being built waits for it.
+    staged: Weak<RefCell<Route>>,
 }
 
-impl RouteSlot {
-    pub(crate) fn new() -> Rc<RouteSlot> {
-        Rc::new(RouteSlot {
-            route: RefCell::new(Route::Off),
-        })
+impl RouteHandle {
+    pub(crate) fn new(chan: Weak<BdevChannel>, staged: Weak<RefCell<Route>>) -> RouteHandle {
+        RouteHandle { chan, staged }
     }
 
-    /// Publishes `route` (or turns routing off with [`Route::Off`]). Called on the slot's core
-    /// by the module, never from inside a submit.
+    /// Publishes `route` (or turns routing off with [`Route::Off`]). Called on the channel's
+    /// core by the module, never from inside a submit; also from the module's channel
+    /// construction, before the bdev channel exists.
     pub fn set(&self, route: Route) {
-        *self.route.borrow_mut() = route;
+        if let Some(c) = self.chan.upgrade() {
+            *c.route.borrow_mut() = route;
+        } else if let Some(staged) = self.staged.upgrade() {
+            *staged.borrow_mut() = route;
+        }
     }
 
     /// Whether a route is published.
     pub fn is_on(&self) -> bool {
-        !matches!(*self.route.borrow(), Route::Off)
+        let on = |r: &Route| !matches!(r, Route::Off);
+        match self.chan.upgrade() {
+            Some(c) => on(&c.route.borrow()),
+            None => self.staged.upgrade().is_some_and(|s| on(&s.borrow())),
+        }
     }
+}
 
-    /// The core's part of [`crate::Channel::submit`] for a layer with a slot: forwards `io` (the
-    /// layer's frame on top, validated against the layer) along the route when it fits. `Err`
-    /// hands it back for the module; `Ok(Requeue)` is the base's backpressure, with `io` as it
-    /// came.
-    #[inline(always)]
-    pub(crate) fn forward(&self, mut io: IoBox) -> Result<Submit, IoBox> {
-        let route = self.route.borrow();
+/// The core's part of [`crate::Channel::submit`] for a layer that publishes routes: forwards `io`
+/// (the layer's frame on top, validated against the layer) along `route` when it fits. `Err`
+/// hands it back for the module; `Ok(Requeue)` is the base's backpressure, with `io` as it came.
+#[inline(always)]
+pub(crate) fn forward_routed(route: &RefCell<Route>, mut io: IoBox) -> Result<Submit, IoBox> {
+    {
+        let route = route.borrow();
         let Some((path, base_offset)) = route.map(io.op, io.offset_blocks, io.num_blocks) else {
             return Err(io);
         };
@@ -358,9 +455,8 @@ impl RouteSlot {
         let orig = io.offset_blocks;
         io.offset_blocks = base_offset;
         if path.leaf {
-            path.ctx.begin();
             io.set_via_on_top(path.clone(), orig);
-            if path.base_core.removed.load(Ordering::Relaxed) {
+            if base.aborted() {
                 io.complete(IoStatus::Removed);
                 return Ok(Submit::Accepted);
             }
@@ -368,7 +464,6 @@ impl RouteSlot {
                 Submit::Accepted => Ok(Submit::Accepted),
                 Submit::Requeue(mut io) => {
                     io.clear_via();
-                    path.ctx.end();
                     io.offset_blocks = orig;
                     Ok(Submit::Requeue(io))
                 }

@@ -38,7 +38,7 @@ use arrayvec::ArrayVec;
 use keel_reactor::ticks;
 
 use crate::buf::DmaBuf;
-use crate::forward::ForwardPath;
+use crate::forward::PathInner;
 use crate::stats::ChannelStats;
 
 /// Operation of a request.
@@ -196,7 +196,7 @@ impl CompletionQueue {
     }
 
     #[inline]
-    fn push(&self, io: IoBox) {
+    pub(crate) fn push(&self, io: IoBox) {
         self.q.borrow_mut().push_back(io);
     }
 
@@ -224,7 +224,7 @@ pub(crate) enum Dest {
     /// The frame of a base that a layer forwarded the request to in place along this path: a
     /// success continues with the layer's frame below (offset restored, the layer's in-flight
     /// count dropped); a failure goes to the layer's queue with the layer's frame on top.
-    Forwarded(Rc<ForwardPath>),
+    Forwarded(Rc<PathInner>),
 }
 
 /// What a request carries for one bdev it is in. Frames live in a fixed array inside the
@@ -284,7 +284,7 @@ pub struct IoRequest {
     pub tag: u64,
     /// The top frame's bdev forwarded the request in place along this path to a leaf base: the
     /// leaf's part of the request (a leaf pushes no frame).
-    via: Option<Rc<ForwardPath>>,
+    via: Option<Rc<PathInner>>,
     /// With `via`: the layer's `offset_blocks`, set back when the leaf is done.
     via_restore_offset_blocks: u64,
     frames: [Frame; MAX_DEPTH],
@@ -405,7 +405,7 @@ impl IoRequest {
     #[inline(always)]
     pub(crate) fn push_forwarded_frame(
         &mut self,
-        path: &Rc<ForwardPath>,
+        path: &Rc<PathInner>,
         restore_offset_blocks: u64,
     ) -> Result<(), bool> {
         let d = self.depth as usize;
@@ -424,7 +424,7 @@ impl IoRequest {
     /// to a leaf base: the leaf's part of the request, without a frame of its own. `Err` (and
     /// nothing recorded) when the request is in no bdev.
     #[inline(always)]
-    pub(crate) fn set_via(&mut self, path: Rc<ForwardPath>, restore_offset_blocks: u64) -> Result<(), Rc<ForwardPath>> {
+    pub(crate) fn set_via(&mut self, path: Rc<PathInner>, restore_offset_blocks: u64) -> Result<(), Rc<PathInner>> {
         if self.depth == 0 {
             return Err(path);
         }
@@ -440,12 +440,24 @@ impl IoRequest {
     /// [`IoRequest::set_via`] for a request known to be in a bdev (the core's route, right after
     /// the layer's frame was pushed).
     #[inline(always)]
-    pub(crate) fn set_via_on_top(&mut self, path: Rc<ForwardPath>, restore_offset_blocks: u64) {
+    pub(crate) fn set_via_on_top(&mut self, path: Rc<PathInner>, restore_offset_blocks: u64) {
         debug_assert!(self.depth > 0, "the layer's frame is on top");
         let old = self.via.replace(path);
         debug_assert!(old.is_none(), "one leaf part at a time");
         std::mem::forget(old);
         self.via_restore_offset_blocks = restore_offset_blocks;
+    }
+
+    /// Makes the top frame charge `stats` if it charges nothing yet (a frame pushed for a route,
+    /// whose request turned out not to be charged to a path's shared statistics).
+    #[inline]
+    pub(crate) fn charge_top_to(&mut self, stats: &Rc<ChannelStats>) {
+        if let Some(d) = (self.depth as usize).checked_sub(1) {
+            let f = &mut self.frames[d];
+            if f.stats.is_none() {
+                f.stats = Some(stats.clone());
+            }
+        }
     }
 
     /// Takes back what [`IoRequest::set_via`] recorded (a leaf handed the request back).
@@ -518,15 +530,15 @@ impl IoRequest {
         let latency = now.wrapping_sub(self.frames[d as usize].submit_ticks);
         if status != IoStatus::Success {
             path.base_stats().record(op, num_blocks, status, latency);
-            path.ctx().failure_cq.push(self);
+            path.return_failure(self);
             return;
         }
-        path.ctx().end();
         path.shared().record(op, num_blocks, status, latency);
         drop(path);
         self.depth = d;
         let f = &mut self.frames[d as usize];
-        f.stats = None;
+        // Counted with the leaf; a routed frame holds no statistics at all.
+        drop(f.stats.take());
         match std::mem::replace(&mut f.dest, Dest::Empty) {
             Dest::Queue(cq) => cq.push(self),
             Dest::Forwarded(path) => {
@@ -544,7 +556,7 @@ impl IoRequest {
     /// chain shares one submit stamp, hence one `latency`.
     fn complete_forwarded(
         mut self: Box<Self>,
-        mut path: Rc<ForwardPath>,
+        mut path: Rc<PathInner>,
         mut restore: u64,
         mut charged: bool,
         latency: u64,
@@ -554,10 +566,9 @@ impl IoRequest {
             self.offset_blocks = restore;
             if status != IoStatus::Success {
                 path.base_stats().record(op, num_blocks, status, latency);
-                path.ctx().failure_cq.push(self);
+                path.return_failure(self);
                 return;
             }
-            path.ctx().end();
             if charged {
                 // The base was counted with the leaf below it; the layer counts itself.
                 charged = false;

@@ -44,7 +44,9 @@ pub enum StatsReset {
     Errors,
 }
 
-/// The counters one completion charges: per op kind, and failures by status.
+/// The counters one completion charges: per op kind, and failures by status. `repr(C)`: the
+/// read counters first, where a forward path's hot fields end.
+#[repr(C)]
 struct Counters {
     per_op: [OpCell; 6],
     errors: [Cell<u64>; 9],
@@ -157,13 +159,21 @@ impl Counters {
 pub struct ChannelStats {
     block_size: u64,
     own: Counters,
-    /// Shared counters of forward paths from or to this channel, reported with `own`.
-    links: RefCell<Vec<Rc<SharedStats>>>,
+    /// What holds the shared counters of forward paths from or to this channel (reported with
+    /// `own`).
+    links: RefCell<Vec<Weak<dyn HoldsShared>>>,
+}
+
+/// Something that holds [`SharedStats`] (a forward path: the counters live in its allocation,
+/// one pointer from the requests that charge them).
+pub(crate) trait HoldsShared {
+    fn shared(&self) -> &SharedStats;
 }
 
 /// The counters of successful requests that one layer channel forwarded in place to one base
 /// channel on the same core: charged once per request, reported by both (see the module docs).
-/// Owned by the forward path; linked into both channels' [`ChannelStats`].
+/// Held by the forward path; linked into both channels' [`ChannelStats`] with [`SharedStats::link`].
+#[repr(C)]
 pub(crate) struct SharedStats {
     counters: Counters,
     layer: Weak<ChannelStats>,
@@ -171,22 +181,35 @@ pub(crate) struct SharedStats {
 }
 
 impl SharedStats {
-    /// Shared counters between `layer` and `base`, linked into both. Control path, on their core.
-    pub(crate) fn new(layer: &Rc<ChannelStats>, base: &Rc<ChannelStats>) -> Rc<SharedStats> {
-        let s = Rc::new(SharedStats {
+    /// Shared counters between `layer` and `base` (not linked yet).
+    pub(crate) fn new(layer: &Rc<ChannelStats>, base: &Rc<ChannelStats>) -> SharedStats {
+        SharedStats {
             counters: Counters::new(),
             layer: Rc::downgrade(layer),
             base: Rc::downgrade(base),
-        });
-        layer.links.borrow_mut().push(s.clone());
-        base.links.borrow_mut().push(s.clone());
-        s
+        }
+    }
+
+    /// Links the counters `holder` holds into both channels. Control path, on their core.
+    pub(crate) fn link<H: HoldsShared + 'static>(holder: &Rc<H>) {
+        let weak: Weak<dyn HoldsShared> = Rc::downgrade(holder) as Weak<dyn HoldsShared>;
+        let s = holder.shared();
+        for owner in [&s.layer, &s.base] {
+            if let Some(o) = owner.upgrade() {
+                o.links.borrow_mut().push(weak.clone());
+            }
+        }
     }
 
     /// Charges one completion (a success: failures are charged to the channels themselves).
     #[inline]
     pub(crate) fn record(&self, op: IoOp, num_blocks: u64, status: IoStatus, latency_ticks: u64) {
         self.counters.record(op, num_blocks, status, latency_ticks);
+    }
+
+    /// The layer's channel statistics, while that channel lives.
+    pub(crate) fn layer(&self) -> Option<Rc<ChannelStats>> {
+        self.layer.upgrade()
     }
 
     /// Moves the counts into both channels' own counters (each keeps reporting them).
@@ -199,13 +222,23 @@ impl SharedStats {
         self.counters.reset();
     }
 
-    /// The path goes away: fold, then unlink from both channels. Runs on their core, possibly
-    /// inside a completion (no allocation: the link lists only shrink).
-    pub(crate) fn retire(self: &Rc<Self>) {
+    /// The holder (at `holder`, being dropped) goes away: fold, then unlink from both
+    /// channels. Runs on their core, possibly inside a completion (no allocation: the link
+    /// lists only shrink).
+    pub(crate) fn retire(&self, holder: *const ()) {
         self.fold();
         for owner in [&self.layer, &self.base] {
             if let Some(o) = owner.upgrade() {
-                o.links.borrow_mut().retain(|l| !Rc::ptr_eq(l, self));
+                o.links.borrow_mut().retain(|l| l.as_ptr() as *const () != holder);
+            }
+        }
+    }
+
+    /// Each live holder's counters.
+    fn of_links(links: &[Weak<dyn HoldsShared>], mut f: impl FnMut(&SharedStats)) {
+        for l in links {
+            if let Some(h) = l.upgrade() {
+                f(h.shared());
             }
         }
     }
@@ -298,9 +331,7 @@ impl ChannelStats {
         // not read as a zero latency once the sources are combined.
         let total = Counters::new();
         total.absorb(&self.own);
-        for l in self.links.borrow().iter() {
-            total.absorb(&l.counters);
-        }
+        SharedStats::of_links(&self.links.borrow(), |l| total.absorb(&l.counters));
         let mut s = IoStats::default();
         total.add_to(&mut s, self.block_size);
         s
@@ -312,9 +343,7 @@ impl ChannelStats {
         if mode == StatsReset::None {
             return;
         }
-        for l in self.links.borrow().iter() {
-            l.fold();
-        }
+        SharedStats::of_links(&self.links.borrow(), SharedStats::fold);
         self.own.apply_reset(mode);
     }
 
@@ -429,7 +458,15 @@ mod tests {
     fn shared_counters_count_for_both_channels_through_resets_and_retirement() {
         let layer = Rc::new(ChannelStats::new(4096));
         let base = Rc::new(ChannelStats::new(4096));
-        let shared = SharedStats::new(&layer, &base);
+        struct Holder(SharedStats);
+        impl HoldsShared for Holder {
+            fn shared(&self) -> &SharedStats {
+                &self.0
+            }
+        }
+        let holder = Rc::new(Holder(SharedStats::new(&layer, &base)));
+        SharedStats::link(&holder);
+        let shared = &holder.0;
         // The base also serves a request of its own; the layer fails one itself.
         base.record(IoOp::Write, 2, IoStatus::Success, 9);
         layer.record(IoOp::Read, 1, IoStatus::Failed, 3);
@@ -466,8 +503,7 @@ mod tests {
 
         // The path goes away: what it counted stays with both, and it is unlinked.
         shared.record(IoOp::Read, 1, IoStatus::Success, 5);
-        shared.retire();
-        drop(shared);
+        shared.retire(Rc::as_ptr(&holder) as *const ());
         assert_eq!((read(&layer).ops, read(&base).ops), (4, 1));
         assert!(layer.links.borrow().is_empty() && base.links.borrow().is_empty());
     }

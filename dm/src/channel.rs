@@ -81,7 +81,7 @@ use std::sync::{Arc, Mutex};
 
 use keel_bdev::{
     BackendChannel, ChannelCx, ChannelStats, CompletionQueue, ForwardCtx, ForwardPath, IoBox, IoOp, IoRequest,
-    IoStatus, Leg, Route, RouteSlot, SgList, Submit,
+    IoStatus, Leg, Route, RouteHandle, SgList, Submit,
 };
 use keel_reactor::{current, ticks, CoreId, Cores, IoChannel, PollStatus, PollerHandle};
 
@@ -152,7 +152,7 @@ impl DrainTicket {
 struct CoreDev {
     /// The way to the base's channel on this core (in-place forwards, and its channel for
     /// children).
-    path: Rc<ForwardPath>,
+    path: ForwardPath,
     /// log2(base block size / 512): sectors → base blocks.
     sector_shift: u32,
     /// log2(device block size / base block size): device blocks → base blocks.
@@ -452,7 +452,7 @@ struct ParentSlot {
 /// statistics its forward paths link to and the slot where the route is published.
 struct Bound {
     stats: Rc<ChannelStats>,
-    route: Rc<RouteSlot>,
+    route: RouteHandle,
 }
 
 /// Everything of the core's channel that changes; one `RefCell` around it.
@@ -1269,7 +1269,7 @@ impl DmCore {
         }
         st.bound = Some(Bound {
             stats: cx.stats().clone(),
-            route: cx.route_slot(),
+            route: cx.route_handle(),
         });
         st.rebuild();
         st.refresh_fast();

@@ -105,6 +105,10 @@ fn a_removed_base_fails_routed_io_instead_of_serving_it() {
     let mut c = r.client("d", MAIN, 2);
     assert!(routed(&r, &c));
     r.d.enter(MAIN, || r.reg.unregister("M0", || {}).unwrap());
+    // Once the removal reached the core (its abort visit), routed I/O stops at the base.
+    for _ in 0..10 {
+        r.d.turn();
+    }
     let buf = DmaBuf::new(BS as usize);
     // The dm device itself stays; I/O to the removed base fails (Linux: EIO), nothing is
     // acknowledged.

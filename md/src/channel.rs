@@ -56,7 +56,7 @@ use std::sync::Arc;
 
 use keel_bdev::{
     BackendChannel, Channel, ChannelCx, ChannelStats, CompletionQueue, ForwardCtx, ForwardPath, IoBox, IoOp, IoRequest,
-    IoStatus, IoVec, Leg, Route, RouteSlot, SgList, Submit,
+    IoStatus, IoVec, Leg, Route, RouteHandle, SgList, Submit,
 };
 use keel_reactor::{current, IoChannel, PollStatus, PollerHandle};
 
@@ -133,9 +133,9 @@ struct State {
     /// This core's channel of each role's member.
     members: Vec<Option<Channel>>,
     /// The forward path to each present member, once bound to the array bdev's channel here.
-    paths: Vec<Option<Rc<ForwardPath>>>,
+    paths: Vec<Option<ForwardPath>>,
     /// What the array bdev's channel on this core gave ([`MdCore::bind`]).
-    bound: Option<(Rc<ChannelStats>, Rc<RouteSlot>)>,
+    bound: Option<(Rc<ChannelStats>, RouteHandle)>,
     /// Identity of the member each channel belongs to (see [`MdCore::refresh_members`]).
     member_ids: Vec<u64>,
     /// Channels of replaced members, dropped once nothing is in flight here.
@@ -184,7 +184,7 @@ fn slice_iovs(src: &SgList, mut off: u64, mut len: u64, dst: &mut SgList) {
 /// [`ForwardPath::forward`]: the original offset and the role go into the layer word (a failure
 /// comes back knowing both), and a request handed back gets its offset restored.
 #[inline]
-fn forward_in_place(path: &Rc<ForwardPath>, mut io: IoBox, m: usize, member_offset_blocks: u64) -> Submit {
+fn forward_in_place(path: &ForwardPath, mut io: IoBox, m: usize, member_offset_blocks: u64) -> Submit {
     let orig = io.offset_blocks;
     *io.layer_word() = orig | ((m as u64) << MEMBER_SHIFT);
     io.offset_blocks = member_offset_blocks;
@@ -921,7 +921,7 @@ impl MdCore {
         if let Some((_, old)) = st.bound.take() {
             old.set(Route::Off);
         }
-        st.bound = Some((cx.stats().clone(), cx.route_slot()));
+        st.bound = Some((cx.stats().clone(), cx.route_handle()));
         st.rebuild_paths();
     }
 }

@@ -1,7 +1,7 @@
 use std::any::Any;
 use std::marker::PhantomData;
 use std::ops::Deref;
-use std::rc::Rc;
+use std::rc::{Rc, Weak};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
@@ -9,7 +9,7 @@ use crate::{current, try_current, CoreId, Cores};
 
 static NEXT_DEVICE_ID: AtomicU64 = AtomicU64::new(1);
 
-type Factory<T> = dyn Fn(CoreId) -> T + Send + Sync;
+type Factory<T> = dyn Fn(CoreId, &Weak<T>) -> T + Send + Sync;
 
 /// Something that needs per-core state. Each core that calls [`IoDevice::get_channel`] gets its
 /// own channel `T`, built on that core by the device's factory and shared by every user on that
@@ -38,6 +38,16 @@ impl<T: 'static> IoDevice<T> {
     /// A new device whose channels `factory` builds (called on the core that asks, with that
     /// core's id). Callable on any thread.
     pub fn new(name: impl Into<String>, factory: impl Fn(CoreId) -> T + Send + Sync + 'static) -> Self {
+        IoDevice::new_cyclic(name, move |core, _| factory(core))
+    }
+
+    /// Like [`IoDevice::new`], with the factory also given a `Weak` to the channel it builds
+    /// (for parts of the channel that must reach it later; it cannot be upgraded during the
+    /// factory call).
+    pub fn new_cyclic(
+        name: impl Into<String>,
+        factory: impl Fn(CoreId, &Weak<T>) -> T + Send + Sync + 'static,
+    ) -> Self {
         IoDevice {
             id: NEXT_DEVICE_ID.fetch_add(1, Ordering::Relaxed),
             name: Arc::from(name.into()),
@@ -57,7 +67,8 @@ impl<T: 'static> IoDevice<T> {
         if let Some(ch) = self.lookup_on(&reactor) {
             return ch;
         }
-        let chan: Rc<T> = Rc::new((self.factory)(reactor.core()));
+        let core = reactor.core();
+        let chan: Rc<T> = Rc::new_cyclic(|weak| (self.factory)(core, weak));
         reactor
             .channels
             .borrow_mut()

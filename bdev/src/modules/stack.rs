@@ -302,7 +302,7 @@ impl<H: Hooks> Shared<H> {
 /// The per-core channel of every stacking bdev. `!Send`; lives and dies on its core.
 pub(crate) struct StackChannel<H: Hooks> {
     /// The way to the base on this core (`None` once the base descriptor is gone).
-    base: Option<Rc<ForwardPath>>,
+    base: Option<ForwardPath>,
     shared: Rc<Shared<H>>,
     _poller: PollerHandle,
 }
@@ -316,7 +316,8 @@ impl<H: Hooks> StackChannel<H> {
         let fwd = ForwardCtx::new(cq.clone());
         let base = base.map(|b| ForwardPath::new(&fwd, cx.stats(), b));
         if let (true, Some(path)) = (H::ROUTE, &base) {
-            cx.route_slot().set(crate::Route::linear(path.clone(), 0, IoCaps::ALL));
+            cx.route_handle()
+                .set(crate::Route::linear(path.clone(), 0, IoCaps::ALL));
         }
         let shared = Rc::new(Shared {
             fwd,
