@@ -269,7 +269,7 @@ impl Bdev {
                 stats: Rc::new(ChannelStats::new(c2.info.block_size)),
                 chan: chan.clone(),
                 routes: Cell::new(false),
-                staged: Rc::new(RefCell::new(Route::Off)),
+                staged: Rc::new(RefCell::new(Route::off())),
             };
             let backend = c2.backend.create_channel(&cx);
             BdevChannel {
@@ -278,7 +278,7 @@ impl Bdev {
                 backend: RefCell::new(backend),
                 stats: cx.stats,
                 routes: cx.routes.get(),
-                route: RefCell::new(cx.staged.replace(Route::Off)),
+                route: RefCell::new(cx.staged.replace(Route::off())),
                 aborted: Cell::new(false),
             }
         });
@@ -494,7 +494,7 @@ impl Channel {
     /// Whether the bdev's module currently publishes a [`crate::Route`] on this core, i.e.
     /// whether the bdev layer maps and forwards fitting requests itself (diagnostics, tests).
     pub fn is_routed(&self) -> bool {
-        !matches!(*self.ch.route.borrow(), Route::Off)
+        !self.ch.route.borrow().is_off()
     }
 
     /// Whether `other` is a handle on the same bdev channel.

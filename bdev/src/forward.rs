@@ -289,12 +289,11 @@ impl Drop for PathInner {
     }
 }
 
-/// Most legs a [`Route::Striped`] has: enough for every common stripe set; wider ones go to the
+/// Most legs a striped [`Route`] has: enough for every common stripe set; wider ones go to the
 /// module.
 pub const ROUTE_LEGS: usize = 16;
 
-/// One leg of a [`Route::Striped`]: the path to its base and where the leg starts there.
-#[derive(Clone)]
+/// One leg of a striped [`Route`]: the path to its base and where the leg starts there.
 pub struct Leg {
     pub path: ForwardPath,
     pub offset_blocks: u64,
@@ -302,42 +301,59 @@ pub struct Leg {
 
 /// A layer's mapping as data, for the core to apply (see the module docs). Offsets and sizes
 /// are in blocks of the layer, which are the bases' blocks too.
+pub struct Route {
+    /// The ops the route maps (none when it is off).
+    ops: IoCaps,
+    shape: Shape,
+}
+
 // One route per layer channel, read on every submit: the legs are kept inline (no pointer to
 // follow), so the striped variant is the large one on purpose.
 #[allow(clippy::large_enum_variant)]
-pub enum Route {
-    /// Every request goes to the module.
-    Off,
+enum Shape {
     /// Block `x` of the layer is block `offset_blocks + x` of `path`'s base.
     Linear {
         path: ForwardPath,
         offset_blocks: u64,
-        ops: IoCaps,
     },
-    /// Chunks of `chunk_mask + 1` blocks go round robin over `legs_mask + 1` legs (both powers
-    /// of two, at most [`ROUTE_LEGS`]): chunk `c` is chunk `c >> log2(legs)` of leg
-    /// `c & legs_mask`. Requests crossing a chunk go to the module. The shifts and masks are kept
-    /// ready for the arithmetic; the legs fill a fixed array (unused entries repeat the first),
-    /// so a masked index needs no bounds check.
+    /// Chunks of `chunk_blocks` blocks go round robin over `legs_mask + 1` legs (both powers of
+    /// two, at most [`ROUTE_LEGS`]): chunk `c` is chunk `c >> log2(legs)` of leg `c & legs_mask`.
+    /// Requests crossing a chunk go to the module. The shifts and masks are kept ready for the
+    /// arithmetic; the legs fill a fixed array (unused entries repeat the first), so a masked
+    /// index needs no bounds check.
     Striped {
         chunk_shift: u32,
         legs_shift: u32,
         chunk_blocks: u64,
         chunk_mask: u64,
         legs_mask: u64,
-        legs: [Leg; ROUTE_LEGS],
-        ops: IoCaps,
+        /// Each leg's path and start, in two arrays (index × 8 is free addressing).
+        leg_paths: [ForwardPath; ROUTE_LEGS],
+        leg_offsets: [u64; ROUTE_LEGS],
     },
+    Off,
 }
 
 impl Route {
-    /// A linear route; `ops` are the ops to map (ops outside the base's go to the module).
+    /// No route: every request goes to the module.
+    pub fn off() -> Route {
+        Route {
+            ops: IoCaps::NONE,
+            shape: Shape::Off,
+        }
+    }
+
+    /// Whether this is no route.
+    pub fn is_off(&self) -> bool {
+        matches!(self.shape, Shape::Off)
+    }
+
+    /// A linear route: block `x` of the layer is block `offset_blocks + x` of `path`'s base.
+    /// `ops` are the ops to map (ops outside the base's go to the module).
     pub fn linear(path: ForwardPath, offset_blocks: u64, ops: IoCaps) -> Route {
-        let ops = ops.and(IoCaps::RANGED).and(path.inner.base.allowed());
-        Route::Linear {
-            path,
-            offset_blocks,
-            ops,
+        Route {
+            ops: ops.and(IoCaps::RANGED).and(path.inner.base.allowed()),
+            shape: Shape::Linear { path, offset_blocks },
         }
     }
 
@@ -351,51 +367,55 @@ impl Route {
         let ops = legs
             .iter()
             .fold(ops.and(IoCaps::RANGED), |o, l| o.and(l.path.inner.base.allowed()));
-        Some(Route::Striped {
-            chunk_shift: chunk_blocks.trailing_zeros(),
-            legs_shift: n.trailing_zeros(),
-            chunk_blocks,
-            chunk_mask: chunk_blocks - 1,
-            legs_mask: n as u64 - 1,
-            legs: std::array::from_fn(|i| legs.get(i).unwrap_or(&legs[0]).clone()),
+        Some(Route {
             ops,
+            shape: Shape::Striped {
+                chunk_shift: chunk_blocks.trailing_zeros(),
+                legs_shift: n.trailing_zeros(),
+                chunk_blocks,
+                chunk_mask: chunk_blocks - 1,
+                legs_mask: n as u64 - 1,
+                leg_paths: std::array::from_fn(|i| legs[i % n].path.clone()),
+                leg_offsets: std::array::from_fn(|i| legs[i % n].offset_blocks),
+            },
         })
     }
 
-    /// Where a request of `op` over `num_blocks` (> 0) at `offset_blocks` goes: the path and the
-    /// base's offset, or `None` for the module. Pure arithmetic; the request is inside the layer.
+    /// Where a request of `op` over `num_blocks` (> 0 for the ops a route maps) at
+    /// `offset_blocks` goes: the path and the base's offset, or `None` for the module. Pure
+    /// arithmetic; the request is inside the layer.
     #[inline(always)]
     pub(crate) fn map(&self, op: IoOp, offset_blocks: u64, num_blocks: u64) -> Option<(&Rc<PathInner>, u64)> {
-        match self {
-            Route::Off => None,
-            Route::Linear {
+        // Off maps no op: one test covers both.
+        if !self.ops.supports(op) {
+            return None;
+        }
+        match &self.shape {
+            Shape::Linear {
                 path,
                 offset_blocks: base,
-                ops,
-            } => ops.supports(op).then_some((&path.inner, base + offset_blocks)),
-            Route::Striped {
+            } => Some((&path.inner, base + offset_blocks)),
+            Shape::Striped {
                 chunk_shift,
                 legs_shift,
                 chunk_blocks,
                 chunk_mask,
                 legs_mask,
-                legs,
-                ops,
+                leg_paths,
+                leg_offsets,
             } => {
-                if !ops.supports(op) {
-                    return None;
-                }
                 let within = offset_blocks & chunk_mask;
                 if within + num_blocks > *chunk_blocks {
                     return None;
                 }
-                let leg = &legs[((offset_blocks >> chunk_shift) & legs_mask) as usize % ROUTE_LEGS];
+                let leg = ((offset_blocks >> chunk_shift) & legs_mask) as usize % ROUTE_LEGS;
                 // The leg's block: the offset without its leg bits. Shifting right by log2(legs)
                 // brings the row to the chunk-number bits; the bits below them are the leg's
                 // number and are replaced by `within`.
                 let on_leg = ((offset_blocks >> legs_shift) & !chunk_mask) | within;
-                Some((&leg.path.inner, leg.offset_blocks + on_leg))
+                Some((&leg_paths[leg].inner, leg_offsets[leg] + on_leg))
             }
+            Shape::Off => None,
         }
     }
 }
@@ -415,7 +435,7 @@ impl RouteHandle {
         RouteHandle { chan, staged }
     }
 
-    /// Publishes `route` (or turns routing off with [`Route::Off`]). Called on the channel's
+    /// Publishes `route` (or turns routing off with [`Route::off`]). Called on the channel's
     /// core by the module, never from inside a submit; also from the module's channel
     /// construction, before the bdev channel exists.
     pub fn set(&self, route: Route) {
@@ -428,7 +448,7 @@ impl RouteHandle {
 
     /// Whether a route is published.
     pub fn is_on(&self) -> bool {
-        let on = |r: &Route| !matches!(r, Route::Off);
+        let on = |r: &Route| !r.is_off();
         match self.chan.upgrade() {
             Some(c) => on(&c.route.borrow()),
             None => self.staged.upgrade().is_some_and(|s| on(&s.borrow())),
@@ -442,8 +462,9 @@ impl RouteHandle {
 #[inline(always)]
 pub(crate) fn forward_routed(route: &RefCell<Route>, mut io: IoBox) -> Result<Submit, IoBox> {
     {
+        let (op, orig, num_blocks) = (io.op, io.offset_blocks, io.num_blocks);
         let route = route.borrow();
-        let Some((path, base_offset)) = route.map(io.op, io.offset_blocks, io.num_blocks) else {
+        let Some((path, base_offset)) = route.map(op, orig, num_blocks) else {
             return Err(io);
         };
         let base = &path.base;
@@ -452,7 +473,6 @@ pub(crate) fn forward_routed(route: &RefCell<Route>, mut io: IoBox) -> Result<Su
             "route maps outside {}",
             base.info().name
         );
-        let orig = io.offset_blocks;
         io.offset_blocks = base_offset;
         if path.leaf {
             io.set_via_on_top(path.clone(), orig);

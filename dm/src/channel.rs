@@ -356,10 +356,10 @@ impl CoreTable {
     /// whole device, linear or striped over a power-of-two number of stripes.
     fn route(&self) -> Route {
         let [ct] = self.targets.as_slice() else {
-            return Route::Off;
+            return Route::off();
         };
         if !ct.direct {
-            return Route::Off;
+            return Route::off();
         }
         let ops = self.table.caps;
         match &ct.fast {
@@ -378,9 +378,9 @@ impl CoreTable {
                         }
                     })
                     .collect();
-                Route::striped(1 << (chunk_shift - self.block_shift), legs, ops).unwrap_or(Route::Off)
+                Route::striped(1 << (chunk_shift - self.block_shift), legs, ops).unwrap_or_else(Route::off)
             }
-            Fast::Dyn => Route::Off,
+            Fast::Dyn => Route::off(),
         }
     }
 
@@ -594,7 +594,7 @@ impl CoreState {
         if let Some(b) = &self.bound {
             let route = match (self.fast, &self.table) {
                 (true, Some(t)) => t.route(),
-                _ => Route::Off,
+                _ => Route::off(),
             };
             b.route.set(route);
         }
@@ -1265,7 +1265,7 @@ impl DmCore {
     pub(crate) fn bind(&self, cx: &ChannelCx) {
         let mut st = self.inner.st.borrow_mut();
         if let Some(old) = st.bound.take() {
-            old.route.set(Route::Off);
+            old.route.set(Route::off());
         }
         st.bound = Some(Bound {
             stats: cx.stats().clone(),

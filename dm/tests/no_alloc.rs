@@ -1,12 +1,14 @@
 //! After set-up, I/O through dm does not allocate: a counting global allocator sees zero
 //! allocations while a keel-perf job completes 50k I/Os in steady state through dm linear over
-//! null, striped over two nulls (4 KiB I/Os that map whole: the direct path; 12 KiB I/Os that
-//! cross chunks: the split path with child requests), a 64-target linear table over malloc under
-//! verify (splits, data checked), and a delay target (held pieces in FIFOs).
+//! null, striped over two nulls (4 KiB I/Os that map whole: routed by the bdev layer; 12 KiB I/Os
+//! that cross chunks: the split path with child requests), tables the module forwards itself
+//! (two linear targets, three stripes), a route to a base that is not a leaf (linear over a
+//! passthru), a 64-target linear table over malloc under verify (splits, data checked), and a
+//! delay target (held pieces in FIFOs).
 //!
 //! Everything runs in one #[test] on one thread so that no other test allocates meanwhile.
 
-use keel_bdev::modules::{malloc, null};
+use keel_bdev::modules::{malloc, null, passthru};
 use keel_bdev::BdevRegistry;
 use keel_dm::{CreateOpts, DmRegistry};
 use keel_perf::{Job, JobSpec, JobStatus, Workload};
@@ -30,7 +32,10 @@ fn steady_state_allocations(case: &Case) -> u64 {
     let reg = BdevRegistry::new(d.cores());
     null::create(&reg, &null::NullOpts::new("N0", 1 << 16, 4096)).unwrap();
     null::create(&reg, &null::NullOpts::new("N1", 1 << 16, 4096)).unwrap();
+    null::create(&reg, &null::NullOpts::new("N2", 1 << 16, 4096)).unwrap();
+    null::create(&reg, &null::NullOpts::new("N3", 1 << 16, 4096)).unwrap();
     malloc::create(&reg, &malloc::MallocOpts::new("M0", 1024, 4096)).unwrap();
+    passthru::create(&reg, &passthru::PassthruOpts::new("P3", "N3")).unwrap();
     let dm = DmRegistry::of(&reg);
     let (tx, rx) = std::sync::mpsc::channel();
     d.enter(CoreId(0), || {
@@ -107,6 +112,24 @@ fn steady_state_io_through_dm_does_not_allocate() {
             table: "0 1048576 striped 2 8 N0 0 N1 0".into(),
             workload: Workload::RandRw,
             io_size: 12288,
+        },
+        Case {
+            name: "two linear targets/null randread 4k (module forward)",
+            table: "0 262144 linear N0 0\n262144 262144 linear N1 0".into(),
+            workload: Workload::RandRead,
+            io_size: 4096,
+        },
+        Case {
+            name: "striped/3 null randread 4k (module forward)",
+            table: "0 1572864 striped 3 8 N0 0 N1 0 N2 0".into(),
+            workload: Workload::RandRead,
+            io_size: 4096,
+        },
+        Case {
+            name: "linear/passthru randread (route to a layer)",
+            table: "0 524288 linear P3 0".into(),
+            workload: Workload::RandRead,
+            io_size: 4096,
         },
         Case {
             name: "64 linear targets/malloc verify 12k (split)",

@@ -310,9 +310,9 @@ impl State {
                     })
                     .collect();
                 Route::striped(1 << (f.chunk_shift - f.block_shift), legs, keel_bdev::IoCaps::RANGED)
-                    .unwrap_or(Route::Off)
+                    .unwrap_or_else(Route::off)
             }
-            _ => Route::Off,
+            _ => Route::off(),
         };
         slot.set(route);
     }
@@ -919,7 +919,7 @@ impl MdCore {
     pub(crate) fn bind(&self, cx: &ChannelCx) {
         let mut st = self.inner.st.borrow_mut();
         if let Some((_, old)) = st.bound.take() {
-            old.set(Route::Off);
+            old.set(Route::off());
         }
         st.bound = Some((cx.stats().clone(), cx.route_handle()));
         st.rebuild_paths();
