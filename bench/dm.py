@@ -2,7 +2,9 @@
 """Device-mapper benchmarks: what a dm layer costs, as same-run ratios against bare null.
 
 Cases (keel-perf, 1 core, qd 128, 4 KiB randread; each run RUNS times, cases interleaved so all
-see the same machine state; medians reported):
+see the same machine state; medians reported, and the ratio two ways: median case over median
+bare null, and the median of each round's case over that round's bare null — the second is
+steadier when the shared machine's speed drifts during the script):
   1. bare null bdev                                   (the reference)
   2. dm-linear over a null bdev                       (one target, the direct path)
   3. dm-striped over 2 null bdevs, 64 KiB chunks      (4 KiB reads never cross a chunk)
@@ -92,15 +94,16 @@ def main():
     base = statistics.median(runs["bare null"])
     print(f"machine: {machine()}")
     print(f"keel-perf -m 0x1 -q 128 -w randread, {a.runs} runs x {a.time}s each, interleaved; medians\n")
-    print(f"{'case':40} {'IOPS (median)':>14}  {'vs bare null':>12}  runs")
+    print(f"{'case':40} {'IOPS (median)':>14}  {'vs bare null':>12}  {'per round':>9}  runs")
     results = []
     for name, bdev, size in cases:
         m = statistics.median(runs[name])
         ratio = m / base
+        paired = statistics.median(x / n for x, n in zip(runs[name], runs["bare null"]))
         results.append({"case": name, "bdev": bdev, "io_size": size, "iops": m, "runs": runs[name],
-                        "ratio_vs_bare_null": ratio})
+                        "ratio_vs_bare_null": ratio, "median_round_ratio": paired})
         shown = ", ".join(f"{r / 1e6:.2f}" for r in runs[name])
-        print(f"{name:40} {m / 1e6:11.2f} M  {ratio:11.2f}x  ({shown})")
+        print(f"{name:40} {m / 1e6:11.2f} M  {ratio:11.3f}x  {paired:8.3f}x  ({shown})")
     print(f"\nreference: SPDK raid0 over 2 null bdevs runs at {SPDK_RAID0_RATIO:.2f}x bare null on this machine class")
     sys.stdout.flush()
     if a.json:

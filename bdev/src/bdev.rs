@@ -220,6 +220,14 @@ impl BdevChannel {
         &self.stats
     }
 
+    /// Hands a request (already validated, its part recorded as the request's `via`) to a leaf
+    /// module; a `Requeue` comes back as it went.
+    #[inline(always)]
+    pub(crate) fn dispatch_leaf(&self, io: IoBox) -> Submit {
+        debug_assert!(self.leaf);
+        self.backend.borrow_mut().submit(io)
+    }
+
     pub(crate) fn abort_all(&self) {
         self.aborted.set(true);
         self.backend.borrow_mut().abort_all();
@@ -640,14 +648,12 @@ impl Channel {
     /// `Requeue` comes back as it went.
     #[inline(always)]
     pub(crate) fn dispatch_leaf(&self, io: IoBox) -> Submit {
-        debug_assert!(self.ch.leaf);
-        self.ch.backend.borrow_mut().submit(io)
+        self.ch.dispatch_leaf(io)
     }
 
-    /// Whether hot removal reached this channel (see `BdevChannel::aborted`).
-    #[inline(always)]
-    pub(crate) fn aborted(&self) -> bool {
-        self.ch.aborted.get()
+    /// The bdev channel this handle is on.
+    pub(crate) fn bdev_channel(&self) -> &Rc<BdevChannel> {
+        self.ch.rc()
     }
 
     /// Whether the bdev's module channel is a leaf ([`BackendChannel::leaf`]).

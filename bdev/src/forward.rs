@@ -152,7 +152,10 @@ impl ForwardPath {
             base,
             handles: Cell::new(1),
         });
-        ctx.paths.borrow_mut().push(Rc::downgrade(&inner));
+        let mut paths = ctx.paths.borrow_mut();
+        paths.retain(|p| p.strong_count() > 0);
+        paths.push(Rc::downgrade(&inner));
+        drop(paths);
         SharedStats::link(&inner);
         ForwardPath { inner }
     }
@@ -307,13 +310,22 @@ pub struct Route {
     shape: Shape,
 }
 
+/// A leg as a striped route keeps it.
+struct RouteLeg {
+    path: ForwardPath,
+    base: Rc<BdevChannel>,
+    offset_blocks: u64,
+}
+
 // One route per layer channel, read on every submit: the legs are kept inline (no pointer to
 // follow), so the striped variant is the large one on purpose.
 #[allow(clippy::large_enum_variant)]
 enum Shape {
-    /// Block `x` of the layer is block `offset_blocks + x` of `path`'s base.
+    /// Block `x` of the layer is block `offset_blocks + x` of `path`'s base (`base`: that
+    /// base's channel, kept here so the dispatch need not go through the path).
     Linear {
         path: ForwardPath,
+        base: Rc<BdevChannel>,
         offset_blocks: u64,
     },
     /// Chunks of `chunk_blocks` blocks go round robin over `legs_mask + 1` legs (both powers of
@@ -327,9 +339,9 @@ enum Shape {
         chunk_blocks: u64,
         chunk_mask: u64,
         legs_mask: u64,
-        /// Each leg's path and start, in two arrays (index × 8 is free addressing).
-        leg_paths: [ForwardPath; ROUTE_LEGS],
-        leg_offsets: [u64; ROUTE_LEGS],
+        /// Each leg's path, base channel and start, together (the legs of a small stripe set
+        /// share a cache line; the base channel is one load from the leg, not two).
+        legs: [RouteLeg; ROUTE_LEGS],
     },
     Off,
 }
@@ -353,7 +365,11 @@ impl Route {
     pub fn linear(path: ForwardPath, offset_blocks: u64, ops: IoCaps) -> Route {
         Route {
             ops: ops.and(IoCaps::RANGED).and(path.inner.base.allowed()),
-            shape: Shape::Linear { path, offset_blocks },
+            shape: Shape::Linear {
+                base: path.inner.base.bdev_channel().clone(),
+                path,
+                offset_blocks,
+            },
         }
     }
 
@@ -375,8 +391,14 @@ impl Route {
                 chunk_blocks,
                 chunk_mask: chunk_blocks - 1,
                 legs_mask: n as u64 - 1,
-                leg_paths: std::array::from_fn(|i| legs[i % n].path.clone()),
-                leg_offsets: std::array::from_fn(|i| legs[i % n].offset_blocks),
+                legs: std::array::from_fn(|i| {
+                    let leg = &legs[i % n];
+                    RouteLeg {
+                        path: leg.path.clone(),
+                        base: leg.path.inner.base.bdev_channel().clone(),
+                        offset_blocks: leg.offset_blocks,
+                    }
+                }),
             },
         })
     }
@@ -385,7 +407,12 @@ impl Route {
     /// `offset_blocks` goes: the path and the base's offset, or `None` for the module. Pure
     /// arithmetic; the request is inside the layer.
     #[inline(always)]
-    pub(crate) fn map(&self, op: IoOp, offset_blocks: u64, num_blocks: u64) -> Option<(&Rc<PathInner>, u64)> {
+    pub(crate) fn map(
+        &self,
+        op: IoOp,
+        offset_blocks: u64,
+        num_blocks: u64,
+    ) -> Option<(&Rc<PathInner>, &BdevChannel, u64)> {
         // Off maps no op: one test covers both.
         if !self.ops.supports(op) {
             return None;
@@ -393,16 +420,16 @@ impl Route {
         match &self.shape {
             Shape::Linear {
                 path,
-                offset_blocks: base,
-            } => Some((&path.inner, base + offset_blocks)),
+                base,
+                offset_blocks: start,
+            } => Some((&path.inner, base, start + offset_blocks)),
             Shape::Striped {
                 chunk_shift,
                 legs_shift,
                 chunk_blocks,
                 chunk_mask,
                 legs_mask,
-                leg_paths,
-                leg_offsets,
+                legs,
             } => {
                 let within = offset_blocks & chunk_mask;
                 if within + num_blocks > *chunk_blocks {
@@ -413,7 +440,8 @@ impl Route {
                 // brings the row to the chunk-number bits; the bits below them are the leg's
                 // number and are replaced by `within`.
                 let on_leg = ((offset_blocks >> legs_shift) & !chunk_mask) | within;
-                Some((&leg_paths[leg].inner, leg_offsets[leg] + on_leg))
+                let leg = &legs[leg];
+                Some((&leg.path.inner, &leg.base, leg.offset_blocks + on_leg))
             }
             Shape::Off => None,
         }
@@ -464,19 +492,18 @@ pub(crate) fn forward_routed(route: &RefCell<Route>, mut io: IoBox) -> Result<Su
     {
         let (op, orig, num_blocks) = (io.op, io.offset_blocks, io.num_blocks);
         let route = route.borrow();
-        let Some((path, base_offset)) = route.map(op, orig, num_blocks) else {
+        let Some((path, base, base_offset)) = route.map(op, orig, num_blocks) else {
             return Err(io);
         };
-        let base = &path.base;
         debug_assert!(
-            base_offset + io.num_blocks <= base.info().num_blocks,
+            base_offset + num_blocks <= path.base.info().num_blocks,
             "route maps outside {}",
-            base.info().name
+            path.base.info().name
         );
         io.offset_blocks = base_offset;
         if path.leaf {
             io.set_via_on_top(path.clone(), orig);
-            if base.aborted() {
+            if base.aborted.get() {
                 io.complete(IoStatus::Removed);
                 return Ok(Submit::Accepted);
             }
