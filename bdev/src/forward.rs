@@ -172,11 +172,6 @@ impl ForwardPath {
         &self.inner.ctx
     }
 
-    /// Requests on their way along this path now.
-    pub fn inflight(&self) -> u64 {
-        self.inner.travelling(Rc::strong_count(&self.inner))
-    }
-
     /// Forwards `io` in place to the base, for a layer inside its
     /// [`crate::BackendChannel::submit`]: the layer's frame is on top and `offset_blocks` is
     /// already mapped to the base; `restore_offset_blocks` is the layer's own offset, set back
@@ -210,6 +205,7 @@ impl PathInner {
     /// Requests travelling along the path, given its strong count: every reference but the
     /// handles' is a request's.
     fn travelling(&self, strong_count: usize) -> u64 {
+        // Only `ForwardCtx::inflight` asks, with an upgraded reference taken off.
         (strong_count - self.handles.get()) as u64
     }
 
@@ -331,7 +327,7 @@ enum Shape {
     /// Chunks of `chunk_blocks` blocks go round robin over `legs_mask + 1` legs (both powers of
     /// two, at most [`ROUTE_LEGS`]): chunk `c` is chunk `c >> log2(legs)` of leg `c & legs_mask`.
     /// Requests crossing a chunk go to the module. The shifts and masks are kept ready for the
-    /// arithmetic; the legs fill a fixed array (unused entries repeat the first), so a masked
+    /// arithmetic; the legs fill a fixed array (unused entries repeat the legs), so a masked
     /// index needs no bounds check.
     Striped {
         chunk_shift: u32,
@@ -473,15 +469,6 @@ impl RouteHandle {
             *staged.borrow_mut() = route;
         }
     }
-
-    /// Whether a route is published.
-    pub fn is_on(&self) -> bool {
-        let on = |r: &Route| !r.is_off();
-        match self.chan.upgrade() {
-            Some(c) => on(&c.route.borrow()),
-            None => self.staged.upgrade().is_some_and(|s| on(&s.borrow())),
-        }
-    }
 }
 
 /// The core's part of [`crate::Channel::submit`] for a layer that publishes routes: forwards `io`
@@ -489,39 +476,39 @@ impl RouteHandle {
 /// hands it back for the module; `Ok(Requeue)` is the base's backpressure, with `io` as it came.
 #[inline(always)]
 pub(crate) fn forward_routed(route: &RefCell<Route>, mut io: IoBox) -> Result<Submit, IoBox> {
-    {
-        let (op, orig, num_blocks) = (io.op, io.offset_blocks, io.num_blocks);
-        let route = route.borrow();
-        let Some((path, base, base_offset)) = route.map(op, orig, num_blocks) else {
-            return Err(io);
-        };
-        debug_assert!(
-            base_offset + num_blocks <= path.base.info().num_blocks,
-            "route maps outside {}",
-            path.base.info().name
-        );
-        io.offset_blocks = base_offset;
-        if path.leaf {
-            io.set_via_on_top(path.clone(), orig);
-            if base.aborted.get() {
-                io.complete(IoStatus::Removed);
-                return Ok(Submit::Accepted);
+    let (op, orig, num_blocks) = (io.op, io.offset_blocks, io.num_blocks);
+    let route = route.borrow();
+    let Some((path, base, base_offset)) = route.map(op, orig, num_blocks) else {
+        return Err(io);
+    };
+    debug_assert!(
+        base_offset + num_blocks <= path.base.info().num_blocks,
+        "route maps outside {}",
+        path.base.info().name
+    );
+    io.offset_blocks = base_offset;
+    if path.leaf {
+        // What `ForwardPath::forward` checks is settled here already: the route maps only ops
+        // the base allows, inside the base (its module built it so); only removal remains.
+        io.set_via_on_top(path.clone(), orig);
+        if base.aborted.get() {
+            io.complete(IoStatus::Removed);
+            return Ok(Submit::Accepted);
+        }
+        match base.dispatch_leaf(io) {
+            Submit::Accepted => Ok(Submit::Accepted),
+            Submit::Requeue(mut io) => {
+                io.clear_via();
+                io.offset_blocks = orig;
+                Ok(Submit::Requeue(io))
             }
-            match base.dispatch_leaf(io) {
-                Submit::Accepted => Ok(Submit::Accepted),
-                Submit::Requeue(mut io) => {
-                    io.clear_via();
-                    io.offset_blocks = orig;
-                    Ok(Submit::Requeue(io))
-                }
-            }
-        } else {
-            match path.forward(io, orig) {
-                Submit::Accepted => Ok(Submit::Accepted),
-                Submit::Requeue(mut io) => {
-                    io.offset_blocks = orig;
-                    Ok(Submit::Requeue(io))
-                }
+        }
+    } else {
+        match path.forward(io, orig) {
+            Submit::Accepted => Ok(Submit::Accepted),
+            Submit::Requeue(mut io) => {
+                io.offset_blocks = orig;
+                Ok(Submit::Requeue(io))
             }
         }
     }

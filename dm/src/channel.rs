@@ -24,10 +24,10 @@
 //!
 //! While the device runs (`fast`: live table, not suspended, nothing held, not read-only) with a
 //! table of **one direct target** over the whole device — linear, or striped over a power of two
-//! of stripes — the core's state publishes that mapping as a [`Route`] in the bdev channel's
-//! slot (`refresh_fast`). The bdev layer then maps such requests and forwards them in place
-//! itself, without calling this module; requests that do not fit the route (crossing a chunk,
-//! flush, reset) still come here. Every visit that changes `fast` republishes or clears the route
+//! of stripes — the core's state publishes that mapping as a [`Route`] through the bdev
+//! channel's [`RouteHandle`] (`refresh_fast`). The bdev layer then maps such requests and
+//! forwards them in place itself, without calling this module; requests that do not fit the route
+//! (crossing a chunk, flush, reset) still come here. Every visit that changes `fast` republishes or clears the route
 //! on the same core, so a suspended, held, dead or swapped device never sees a routed request.
 //!
 //! Here, `submit` checks the same flag, finds the target (index 0 for a one-target table, binary
@@ -449,7 +449,7 @@ struct ParentSlot {
 }
 
 /// What the dm bdev's channel on this core gave the core's state ([`DmCore::bind`]): the
-/// statistics its forward paths link to and the slot where the route is published.
+/// statistics its forward paths link to and the handle through which the route is published.
 struct Bound {
     stats: Rc<ChannelStats>,
     route: RouteHandle,
