@@ -123,12 +123,14 @@ pub trait BdevBackend: Send + Sync + 'static {
     fn on_unregister(&self) {}
 }
 
-/// A module's per-core channel of one bdev. `!Send`: it lives and dies on its core.
+/// A module's per-core channel of one bdev. `!Send`: it lives and dies on its core. The core
+/// calls it through a shared reference (no borrow flag to set and clear per request): a module
+/// keeps what changes per request in `Cell`s or behind its own `RefCell`.
 pub trait BackendChannel {
     /// Starts `io` (range and op already validated against the bdev). The module completes it
     /// with [`crate::IoRequest::complete`], now or later from a poller, or hands it back with
     /// `Submit::Requeue` when out of resources.
-    fn submit(&mut self, io: IoBox) -> Submit;
+    fn submit(&self, io: IoBox) -> Submit;
 
     /// Whether this channel is a **leaf**: it finishes every request itself — completing it, or
     /// handing it back — and never reads or writes the request's frames
@@ -141,7 +143,7 @@ pub trait BackendChannel {
 
     /// Hot removal: fail everything that can be failed now; what the device still owns must be
     /// failed when the device gives it back. Called on the channel's core.
-    fn abort_all(&mut self) {}
+    fn abort_all(&self) {}
 }
 
 pub(crate) struct BdevCore {
@@ -194,7 +196,7 @@ impl ChannelCx {
 #[repr(C)]
 pub struct BdevChannel {
     core: Arc<BdevCore>,
-    backend: RefCell<Box<dyn BackendChannel>>,
+    backend: Box<dyn BackendChannel>,
     stats: Rc<ChannelStats>,
     /// The module publishes routes (it took a [`RouteHandle`]); `route` is the current one.
     routes: bool,
@@ -225,12 +227,12 @@ impl BdevChannel {
     #[inline(always)]
     pub(crate) fn dispatch_leaf(&self, io: IoBox) -> Submit {
         debug_assert!(self.leaf);
-        self.backend.borrow_mut().submit(io)
+        self.backend.submit(io)
     }
 
     pub(crate) fn abort_all(&self) {
         self.aborted.set(true);
-        self.backend.borrow_mut().abort_all();
+        self.backend.abort_all();
     }
 }
 
@@ -283,7 +285,7 @@ impl Bdev {
             BdevChannel {
                 core: c2.clone(),
                 leaf: backend.leaf(),
-                backend: RefCell::new(backend),
+                backend,
                 stats: cx.stats,
                 routes: cx.routes.get(),
                 route: RefCell::new(cx.staged.replace(Route::off())),
@@ -675,7 +677,7 @@ impl Channel {
     /// without that frame.
     #[inline(always)]
     pub(crate) fn dispatch(&self, io: IoBox) -> Submit {
-        match self.ch.backend.borrow_mut().submit(io) {
+        match self.ch.backend.submit(io) {
             Submit::Accepted => Submit::Accepted,
             Submit::Requeue(mut io) => {
                 io.pop_frame();
@@ -724,7 +726,7 @@ mod tests {
     }
 
     impl BackendChannel for ScriptedChannel {
-        fn submit(&mut self, io: IoBox) -> Submit {
+        fn submit(&self, io: IoBox) -> Submit {
             match self.mode.load(Ordering::Relaxed) {
                 SUCCEED => io.complete(IoStatus::Success),
                 FAIL => io.complete(IoStatus::Failed),
@@ -764,7 +766,7 @@ mod tests {
     }
 
     impl BackendChannel for LayerChannel {
-        fn submit(&mut self, mut io: IoBox) -> Submit {
+        fn submit(&self, mut io: IoBox) -> Submit {
             let orig = io.offset_blocks;
             *io.layer_word() = orig;
             io.offset_blocks = orig + SHIFT;

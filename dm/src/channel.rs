@@ -1309,11 +1309,11 @@ impl DmChannel {
 
 impl BackendChannel for DmChannel {
     #[inline]
-    fn submit(&mut self, io: IoBox) -> Submit {
+    fn submit(&self, io: IoBox) -> Submit {
         self.inner.st.borrow_mut().submit(io, &self.inner.cq)
     }
 
-    fn abort_all(&mut self) {
+    fn abort_all(&self) {
         if !self.internal.load(Ordering::Acquire) {
             self.core.kill();
         }

@@ -944,12 +944,12 @@ impl MdChannel {
 
 impl BackendChannel for MdChannel {
     #[inline]
-    fn submit(&mut self, io: IoBox) -> Submit {
+    fn submit(&self, io: IoBox) -> Submit {
         let inner = &*self.inner;
         inner.st.borrow_mut().submit(io, &inner.cq)
     }
 
-    fn abort_all(&mut self) {
+    fn abort_all(&self) {
         self.core.rc().kill();
     }
 }

@@ -147,7 +147,7 @@ fn for_each_segment(iovs: &[IoVec], mut disk_pos: u64, mut len: u64, mut f: impl
 }
 
 impl BackendChannel for MallocChannel {
-    fn submit(&mut self, io: IoBox) -> Submit {
+    fn submit(&self, io: IoBox) -> Submit {
         let pos = io.offset_blocks * self.block_size;
         let len = io.num_blocks * self.block_size;
         match io.op {

@@ -337,7 +337,7 @@ impl<H: Hooks> StackChannel<H> {
 
 impl<H: Hooks> BackendChannel for StackChannel<H> {
     #[inline]
-    fn submit(&mut self, io: IoBox) -> Submit {
+    fn submit(&self, io: IoBox) -> Submit {
         let io = match self.shared.hooks.on_submit(io) {
             Route::Forward(io) => io,
             Route::Taken => return Submit::Accepted,
@@ -362,7 +362,7 @@ impl<H: Hooks> BackendChannel for StackChannel<H> {
         }
     }
 
-    fn abort_all(&mut self) {
+    fn abort_all(&self) {
         self.shared.aborted.set(true);
         self.shared.hooks.abort_all();
     }

@@ -990,7 +990,7 @@ impl BackendChannel for UringChannel {
     /// Queues the request's SQE; the poller submits it this turn. Requeue when the slab or SQ
     /// is full. Buffers stay owned by the request, which the slab holds until the kernel is done.
     #[inline]
-    fn submit(&mut self, io: IoBox) -> Submit {
+    fn submit(&self, io: IoBox) -> Submit {
         self.state.borrow_mut().submit(io)
     }
 
@@ -999,7 +999,7 @@ impl BackendChannel for UringChannel {
         true
     }
 
-    fn abort_all(&mut self) {
+    fn abort_all(&self) {
         self.state.borrow_mut().abort_all();
     }
 }

@@ -47,7 +47,7 @@ struct CorruptChannel {
 }
 
 impl BackendChannel for CorruptChannel {
-    fn submit(&mut self, io: IoBox) -> Submit {
+    fn submit(&self, io: IoBox) -> Submit {
         let pos = (io.offset_blocks * self.block_size) as usize;
         let len = (io.num_blocks * self.block_size) as usize;
         let mut data = self.data.lock().unwrap();
@@ -123,7 +123,7 @@ struct FailChannel {
 }
 
 impl BackendChannel for FailChannel {
-    fn submit(&mut self, io: IoBox) -> Submit {
+    fn submit(&self, io: IoBox) -> Submit {
         let n = self.count.fetch_add(1, Ordering::Relaxed) + 1;
         io.complete(if n.is_multiple_of(self.every) {
             IoStatus::Failed
@@ -174,14 +174,14 @@ struct SlowChannel {
 }
 
 impl BackendChannel for SlowChannel {
-    fn submit(&mut self, io: IoBox) -> Submit {
+    fn submit(&self, io: IoBox) -> Submit {
         self.held
             .borrow_mut()
             .push_back((self.turn.get() + self.hold_turns, io));
         Submit::Accepted
     }
 
-    fn abort_all(&mut self) {
+    fn abort_all(&self) {
         let all: Vec<(u64, IoBox)> = self.held.borrow_mut().drain(..).collect();
         for (_, io) in all {
             io.complete(IoStatus::Aborted);
