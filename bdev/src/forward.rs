@@ -306,7 +306,9 @@ pub struct Route {
     shape: Shape,
 }
 
-/// A leg as a striped route keeps it.
+/// A leg as a striped route keeps it. Aligned to a power of two so that a leg's fields are one
+/// scaled-index load each.
+#[repr(align(32))]
 struct RouteLeg {
     path: ForwardPath,
     base: Rc<BdevChannel>,
@@ -324,22 +326,60 @@ enum Shape {
         base: Rc<BdevChannel>,
         offset_blocks: u64,
     },
-    /// Chunks of `chunk_blocks` blocks go round robin over `legs_mask + 1` legs (both powers of
-    /// two, at most [`ROUTE_LEGS`]): chunk `c` is chunk `c >> log2(legs)` of leg `c & legs_mask`.
-    /// Requests crossing a chunk go to the module. The shifts and masks are kept ready for the
-    /// arithmetic; the legs fill a fixed array (unused entries repeat the legs), so a masked
-    /// index needs no bounds check.
+    /// Chunks go round robin over the legs (see [`Stripes`]). The legs fill a fixed array of
+    /// [`ROUTE_LEGS`] entries, entry `i` holding leg `i % legs`, so a leg number taken modulo
+    /// [`ROUTE_LEGS`] picks the entry with neither a bounds check nor the leg count.
     Striped {
-        chunk_shift: u32,
-        legs_shift: u32,
-        chunk_blocks: u64,
-        chunk_mask: u64,
-        legs_mask: u64,
+        stripes: Stripes,
         /// Each leg's path, base channel and start, together (the legs of a small stripe set
         /// share a cache line; the base channel is one load from the leg, not two).
         legs: [RouteLeg; ROUTE_LEGS],
     },
     Off,
+}
+
+/// Striped placement: chunks of `chunk_blocks` blocks go round robin over the legs, both
+/// counts powers of two: chunk `c` of the layer is chunk `c >> log2(legs)` of leg `c % legs`.
+/// The shifts and masks are kept ready for the arithmetic.
+#[derive(Clone, Copy, Debug)]
+struct Stripes {
+    chunk_shift: u32,
+    legs_shift: u32,
+    chunk_blocks: u64,
+    /// `chunk_blocks - 1`: a block's place in its chunk.
+    within_mask: u64,
+    /// `!within_mask`.
+    row_mask: u64,
+}
+
+impl Stripes {
+    /// For `chunk_blocks` and `legs` both powers of two.
+    fn new(chunk_blocks: u64, legs: u64) -> Stripes {
+        debug_assert!(chunk_blocks.is_power_of_two() && legs.is_power_of_two());
+        Stripes {
+            chunk_shift: chunk_blocks.trailing_zeros(),
+            legs_shift: legs.trailing_zeros(),
+            chunk_blocks,
+            within_mask: chunk_blocks - 1,
+            row_mask: !(chunk_blocks - 1),
+        }
+    }
+
+    /// Where `num_blocks` (> 0) at `offset_blocks` of the layer lie: the chunk number (the leg
+    /// is it modulo the leg count; the caller reduces it) and the block on the leg. `None` when
+    /// they cross a chunk.
+    #[inline(always)]
+    fn place(&self, offset_blocks: u64, num_blocks: u64) -> Option<(usize, u64)> {
+        let within = offset_blocks & self.within_mask;
+        if within + num_blocks > self.chunk_blocks {
+            return None;
+        }
+        // The leg's block: the offset without its leg bits. Shifting right by log2(legs) brings
+        // the row to the chunk-number bits; the bits below them are the leg's number and are
+        // replaced by `within`.
+        let on_leg = ((offset_blocks >> self.legs_shift) & self.row_mask) | within;
+        Some(((offset_blocks >> self.chunk_shift) as usize, on_leg))
+    }
 }
 
 impl Route {
@@ -382,11 +422,7 @@ impl Route {
         Some(Route {
             ops,
             shape: Shape::Striped {
-                chunk_shift: chunk_blocks.trailing_zeros(),
-                legs_shift: n.trailing_zeros(),
-                chunk_blocks,
-                chunk_mask: chunk_blocks - 1,
-                legs_mask: n as u64 - 1,
+                stripes: Stripes::new(chunk_blocks, n as u64),
                 legs: std::array::from_fn(|i| {
                     let leg = &legs[i % n];
                     RouteLeg {
@@ -419,24 +455,9 @@ impl Route {
                 base,
                 offset_blocks: start,
             } => Some((&path.inner, base, start + offset_blocks)),
-            Shape::Striped {
-                chunk_shift,
-                legs_shift,
-                chunk_blocks,
-                chunk_mask,
-                legs_mask,
-                legs,
-            } => {
-                let within = offset_blocks & chunk_mask;
-                if within + num_blocks > *chunk_blocks {
-                    return None;
-                }
-                let leg = ((offset_blocks >> chunk_shift) & legs_mask) as usize % ROUTE_LEGS;
-                // The leg's block: the offset without its leg bits. Shifting right by log2(legs)
-                // brings the row to the chunk-number bits; the bits below them are the leg's
-                // number and are replaced by `within`.
-                let on_leg = ((offset_blocks >> legs_shift) & !chunk_mask) | within;
-                let leg = &legs[leg];
+            Shape::Striped { stripes, legs } => {
+                let (leg, on_leg) = stripes.place(offset_blocks, num_blocks)?;
+                let leg = &legs[leg % ROUTE_LEGS];
                 Some((&leg.path.inner, &leg.base, leg.offset_blocks + on_leg))
             }
             Shape::Off => None,
@@ -510,6 +531,35 @@ pub(crate) fn forward_routed(route: &RefCell<Route>, mut io: IoBox) -> Result<Su
                 io.offset_blocks = orig;
                 Ok(Submit::Requeue(io))
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// The striped placement agrees with dm-striped's definition, division by division.
+        #[test]
+        fn stripes_place_as_dm_striped_defines(
+            legs_log2 in 0u32..=4,
+            chunk_log2 in 0u32..=12,
+            offset_blocks in 0u64..(1 << 40),
+            num_blocks in 1u64..=4096,
+        ) {
+            let (legs, chunk) = (1u64 << legs_log2, 1u64 << chunk_log2);
+            let got = Stripes::new(chunk, legs)
+                .place(offset_blocks, num_blocks)
+                .map(|(c, on_leg)| (c as u64 % legs, on_leg));
+            let c = offset_blocks / chunk;
+            let within = offset_blocks % chunk;
+            let want = (within + num_blocks <= chunk)
+                .then(|| (c % legs, (c / legs) * chunk + within));
+            prop_assert_eq!(got, want);
+            // The fixed leg array: entry `c % ROUTE_LEGS` holds leg `(c % ROUTE_LEGS) % legs`.
+            prop_assert_eq!((c % ROUTE_LEGS as u64) % legs, c % legs);
         }
     }
 }
