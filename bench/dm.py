@@ -8,6 +8,8 @@ steadier when the shared machine's speed drifts during the script):
   1. bare null bdev                                   (the reference)
   2. dm-linear over a null bdev                       (one target, the direct path)
   3. dm-striped over 2 null bdevs, 64 KiB chunks      (4 KiB reads never cross a chunk)
+  3b. dm-striped over 3 null bdevs, 64 KiB chunks     (a leg count that is not a power of two:
+                                                       the route divides by a reciprocal multiply)
   4. passthru over a null bdev                        (keel-bdev's cost of any stacked layer:
                                                        one more Channel::submit + complete + a
                                                        completion poller hop; the floor a dm
@@ -43,12 +45,14 @@ SPDK_RAID0_RATIO = 0.45
 def config():
     nulls = [{"method": "bdev_null_create",
               "params": {"name": "Null%d" % i, "num_blocks": NULL_BLOCKS, "block_size": 4096}}
-             for i in range(7)]
+             for i in range(10)]
     bdev = nulls + [{"method": "bdev_passthru_create", "params": {"name": "Pass0", "base_bdev_name": "Null4"}}]
     dm = [
         {"method": "dm_create", "params": {"name": "dm_linear", "table": "0 %d linear Null1 0" % SECTORS}},
         {"method": "dm_create", "params": {"name": "dm_striped",
                                            "table": "0 %d striped 2 128 Null2 0 Null3 0" % (2 * SECTORS)}},
+        {"method": "dm_create", "params": {"name": "dm_striped3",
+                                           "table": "0 %d striped 3 128 Null7 0 Null8 0 Null9 0" % (3 * SECTORS)}},
         {"method": "dm_create", "params": {"name": "dm_striped4k",
                                            "table": "0 %d striped 2 8 Null5 0 Null6 0" % (2 * SECTORS)}},
     ]
@@ -77,6 +81,7 @@ def main():
         ("bare null", "Null0", 4096),
         ("dm-linear over null", "dm_linear", 4096),
         ("dm-striped over 2 null", "dm_striped", 4096),
+        ("dm-striped over 3 null", "dm_striped3", 4096),
         ("passthru over null (floor)", "Pass0", 4096),
     ]
     if a.split:

@@ -37,8 +37,9 @@
 //!
 //! # Routes
 //!
-//! A layer whose mapping is pure arithmetic — a linear range of one base, chunks striped over a
-//! power-of-two number of bases — can publish it as a [`Route`] through its [`RouteHandle`]; the
+//! A layer whose mapping is pure arithmetic — a linear range of one base, power-of-two chunks
+//! striped over up to [`ROUTE_LEGS`] bases (shifts and masks for a power of two of them, a
+//! reciprocal multiply otherwise) — can publish it as a [`Route`] through its [`RouteHandle`]; the
 //! route lives in the layer's bdev channel. The core's [`crate::Channel::submit`] then maps a
 //! request that fits (one base, one chunk, an op the route carries) itself and forwards it along
 //! the route's path, without calling the module at all; anything else goes to the module as
@@ -336,6 +337,12 @@ enum Shape {
         legs: [RouteLeg; ROUTE_LEGS],
     },
     Off,
+    /// As `Striped`, over a leg count that is not a power of two (see [`StripesByReciprocal`]);
+    /// entry `i < legs` of the array holds leg `i`.
+    StripedByReciprocal {
+        stripes: StripesByReciprocal,
+        legs: [RouteLeg; ROUTE_LEGS],
+    },
 }
 
 /// Striped placement: chunks of `chunk_blocks` blocks go round robin over the legs, both
@@ -382,6 +389,60 @@ impl Stripes {
     }
 }
 
+/// Striped placement over a leg count `legs` that is not a power of two (chunks still a power
+/// of two): chunk `c` of the layer is chunk `c / legs` of leg `c % legs`. The division is a
+/// multiply by a 64-bit reciprocal, `m = floor(2^64 / legs) + 1`: `floor(c * m / 2^64)` is
+/// `floor(c / legs)` for every `c < 2^64 / legs` (the error `c * (m - 2^64 / legs) / 2^64` stays
+/// under `1 / legs`, and a fraction `c / legs` is at most `1 - 1 / legs` away from the next
+/// integer). Chunks from [`RECIPROCAL_CHUNK_LIMIT`] on — far past any real device — go to the
+/// module.
+#[derive(Clone, Copy, Debug)]
+struct StripesByReciprocal {
+    chunk_shift: u32,
+    chunk_blocks: u64,
+    /// `chunk_blocks - 1`: a block's place in its chunk.
+    within_mask: u64,
+    legs: u64,
+    /// `floor(2^64 / legs) + 1`.
+    reciprocal: u64,
+}
+
+/// First chunk number a [`StripesByReciprocal`] does not map: `2^60 <= 2^64 / legs` for every
+/// leg count up to [`ROUTE_LEGS`].
+const RECIPROCAL_CHUNK_LIMIT: u64 = 1 << 60;
+
+impl StripesByReciprocal {
+    /// For `chunk_blocks` a power of two and `legs` in `2..=ROUTE_LEGS`, not a power of two.
+    fn new(chunk_blocks: u64, legs: u64) -> StripesByReciprocal {
+        debug_assert!(chunk_blocks.is_power_of_two() && !legs.is_power_of_two());
+        debug_assert!((2..=ROUTE_LEGS as u64).contains(&legs));
+        StripesByReciprocal {
+            chunk_shift: chunk_blocks.trailing_zeros(),
+            chunk_blocks,
+            within_mask: chunk_blocks - 1,
+            legs,
+            // `legs` does not divide 2^64, so floor((2^64 - 1) / legs) = floor(2^64 / legs).
+            reciprocal: u64::MAX / legs + 1,
+        }
+    }
+
+    /// As [`Stripes::place`], but the leg itself (below `legs`) instead of the chunk number.
+    #[inline(always)]
+    fn place(&self, offset_blocks: u64, num_blocks: u64) -> Option<(usize, u64)> {
+        let within = offset_blocks & self.within_mask;
+        if within + num_blocks > self.chunk_blocks {
+            return None;
+        }
+        let chunk = offset_blocks >> self.chunk_shift;
+        if chunk >= RECIPROCAL_CHUNK_LIMIT {
+            return None;
+        }
+        let row = ((chunk as u128 * self.reciprocal as u128) >> 64) as u64;
+        let leg = chunk - row * self.legs;
+        Some((leg as usize, (row << self.chunk_shift) | within))
+    }
+}
+
 impl Route {
     /// No route: every request goes to the module.
     pub fn off() -> Route {
@@ -409,30 +470,40 @@ impl Route {
         }
     }
 
-    /// A striped route over `legs` (a power of two of them, one to [`ROUTE_LEGS`]) in chunks of
-    /// `chunk_blocks` (a power of two); `None` when the shape does not fit.
+    /// A striped route over `legs` (one to [`ROUTE_LEGS`] of them) in chunks of `chunk_blocks`
+    /// (a power of two); `None` when the shape does not fit.
     pub fn striped(chunk_blocks: u64, legs: Vec<Leg>, ops: IoCaps) -> Option<Route> {
         let n = legs.len();
-        if n == 0 || n > ROUTE_LEGS || !n.is_power_of_two() || !chunk_blocks.is_power_of_two() {
+        if n == 0 || n > ROUTE_LEGS || !chunk_blocks.is_power_of_two() {
             return None;
         }
         let ops = legs
             .iter()
             .fold(ops.and(IoCaps::RANGED), |o, l| o.and(l.path.inner.base.allowed()));
-        Some(Route {
-            ops,
-            shape: Shape::Striped {
+        // Entry `i` holds leg `i % n`: for a power of two of legs, a chunk number modulo
+        // ROUTE_LEGS picks its leg; otherwise only the first `n` entries are used.
+        let array = || {
+            std::array::from_fn(|i| {
+                let leg = &legs[i % n];
+                RouteLeg {
+                    path: leg.path.clone(),
+                    base: leg.path.inner.base.bdev_channel().clone(),
+                    offset_blocks: leg.offset_blocks,
+                }
+            })
+        };
+        let shape = if n.is_power_of_two() {
+            Shape::Striped {
                 stripes: Stripes::new(chunk_blocks, n as u64),
-                legs: std::array::from_fn(|i| {
-                    let leg = &legs[i % n];
-                    RouteLeg {
-                        path: leg.path.clone(),
-                        base: leg.path.inner.base.bdev_channel().clone(),
-                        offset_blocks: leg.offset_blocks,
-                    }
-                }),
-            },
-        })
+                legs: array(),
+            }
+        } else {
+            Shape::StripedByReciprocal {
+                stripes: StripesByReciprocal::new(chunk_blocks, n as u64),
+                legs: array(),
+            }
+        };
+        Some(Route { ops, shape })
     }
 
     /// Where a request of `op` over `num_blocks` (> 0 for the ops a route maps) at
@@ -461,6 +532,11 @@ impl Route {
                 Some((&leg.path.inner, &leg.base, leg.offset_blocks + on_leg))
             }
             Shape::Off => None,
+            Shape::StripedByReciprocal { stripes, legs } => {
+                let (leg, on_leg) = stripes.place(offset_blocks, num_blocks)?;
+                let leg = &legs[leg % ROUTE_LEGS];
+                Some((&leg.path.inner, &leg.base, leg.offset_blocks + on_leg))
+            }
         }
     }
 }
@@ -560,6 +636,41 @@ mod tests {
             prop_assert_eq!(got, want);
             // The fixed leg array: entry `c % ROUTE_LEGS` holds leg `(c % ROUTE_LEGS) % legs`.
             prop_assert_eq!((c % ROUTE_LEGS as u64) % legs, c % legs);
+        }
+
+        /// The reciprocal placement agrees with division for every leg count that is not a
+        /// power of two, over the whole range it maps, and hands the rest to the module.
+        #[test]
+        fn reciprocal_stripes_place_as_dm_striped_defines(
+            legs in (3u64..=ROUTE_LEGS as u64).prop_filter("not a power of two", |n| !n.is_power_of_two()),
+            chunk_log2 in 0u32..=12,
+            offset_blocks in prop_oneof![0u64..(1 << 40), any::<u64>(), (1u64 << 60) - 4096..(1u64 << 60) + 4096],
+            num_blocks in 1u64..=4096,
+        ) {
+            let chunk = 1u64 << chunk_log2;
+            let got = StripesByReciprocal::new(chunk, legs).place(offset_blocks, num_blocks);
+            let c = offset_blocks / chunk;
+            let within = offset_blocks % chunk;
+            let want = (within + num_blocks <= chunk && c < RECIPROCAL_CHUNK_LIMIT)
+                .then(|| ((c % legs) as usize, (c / legs) * chunk + within));
+            prop_assert_eq!(got, want);
+        }
+    }
+
+    /// The reciprocal is exact up to the limit: the worst chunk numbers for each leg count.
+    #[test]
+    fn reciprocal_is_exact_at_the_limit() {
+        for legs in (3..=ROUTE_LEGS as u64).filter(|n| !n.is_power_of_two()) {
+            let s = StripesByReciprocal::new(1, legs);
+            let top = RECIPROCAL_CHUNK_LIMIT - 1;
+            for c in (top - 3 * legs..=top).chain(0..3 * legs) {
+                assert_eq!(
+                    s.place(c, 1),
+                    Some(((c % legs) as usize, c / legs)),
+                    "legs {legs} chunk {c}"
+                );
+            }
+            assert_eq!(s.place(RECIPROCAL_CHUNK_LIMIT, 1), None);
         }
     }
 }

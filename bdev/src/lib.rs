@@ -41,7 +41,7 @@ pub use bdev::{
 };
 pub use buf::{BufPool, DmaBuf};
 pub use error::BdevError;
-pub use forward::{ForwardCtx, ForwardPath, Leg, Route, RouteHandle};
+pub use forward::{ForwardCtx, ForwardPath, Leg, Route, RouteHandle, ROUTE_LEGS};
 pub use io::{CompletionQueue, IoBox, IoOp, IoPool, IoRequest, IoStatus, IoVec, SgList, Submit, MAX_DEPTH, MAX_IOVS};
 pub use registry::BdevRegistry;
 pub use stats::{ChannelStats, IoStats, OpStats, StatsReset};

@@ -23,8 +23,8 @@
 //! link to that channel's).
 //!
 //! While the device runs (`fast`: live table, not suspended, nothing held, not read-only) with a
-//! table of **one direct target** over the whole device — linear, or striped over a power of two
-//! of stripes — the core's state publishes that mapping as a [`Route`] through the bdev
+//! table of **one direct target** over the whole device — linear, or striped over at most
+//! [`keel_bdev::ROUTE_LEGS`] stripes — the core's state publishes that mapping as a [`Route`] through the bdev
 //! channel's [`RouteHandle`] (`refresh_fast`). The bdev layer then maps such requests and
 //! forwards them in place itself, without calling this module; requests that do not fit the route
 //! (crossing a chunk, flush, reset) still come here. Every visit that changes `fast` republishes or clears the route
@@ -353,7 +353,8 @@ impl CoreTable {
     }
 
     /// The route of this snapshot for the core (see `refresh_fast`): one direct target over the
-    /// whole device, linear or striped over a power-of-two number of stripes.
+    /// whole device, linear or striped over at most `ROUTE_LEGS` stripes (wider stripe sets get
+    /// no route: `Route::striped` declines them).
     fn route(&self) -> Route {
         let [ct] = self.targets.as_slice() else {
             return Route::off();

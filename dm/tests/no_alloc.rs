@@ -1,8 +1,9 @@
 //! After set-up, I/O through dm does not allocate: a counting global allocator sees zero
 //! allocations while a keel-perf job completes 50k I/Os in steady state through dm linear over
 //! null, striped over two nulls (4 KiB I/Os that map whole: routed by the bdev layer; 12 KiB I/Os
-//! that cross chunks: the split path with child requests), tables the module forwards itself
-//! (two linear targets, three stripes), a route to a base that is not a leaf (linear over a
+//! that cross chunks: the split path with child requests), three stripes (routed with a
+//! reciprocal multiply), tables the module forwards itself (two linear targets, seventeen
+//! stripes), a route to a base that is not a leaf (linear over a
 //! passthru), a 64-target linear table over malloc under verify (splits, data checked), and a
 //! delay target (held pieces in FIFOs).
 //!
@@ -88,6 +89,16 @@ fn steady_state_io_through_dm_does_not_allocate() {
     let multi: String = (0..64)
         .map(|k| format!("{} 128 linear M0 {}\n", k * 128, (63 - k) * 128))
         .collect();
+    // Seventeen stripes (more than a route takes), pieces of N0..N2 in turn.
+    const LEG_SECTORS: u64 = 30840;
+    let wide = format!(
+        "0 {} striped 17 8 {}",
+        17 * LEG_SECTORS,
+        (0..17)
+            .map(|k| format!("N{} {}", k % 3, (k / 3) * LEG_SECTORS))
+            .collect::<Vec<_>>()
+            .join(" ")
+    );
     let cases = [
         Case {
             name: "linear/null randread",
@@ -120,8 +131,14 @@ fn steady_state_io_through_dm_does_not_allocate() {
             io_size: 4096,
         },
         Case {
-            name: "striped/3 null randread 4k (module forward)",
+            name: "striped/3 null randread 4k (routed by reciprocal)",
             table: "0 1572864 striped 3 8 N0 0 N1 0 N2 0".into(),
+            workload: Workload::RandRead,
+            io_size: 4096,
+        },
+        Case {
+            name: "striped/17 null randread 4k (module forward)",
+            table: wide,
             workload: Workload::RandRead,
             io_size: 4096,
         },

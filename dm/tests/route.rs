@@ -1,6 +1,6 @@
 //! The route a mapped device publishes for the bdev layer (see keel-bdev's `forward.rs`): on
-//! while the device runs with one direct linear target, or one striped target over a power of
-//! two of stripes; off while suspended, for other tables, after remove. Routed requests land
+//! while the device runs with one direct linear target, or one striped target over up to 16
+//! stripes; off while suspended, for other tables, after remove. Routed requests land
 //! where the table says, count in both bdevs' statistics, and a suspend still holds (never
 //! fails) what arrives meanwhile.
 
@@ -73,24 +73,34 @@ fn route_follows_the_table_and_the_life_cycle() {
     got.extend(r.read_raw("M2", 0, 2));
     assert_eq!(got, cross.bytes().to_vec());
 
-    // Shapes the core does not map: three stripes, two targets, an error target (the size
-    // stays: the bdev is open).
-    for table in [
-        "0 1536 striped 3 8 M0 0 M1 0 M2 0",
-        "0 768 linear M0 0\n768 768 linear M1 0",
-        "0 1536 error",
-    ] {
+    // Three stripes (not a power of two): routed too. Chunk c is chunk c / 3 of leg c % 3.
+    r.load("d", "0 1536 striped 3 8 M0 0 M1 0 M2 0").unwrap();
+    r.suspend("d", false).unwrap();
+    r.resume("d").unwrap();
+    assert!(routed(&r, &c0) && routed(&r, &c1));
+    for (block, dev, on_leg) in [(9, "M1", 1), (23, "M2", 7), (24, "M0", 8), (1535, "M2", 511)] {
+        let one = pattern(BS as usize, |i| (i as u64 ^ block) as u8);
+        assert_eq!(c1.run(&r, IoOp::Write, block, 1, &one), IoStatus::Success);
+        assert_eq!(r.read_raw(dev, on_leg, 1), one.bytes().to_vec(), "block {block}");
+        let back = DmaBuf::new(BS as usize);
+        assert_eq!(c0.run(&r, IoOp::Read, block, 1, &back), IoStatus::Success);
+        assert_eq!(back.bytes().to_vec(), one.bytes().to_vec(), "block {block} read back");
+    }
+
+    // Shapes the core does not map: two targets, an error target (the size stays: the bdev is
+    // open).
+    for table in ["0 768 linear M0 0\n768 768 linear M1 0", "0 1536 error"] {
         r.load("d", table).unwrap();
         r.suspend("d", false).unwrap();
         r.resume("d").unwrap();
         assert!(!routed(&r, &c0), "{table:?} is not routed");
     }
-    // The module path still serves the three-stripe table: block 9 is chunk 1, on M1 at 1.
-    r.load("d", "0 1536 striped 3 8 M0 0 M1 0 M2 0").unwrap();
+    // The module path still serves the two-target table: block 800 is M1's block 32.
+    r.load("d", "0 768 linear M0 0\n768 768 linear M1 0").unwrap();
     r.suspend("d", false).unwrap();
     r.resume("d").unwrap();
-    assert_eq!(c0.run(&r, IoOp::Write, 9, 1, &one), IoStatus::Success);
-    assert_eq!(r.read_raw("M1", 1, 1), one.bytes().to_vec());
+    assert_eq!(c0.run(&r, IoOp::Write, 800, 1, &one), IoStatus::Success);
+    assert_eq!(r.read_raw("M1", 32, 1), one.bytes().to_vec());
 
     c0.close(&r);
     c1.close(&r);

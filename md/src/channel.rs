@@ -20,8 +20,8 @@
 //! forwarded in place along the member's path ([`ForwardPath::forward`]): the original offset
 //! goes into the layer word, `offset_blocks` becomes `data_offset + member sector`, and a success
 //! goes straight up without visiting this layer's poller. Anything else is split at member/chunk
-//! boundaries into children. A one-zone raid0 over a power-of-two number of members publishes
-//! that mapping as a striped [`Route`] while every member is present, so the bdev layer forwards
+//! boundaries into children. A one-zone raid0 (of up to [`keel_bdev::ROUTE_LEGS`] members)
+//! publishes that mapping as a striped [`Route`] while every member is present, so the bdev layer forwards
 //! such requests without calling the array at all.
 //!
 //! # Copy levels (raid1, raid10)
@@ -125,8 +125,18 @@ struct FastRaid0 {
     data_offset_sectors: u64,
 }
 
+/// raid0 of one zone over any number of members with the array's block size: the shape the
+/// bdev layer can route (see `publish_route`).
+#[derive(Clone, Copy)]
+struct RoutableRaid0 {
+    block_shift: u32,
+    chunk_shift: u32,
+    data_offset_sectors: u64,
+}
+
 struct State {
     fast: Option<FastRaid0>,
+    routable: Option<RoutableRaid0>,
     geo: Arc<Geometry>,
     shared: Arc<Shared>,
     core: u32,
@@ -217,19 +227,25 @@ impl State {
         let roles = members.len();
         shared.gate.row(core);
         let (member_ids, members) = members.into_iter().unzip();
-        let fast = match &geo.mapping {
-            crate::geometry::Mapping::Raid0(r) if geo.member_shifts.iter().all(|&s| s == geo.block_shift) => {
+        let (fast, routable) = match &geo.mapping {
+            crate::geometry::Mapping::Raid0(r) if geo.member_shifts.iter().all(|&s| s == geo.block_shift) => (
                 r.pow2_single_zone().map(|(chunk_shift, members_shift)| FastRaid0 {
                     block_shift: geo.block_shift,
                     chunk_shift,
                     members_shift,
                     data_offset_sectors: geo.data_offset_sectors,
-                })
-            }
-            _ => None,
+                }),
+                r.single_zone().map(|(chunk_shift, _)| RoutableRaid0 {
+                    block_shift: geo.block_shift,
+                    chunk_shift,
+                    data_offset_sectors: geo.data_offset_sectors,
+                }),
+            ),
+            _ => (None, None),
         };
         State {
             fast,
+            routable,
             geo,
             shared,
             core,
@@ -294,11 +310,11 @@ impl State {
         self.publish_route();
     }
 
-    /// The core maps a one-zone power-of-two raid0 by itself (what the fast path of `submit`
-    /// does) while every member is present and the array lives; otherwise requests come here.
+    /// The core maps a one-zone raid0 (of up to `ROUTE_LEGS` members) by itself while every
+    /// member is present and the array lives; otherwise requests come here.
     fn publish_route(&self) {
         let Some((_, slot)) = &self.bound else { return };
-        let route = match self.fast {
+        let route = match self.routable {
             Some(f) if !self.dead && f.chunk_shift >= f.block_shift && self.paths.iter().all(Option::is_some) => {
                 let legs = self
                     .paths

@@ -139,16 +139,24 @@ impl Raid0 {
         self.zones.last().map(|z| z.end).unwrap_or(0)
     }
 
-    /// For one zone of a power-of-two number of members: (log2 chunk sectors, log2 members),
-    /// the shape a data path can map with shifts alone (both layouts agree on one zone).
-    pub fn pow2_single_zone(&self) -> Option<(u32, u32)> {
+    /// For one zone over every member in role order: (log2 chunk sectors, members) — chunk `c`
+    /// is chunk `c / members` of member `c % members` (both layouts agree on one zone).
+    pub fn single_zone(&self) -> Option<(u32, usize)> {
         match self.zones.as_slice() {
-            [z] if z.members.len().is_power_of_two() && z.start == 0 && z.dev_start == 0 => {
+            [z] if z.start == 0 && z.dev_start == 0 => {
                 let in_order = z.members.iter().enumerate().all(|(i, m)| m.0 as usize == i);
-                in_order.then(|| (self.chunk_sectors.trailing_zeros(), z.members.len().trailing_zeros()))
+                in_order.then(|| (self.chunk_sectors.trailing_zeros(), z.members.len()))
             }
             _ => None,
         }
+    }
+
+    /// [`Raid0::single_zone`] over a power-of-two number of members: (log2 chunk sectors, log2
+    /// members), the shape a data path can map with shifts alone.
+    pub fn pow2_single_zone(&self) -> Option<(u32, u32)> {
+        self.single_zone()
+            .filter(|(_, n)| n.is_power_of_two())
+            .map(|(chunk_shift, n)| (chunk_shift, n.trailing_zeros()))
     }
 
     /// Number of zones.

@@ -80,30 +80,38 @@ fn raid0_data_lands_where_layout_says() {
     assert_eq!((sb.events, sb.is_clean(), sb.dev_number), (2, true, 0));
 }
 
-/// A one-zone raid0 over a power of two of members publishes its mapping as a route (the bdev
-/// layer forwards fitting requests without calling md); three members do not. Either way data
-/// lands where the layout says and reads back, across chunks too.
+/// A one-zone raid0 publishes its mapping as a route (the bdev layer forwards fitting requests
+/// without calling md), over two members (shifts) and three (a reciprocal multiply); one of
+/// unequal members (two zones) does not. Either way data lands where the layout says and reads
+/// back, across chunks too.
 #[test]
 fn raid0_of_one_zone_is_routed_and_lands_where_layout_says() {
     let r = Rig::new(1);
-    for m in ["A0", "A1", "B0", "B1", "B2"] {
+    for m in ["A0", "A1", "B0", "B1", "B2", "C0", "C1"] {
         r.malloc(m, 8192, 512);
     }
+    r.malloc("C2", 4096, 512);
     r.create_simple("two", "raid0", &["A0", "A1"], Some(4)).unwrap();
     r.create_simple("three", "raid0", &["B0", "B1", "B2"], Some(4)).unwrap();
+    r.create_simple("uneven", "raid0", &["C0", "C1", "C2"], Some(4))
+        .unwrap();
     let data_offset = default_data_offset_sectors(8192, 8);
     for (name, members, routed) in [
         ("two", &["A0", "A1"][..], true),
-        ("three", &["B0", "B1", "B2"][..], false),
+        ("three", &["B0", "B1", "B2"][..], true),
+        ("uneven", &["C0", "C1", "C2"][..], false),
     ] {
         let is_routed = r.d.enter(common::MAIN, || {
             let desc = r.reg.open(name, false, |_| {}).unwrap();
             desc.channel().is_routed()
         });
         assert_eq!(is_routed, routed, "{name}");
-        let sizes = vec![8192 - data_offset; members.len()];
+        let sizes: Vec<u64> = members
+            .iter()
+            .map(|m| r.reg.get(m).unwrap().info().num_blocks - data_offset)
+            .collect();
         let layout = Raid0::new(&sizes, 8, Raid0Layout::Original).unwrap();
-        assert_eq!(layout.zone_count(), 1);
+        assert_eq!(layout.zone_count() == 1, routed, "{name}: zones");
         let total = r.reg.get(name).unwrap().info().num_blocks;
         let data = pattern(11, (total * 512) as usize);
         let (mut at, mut step) = (0u64, 1u64);
@@ -114,7 +122,10 @@ fn raid0_of_one_zone_is_routed_and_lands_where_layout_says() {
             at += n;
             step = step % 13 + 1;
         }
-        let images: Vec<Vec<u8>> = members.iter().map(|m| r.read(m, 0, 8192)).collect();
+        let images: Vec<Vec<u8>> = members
+            .iter()
+            .map(|m| r.read(m, 0, r.reg.get(m).unwrap().info().num_blocks))
+            .collect();
         for s in 0..total {
             let (p, _) = layout.map(s);
             let off = ((data_offset + p.sector) * 512) as usize;
