@@ -65,7 +65,7 @@ use crate::{CompletionQueue, IoBox, IoOp, IoStatus, Submit};
 /// on its core.
 ///
 /// The count has two parts. A request travelling along a path is counted by the path itself —
-/// it holds a reference to the path's [`PathInner`] until the base is done — so forwarding costs
+/// it holds a reference to the path's `PathInner` until the base is done — so forwarding costs
 /// no counter of its own. What the layer keeps or handles itself (split parents, held requests,
 /// and failed forwards from the moment they come back) it counts with [`ForwardCtx::begin`] and
 /// [`ForwardCtx::end`].

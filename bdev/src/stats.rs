@@ -8,7 +8,7 @@
 //!
 //! A request that a layer forwards in place to a base bdev (see `crate::forward`) and that
 //! succeeds is the same request, with the same op, size and latency, in both bdevs. It is charged
-//! once, to the path's [`SharedStats`], which both channels report on top of their own counters
+//! once, to the path's `SharedStats`, which both channels report on top of their own counters
 //! (the layer's and the base's channel each *link* it). Resetting either channel first folds the
 //! shared counters into both channels' own counters, so the other one keeps every count; a path
 //! that goes away (a table swap, a layer removed) folds them the same way. What a reader sees is

@@ -24,11 +24,12 @@
 //!
 //! While the device runs (`fast`: live table, not suspended, nothing held, not read-only) with a
 //! table of **one direct target** over the whole device — linear, or striped over at most
-//! [`keel_bdev::ROUTE_LEGS`] stripes — the core's state publishes that mapping as a [`Route`] through the bdev
-//! channel's [`RouteHandle`] (`refresh_fast`). The bdev layer then maps such requests and
-//! forwards them in place itself, without calling this module; requests that do not fit the route
-//! (crossing a chunk, flush, reset) still come here. Every visit that changes `fast` republishes or clears the route
-//! on the same core, so a suspended, held, dead or swapped device never sees a routed request.
+//! [`keel_bdev::ROUTE_LEGS`] stripes — the core's state publishes that mapping as a [`Route`]
+//! through the bdev channel's [`RouteHandle`] (`refresh_fast`). The bdev layer then maps such
+//! requests and forwards them in place itself, without calling this module; requests that do
+//! not fit the route (crossing a chunk, flush, reset) still come here. Every visit that changes
+//! `fast` republishes or clears the route on the same core, so a suspended, held, dead or
+//! swapped device never sees a routed request.
 //!
 //! Here, `submit` checks the same flag, finds the target (index 0 for a one-target table, binary
 //! search otherwise), and when the I/O fits in the target (and in one chunk of a striped target)
@@ -69,8 +70,9 @@
 //! `suspended`; the poller then re-issues the held queue in order, against the new table.
 //!
 //! With `noflush`, a piece that fails because its base bdev was removed (`Removed`, or `Aborted`
-//! for what the removed base held) makes its parent go back to the held queue instead of failing — Linux's "pushed back and requeued" —
-//! and it is re-issued after resume, possibly to a new table. Otherwise a removed base's I/O
+//! for what the removed base held) makes its parent go back to the held queue instead of
+//! failing — Linux's "pushed back and requeued" — and it is re-issued after resume, possibly to
+//! a new table. Otherwise a removed base's I/O
 //! fails (`Failed`: the dm device itself is not removed).
 
 use std::cell::RefCell;

@@ -21,8 +21,8 @@
 //! goes into the layer word, `offset_blocks` becomes `data_offset + member sector`, and a success
 //! goes straight up without visiting this layer's poller. Anything else is split at member/chunk
 //! boundaries into children. A one-zone raid0 (of up to [`keel_bdev::ROUTE_LEGS`] members)
-//! publishes that mapping as a striped [`Route`] while every member is present, so the bdev layer forwards
-//! such requests without calling the array at all.
+//! publishes that mapping as a striped [`Route`] while every member is present, so the bdev
+//! layer forwards such requests without calling the array at all.
 //!
 //! # Copy levels (raid1, raid10)
 //!
