@@ -428,12 +428,7 @@ impl IoRequest {
         if self.depth == 0 {
             return Err(path);
         }
-        // A leaf pushes no frame and forwards nothing, so no part is recorded yet: nothing to
-        // drop.
-        let old = self.via.replace(path);
-        debug_assert!(old.is_none(), "one leaf part at a time");
-        std::mem::forget(old);
-        self.via_restore_offset_blocks = restore_offset_blocks;
+        self.set_via_on_top(path, restore_offset_blocks);
         Ok(())
     }
 
@@ -442,6 +437,8 @@ impl IoRequest {
     #[inline(always)]
     pub(crate) fn set_via_on_top(&mut self, path: Rc<PathInner>, restore_offset_blocks: u64) {
         debug_assert!(self.depth > 0, "the layer's frame is on top");
+        // A leaf pushes no frame and forwards nothing, so no part is recorded yet: nothing to
+        // drop.
         let old = self.via.replace(path);
         debug_assert!(old.is_none(), "one leaf part at a time");
         std::mem::forget(old);
@@ -519,7 +516,10 @@ impl IoRequest {
     /// [`IoRequest::complete`] when the top frame (`d`) carries a leaf base's part (a leaf pushes
     /// no frame of its own): a failure goes back to the forwarding layer with its frame on top;
     /// a success is charged once, to the pair's shared statistics, for both bdevs, and the
-    /// layer's frame is finished without charging its own.
+    /// layer's frame is finished without charging its own. The first step of
+    /// [`IoRequest::complete_forwarded`]'s loop, written out: handing over to the loop instead
+    /// costs a routed I/O ~20 instructions more (callgrind: dm-linear 221 -> 241), most of what
+    /// the whole layer costs over bare null (192).
     #[inline(always)]
     fn complete_via(mut self: Box<Self>, d: u32, now: u64) {
         let (op, num_blocks, status) = (self.op, self.num_blocks, self.status);

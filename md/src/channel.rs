@@ -125,18 +125,8 @@ struct FastRaid0 {
     data_offset_sectors: u64,
 }
 
-/// raid0 of one zone over any number of members with the array's block size: the shape the
-/// bdev layer can route (see `publish_route`).
-#[derive(Clone, Copy)]
-struct RoutableRaid0 {
-    block_shift: u32,
-    chunk_shift: u32,
-    data_offset_sectors: u64,
-}
-
 struct State {
     fast: Option<FastRaid0>,
-    routable: Option<RoutableRaid0>,
     geo: Arc<Geometry>,
     shared: Arc<Shared>,
     core: u32,
@@ -227,25 +217,19 @@ impl State {
         let roles = members.len();
         shared.gate.row(core);
         let (member_ids, members) = members.into_iter().unzip();
-        let (fast, routable) = match &geo.mapping {
-            crate::geometry::Mapping::Raid0(r) if geo.member_shifts.iter().all(|&s| s == geo.block_shift) => (
+        let fast = match &geo.mapping {
+            crate::geometry::Mapping::Raid0(r) if geo.member_shifts.iter().all(|&s| s == geo.block_shift) => {
                 r.pow2_single_zone().map(|(chunk_shift, members_shift)| FastRaid0 {
                     block_shift: geo.block_shift,
                     chunk_shift,
                     members_shift,
                     data_offset_sectors: geo.data_offset_sectors,
-                }),
-                r.single_zone().map(|(chunk_shift, _)| RoutableRaid0 {
-                    block_shift: geo.block_shift,
-                    chunk_shift,
-                    data_offset_sectors: geo.data_offset_sectors,
-                }),
-            ),
-            _ => (None, None),
+                })
+            }
+            _ => None,
         };
         State {
             fast,
-            routable,
             geo,
             shared,
             core,
@@ -310,27 +294,36 @@ impl State {
         self.publish_route();
     }
 
-    /// The core maps a one-zone raid0 (of up to `ROUTE_LEGS` members) by itself while every
-    /// member is present and the array lives; otherwise requests come here.
+    /// The core maps a one-zone raid0 (of up to `ROUTE_LEGS` members, all of the array's block
+    /// size) by itself while every member is present and the array lives; otherwise requests
+    /// come here.
     fn publish_route(&self) {
         let Some((_, slot)) = &self.bound else { return };
-        let route = match self.routable {
-            Some(f) if !self.dead && f.chunk_shift >= f.block_shift && self.paths.iter().all(Option::is_some) => {
-                let legs = self
-                    .paths
-                    .iter()
-                    .flatten()
-                    .map(|p| Leg {
-                        path: p.clone(),
-                        offset_blocks: f.data_offset_sectors >> f.block_shift,
-                    })
-                    .collect();
-                Route::striped(1 << (f.chunk_shift - f.block_shift), legs, keel_bdev::IoCaps::RANGED)
-                    .unwrap_or_else(Route::off)
-            }
-            _ => Route::off(),
+        slot.set(self.raid0_route().unwrap_or_else(Route::off));
+    }
+
+    /// The route of a one-zone raid0 as it stands, if it has one (control path).
+    fn raid0_route(&self) -> Option<Route> {
+        let g = &*self.geo;
+        let crate::geometry::Mapping::Raid0(r) = &g.mapping else {
+            return None;
         };
-        slot.set(route);
+        let (chunk_shift, _) = r.single_zone()?;
+        let same_blocks = g.member_shifts.iter().all(|&s| s == g.block_shift);
+        if self.dead || !same_blocks || chunk_shift < g.block_shift {
+            return None;
+        }
+        let legs = self
+            .paths
+            .iter()
+            .map(|p| {
+                p.clone().map(|path| Leg {
+                    path,
+                    offset_blocks: g.data_offset_sectors >> g.block_shift,
+                })
+            })
+            .collect::<Option<Vec<Leg>>>()?;
+        Route::striped(1 << (chunk_shift - g.block_shift), legs, keel_bdev::IoCaps::RANGED)
     }
 
     #[inline]
