@@ -1,5 +1,6 @@
 //! Bdevs, their backends (modules), channels, descriptors and claims.
 
+use std::any::Any;
 use std::cell::{Cell, RefCell};
 use std::rc::{Rc, Weak};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -104,7 +105,10 @@ pub struct ConfigCall {
 }
 
 /// A bdev module's per-bdev object. `Send + Sync`: lives in the registry, used from any core.
-pub trait BdevBackend: Send + Sync + 'static {
+///
+/// `Any`: the module that registered a backend gets its concrete type back from the bdev with
+/// [`Bdev::backend_as`] (control path: RPCs that change a bdev's module state).
+pub trait BdevBackend: Any + Send + Sync {
     /// Builds this core's channel. Called on `cx.core()`, once per core that does I/O to the
     /// bdev.
     fn create_channel(&self, cx: &ChannelCx) -> Box<dyn BackendChannel>;
@@ -115,8 +119,17 @@ pub trait BdevBackend: Send + Sync + 'static {
     }
 
     /// The RPC that recreates this bdev for save_config; `None` for bdevs that other modules
-    /// create implicitly.
+    /// create implicitly (or that a module recreates with a module-level call,
+    /// [`crate::BdevModule::config`]).
     fn config(&self, info: &BdevInfo) -> Option<ConfigCall>;
+
+    /// The names of the bdevs this bdev is built on (a layer's base, an array's members, the
+    /// bdevs a table maps to): save_config recreates it after them, in the latest subsystem any
+    /// of them lands in ([`crate::BdevRegistry::config_plan`]). Empty for a bdev on no other
+    /// bdev. Control path (main core, save_config).
+    fn bases(&self) -> Vec<String> {
+        Vec::new()
+    }
 
     /// Called once after the bdev was unregistered and every channel was told to abort: release
     /// what the bdev holds (descriptors of base bdevs, files). Called on the main core.
@@ -319,6 +332,14 @@ impl Bdev {
     /// The module's object.
     pub fn backend(&self) -> &Arc<dyn BdevBackend> {
         &self.core.backend
+    }
+
+    /// The module's object as its concrete type `T`, or `None` when this bdev's backend is of
+    /// another type (another module's bdev). How a module reaches its own per-bdev state from a
+    /// bdev found by name. Any thread (control path); borrows from the bdev.
+    pub fn backend_as<T: BdevBackend>(&self) -> Option<&T> {
+        let any: &dyn Any = &*self.core.backend;
+        any.downcast_ref::<T>()
     }
 
     /// Module claiming the bdev, if any.

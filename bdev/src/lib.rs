@@ -31,6 +31,7 @@ pub mod buf;
 mod error;
 mod forward;
 mod io;
+mod module;
 pub mod modules;
 mod registry;
 pub mod stats;
@@ -43,5 +44,8 @@ pub use buf::{BufPool, DmaBuf};
 pub use error::BdevError;
 pub use forward::{ForwardCtx, ForwardPath, Leg, Route, RouteHandle, ROUTE_LEGS};
 pub use io::{CompletionQueue, IoBox, IoOp, IoPool, IoRequest, IoStatus, IoVec, SgList, Submit, MAX_DEPTH, MAX_IOVS};
+pub use module::{
+    BdevModule, ConfigEntry, ConfigPlan, ExamineToken, ModuleDone, Subsystem, SubsystemConfig, SubsystemInfo,
+};
 pub use registry::BdevRegistry;
 pub use stats::{ChannelStats, IoStats, OpStats, StatsReset};

@@ -1,15 +1,19 @@
-//! The bdev registry: names, aliases and UUIDs → bdevs; open, claim and hot removal.
+//! The bdev registry: names, aliases and UUIDs → bdevs; open, claim and hot removal; the
+//! modules of this registry (`module.rs`).
 //!
 //! # Examine on appear
 //!
 //! Layers that recognise their own metadata on a bdev (md's superblock, later partitions or
-//! lvol stores) register an *examiner* with [`BdevRegistry::add_examiner`]: a callback that
-//! [`BdevRegistry::register`] calls with the new bdev's name after every successful
-//! registration, on the registering thread and outside the registry's lock (so it may call
-//! back into the registry). An examiner must return quickly: it records the name and does its
-//! reading later (typically by message to the main core). While that work is under way it
-//! holds [`BdevRegistry::examine_begin`] / [`BdevRegistry::examine_end`], so
-//! `bdev_wait_for_examine` can wait until [`BdevRegistry::examines_in_flight`] is 0.
+//! lvol stores) look at every bdev that registers. A [`crate::BdevModule`] does it in its
+//! [`crate::BdevModule::examine`] hook, which [`BdevRegistry::register`] calls after every
+//! successful registration with an [`ExamineToken`] counting the examination until it drops.
+//! The older form, still used by md's auto-assembly, is an *examiner* closure registered with
+//! [`BdevRegistry::add_examiner`], called with the new bdev's name after the modules. Both run
+//! on the registering thread and outside the registry's lock (so they may call back into the
+//! registry), and must return quickly: they record the bdev and do their reading later
+//! (typically by message to the main core). A closure examiner holds
+//! [`BdevRegistry::examine_begin`] / [`BdevRegistry::examine_end`] while that work is under way.
+//! Either way `bdev_wait_for_examine` can wait until [`BdevRegistry::examines_in_flight`] is 0.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -18,7 +22,10 @@ use keel_reactor::{try_current, Cores};
 use uuid::Uuid;
 
 use crate::bdev::{BdevBackend, BdevEvent, EventFn};
-use crate::{Bdev, BdevError, BdevInfo, BdevParams, Descriptor};
+use crate::module::{self, BdevInput, ModuleInput, ModuleTable};
+use crate::{
+    Bdev, BdevError, BdevInfo, BdevModule, BdevParams, ConfigPlan, Descriptor, ExamineToken, ModuleDone, SubsystemInfo,
+};
 
 /// All bdevs of one Keel instance. Control-path object (`Send + Sync`, internally locked):
 /// called on the main core by RPC and by modules; never on the data path.
@@ -27,8 +34,11 @@ pub struct BdevRegistry {
     bdevs: Mutex<Vec<Arc<Bdev>>>,
     /// Called with every newly registered bdev's name (see the module docs).
     examiners: Mutex<Vec<Examiner>>,
-    /// Examinations started and not yet finished ([`BdevRegistry::examine_begin`]).
-    examines_in_flight: AtomicUsize,
+    /// Examinations started and not yet finished ([`BdevRegistry::examine_begin`], and every
+    /// live [`ExamineToken`], which shares the counter).
+    examines_in_flight: Arc<AtomicUsize>,
+    /// This registry's modules, in creation order ([`BdevRegistry::module`]).
+    modules: Mutex<ModuleTable>,
 }
 
 /// An examiner: called with a newly registered bdev's name, on the registering thread.
@@ -44,7 +54,8 @@ impl BdevRegistry {
             cores,
             bdevs: Mutex::new(Vec::new()),
             examiners: Mutex::new(Vec::new()),
-            examines_in_flight: AtomicUsize::new(0),
+            examines_in_flight: Arc::new(AtomicUsize::new(0)),
+            modules: Mutex::new(ModuleTable::default()),
         })
     }
 
@@ -90,7 +101,7 @@ impl BdevRegistry {
         bdevs.push(bdev.clone());
         tracing::debug!(name = bdev.name(), "bdev registered");
         drop(bdevs);
-        self.run_examiners(bdev.name());
+        self.run_examiners(&bdev);
         Ok(bdev)
     }
 
@@ -219,13 +230,122 @@ impl BdevRegistry {
         self.examines_in_flight.load(Ordering::SeqCst)
     }
 
-    /// Calls every examiner with `name` (a snapshot of the list, so an examiner may add one).
-    fn run_examiners(&self, name: &str) {
+    /// An [`ExamineToken`] counting one examination until it drops: what
+    /// [`crate::BdevModule::examine`] receives, for a module that starts another examination
+    /// of its own (an `md_examine`-like RPC). Any thread.
+    pub fn examine_token(&self) -> ExamineToken {
+        ExamineToken::begin(&self.examines_in_flight)
+    }
+
+    /// Shows `bdev` to every module's examine hook, then to every examiner closure (snapshots of
+    /// both lists, so either may load a module or add an examiner).
+    fn run_examiners(&self, bdev: &Arc<Bdev>) {
+        for m in self.modules_snapshot() {
+            m.examine(bdev, self.examine_token());
+        }
         let examiners: Vec<Examiner> = self.examiners.lock().unwrap().clone();
         for f in examiners {
-            f(name);
+            f(bdev.name());
         }
     }
+}
+
+/// The module facility (see `module.rs` for the design).
+impl BdevRegistry {
+    /// This registry's module of type `T`, created with [`BdevModule::init`] on first use (that
+    /// is how a module is registered; start-up code asks early for modules whose examine hook
+    /// must see the first bdev or whose subsystem save_config must list). Any thread; `init`
+    /// runs on it, outside the registry's locks.
+    pub fn module<T: BdevModule>(self: &Arc<Self>) -> Arc<T> {
+        if let Some(m) = self.loaded_module::<T>() {
+            return m;
+        }
+        let fresh = T::init(self);
+        let m = self.modules.lock().unwrap_or_else(|e| e.into_inner()).insert(fresh);
+        tracing::debug!(module = m.name(), "bdev module loaded");
+        m
+    }
+
+    /// This registry's module of type `T` if it was created; never creates it. Any thread.
+    pub fn loaded_module<T: BdevModule>(&self) -> Option<Arc<T>> {
+        self.modules.lock().unwrap_or_else(|e| e.into_inner()).get::<T>()
+    }
+
+    /// The subsystems of save_config: `"bdev"` and those of the loaded modules, each after what
+    /// it depends on (ties in declaration order: `"bdev"`, then module creation order). What
+    /// `framework_get_subsystems` lists. Any thread.
+    pub fn subsystems(&self) -> Vec<SubsystemInfo> {
+        module::subsystems_of(&self.modules_snapshot())
+    }
+
+    /// save_config's calls per subsystem, in load order: every bdev's own
+    /// [`BdevBackend::config`] call in the latest subsystem of its module and its bases, every
+    /// module's [`BdevModule::config`] calls in its subsystem, ordered as `module.rs` explains.
+    /// Called on the main core (modules read their state there).
+    pub fn config_plan(&self) -> ConfigPlan {
+        let modules = self.modules_snapshot();
+        let subsystems = module::subsystems_of(&modules);
+        let inputs: Vec<ModuleInput> = modules
+            .iter()
+            .map(|m| ModuleInput {
+                name: m.name(),
+                subsystem: m.subsystem().name,
+                entries: m.config(self),
+            })
+            .collect();
+        let bdevs: Vec<BdevInput> = self
+            .list()
+            .iter()
+            .map(|b| BdevInput {
+                name: b.name().to_string(),
+                module: b.info().module,
+                call: b.backend().config(b.info()),
+                bases: b.backend().bases(),
+            })
+            .collect();
+        module::plan(&subsystems, inputs, bdevs)
+    }
+
+    /// Shutdown: calls every loaded module's [`BdevModule::fini`], one at a time — the latest
+    /// subsystem first, within one the latest created first — each after the previous one
+    /// finished. `done` runs when the last one did. Called on the main core; the next `fini`
+    /// and `done` run there too (by message when a module finished on another core), possibly
+    /// before this returns when nothing had to wait.
+    pub fn fini_modules(&self, done: impl FnOnce() + Send + 'static) {
+        let modules = self.modules_snapshot();
+        let subsystems = module::subsystems_of(&modules);
+        let rank = |m: &Arc<dyn BdevModule>| subsystems.iter().position(|s| s.name == m.subsystem().name);
+        // Stable sort by subsystem: popping from the end takes the latest subsystem and, within
+        // it, the latest created module first.
+        let mut stack: Vec<Arc<dyn BdevModule>> = modules;
+        stack.sort_by_key(|m| rank(m));
+        fini_next(self.cores.clone(), stack, Box::new(done));
+    }
+
+    fn modules_snapshot(&self) -> Vec<Arc<dyn BdevModule>> {
+        self.modules.lock().unwrap_or_else(|e| e.into_inner()).all()
+    }
+}
+
+/// Runs the `fini` of the last module of `stack`, and on its completion (brought to the main
+/// core) the next; `done` after the last.
+fn fini_next(cores: Cores, mut stack: Vec<Arc<dyn BdevModule>>, done: Box<dyn FnOnce() + Send>) {
+    let Some(m) = stack.pop() else {
+        return done();
+    };
+    tracing::debug!(module = m.name(), "bdev module fini");
+    let c2 = cores.clone();
+    m.fini(ModuleDone::new(move || {
+        let main = c2.main_core();
+        let on_main = try_current().is_none_or(|r| r.core() == main);
+        if on_main {
+            return fini_next(c2, stack, done);
+        }
+        let c3 = c2.clone();
+        if let Err(e) = c2.run_on(main, move || fini_next(c3, stack, done)) {
+            tracing::warn!(error = %e, "cannot reach the main core to finish the bdev modules");
+        }
+    }));
 }
 
 fn validate_name(name: &str) -> Result<(), BdevError> {
