@@ -47,9 +47,7 @@ use keel_reactor::{ticks, ticks_per_sec, CoreId};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::stack::{
-    create_layer, forget_state, lookup_state, publish_state, Hooks, Layer, LayerSpec, LinkInfo, Route, StateMap,
-};
+use super::stack::{create_layer, layer_of, Hooks, Layer, LayerSpec, LinkInfo, Route};
 use super::{obj, parse_uuid};
 use crate::{Bdev, BdevError, BdevInfo, BdevRegistry, ConfigCall, IoBox, IoOp, IoStatus};
 
@@ -138,20 +136,11 @@ impl Latencies {
     }
 }
 
-/// Delay bdev states by backend address (see `modules/stack.rs`). Control path only.
-static STATES: StateMap<Latencies> = StateMap::new(Vec::new());
-
 /// Requests one FIFO holds before it first grows (it keeps its high-water mark after).
 const FIFO_CAPACITY: usize = 256;
 
 struct DelayLayer {
     lat: Arc<Latencies>,
-}
-
-impl Drop for DelayLayer {
-    fn drop(&mut self) {
-        forget_state(&STATES, &self.lat);
-    }
 }
 
 struct DelayHooks {
@@ -323,7 +312,7 @@ pub fn create(reg: &Arc<BdevRegistry>, opts: &DelayOpts) -> Result<Arc<Bdev>, Bd
         opts.avg_write_latency,
         opts.p99_write_latency,
     ]));
-    let bdev = create_layer(
+    create_layer(
         reg,
         LayerSpec {
             module: MODULE,
@@ -332,10 +321,8 @@ pub fn create(reg: &Arc<BdevRegistry>, opts: &DelayOpts) -> Result<Arc<Bdev>, Bd
             base_name: &opts.base_bdev_name,
             uuid,
         },
-        DelayLayer { lat: lat.clone() },
-    )?;
-    publish_state(&STATES, &bdev, lat);
-    Ok(bdev)
+        DelayLayer { lat },
+    )
 }
 
 /// SPDK's `bdev_delay_update_latency`: sets one latency (`latency_type` ∈ avg_read, avg_write,
@@ -350,8 +337,7 @@ pub fn update_latency(reg: &BdevRegistry, name: &str, latency_type: &str, latenc
             format!("'{latency_type}' is not one of avg_read, avg_write, p99_read, p99_write"),
         )
     })?;
-    let lat = lookup_state(&STATES, reg, MODULE, name)?;
-    lat.set(idx, latency_us);
+    layer_of(reg, MODULE, name, |l: &DelayLayer| l.lat.set(idx, latency_us))?;
     tracing::debug!(name, latency_type, latency_us, "delay latency updated");
     Ok(())
 }

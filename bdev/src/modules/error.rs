@@ -32,9 +32,9 @@
 //!
 //! # Finding the state by name
 //!
-//! `dyn BdevBackend` cannot be downcast, so [`inject`] looks the bdev up in the registry and its
-//! state up in a module-level map keyed by backend address (`modules/stack.rs`); the map is touched
-//! only by create, inject and the state's drop.
+//! [`inject`] looks the bdev up in the registry and takes the `InjectState` from its backend,
+//! downcast to the error layer's own type (`modules/stack.rs`, "Module state lookup"); a bdev of
+//! another module is refused by name. The state lives in the layer and goes with it.
 
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
@@ -45,9 +45,7 @@ use keel_reactor::CoreId;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::stack::{
-    create_layer, forget_state, lookup_state, publish_state, Hooks, Layer, LayerSpec, LinkInfo, Route, StateMap,
-};
+use super::stack::{create_layer, layer_of, Hooks, Layer, LayerSpec, LinkInfo, Route};
 use super::{obj, parse_uuid};
 use crate::{Bdev, BdevError, BdevInfo, BdevRegistry, ConfigCall, IoBox, IoOp, IoRequest, IoStatus, IoVec};
 
@@ -208,9 +206,6 @@ struct InjectState {
     release_gen: AtomicU64,
 }
 
-/// Error bdev states by backend address (see the module docs). Control path only.
-static STATES: StateMap<InjectState> = StateMap::new(Vec::new());
-
 /// The layer's word for a request it affects: bits 0..2 mark, 2..10 XOR value, 10.. offset.
 const MARK_MASK: u64 = 0b11;
 const MARK_CORRUPT_READ: u64 = 1;
@@ -250,12 +245,6 @@ const PENDING_CAPACITY: usize = 64;
 
 struct ErrorLayer {
     state: Arc<InjectState>,
-}
-
-impl Drop for ErrorLayer {
-    fn drop(&mut self) {
-        forget_state(&STATES, &self.state);
-    }
 }
 
 struct ErrorHooks {
@@ -387,8 +376,7 @@ impl Layer for ErrorLayer {
 /// removal removes the error bdev too. Takes the registry's `Arc` for that cascade.
 pub fn create(reg: &Arc<BdevRegistry>, opts: &ErrorOpts) -> Result<Arc<Bdev>, BdevError> {
     let uuid = parse_uuid("uuid", opts.uuid.as_deref())?;
-    let state = Arc::new(InjectState::default());
-    let bdev = create_layer(
+    create_layer(
         reg,
         LayerSpec {
             module: MODULE,
@@ -397,10 +385,10 @@ pub fn create(reg: &Arc<BdevRegistry>, opts: &ErrorOpts) -> Result<Arc<Bdev>, Bd
             base_name: &opts.base_name,
             uuid,
         },
-        ErrorLayer { state: state.clone() },
-    )?;
-    publish_state(&STATES, &bdev, state);
-    Ok(bdev)
+        ErrorLayer {
+            state: Arc::new(InjectState::default()),
+        },
+    )
 }
 
 /// Arms an injection on the error bdev `name` (its `EE_` name, an alias or its UUID), or with
@@ -430,7 +418,7 @@ pub fn inject(reg: &BdevRegistry, opts: &InjectOpts) -> Result<(), BdevError> {
             "must be 1..=255 for corrupt_data (the byte is XORed with it)",
         ));
     }
-    let state = lookup_state(&STATES, reg, MODULE, &opts.name)?;
+    let state = layer_of(reg, MODULE, &opts.name, |l: &ErrorLayer| l.state.clone())?;
     let Some(slots) = slots else {
         for s in &state.slots {
             s.remaining.store(0, Ordering::Relaxed);

@@ -37,9 +37,13 @@
 //!
 //! **Module state lookup**: RPCs such as `bdev_error_inject_error` and
 //! `bdev_delay_update_latency` find a bdev by name in the registry and then need the module's
-//! shared state, but `dyn BdevBackend` cannot be downcast. Each module therefore keeps a static
-//! [`StateMap`] from the backend's address ([`backend_key`]) to its `Arc` state, filled after a
-//! successful create and emptied when the state's owner drops. The map is control path only.
+//! shared state. [`layer_of`] checks the bdev's module name and takes the concrete
+//! [`StackBackend`] of the module's [`Layer`] back from it with [`Bdev::backend_as`]; the layer
+//! holds the state (an `Arc` shared with its channels' hooks). Nothing is kept beside the bdev,
+//! so nothing has to be forgotten when it goes. Control path only.
+//!
+//! **save_config**: [`StackBackend`] names its base in [`BdevBackend::bases`], so a layer over
+//! a bdev of a later subsystem (a dm device) is saved after it.
 
 use std::cell::Cell;
 use std::rc::Rc;
@@ -175,6 +179,10 @@ impl<L: Layer> BdevBackend for StackBackend<L> {
 
     fn config(&self, info: &BdevInfo) -> Option<ConfigCall> {
         self.layer.config(info, &self.link)
+    }
+
+    fn bases(&self) -> Vec<String> {
+        vec![self.link.base_name.clone()]
     }
 
     fn on_unregister(&self) {
@@ -380,37 +388,15 @@ impl<H: Hooks> Drop for StackChannel<H> {
     }
 }
 
-/// Address of a backend's data, the key of a [`StateMap`]: unique among live backends.
-pub(crate) fn backend_key(backend: &Arc<dyn BdevBackend>) -> usize {
-    Arc::as_ptr(backend) as *const () as usize
-}
-
-/// A module's map from backend address to its shared state (see the module docs).
-pub(crate) type StateMap<T> = Mutex<Vec<(usize, Arc<T>)>>;
-
-/// Records `state` for the backend of `bdev`. Control path.
-pub(crate) fn publish_state<T>(map: &StateMap<T>, bdev: &Bdev, state: Arc<T>) {
-    let key = backend_key(bdev.backend());
-    let mut m = map.lock().unwrap_or_else(|e| e.into_inner());
-    m.retain(|(k, _)| *k != key);
-    m.push((key, state));
-}
-
-/// Forgets `state` (called when its owner drops). Control path.
-pub(crate) fn forget_state<T>(map: &StateMap<T>, state: &Arc<T>) {
-    map.lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .retain(|(_, s)| !Arc::ptr_eq(s, state));
-}
-
-/// Finds the state of the bdev `name` (name, alias or UUID) of `module`: `NotFound` when no
-/// such bdev exists, `InvalidParam("name")` when it belongs to another module. Control path.
-pub(crate) fn lookup_state<T>(
-    map: &StateMap<T>,
+/// Runs `f` on the [`Layer`] of the bdev `name` (name, alias or UUID) of `module`: `NotFound`
+/// when no such bdev exists, `InvalidParam("name")` when it belongs to another module. Control
+/// path.
+pub(crate) fn layer_of<L: Layer, R>(
     reg: &BdevRegistry,
     module: &'static str,
     name: &str,
-) -> Result<Arc<T>, BdevError> {
+    f: impl FnOnce(&L) -> R,
+) -> Result<R, BdevError> {
     let bdev = reg.get(name).ok_or_else(|| BdevError::NotFound(name.to_string()))?;
     if bdev.info().module != module {
         return Err(BdevError::invalid(
@@ -418,11 +404,7 @@ pub(crate) fn lookup_state<T>(
             format!("bdev '{name}' is not a {module} bdev (module '{}')", bdev.info().module),
         ));
     }
-    let key = backend_key(bdev.backend());
-    map.lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .iter()
-        .find(|(k, _)| *k == key)
-        .map(|(_, s)| s.clone())
+    bdev.backend_as::<StackBackend<L>>()
+        .map(|b| f(&b.layer))
         .ok_or_else(|| BdevError::NotFound(name.to_string()))
 }
