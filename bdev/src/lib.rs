@@ -7,6 +7,15 @@
 //! The core does the generic work: naming, claims, validation of every request, statistics,
 //! hot removal.
 //!
+//! A module with state of its own per registry (dm's devices, md's arrays, later an NVMe
+//! driver's controllers or an export's connections) also implements [`BdevModule`]: the
+//! registry creates it on first use ([`BdevRegistry::module`]) and keeps it, shows it every new
+//! bdev (examine), stops it at shutdown ([`BdevRegistry::fini_modules`]) and asks it for its
+//! part of save_config. [`BdevRegistry::config_plan`] orders all of save_config — subsystems by
+//! their declared dependencies, every bdev after its bases ([`BdevBackend::bases`]) in the
+//! latest subsystem among theirs — without knowing any module. A module reaches its own backend
+//! behind a bdev with [`Bdev::backend_as`]. The design essay is in `module.rs`.
+//!
 //! # Using a bdev
 //!
 //! 1. [`BdevRegistry::open`] gives a [`Descriptor`] (read-only or writable); a module stacking
@@ -22,7 +31,7 @@
 //!
 //! # Threading
 //!
-//! `Bdev`, `BdevRegistry` and `Descriptor` are `Send + Sync` control-path objects. Channels,
+//! `Bdev`, `BdevRegistry`, `Descriptor` and modules are `Send + Sync` control-path objects. Channels,
 //! requests, buffers and completion queues are `!Send` and stay on the core that made them.
 #![deny(unsafe_code)]
 
