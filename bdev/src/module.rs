@@ -80,12 +80,15 @@
 //!    placed in a later subsystem moves its own subsystem after that one (an NBD export of a dm
 //!    device puts `"nbd"` after `"dm"` without nbd knowing dm); steps 1–2 are then redone with
 //!    that edge. What is still out of order after that (a cycle of declarations) is logged.
-//! 4. **Order inside a subsystem.** The module calls come first, each module's in the order it
-//!    gave them, then the bdevs in registration order (which has bases first); an entry waits
-//!    for the entries of its subsystem that provide what it needs (a dm table naming a passthru
-//!    waits for that passthru, which waits for the dm device under it). Entries marked
-//!    [`ConfigEntry::last`] (dm_suspend: nothing may do I/O to a suspended device after it) close
-//!    the subsystem, in the order given.
+//! 4. **Order inside a subsystem** is registration order, which has bases before what is built
+//!    on them: a bdev's call takes its bdev's place, a module call the place of the first bdev
+//!    it creates (one that creates none comes right after the module's previous call, or
+//!    first). On top of that an entry waits for the entries of its subsystem that provide what
+//!    it needs, and a module's calls keep the order the module gave them (a dm table naming a
+//!    passthru waits for that passthru, which waits for the dm device under it). So a reload
+//!    registers the bdevs in their original order wherever the dependencies allow. Entries
+//!    marked [`ConfigEntry::last`] (dm_suspend: nothing may do I/O to a suspended device after
+//!    it) close the subsystem, in the order given.
 //!
 //! The result ([`ConfigPlan`]) is plain data; the RPC framework writes it out (adding what is
 //! its own, such as `bdev_wait_for_examine` at the end of `"bdev"`).
@@ -383,10 +386,12 @@ pub(crate) struct BdevInput {
     pub bases: Vec<String>,
 }
 
-/// Kahn's algorithm over `n` nodes where `before[i]` lists the nodes that must precede `i`,
-/// always taking the lowest-numbered ready node; on a cycle the lowest-numbered remaining node
-/// goes next (its unmet predecessors are ignored). Returns the nodes in order.
-fn order_nodes(n: usize, before: &[Vec<usize>]) -> Vec<usize> {
+/// Kahn's algorithm over the nodes `0..key.len()` where `before[i]` lists the nodes that must
+/// precede `i`, always taking the ready node with the lowest `(key, number)`; on a cycle the
+/// lowest remaining node goes next (its unmet predecessors are ignored). Returns the nodes in
+/// order.
+fn order_nodes(key: &[usize], before: &[Vec<usize>]) -> Vec<usize> {
+    let n = key.len();
     let mut waiting = vec![0usize; n];
     let mut after: Vec<Vec<usize>> = vec![Vec::new(); n];
     for (i, deps) in before.iter().enumerate() {
@@ -398,13 +403,16 @@ fn order_nodes(n: usize, before: &[Vec<usize>]) -> Vec<usize> {
         }
     }
     let mut done = vec![false; n];
-    let mut ready: BinaryHeap<Reverse<usize>> = (0..n).filter(|&i| waiting[i] == 0).map(Reverse).collect();
+    let mut ready: BinaryHeap<Reverse<(usize, usize)>> = (0..n)
+        .filter(|&i| waiting[i] == 0)
+        .map(|i| Reverse((key[i], i)))
+        .collect();
     let mut out = Vec::with_capacity(n);
     while out.len() < n {
         let next = match ready.pop() {
-            Some(Reverse(i)) if done[i] => continue,
-            Some(Reverse(i)) => i,
-            None => match (0..n).find(|&i| !done[i]) {
+            Some(Reverse((_, i))) if done[i] => continue,
+            Some(Reverse((_, i))) => i,
+            None => match (0..n).filter(|&i| !done[i]).min_by_key(|&i| (key[i], i)) {
                 Some(i) => i,
                 None => break,
             },
@@ -414,7 +422,7 @@ fn order_nodes(n: usize, before: &[Vec<usize>]) -> Vec<usize> {
         for &j in &after[next] {
             waiting[j] = waiting[j].saturating_sub(1);
             if waiting[j] == 0 && !done[j] {
-                ready.push(Reverse(j));
+                ready.push(Reverse((key[j], j)));
             }
         }
     }
@@ -432,7 +440,8 @@ fn order_subsystems(subs: &[SubsystemInfo], extra: &[(usize, usize)]) -> Vec<usi
     for &(a, b) in extra {
         before[a].push(b);
     }
-    order_nodes(subs.len(), &before)
+    let key: Vec<usize> = (0..subs.len()).collect();
+    order_nodes(&key, &before)
 }
 
 /// The rank (load position) of every bdev's subsystem: its own (module or providing call),
@@ -472,9 +481,9 @@ fn place_bdevs(bdevs: &[BdevInput], own_rank: &[usize]) -> Vec<usize> {
         .collect()
 }
 
-/// Orders the calls of one subsystem: module entries first (each module's in its order), then
-/// bdev calls in registration order, each after the in-subsystem providers of what it needs;
-/// then the `last` entries.
+/// Orders the calls of one subsystem: by their items' keys (registration order), each after the
+/// in-subsystem providers of what it needs and a module's entries in the module's order; then
+/// the `last` entries.
 fn order_within(items: Vec<Item>, last: Vec<ConfigCall>) -> Vec<ConfigCall> {
     let mut provider: HashMap<&str, usize> = HashMap::new();
     for (i, it) in items.iter().enumerate() {
@@ -496,7 +505,8 @@ fn order_within(items: Vec<Item>, last: Vec<ConfigCall>) -> Vec<ConfigCall> {
             v
         })
         .collect();
-    let order = order_nodes(items.len(), &before);
+    let key: Vec<usize> = items.iter().map(|it| it.key).collect();
+    let order = order_nodes(&key, &before);
     let mut slots: Vec<Option<ConfigCall>> = items.into_iter().map(|it| Some(it.call)).collect();
     order.into_iter().filter_map(|i| slots[i].take()).chain(last).collect()
 }
@@ -508,6 +518,9 @@ struct Item {
     needs: Vec<String>,
     /// The previous entry of the same module (module entries keep their given order).
     after: Option<usize>,
+    /// Where it goes when nothing else decides: the registration position of the bdev it
+    /// creates (for a module call creating none, its predecessor's; 0 for a first one).
+    key: usize,
 }
 
 /// The save_config plan (see the module docs, steps 1–4). `subsystems` in declared load order
@@ -586,28 +599,37 @@ pub(crate) fn plan(subsystems: &[SubsystemInfo], modules: Vec<ModuleInput>, bdev
     let mut last: Vec<Vec<ConfigCall>> = vec![Vec::new(); subsystems.len()];
     for m in modules {
         let s = sub_idx(m.subsystem).unwrap_or(bdev_sub);
-        let mut prev = None;
+        let mut prev: Option<usize> = None;
         for e in m.entries {
             if e.last {
                 last[s].push(e.call);
                 continue;
             }
+            let key = e
+                .provides
+                .iter()
+                .filter_map(|p| bdev_idx.get(p.as_str()).copied())
+                .min()
+                .or_else(|| prev.map(|p| items[s][p].key))
+                .unwrap_or(0);
             items[s].push(Item {
                 call: e.call,
                 provides: e.provides,
                 needs: e.needs,
                 after: prev,
+                key,
             });
             prev = Some(items[s].len() - 1);
         }
     }
-    for (b, r) in bdevs.into_iter().zip(&placed) {
+    for (i, (b, r)) in bdevs.into_iter().zip(&placed).enumerate() {
         if let Some(call) = b.call {
             items[order[*r]].push(Item {
                 call,
                 provides: vec![b.name],
                 needs: b.bases,
                 after: None,
+                key: i,
             });
         }
     }
@@ -795,13 +817,13 @@ mod tests {
     }
 
     #[test]
-    fn module_calls_come_before_the_bdevs_of_their_subsystem() {
-        // An NVMe-like attach in "bdev" creates n1; a layer on n1 and one on a malloc keep
-        // registration order after the attach.
-        let attach = ConfigEntry::new(call("attach", "ctrl")).provides("n1");
+    fn module_calls_take_the_place_of_the_bdevs_they_create() {
+        // An NVMe-like attach in "bdev" creates n1; it goes where n1 registered, and a layer on
+        // n1 after it.
+        let attach = || ConfigEntry::new(call("attach", "ctrl")).provides("n1");
         let p = plan(
             &subs(&[Subsystem::BDEV]),
-            vec![module("nvme", Subsystem::BDEV, vec![attach])],
+            vec![module("nvme", Subsystem::BDEV, vec![attach()])],
             vec![
                 bdev("M0", "malloc", &[]),
                 implicit("n1", "nvme", &[]),
@@ -809,7 +831,62 @@ mod tests {
                 bdev("P1", "passthru", &["M0"]),
             ],
         );
-        assert_eq!(show(&p), ["bdev: attach ctrl, create M0, create P0, create P1"]);
+        assert_eq!(show(&p), ["bdev: create M0, attach ctrl, create P0, create P1"]);
+        let p = plan(
+            &subs(&[Subsystem::BDEV]),
+            vec![module("nvme", Subsystem::BDEV, vec![attach()])],
+            vec![
+                implicit("n1", "nvme", &[]),
+                bdev("M0", "malloc", &[]),
+                bdev("P1", "passthru", &["M0"]),
+                bdev("P0", "passthru", &["n1"]),
+            ],
+        );
+        assert_eq!(show(&p), ["bdev: attach ctrl, create M0, create P1, create P0"]);
+    }
+
+    #[test]
+    fn a_dm_like_module_saves_in_registration_order_around_its_dependencies() {
+        // The stack of the dm save_config end-to-end test: a over M0, b over M1 and a, c over M2,
+        // then a's staged table naming c (created after a), a passthru on b, s suspended, and a
+        // device without a bdev. dm gives its calls in its own dependency order; the layer on b
+        // keeps its registration place between c and s, so a reload registers every bdev in the
+        // original order.
+        let load_a = ConfigEntry::new(call("dm_load", "a")).needs(["c"]);
+        let p = plan(
+            &subs(&[Subsystem::BDEV, DM]),
+            vec![module(
+                "dm",
+                DM,
+                vec![
+                    dm_create("a", &["M0"]),
+                    dm_create("b", &["M1", "a"]),
+                    dm_create("c", &["M2"]),
+                    load_a,
+                    dm_create("s", &[]),
+                    ConfigEntry::new(call("dm_create", "n")),
+                    ConfigEntry::new(call("dm_suspend", "s")).last(),
+                ],
+            )],
+            vec![
+                bdev("M0", "malloc", &[]),
+                bdev("M1", "malloc", &[]),
+                bdev("M2", "malloc", &[]),
+                implicit("a", "dm", &["M0"]),
+                implicit("b", "dm", &["M1", "a"]),
+                implicit("c", "dm", &["M2"]),
+                bdev("P0", "passthru", &["b"]),
+                implicit("s", "dm", &[]),
+            ],
+        );
+        assert_eq!(
+            show(&p),
+            [
+                "bdev: create M0, create M1, create M2",
+                "dm: dm_create a, dm_create b, dm_create c, dm_load a, create P0, dm_create s, dm_create n, \
+                 dm_suspend s"
+            ]
+        );
     }
 
     #[test]
@@ -889,8 +966,10 @@ mod tests {
     fn order_nodes_is_a_stable_topological_order() {
         // 0 needs 2, 1 free, 2 free, 3 needs 0 and 1.
         let before = vec![vec![2], vec![], vec![], vec![0, 1]];
-        assert_eq!(order_nodes(4, &before), [1, 2, 0, 3]);
-        assert_eq!(order_nodes(0, &[]), Vec::<usize>::new());
+        assert_eq!(order_nodes(&[0, 1, 2, 3], &before), [1, 2, 0, 3]);
+        // Keys decide among the ready ones: 3 (key 0) waits for 0 and 1 all the same.
+        assert_eq!(order_nodes(&[5, 4, 3, 0], &before), [2, 1, 0, 3]);
+        assert_eq!(order_nodes(&[], &[]), Vec::<usize>::new());
     }
 
     #[test]
