@@ -6,9 +6,9 @@
 //! A bdev's [`crate::BdevBackend`] is per bdev. Some modules also have state that is per
 //! *registry*: dm's table of mapped devices, md's arrays and its examine-on-appear table, an
 //! NVMe driver's controllers, an export's connections. A [`BdevModule`] is that state: one value
-//! per [`BdevRegistry`], of the module's own type, reached with [`BdevRegistry::module`]. It
-//! tells the registry five things, each a method with a default so a module implements only
-//! what it has:
+//! per [`BdevRegistry`], of the module's own type, built by [`BdevModule::init`] and reached
+//! with [`BdevRegistry::module`]. Besides how to build it, it tells the registry five things;
+//! all but the name have defaults, so a module implements only what it has:
 //!
 //! * [`BdevModule::name`] — the module name its bdevs carry in [`crate::BdevInfo::module`];
 //! * [`BdevModule::subsystem`] — the save_config **subsystem** it belongs to, declared with
