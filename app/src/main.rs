@@ -113,7 +113,7 @@ fn run(args: Args) -> Result<(), String> {
     };
     let kill_tx = tx.clone();
     let reg2 = registry.clone();
-    let start_init: keel_rpc::framework::StartInit = Box::new(move |done| {
+    let start_init: keel_rpc::StartInit = Box::new(move |done| {
         apply_with(Ctx::new(reg2), runtime_calls, done);
     });
     let fw = Framework::starting(

@@ -29,8 +29,9 @@ use keel_dm::{CreateOpts, DmError, DmInfo, DmRegistry};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use crate::methods::{decode, no_params};
-use crate::{Ctx, Reply, RpcError};
+use crate::context::{Ctx, Reply};
+use crate::decode::{no_params, params};
+use crate::error::RpcError;
 
 fn dm_err(e: DmError) -> RpcError {
     RpcError::from_errno(e.errno(), e.to_string())
@@ -64,15 +65,6 @@ pub fn info_json(i: &DmInfo) -> Value {
         "size_sectors": i.size_sectors,
         "block_size": i.block_size,
     })
-}
-
-macro_rules! params {
-    ($p:expr, $reply:expr) => {
-        match decode($p) {
-            Ok(p) => p,
-            Err(e) => return $reply(Err(e)),
-        }
-    };
 }
 
 #[derive(Deserialize)]

@@ -12,6 +12,8 @@
 
 mod bdev_info;
 pub mod config;
+mod context;
+mod decode;
 pub mod dm_methods;
 mod error;
 pub mod framework;
@@ -19,8 +21,9 @@ pub mod jsonrpc;
 pub mod md_methods;
 pub mod methods;
 mod raid_methods;
+mod retry;
 pub mod server;
 
+pub use context::{Ctx, Framework, Reply, StartInit};
 pub use error::{RpcError, INTERNAL_ERROR, INVALID_PARAMS, INVALID_REQUEST, METHOD_NOT_FOUND, PARSE_ERROR};
-pub use framework::Framework;
-pub use methods::{call_method, find_method, methods, Ctx, MethodInfo, Reply};
+pub use methods::{call_method, find_method, methods, MethodInfo};

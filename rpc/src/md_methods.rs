@@ -34,8 +34,6 @@
 //! `md_remove` right after `md_fail` waits (up to [`REMOVE_WAIT_MS`]) for the array's daemon to
 //! move the failed member out of its role, as `mdadm --fail --remove` works in one go.
 
-use std::cell::RefCell;
-use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -44,12 +42,13 @@ use keel_md::examine::{examine, level_name, Examine};
 use keel_md::superblock::{feature, Superblock};
 use keel_md::MdError;
 use keel_md::{CreateOpts, MdRegistry};
-use keel_reactor::{current, PollStatus, PollerHandle};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use crate::methods::decode;
-use crate::{Ctx, Reply, RpcError};
+use crate::context::{Ctx, Reply};
+use crate::decode::params;
+use crate::error::RpcError;
+use crate::retry::retry_every;
 
 /// How long `md_remove` waits for a just-failed member to leave its role (the daemon runs every
 /// few milliseconds; in-flight I/O of the member has to complete first).
@@ -63,15 +62,6 @@ pub(crate) fn md_error(e: MdError) -> RpcError {
 
 fn reg(ctx: &Ctx) -> Arc<MdRegistry> {
     MdRegistry::of(&ctx.registry)
-}
-
-macro_rules! params {
-    ($p:expr, $reply:expr) => {
-        match decode($p) {
-            Ok(p) => p,
-            Err(e) => return $reply(Err(e)),
-        }
-    };
 }
 
 /// Turns on examination of new bdevs: a bdev whose md superblock names an array is claimed and
@@ -306,21 +296,6 @@ pub(crate) fn remove_member(md: Arc<MdRegistry>, name: String, bdev: String, don
         }
         true
     });
-}
-
-/// Runs `attempt` every `period_us` on this core (a timed poller named `name`) until it
-/// returns true. Called on a reactor.
-pub(crate) fn retry_every(name: &'static str, period_us: u64, mut attempt: impl FnMut() -> bool + 'static) {
-    let handle: Rc<RefCell<Option<PollerHandle>>> = Rc::default();
-    let h2 = handle.clone();
-    let h = current().register_timed_poller(name, period_us, move || {
-        if !attempt() {
-            return PollStatus::Idle;
-        }
-        h2.borrow_mut().take();
-        PollStatus::Busy
-    });
-    *handle.borrow_mut() = Some(h);
 }
 
 /// `md_remove {name, bdev}` → true: `mdadm --remove` of a spare or faulty member.

@@ -9,7 +9,10 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use crate::bdev_info::{bdev_get_bdevs, bdev_get_iostat};
+use crate::context::{Ctx, Reply};
+use crate::decode::{decode_internal, params};
 use crate::dm_methods::*;
+use crate::error::RpcError;
 use crate::framework::*;
 use crate::md_methods::{
     md_add, md_assemble, md_create, md_examine, md_fail, md_get_arrays, md_remove, md_set_sync_action,
@@ -18,27 +21,7 @@ use crate::md_methods::{
 use crate::raid_methods::{
     bdev_raid_add_base_bdev, bdev_raid_create, bdev_raid_delete, bdev_raid_get_bdevs, bdev_raid_remove_base_bdev,
 };
-use crate::RpcError;
-
-/// What handlers work on. Owned by the application; handlers run on the main reactor.
-#[derive(Clone)]
-pub struct Ctx {
-    pub registry: Arc<BdevRegistry>,
-    pub fw: Arc<Framework>,
-}
-
-impl Ctx {
-    /// A context for a framework that is already running (no STARTUP phase, no kill hook).
-    pub fn new(registry: Arc<BdevRegistry>) -> Ctx {
-        Ctx {
-            registry,
-            fw: Framework::running(),
-        }
-    }
-}
-
-/// The answer channel of one call: call it exactly once (on any core).
-pub type Reply = Box<dyn FnOnce(Result<Value, RpcError>) + Send>;
+use crate::retry::retry_every;
 
 /// A method handler. Runs on the main reactor.
 pub type Handler = fn(&Ctx, Option<Value>, Reply);
@@ -51,34 +34,6 @@ pub struct MethodInfo {
     pub startup: bool,
     /// Allowed after it (RUNTIME).
     pub runtime: bool,
-}
-
-/// Decodes `params` into `T`, refusing unknown keys and wrong types with -32602 and serde's
-/// description of the problem. Absent params decode as `{}`.
-pub fn decode<T: DeserializeOwned>(params: Option<Value>) -> Result<T, RpcError> {
-    let v = params.unwrap_or_else(|| json!({}));
-    serde_json::from_value(v).map_err(|e| RpcError::invalid_params(format!("Invalid parameters: {e}")))
-}
-
-/// Like [`decode`] but with SPDK's code for bdev module decode failures: -32603.
-pub fn decode_internal<T: DeserializeOwned>(params: Option<Value>) -> Result<T, RpcError> {
-    decode(params).map_err(|e| {
-        RpcError::new(
-            crate::INTERNAL_ERROR,
-            format!("spdk_json_decode_object failed: {}", e.message),
-        )
-    })
-}
-
-/// Refuses any params (SPDK's parameter-free methods); an empty object is tolerated.
-pub fn no_params(params: Option<Value>) -> Result<(), RpcError> {
-    match params {
-        None => Ok(()),
-        Some(Value::Object(m)) if m.is_empty() => Ok(()),
-        Some(_) => Err(RpcError::invalid_params(
-            "Invalid parameters: this method requires no parameters",
-        )),
-    }
 }
 
 fn reply_with(reply: Reply, r: Result<Value, BdevError>) {
@@ -105,10 +60,7 @@ struct NameOnly {
 type DeleteFn = fn(&BdevRegistry, &str, Box<dyn FnOnce() + Send>) -> Result<(), BdevError>;
 
 fn delete_with(params: Option<Value>, reply: Reply, ctx: &Ctx, f: DeleteFn) {
-    let p: NameOnly = match decode(params) {
-        Ok(p) => p,
-        Err(e) => return reply(Err(e)),
-    };
+    let p: NameOnly = params!(params, reply);
     // `reply` moves into the completion; on an immediate error we need it back, so share it.
     let slot = Arc::new(std::sync::Mutex::new(Some(reply)));
     let s2 = slot.clone();
@@ -221,7 +173,7 @@ fn bdev_wait_for_examine(ctx: &Ctx, params: Option<Value>, reply: Reply) {
         return reply(Ok(json!(true)));
     }
     let mut reply = Some(reply);
-    crate::md_methods::retry_every("bdev_wait_for_examine", 1_000, move || {
+    retry_every("bdev_wait_for_examine", 1_000, move || {
         if reg.examines_in_flight() != 0 {
             return false;
         }

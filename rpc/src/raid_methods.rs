@@ -41,29 +41,16 @@ use std::sync::Arc;
 use keel_bdev::BdevRegistry;
 use keel_md::superblock::V1_2_SUPER_OFFSET_SECTORS;
 use keel_md::{ArrayInfo, CreateOpts, MdRegistry};
-use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
+use crate::context::{Ctx, Reply};
+use crate::decode::params;
+use crate::error::{RpcError, INTERNAL_ERROR, PARSE_ERROR};
 use crate::md_methods::{md_error, remove_member};
-use crate::methods::decode;
-use crate::{Ctx, Reply, RpcError, INTERNAL_ERROR, PARSE_ERROR};
 
 /// The uuid SPDK shows for an empty base bdev slot.
 const ZERO_UUID: &str = "00000000-0000-0000-0000-000000000000";
-
-fn decode_with<T: DeserializeOwned>(params: Option<Value>, code: i32) -> Result<T, RpcError> {
-    decode(params).map_err(|e| RpcError::new(code, format!("spdk_json_decode_object failed: {}", e.message)))
-}
-
-macro_rules! params {
-    ($p:expr, $code:expr, $reply:expr) => {
-        match decode_with($p, $code) {
-            Ok(p) => p,
-            Err(e) => return $reply(Err(e)),
-        }
-    };
-}
 
 /// SPDK's name of an md level, for the levels SPDK has.
 fn spdk_level(md_level: &str) -> Option<&'static str> {
@@ -462,6 +449,7 @@ pub(crate) fn bdev_raid_remove_base_bdev(ctx: &Ctx, params: Option<Value>, reply
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::decode::decode_with;
 
     fn req(level: &str, strip: Option<u32>, base: Value) -> Result<CreateOpts, RpcError> {
         let mut p = json!({"name": "r", "raid_level": level, "base_bdevs": base, "superblock": false});
