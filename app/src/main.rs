@@ -97,7 +97,7 @@ fn run(args: Args) -> Result<(), String> {
             let (s, r): (Vec<_>, Vec<_>) = cfg
                 .calls
                 .into_iter()
-                .partition(|c| find_method(&c.method).is_some_and(|m| m.startup));
+                .partition(|c| find_method(&c.method).is_some_and(|m| m.phase.in_startup()));
             (
                 ConfigFile {
                     calls: s,

@@ -12,6 +12,13 @@ use crate::context::{Ctx, Reply};
 use crate::decode::params;
 use crate::error::{RpcError, INTERNAL_ERROR};
 use crate::retry::retry_every;
+use crate::table::{method, Table};
+
+/// The bdev queries.
+pub(crate) static TABLE: Table = Table {
+    methods: &[method!(bdev_get_bdevs, Runtime), method!(bdev_get_iostat, Runtime)],
+    subsystem: None,
+};
 
 /// Keys of `supported_io_types`, in SPDK's order, with the op that answers each (others false).
 const IO_TYPE_KEYS: &[(&str, Option<IoOp>)] = &[
@@ -86,7 +93,7 @@ struct GetBdevs {
     timeout: Option<u64>,
 }
 
-pub(crate) fn bdev_get_bdevs(ctx: &Ctx, params: Option<Value>, reply: Reply) {
+fn bdev_get_bdevs(ctx: &Ctx, params: Option<Value>, reply: Reply) {
     let p: GetBdevs = params!(params, INTERNAL_ERROR, reply);
     let Some(name) = p.name else {
         let all: Vec<Value> = ctx.registry.list().iter().map(|b| bdev_json(b)).collect();
@@ -162,7 +169,7 @@ fn stat_json(name: Option<&str>, s: &IoStats) -> Map<String, Value> {
     m
 }
 
-pub(crate) fn bdev_get_iostat(ctx: &Ctx, params: Option<Value>, reply: Reply) {
+fn bdev_get_iostat(ctx: &Ctx, params: Option<Value>, reply: Reply) {
     let p: GetIostat = params!(params, INTERNAL_ERROR, reply);
     let reset = match p.reset_mode.as_deref() {
         None | Some("none") => StatsReset::None,

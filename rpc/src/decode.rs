@@ -77,7 +77,7 @@ mod tests {
     fn codes_and_messages() {
         assert_eq!(decode::<P>(None).unwrap(), P { n: 0 });
         let e = decode::<P>(Some(json!({"x": 1}))).unwrap_err();
-        assert_eq!(e.code, crate::INVALID_PARAMS);
+        assert_eq!(e.code, crate::error::INVALID_PARAMS);
         assert!(
             e.message.starts_with("Invalid parameters: unknown field `x`"),
             "{}",
@@ -90,7 +90,10 @@ mod tests {
             .starts_with("spdk_json_decode_object failed: Invalid parameters: "));
         assert_eq!(decode_with::<P>(Some(json!(3)), -32700).unwrap_err().code, -32700);
         assert!(no_params(Some(json!({}))).is_ok());
-        assert_eq!(no_params(Some(json!([]))).unwrap_err().code, crate::INVALID_PARAMS);
+        assert_eq!(
+            no_params(Some(json!([]))).unwrap_err().code,
+            crate::error::INVALID_PARAMS
+        );
     }
 
     fn handler(params: Option<Value>, reply: impl FnOnce(Result<Value, RpcError>)) {

@@ -1,4 +1,4 @@
-//! Keel's control plane: the SPDK-compatible JSON-RPC method table and JSON configuration files.
+//! Keel's control plane: the SPDK-compatible JSON-RPC methods and JSON configuration files.
 //!
 //! Method handlers run on the main reactor. Each takes the decoded `params` (absent or a JSON
 //! value) and a [`Reply`] that it calls exactly once, now or later (deletes finish after the
@@ -11,6 +11,7 @@
 #![forbid(unsafe_code)]
 
 mod bdev_info;
+mod bdev_methods;
 pub mod config;
 mod context;
 mod decode;
@@ -19,11 +20,13 @@ mod error;
 pub mod framework;
 pub mod jsonrpc;
 pub mod md_methods;
-pub mod methods;
 mod raid_methods;
+pub mod registry;
 mod retry;
 pub mod server;
+mod table;
 
 pub use context::{Ctx, Framework, Reply, StartInit};
 pub use error::{RpcError, INTERNAL_ERROR, INVALID_PARAMS, INVALID_REQUEST, METHOD_NOT_FOUND, PARSE_ERROR};
-pub use methods::{call_method, find_method, methods, MethodInfo};
+pub use registry::{call_method, find_method, methods};
+pub use table::{Handler, MethodInfo, Phase, Subsystem};

@@ -48,6 +48,19 @@ use crate::context::{Ctx, Reply};
 use crate::decode::params;
 use crate::error::{RpcError, INTERNAL_ERROR, PARSE_ERROR};
 use crate::md_methods::{md_error, remove_member};
+use crate::table::{method, Table};
+
+/// SPDK's raid methods, served by md.
+pub(crate) static TABLE: Table = Table {
+    methods: &[
+        method!(bdev_raid_create, Runtime),
+        method!(bdev_raid_delete, Runtime),
+        method!(bdev_raid_get_bdevs, Runtime),
+        method!(bdev_raid_add_base_bdev, Runtime),
+        method!(bdev_raid_remove_base_bdev, Runtime),
+    ],
+    subsystem: None,
+};
 
 /// The uuid SPDK shows for an empty base bdev slot.
 const ZERO_UUID: &str = "00000000-0000-0000-0000-000000000000";
@@ -193,7 +206,7 @@ struct GetBdevs {
 }
 
 /// `bdev_raid_get_bdevs {category}` → array of raid objects.
-pub(crate) fn bdev_raid_get_bdevs(ctx: &Ctx, params: Option<Value>, reply: Reply) {
+fn bdev_raid_get_bdevs(ctx: &Ctx, params: Option<Value>, reply: Reply) {
     let p: GetBdevs = params!(params, PARSE_ERROR, reply);
     let want = match p.category.as_str() {
         "all" => None,
@@ -281,7 +294,7 @@ fn create_opts(p: RaidCreate) -> Result<CreateOpts, RpcError> {
 }
 
 /// `bdev_raid_create {name, raid_level, base_bdevs, strip_size_kb?, uuid?, superblock?}` → true.
-pub(crate) fn bdev_raid_create(ctx: &Ctx, params: Option<Value>, reply: Reply) {
+fn bdev_raid_create(ctx: &Ctx, params: Option<Value>, reply: Reply) {
     let p: RaidCreate = params!(params, PARSE_ERROR, reply);
     let name = p.name.clone();
     let opts = match create_opts(p) {
@@ -360,7 +373,7 @@ fn clear_superblocks(reg: &BdevRegistry, members: Vec<String>, done: Box<dyn FnO
 
 /// `bdev_raid_delete {name, clear_sb?}` → true: `md_stop` (and zeroed superblocks with
 /// `clear_sb`).
-pub(crate) fn bdev_raid_delete(ctx: &Ctx, params: Option<Value>, reply: Reply) {
+fn bdev_raid_delete(ctx: &Ctx, params: Option<Value>, reply: Reply) {
     let p: RaidDelete = params!(params, PARSE_ERROR, reply);
     let Some(a) = raid_array(ctx, &p.name) else {
         return reply(Err(RpcError::from_errno(
@@ -390,7 +403,7 @@ struct AddBase {
 }
 
 /// `bdev_raid_add_base_bdev {raid_bdev, base_bdev}` → true: `md_add`.
-pub(crate) fn bdev_raid_add_base_bdev(ctx: &Ctx, params: Option<Value>, reply: Reply) {
+fn bdev_raid_add_base_bdev(ctx: &Ctx, params: Option<Value>, reply: Reply) {
     let p: AddBase = params!(params, INTERNAL_ERROR, reply);
     if raid_array(ctx, &p.raid_bdev).is_none() {
         return reply(Err(RpcError::from_errno(
@@ -414,7 +427,7 @@ struct RemoveBase {
 
 /// `bdev_raid_remove_base_bdev {name}` (the base bdev) → true: `md_fail` (when active) and
 /// `md_remove` on the array holding it.
-pub(crate) fn bdev_raid_remove_base_bdev(ctx: &Ctx, params: Option<Value>, reply: Reply) {
+fn bdev_raid_remove_base_bdev(ctx: &Ctx, params: Option<Value>, reply: Reply) {
     let p: RemoveBase = params!(params, PARSE_ERROR, reply);
     let md = md(ctx);
     let arrays = md.arrays(None).unwrap_or_default();

@@ -1,40 +1,49 @@
-//! The method table: names, handlers and the states each may run in.
+//! The bdev modules' methods (spdk-rpc.md §8.2): create/delete for malloc, null, uring, aio,
+//! error, delay and passthru, error injection, delay updates and `bdev_wait_for_examine`; and
+//! the `"bdev"` subsystem, whose saved configuration is every bdev's constructor call.
 
 use std::sync::Arc;
 
 use keel_bdev::modules::{delay, error, malloc, null, passthru, uring};
 use keel_bdev::{BdevError, BdevRegistry};
+use keel_dm::DmRegistry;
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use crate::bdev_info::{bdev_get_bdevs, bdev_get_iostat};
 use crate::context::{Ctx, Reply};
 use crate::decode::{decode_internal, params};
-use crate::dm_methods::*;
 use crate::error::RpcError;
-use crate::framework::*;
-use crate::md_methods::{
-    md_add, md_assemble, md_create, md_examine, md_fail, md_get_arrays, md_remove, md_set_sync_action,
-    md_set_sync_speed, md_stop,
-};
-use crate::raid_methods::{
-    bdev_raid_add_base_bdev, bdev_raid_create, bdev_raid_delete, bdev_raid_get_bdevs, bdev_raid_remove_base_bdev,
-};
 use crate::retry::retry_every;
+use crate::table::{method, Subsystem, Table};
 
-/// A method handler. Runs on the main reactor.
-pub type Handler = fn(&Ctx, Option<Value>, Reply);
-
-/// One method of the table.
-pub struct MethodInfo {
-    pub name: &'static str,
-    pub handler: Handler,
-    /// Allowed before `framework_start_init` (SPDK's STARTUP state).
-    pub startup: bool,
-    /// Allowed after it (RUNTIME).
-    pub runtime: bool,
-}
+/// The bdev modules' methods and the `"bdev"` subsystem.
+pub(crate) static TABLE: Table = Table {
+    methods: &[
+        method!(bdev_malloc_create, Runtime),
+        method!(bdev_malloc_delete, Runtime),
+        method!(bdev_null_create, Runtime),
+        method!(bdev_null_delete, Runtime),
+        method!(bdev_uring_create, Runtime),
+        method!(bdev_uring_delete, Runtime),
+        method!(bdev_aio_create, Runtime),
+        method!(bdev_aio_delete, Runtime),
+        method!(bdev_error_create, Runtime),
+        method!(bdev_error_delete, Runtime),
+        method!(bdev_error_inject_error, Runtime),
+        method!(bdev_delay_create, Runtime),
+        method!(bdev_delay_delete, Runtime),
+        method!(bdev_delay_update_latency, Runtime),
+        method!(bdev_passthru_create, Runtime),
+        method!(bdev_passthru_delete, Runtime),
+        method!(bdev_wait_for_examine, Runtime),
+    ],
+    subsystem: Some(Subsystem {
+        name: "bdev",
+        depends_on: &[],
+        config: bdev_config,
+    }),
+};
 
 fn reply_with(reply: Reply, r: Result<Value, BdevError>) {
     reply(r.map_err(RpcError::from))
@@ -184,108 +193,22 @@ fn bdev_wait_for_examine(ctx: &Ctx, params: Option<Value>, reply: Reply) {
     });
 }
 
-macro_rules! m {
-    ($f:ident, $s:expr, $r:expr) => {
-        MethodInfo {
-            name: stringify!($f),
-            handler: $f,
-            startup: $s,
-            runtime: $r,
-        }
-    };
-}
-
-static METHODS: &[MethodInfo] = &[
-    m!(spdk_get_version, true, true),
-    m!(rpc_get_methods, true, true),
-    m!(framework_start_init, true, false),
-    m!(framework_wait_init, true, true),
-    m!(framework_get_reactors, false, true),
-    m!(thread_get_stats, false, true),
-    m!(spdk_kill_instance, false, true),
-    m!(framework_get_subsystems, false, true),
-    m!(framework_get_config, false, true),
-    m!(keel_get_pollers, false, true),
-    m!(md_examine, false, true),
-    m!(md_create, false, true),
-    m!(md_stop, false, true),
-    m!(md_get_arrays, false, true),
-    // Runtime only, like every bdev constructor: the members it needs are created in RUNTIME.
-    m!(md_assemble, false, true),
-    m!(md_add, false, true),
-    m!(md_remove, false, true),
-    m!(md_fail, false, true),
-    m!(md_set_sync_action, false, true),
-    m!(md_set_sync_speed, false, true),
-    m!(bdev_get_bdevs, false, true),
-    m!(bdev_get_iostat, false, true),
-    m!(bdev_malloc_create, false, true),
-    m!(bdev_malloc_delete, false, true),
-    m!(bdev_null_create, false, true),
-    m!(bdev_null_delete, false, true),
-    m!(bdev_uring_create, false, true),
-    m!(bdev_uring_delete, false, true),
-    m!(bdev_aio_create, false, true),
-    m!(bdev_aio_delete, false, true),
-    m!(bdev_error_create, false, true),
-    m!(bdev_error_delete, false, true),
-    m!(bdev_error_inject_error, false, true),
-    m!(bdev_delay_create, false, true),
-    m!(bdev_delay_delete, false, true),
-    m!(bdev_delay_update_latency, false, true),
-    m!(bdev_passthru_create, false, true),
-    m!(bdev_passthru_delete, false, true),
-    m!(bdev_raid_create, false, true),
-    m!(bdev_raid_delete, false, true),
-    m!(bdev_raid_get_bdevs, false, true),
-    m!(bdev_raid_add_base_bdev, false, true),
-    m!(bdev_raid_remove_base_bdev, false, true),
-    m!(bdev_wait_for_examine, false, true),
-    m!(dm_create, false, true),
-    m!(dm_load, false, true),
-    m!(dm_suspend, false, true),
-    m!(dm_resume, false, true),
-    m!(dm_clear, false, true),
-    m!(dm_remove, false, true),
-    m!(dm_rename, false, true),
-    m!(dm_info, false, true),
-    m!(dm_table, false, true),
-    m!(dm_status, false, true),
-    m!(dm_message, false, true),
-    m!(dm_deps, false, true),
-    m!(dm_list_devices, false, true),
-    m!(dm_list_targets, false, true),
-    m!(dm_wait, false, true),
-];
-
-/// Every method Keel serves.
-pub fn methods() -> &'static [MethodInfo] {
-    METHODS
-}
-
-/// Looks a method up by name.
-pub fn find_method(name: &str) -> Option<&'static MethodInfo> {
-    METHODS.iter().find(|m| m.name == name)
-}
-
-/// Looks `method` up, checks it may run in the current state and runs it. Called on the main
-/// reactor; `reply` is called once.
-pub fn call_method(ctx: &Ctx, method: &str, params: Option<Value>, reply: Reply) {
-    let Some(m) = find_method(method) else {
-        return reply(Err(RpcError::method_not_found(method)));
-    };
-    let runtime = ctx.fw.is_runtime();
-    if runtime && !m.runtime {
-        return reply(Err(RpcError::new(
-            -1,
-            "Method may only be called before framework is initialized. Use --wait-for-rpc command line parameter and then issue this RPC before the framework_start_init RPC.",
-        )));
-    }
-    if !runtime && !m.startup {
-        return reply(Err(RpcError::new(
-            -1,
-            "Method may only be called after framework is initialized using framework_start_init RPC.",
-        )));
-    }
-    (m.handler)(ctx, params, reply)
+/// The `"bdev"` subsystem's save_config entries: each bdev's constructor call in registration
+/// order (those of its backend that have one), then `bdev_wait_for_examine`. Bdevs stacked on
+/// mapped devices are left out: `"dm"` saves them after the devices (`keel_dm`'s config
+/// plan names them). Called on the main reactor.
+fn bdev_config(ctx: &Ctx) -> Vec<Value> {
+    // The one place the bdev subsystem knows of another: bdev's module facility will let each
+    // module contribute its part in dependency order instead.
+    let deferred = DmRegistry::of(&ctx.registry).config_plan(&ctx.registry).deferred_bdevs;
+    let mut calls: Vec<Value> = ctx
+        .registry
+        .list()
+        .iter()
+        .filter(|b| !deferred.iter().any(|d| d == b.name()))
+        .filter_map(|b| b.backend().config(b.info()))
+        .map(|c| json!({"method": c.method, "params": c.params}))
+        .collect();
+    calls.push(json!({"method": "bdev_wait_for_examine"}));
+    calls
 }
