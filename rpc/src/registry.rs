@@ -1,10 +1,10 @@
-//! The registry: every method file's [`Table`] in one list, and what is derived from it — the
+//! The registry: every method file's `Table` in one list, and what is derived from it — the
 //! method lookup ([`find_method`], [`call_method`]), the subsystem list ([`subsystems`],
 //! [`subsystem_config`]) and the three methods that describe the registry itself
 //! (`rpc_get_methods`, `framework_get_subsystems`, `framework_get_config`; SPDK serves them from
 //! its RPC and subsystem registries too).
 //!
-//! The order of [`TABLES`] is declared here and is the order of everything derived:
+//! The order of `TABLES` is declared here and is the order of everything derived:
 //! `rpc_get_methods` lists methods table by table, and the subsystems (the tables that bring
 //! one) come in that order in `framework_get_subsystems` and hence in `save_config`, so a
 //! subsystem's table must come after those of the subsystems it depends on (a test checks).
