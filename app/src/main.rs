@@ -97,7 +97,7 @@ fn run(args: Args) -> Result<(), String> {
             let (s, r): (Vec<_>, Vec<_>) = cfg
                 .calls
                 .into_iter()
-                .partition(|c| find_method(&c.method).is_some_and(|m| m.startup));
+                .partition(|c| find_method(&c.method).is_some_and(|m| m.phase.in_startup()));
             (
                 ConfigFile {
                     calls: s,
@@ -113,7 +113,7 @@ fn run(args: Args) -> Result<(), String> {
     };
     let kill_tx = tx.clone();
     let reg2 = registry.clone();
-    let start_init: keel_rpc::framework::StartInit = Box::new(move |done| {
+    let start_init: keel_rpc::StartInit = Box::new(move |done| {
         apply_with(Ctx::new(reg2), runtime_calls, done);
     });
     let fw = Framework::starting(

@@ -1,18 +1,24 @@
 //! `bdev_get_bdevs` and `bdev_get_iostat` (spdk-rpc.md §8.2, §8.7, §8.8).
 
-use std::cell::RefCell;
-use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use keel_bdev::{Bdev, IoOp, IoStats, StatsReset};
-use keel_reactor::{current, ticks_per_sec, PollStatus, PollerHandle};
+use keel_reactor::{ticks, ticks_per_sec};
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
-use crate::framework::now_ticks;
-use crate::methods::decode_internal;
-use crate::{Ctx, Reply, RpcError};
+use crate::context::{Ctx, Reply};
+use crate::decode::params;
+use crate::error::{RpcError, INTERNAL_ERROR};
+use crate::retry::retry_every;
+use crate::table::{method, Table};
+
+/// The bdev queries.
+pub(crate) static TABLE: Table = Table {
+    methods: &[method!(bdev_get_bdevs, Runtime), method!(bdev_get_iostat, Runtime)],
+    subsystem: None,
+};
 
 /// Keys of `supported_io_types`, in SPDK's order, with the op that answers each (others false).
 const IO_TYPE_KEYS: &[(&str, Option<IoOp>)] = &[
@@ -87,11 +93,8 @@ struct GetBdevs {
     timeout: Option<u64>,
 }
 
-pub(crate) fn bdev_get_bdevs(ctx: &Ctx, params: Option<Value>, reply: Reply) {
-    let p: GetBdevs = match decode_internal(params) {
-        Ok(p) => p,
-        Err(e) => return reply(Err(e)),
-    };
+fn bdev_get_bdevs(ctx: &Ctx, params: Option<Value>, reply: Reply) {
+    let p: GetBdevs = params!(params, INTERNAL_ERROR, reply);
     let Some(name) = p.name else {
         let all: Vec<Value> = ctx.registry.list().iter().map(|b| bdev_json(b)).collect();
         return reply(Ok(json!(all)));
@@ -107,12 +110,10 @@ pub(crate) fn bdev_get_bdevs(ctx: &Ctx, params: Option<Value>, reply: Reply) {
     let deadline = Instant::now() + Duration::from_millis(timeout_ms);
     let reg = ctx.registry.clone();
     let mut reply = Some(reply);
-    let handle: Rc<RefCell<Option<PollerHandle>>> = Rc::default();
-    let h2 = handle.clone();
-    let h = current().register_timed_poller("bdev_get_bdevs_wait", 10_000, move || {
+    retry_every("bdev_get_bdevs_wait", 10_000, move || {
         let found = reg.get(&name);
         if found.is_none() && Instant::now() < deadline {
-            return PollStatus::Idle;
+            return false;
         }
         if let Some(r) = reply.take() {
             r(match found {
@@ -120,10 +121,8 @@ pub(crate) fn bdev_get_bdevs(ctx: &Ctx, params: Option<Value>, reply: Reply) {
                 None => Err(RpcError::from_errno(-19, "No such device")),
             });
         }
-        h2.borrow_mut().take();
-        PollStatus::Busy
+        true
     });
-    *handle.borrow_mut() = Some(h);
 }
 
 #[derive(Deserialize, Default)]
@@ -170,11 +169,8 @@ fn stat_json(name: Option<&str>, s: &IoStats) -> Map<String, Value> {
     m
 }
 
-pub(crate) fn bdev_get_iostat(ctx: &Ctx, params: Option<Value>, reply: Reply) {
-    let p: GetIostat = match decode_internal(params) {
-        Ok(p) => p,
-        Err(e) => return reply(Err(e)),
-    };
+fn bdev_get_iostat(ctx: &Ctx, params: Option<Value>, reply: Reply) {
+    let p: GetIostat = params!(params, INTERNAL_ERROR, reply);
     let reset = match p.reset_mode.as_deref() {
         None | Some("none") => StatsReset::None,
         Some("all") => StatsReset::All,
@@ -182,7 +178,7 @@ pub(crate) fn bdev_get_iostat(ctx: &Ctx, params: Option<Value>, reply: Reply) {
         Some("error") => StatsReset::Errors,
         Some(other) => {
             return reply(Err(RpcError::new(
-                crate::INTERNAL_ERROR,
+                INTERNAL_ERROR,
                 format!("spdk_json_decode_object failed: invalid reset_mode '{other}'"),
             )))
         }
@@ -220,7 +216,7 @@ pub(crate) fn bdev_get_iostat(ctx: &Ctx, params: Option<Value>, reply: Reply) {
                 })
                 .collect();
             reply(Ok(
-                json!({"tick_rate": ticks_per_sec(), "ticks": now_ticks(), "name": b.name(), "channels": channels}),
+                json!({"tick_rate": ticks_per_sec(), "ticks": ticks(), "name": b.name(), "channels": channels}),
             ))
         });
     }
@@ -231,7 +227,7 @@ pub(crate) fn bdev_get_iostat(ctx: &Ctx, params: Option<Value>, reply: Reply) {
 fn gather(mut left: Vec<Arc<Bdev>>, mut acc: Vec<Value>, reset: StatsReset, reply: Reply) {
     if left.is_empty() {
         return reply(Ok(
-            json!({"tick_rate": ticks_per_sec(), "ticks": now_ticks(), "bdevs": acc}),
+            json!({"tick_rate": ticks_per_sec(), "ticks": ticks(), "bdevs": acc}),
         ));
     }
     let b = left.remove(0);

@@ -6,8 +6,9 @@
 //!
 //! `config` may be `null` or empty; an element may itself be an array of calls (a "batch"),
 //! applied in order. `/* */` and `//` comments are accepted (SPDK's application loader accepts
-//! them). Subsystems Keel does not have are skipped with a notice, as SPDK skips subsystems that
-//! are not linked into the app; an unknown method inside a subsystem Keel has is an error.
+//! them). Subsystems Keel does not have (not in [`crate::registry::subsystems`]) are skipped
+//! with a notice, as SPDK skips subsystems that are not linked into the app; a method the
+//! registry does not know inside a subsystem Keel has is an error.
 //!
 //! Loading is all-or-nothing per entry, in file order: the first failing entry stops the load
 //! and is reported with its subsystem, position and method.
@@ -17,10 +18,9 @@ use std::path::Path;
 use keel_reactor::current;
 use serde_json::Value;
 
-use crate::{find_method, Ctx, RpcError};
-
-/// Subsystems whose methods Keel implements.
-pub const KNOWN_SUBSYSTEMS: &[&str] = &["bdev", "dm"];
+use crate::context::Ctx;
+use crate::error::{RpcError, METHOD_NOT_FOUND};
+use crate::registry::{find_method, find_subsystem};
 
 /// One `{method, params}` entry with where it came from.
 #[derive(Debug, Clone, PartialEq)]
@@ -125,7 +125,7 @@ impl ConfigFile {
                 Some(Value::Array(a)) => a,
                 Some(_) => return Err(bad(format!("subsystem '{name}': \"config\" must be an array or null"))),
             };
-            if !KNOWN_SUBSYSTEMS.contains(&name) {
+            if find_subsystem(name).is_none() {
                 if !config.is_empty() {
                     out.skipped_subsystems.push(name.to_string());
                 }
@@ -152,7 +152,7 @@ impl ConfigFile {
                         .ok_or_else(|| bad(format!("subsystem '{name}' entry {index}: missing string \"method\"")))?;
                     if find_method(method).is_none() {
                         return Err(RpcError::new(
-                            crate::error::METHOD_NOT_FOUND,
+                            METHOD_NOT_FOUND,
                             format!("subsystem '{name}' entry {index}: unknown method '{method}'"),
                         ));
                     }

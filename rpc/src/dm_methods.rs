@@ -29,8 +29,36 @@ use keel_dm::{CreateOpts, DmError, DmInfo, DmRegistry};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use crate::methods::{decode, no_params};
-use crate::{Ctx, Reply, RpcError};
+use crate::context::{Ctx, Reply};
+use crate::decode::{no_params, params};
+use crate::error::RpcError;
+use crate::table::{method, Subsystem, Table};
+
+/// The dm methods and the `"dm"` subsystem (after `"bdev"`: devices map bdevs).
+pub(crate) static TABLE: Table = Table {
+    methods: &[
+        method!(dm_create, Runtime),
+        method!(dm_load, Runtime),
+        method!(dm_suspend, Runtime),
+        method!(dm_resume, Runtime),
+        method!(dm_clear, Runtime),
+        method!(dm_remove, Runtime),
+        method!(dm_rename, Runtime),
+        method!(dm_info, Runtime),
+        method!(dm_table, Runtime),
+        method!(dm_status, Runtime),
+        method!(dm_message, Runtime),
+        method!(dm_deps, Runtime),
+        method!(dm_list_devices, Runtime),
+        method!(dm_list_targets, Runtime),
+        method!(dm_wait, Runtime),
+    ],
+    subsystem: Some(Subsystem {
+        name: "dm",
+        depends_on: &["bdev"],
+        config: dm_config,
+    }),
+};
 
 fn dm_err(e: DmError) -> RpcError {
     RpcError::from_errno(e.errno(), e.to_string())
@@ -66,15 +94,6 @@ pub fn info_json(i: &DmInfo) -> Value {
     })
 }
 
-macro_rules! params {
-    ($p:expr, $reply:expr) => {
-        match decode($p) {
-            Ok(p) => p,
-            Err(e) => return $reply(Err(e)),
-        }
-    };
-}
-
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct Create {
@@ -91,7 +110,7 @@ struct Create {
     minor: Option<u32>,
 }
 
-pub(crate) fn dm_create(ctx: &Ctx, params: Option<Value>, reply: Reply) {
+fn dm_create(ctx: &Ctx, params: Option<Value>, reply: Reply) {
     let p: Create = params!(params, reply);
     let bdev_uuid = match parse_uuid("bdev_uuid", p.bdev_uuid.as_deref()) {
         Ok(u) => u,
@@ -120,7 +139,7 @@ struct Load {
     readonly: bool,
 }
 
-pub(crate) fn dm_load(ctx: &Ctx, params: Option<Value>, reply: Reply) {
+fn dm_load(ctx: &Ctx, params: Option<Value>, reply: Reply) {
     let p: Load = params!(params, reply);
     reply(
         reg(ctx)
@@ -138,7 +157,7 @@ struct Suspend {
     noflush: bool,
 }
 
-pub(crate) fn dm_suspend(ctx: &Ctx, params: Option<Value>, reply: Reply) {
+fn dm_suspend(ctx: &Ctx, params: Option<Value>, reply: Reply) {
     let p: Suspend = params!(params, reply);
     reg(ctx).suspend(&p.name, p.noflush, done_with(reply, json!(true)));
 }
@@ -149,12 +168,12 @@ struct Name {
     name: String,
 }
 
-pub(crate) fn dm_resume(ctx: &Ctx, params: Option<Value>, reply: Reply) {
+fn dm_resume(ctx: &Ctx, params: Option<Value>, reply: Reply) {
     let p: Name = params!(params, reply);
     reg(ctx).resume(&p.name, done_with(reply, json!(true)));
 }
 
-pub(crate) fn dm_clear(ctx: &Ctx, params: Option<Value>, reply: Reply) {
+fn dm_clear(ctx: &Ctx, params: Option<Value>, reply: Reply) {
     let p: Name = params!(params, reply);
     reply(reg(ctx).clear(&p.name).map(|()| json!(true)).map_err(dm_err))
 }
@@ -167,7 +186,7 @@ struct Remove {
     force: bool,
 }
 
-pub(crate) fn dm_remove(ctx: &Ctx, params: Option<Value>, reply: Reply) {
+fn dm_remove(ctx: &Ctx, params: Option<Value>, reply: Reply) {
     let p: Remove = params!(params, reply);
     reg(ctx).remove(&p.name, p.force, done_with(reply, json!(true)));
 }
@@ -182,7 +201,7 @@ struct Rename {
     new_uuid: Option<String>,
 }
 
-pub(crate) fn dm_rename(ctx: &Ctx, params: Option<Value>, reply: Reply) {
+fn dm_rename(ctx: &Ctx, params: Option<Value>, reply: Reply) {
     let p: Rename = params!(params, reply);
     match (p.new_name, p.new_uuid) {
         (Some(n), None) => reg(ctx).rename(&p.name, &n, done_with(reply, json!(true))),
@@ -200,7 +219,7 @@ struct MaybeName {
     name: Option<String>,
 }
 
-pub(crate) fn dm_info(ctx: &Ctx, params: Option<Value>, reply: Reply) {
+fn dm_info(ctx: &Ctx, params: Option<Value>, reply: Reply) {
     let p: MaybeName = params!(params, reply);
     let r = reg(ctx);
     reply(match p.name {
@@ -218,7 +237,7 @@ struct TableParams {
     inactive: bool,
 }
 
-pub(crate) fn dm_table(ctx: &Ctx, params: Option<Value>, reply: Reply) {
+fn dm_table(ctx: &Ctx, params: Option<Value>, reply: Reply) {
     let p: TableParams = params!(params, reply);
     reply(
         reg(ctx)
@@ -228,7 +247,7 @@ pub(crate) fn dm_table(ctx: &Ctx, params: Option<Value>, reply: Reply) {
     )
 }
 
-pub(crate) fn dm_status(ctx: &Ctx, params: Option<Value>, reply: Reply) {
+fn dm_status(ctx: &Ctx, params: Option<Value>, reply: Reply) {
     let p: MaybeName = params!(params, reply);
     reply(reg(ctx).status(p.name.as_deref()).map(Value::String).map_err(dm_err))
 }
@@ -241,7 +260,7 @@ struct Message {
     message: String,
 }
 
-pub(crate) fn dm_message(ctx: &Ctx, params: Option<Value>, reply: Reply) {
+fn dm_message(ctx: &Ctx, params: Option<Value>, reply: Reply) {
     let p: Message = params!(params, reply);
     reply(
         reg(ctx)
@@ -251,12 +270,12 @@ pub(crate) fn dm_message(ctx: &Ctx, params: Option<Value>, reply: Reply) {
     )
 }
 
-pub(crate) fn dm_deps(ctx: &Ctx, params: Option<Value>, reply: Reply) {
+fn dm_deps(ctx: &Ctx, params: Option<Value>, reply: Reply) {
     let p: Name = params!(params, reply);
     reply(reg(ctx).deps(&p.name).map(|d| json!(d)).map_err(dm_err))
 }
 
-pub(crate) fn dm_list_devices(ctx: &Ctx, params: Option<Value>, reply: Reply) {
+fn dm_list_devices(ctx: &Ctx, params: Option<Value>, reply: Reply) {
     if let Err(e) = no_params(params) {
         return reply(Err(e));
     }
@@ -268,7 +287,7 @@ pub(crate) fn dm_list_devices(ctx: &Ctx, params: Option<Value>, reply: Reply) {
     reply(Ok(Value::Array(v)))
 }
 
-pub(crate) fn dm_list_targets(_ctx: &Ctx, params: Option<Value>, reply: Reply) {
+fn dm_list_targets(_ctx: &Ctx, params: Option<Value>, reply: Reply) {
     if let Err(e) = no_params(params) {
         return reply(Err(e));
     }
@@ -289,7 +308,7 @@ struct Wait {
     timeout_ms: Option<u64>,
 }
 
-pub(crate) fn dm_wait(ctx: &Ctx, params: Option<Value>, reply: Reply) {
+fn dm_wait(ctx: &Ctx, params: Option<Value>, reply: Reply) {
     let p: Wait = params!(params, reply);
     let timeout_us = p.timeout_ms.map(|ms| ms.saturating_mul(1000));
     reg(ctx).wait(&p.name, p.event_nr, timeout_us, move |r| {
@@ -297,11 +316,13 @@ pub(crate) fn dm_wait(ctx: &Ctx, params: Option<Value>, reply: Reply) {
     });
 }
 
-/// The `"dm"` subsystem's save_config entries, and the non-dm bdevs they take over from the
-/// `"bdev"` subsystem (see `keel_dm`'s config docs).
-pub fn dm_subsystem_config(ctx: &Ctx) -> (Vec<String>, Vec<Value>) {
-    let plan = reg(ctx).config_plan(&ctx.registry);
-    let calls = plan
+/// The `"dm"` subsystem's save_config entries: every device's `dm_create` (and `dm_load` of a
+/// staged table), with the non-dm bdevs stacked on them in between, in the order `keel_dm`'s
+/// config plan gives (the `"bdev"` subsystem leaves those bdevs out). Called on the main
+/// reactor.
+fn dm_config(ctx: &Ctx) -> Vec<Value> {
+    reg(ctx)
+        .config_plan(&ctx.registry)
         .steps
         .into_iter()
         .filter_map(|s| match s {
@@ -312,6 +333,5 @@ pub fn dm_subsystem_config(ctx: &Ctx) -> (Vec<String>, Vec<Value>) {
                 Some(json!({"method": c.method, "params": c.params}))
             }
         })
-        .collect();
-    (plan.deferred_bdevs, calls)
+        .collect()
 }

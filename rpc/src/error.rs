@@ -1,3 +1,5 @@
+//! The crate's one error type, [`RpcError`], and the JSON-RPC 2.0 codes. A leaf.
+
 use keel_bdev::BdevError;
 
 /// A JSON-RPC error: code and message as they go on the wire. The one error type of this crate.

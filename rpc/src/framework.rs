@@ -1,75 +1,39 @@
-//! Framework state and the application-level methods (spdk-rpc.md §8.1): version, method list,
-//! STARTUP/RUNTIME state and `framework_start_init`, reactor and thread statistics, subsystems
-//! and their configuration (what the stock client's `save_config` assembles), kill.
+//! The application-level methods (spdk-rpc.md §8.1): version, STARTUP/RUNTIME state and
+//! `framework_start_init`, reactor, thread and poller statistics, kill. The method list and the
+//! subsystems (`rpc_get_methods`, `framework_get_subsystems`, `framework_get_config`) describe
+//! the registry and live there ([`crate::registry`]); the framework state is
+//! [`Framework`](crate::Framework).
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 
-use keel_reactor::{current, ticks, ticks_per_sec, CoreId, Cores};
+use keel_reactor::{current, ticks_per_sec, CoreId, Cores};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use crate::methods::{decode, no_params};
-use crate::{methods, Ctx, Reply, RpcError, INVALID_PARAMS};
+use crate::context::{Ctx, Reply};
+use crate::decode::{no_params, params};
+use crate::error::{RpcError, INTERNAL_ERROR, INVALID_PARAMS};
+use crate::table::{method, Table};
 
-/// Asks the application to start its RUNTIME phase; calls the completion when done.
-pub type StartInit = Box<dyn FnOnce(Box<dyn FnOnce(Result<(), RpcError>) + Send>) + Send>;
-
-/// What the methods need from the application. Shared (`Arc`) by every handler; created by the
-/// application before the first call.
-pub struct Framework {
-    runtime: AtomicBool,
-    start_init: Mutex<Option<StartInit>>,
-    init_waiters: Mutex<Vec<Reply>>,
-    kill: Box<dyn Fn(&str) + Send + Sync>,
-}
+/// The framework methods.
+pub(crate) static TABLE: Table = Table {
+    methods: &[
+        method!(spdk_get_version, Both),
+        method!(framework_start_init, Startup),
+        method!(framework_wait_init, Both),
+        method!(framework_get_reactors, Runtime),
+        method!(thread_get_stats, Runtime),
+        method!(spdk_kill_instance, Runtime),
+        method!(keel_get_pollers, Runtime),
+    ],
+    subsystem: None,
+};
 
 /// Signals `spdk_kill_instance` accepts.
 pub const KILL_SIGNALS: &[&str] = &["SIGINT", "SIGTERM", "SIGQUIT", "SIGHUP", "SIGKILL", "SIGUSR1"];
 
-impl Framework {
-    /// A framework already in RUNTIME (tools that load a config and run: keel-perf, tests).
-    pub fn running() -> Arc<Framework> {
-        Arc::new(Framework {
-            runtime: AtomicBool::new(true),
-            start_init: Mutex::new(None),
-            init_waiters: Mutex::new(Vec::new()),
-            kill: Box::new(|_| {}),
-        })
-    }
-
-    /// A framework in STARTUP: `framework_start_init` runs `start_init`, then switches to
-    /// RUNTIME. `kill` gets the signal name of `spdk_kill_instance`.
-    pub fn starting(start_init: StartInit, kill: Box<dyn Fn(&str) + Send + Sync>) -> Arc<Framework> {
-        Arc::new(Framework {
-            runtime: AtomicBool::new(false),
-            start_init: Mutex::new(Some(start_init)),
-            init_waiters: Mutex::new(Vec::new()),
-            kill,
-        })
-    }
-
-    /// Whether initialisation finished.
-    pub fn is_runtime(&self) -> bool {
-        self.runtime.load(Ordering::Acquire)
-    }
-
-    /// Marks initialisation done and answers `framework_wait_init` callers.
-    pub fn set_runtime(&self) {
-        self.runtime.store(true, Ordering::Release);
-        *self.start_init.lock().unwrap() = None;
-        for w in std::mem::take(&mut *self.init_waiters.lock().unwrap()) {
-            w(Ok(json!(true)));
-        }
-    }
-
-    /// Replaces the kill hook's behaviour is fixed at construction; this runs it.
-    pub fn kill(&self, sig: &str) {
-        (self.kill)(sig)
-    }
-}
-
-pub(crate) fn spdk_get_version(_ctx: &Ctx, params: Option<Value>, reply: Reply) {
+fn spdk_get_version(_ctx: &Ctx, params: Option<Value>, reply: Reply) {
     if let Err(e) = no_params(params) {
         return reply(Err(e));
     }
@@ -79,35 +43,11 @@ pub(crate) fn spdk_get_version(_ctx: &Ctx, params: Option<Value>, reply: Reply) 
     })))
 }
 
-#[derive(Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-struct GetMethods {
-    #[serde(default)]
-    current: bool,
-    #[serde(default)]
-    include_aliases: bool,
-}
-
-pub(crate) fn rpc_get_methods(ctx: &Ctx, params: Option<Value>, reply: Reply) {
-    let p: GetMethods = match decode(params) {
-        Ok(p) => p,
-        Err(e) => return reply(Err(e)),
-    };
-    let _ = p.include_aliases; // Keel has no deprecated aliases.
-    let runtime = ctx.fw.is_runtime();
-    let names: Vec<&str> = methods()
-        .iter()
-        .filter(|m| !p.current || if runtime { m.runtime } else { m.startup })
-        .map(|m| m.name)
-        .collect();
-    reply(Ok(json!(names)))
-}
-
-pub(crate) fn framework_start_init(ctx: &Ctx, params: Option<Value>, reply: Reply) {
+fn framework_start_init(ctx: &Ctx, params: Option<Value>, reply: Reply) {
     if let Err(e) = no_params(params) {
         return reply(Err(e));
     }
-    let Some(start) = ctx.fw.start_init.lock().unwrap().take() else {
+    let Some(start) = ctx.fw.take_start_init() else {
         return reply(Err(RpcError::new(
             -1,
             "framework_initialization failed: already initialized",
@@ -120,20 +60,17 @@ pub(crate) fn framework_start_init(ctx: &Ctx, params: Option<Value>, reply: Repl
             reply(Ok(json!(true)))
         }
         Err(e) => reply(Err(RpcError::new(
-            crate::INTERNAL_ERROR,
+            INTERNAL_ERROR,
             format!("framework_initialization failed: {}", e.message),
         ))),
     }));
 }
 
-pub(crate) fn framework_wait_init(ctx: &Ctx, params: Option<Value>, reply: Reply) {
+fn framework_wait_init(ctx: &Ctx, params: Option<Value>, reply: Reply) {
     if let Err(e) = no_params(params) {
         return reply(Err(e));
     }
-    if ctx.fw.is_runtime() {
-        return reply(Ok(json!(true)));
-    }
-    ctx.fw.init_waiters.lock().unwrap().push(reply);
+    ctx.fw.wait_init(reply);
 }
 
 /// Per-core facts gathered on each core by message.
@@ -176,7 +113,7 @@ fn cpumask_hex(core: CoreId) -> String {
     keel_reactor::CoreMask::from_cores([core]).to_hex()
 }
 
-pub(crate) fn framework_get_reactors(ctx: &Ctx, params: Option<Value>, reply: Reply) {
+fn framework_get_reactors(ctx: &Ctx, params: Option<Value>, reply: Reply) {
     if let Err(e) = no_params(params) {
         return reply(Err(e));
     }
@@ -198,7 +135,7 @@ pub(crate) fn framework_get_reactors(ctx: &Ctx, params: Option<Value>, reply: Re
     });
 }
 
-pub(crate) fn thread_get_stats(ctx: &Ctx, params: Option<Value>, reply: Reply) {
+fn thread_get_stats(ctx: &Ctx, params: Option<Value>, reply: Reply) {
     if let Err(e) = no_params(params) {
         return reply(Err(e));
     }
@@ -223,11 +160,8 @@ struct Kill {
     sig_name: String,
 }
 
-pub(crate) fn spdk_kill_instance(ctx: &Ctx, params: Option<Value>, reply: Reply) {
-    let p: Kill = match decode(params) {
-        Ok(p) => p,
-        Err(e) => return reply(Err(e)),
-    };
+fn spdk_kill_instance(ctx: &Ctx, params: Option<Value>, reply: Reply) {
+    let p: Kill = params!(params, reply);
     if !KILL_SIGNALS.contains(&p.sig_name.as_str()) {
         return reply(Err(RpcError::new(
             INVALID_PARAMS,
@@ -248,11 +182,8 @@ struct GetPollers {
 
 /// Keel's poller view (plugin command `keel_get_pollers`): per reactor its busy/idle ticks and
 /// every poller with period, run count and busy count.
-pub(crate) fn keel_get_pollers(ctx: &Ctx, params: Option<Value>, reply: Reply) {
-    let p: GetPollers = match decode(params) {
-        Ok(p) => p,
-        Err(e) => return reply(Err(e)),
-    };
+fn keel_get_pollers(ctx: &Ctx, params: Option<Value>, reply: Reply) {
+    let p: GetPollers = params!(params, reply);
     if let Some(l) = p.lcore {
         if !ctx.registry.cores().core_ids().contains(&CoreId(l)) {
             return reply(Err(RpcError::from_errno(-19, format!("no reactor on core {l}"))));
@@ -276,69 +207,4 @@ pub(crate) fn keel_get_pollers(ctx: &Ctx, params: Option<Value>, reply: Reply) {
             .collect();
         reply(Ok(json!({"tick_rate": ticks_per_sec(), "reactors": reactors})))
     });
-}
-
-/// Subsystems in initialisation order, with what each depends on.
-/// `dm` (mapped devices, after the bdevs they stack on) is Keel's own.
-pub const SUBSYSTEMS: &[(&str, &[&str])] = &[("bdev", &[]), ("dm", &["bdev"])];
-
-pub(crate) fn framework_get_subsystems(_ctx: &Ctx, params: Option<Value>, reply: Reply) {
-    if let Err(e) = no_params(params) {
-        return reply(Err(e));
-    }
-    let v: Vec<Value> = SUBSYSTEMS
-        .iter()
-        .map(|(n, d)| json!({"subsystem": n, "depends_on": d}))
-        .collect();
-    reply(Ok(json!(v)))
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct GetConfig {
-    name: String,
-    #[serde(default)]
-    with_batches: bool,
-}
-
-/// The configuration calls that recreate subsystem `name` (`None` if unknown).
-pub fn subsystem_config(ctx: &Ctx, name: &str) -> Option<Vec<Value>> {
-    match name {
-        "bdev" => {
-            // Bdevs stacked on mapped devices are saved in "dm", after the devices.
-            let (deferred, _) = crate::dm_methods::dm_subsystem_config(ctx);
-            let mut calls: Vec<Value> = ctx
-                .registry
-                .list()
-                .iter()
-                .filter(|b| !deferred.iter().any(|d| d == b.name()))
-                .filter_map(|b| b.backend().config(b.info()))
-                .map(|c| json!({"method": c.method, "params": c.params}))
-                .collect();
-            calls.push(json!({"method": "bdev_wait_for_examine"}));
-            Some(calls)
-        }
-        "dm" => Some(crate::dm_methods::dm_subsystem_config(ctx).1),
-        _ => None,
-    }
-}
-
-pub(crate) fn framework_get_config(ctx: &Ctx, params: Option<Value>, reply: Reply) {
-    let p: GetConfig = match decode(params) {
-        Ok(p) => p,
-        Err(e) => return reply(Err(e)),
-    };
-    let _ = p.with_batches; // Keel's subsystems produce no batches.
-    match subsystem_config(ctx, &p.name) {
-        Some(calls) => reply(Ok(json!(calls))),
-        None => reply(Err(RpcError::new(
-            INVALID_PARAMS,
-            format!("Subsystem '{}' not found", p.name),
-        ))),
-    }
-}
-
-/// Current tick count, for `bdev_get_iostat`'s `ticks`.
-pub(crate) fn now_ticks() -> u64 {
-    ticks()
 }

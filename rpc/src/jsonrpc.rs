@@ -13,7 +13,7 @@
 
 use serde_json::{Map, Value};
 
-use crate::{RpcError, INVALID_REQUEST, PARSE_ERROR};
+use crate::error::{RpcError, INVALID_REQUEST, PARSE_ERROR};
 
 /// SPDK's per-connection receive buffer: a request larger than this is refused.
 pub const MAX_REQUEST_BYTES: usize = 256 * 1024;

@@ -34,8 +34,6 @@
 //! `md_remove` right after `md_fail` waits (up to [`REMOVE_WAIT_MS`]) for the array's daemon to
 //! move the failed member out of its role, as `mdadm --fail --remove` works in one go.
 
-use std::cell::RefCell;
-use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -44,12 +42,32 @@ use keel_md::examine::{examine, level_name, Examine};
 use keel_md::superblock::{feature, Superblock};
 use keel_md::MdError;
 use keel_md::{CreateOpts, MdRegistry};
-use keel_reactor::{current, PollStatus, PollerHandle};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use crate::methods::decode;
-use crate::{Ctx, Reply, RpcError};
+use crate::context::{Ctx, Reply};
+use crate::decode::params;
+use crate::error::RpcError;
+use crate::retry::retry_every;
+use crate::table::{method, Table};
+
+/// The md methods: runtime only, like every bdev constructor (the members they need are
+/// created in RUNTIME).
+pub(crate) static TABLE: Table = Table {
+    methods: &[
+        method!(md_examine, Runtime),
+        method!(md_create, Runtime),
+        method!(md_stop, Runtime),
+        method!(md_get_arrays, Runtime),
+        method!(md_assemble, Runtime),
+        method!(md_add, Runtime),
+        method!(md_remove, Runtime),
+        method!(md_fail, Runtime),
+        method!(md_set_sync_action, Runtime),
+        method!(md_set_sync_speed, Runtime),
+    ],
+    subsystem: None,
+};
 
 /// How long `md_remove` waits for a just-failed member to leave its role (the daemon runs every
 /// few milliseconds; in-flight I/O of the member has to complete first).
@@ -63,15 +81,6 @@ pub(crate) fn md_error(e: MdError) -> RpcError {
 
 fn reg(ctx: &Ctx) -> Arc<MdRegistry> {
     MdRegistry::of(&ctx.registry)
-}
-
-macro_rules! params {
-    ($p:expr, $reply:expr) => {
-        match decode($p) {
-            Ok(p) => p,
-            Err(e) => return $reply(Err(e)),
-        }
-    };
 }
 
 /// Turns on examination of new bdevs: a bdev whose md superblock names an array is claimed and
@@ -134,7 +143,7 @@ struct MemberParams {
 
 /// `md_create {name, level, members, chunk_kb?, layout?, bitmap?, assume_clean?, uuid?}` →
 /// the array bdev's name.
-pub(crate) fn md_create(ctx: &Ctx, params: Option<Value>, reply: Reply) {
+fn md_create(ctx: &Ctx, params: Option<Value>, reply: Reply) {
     let p: CreateParams = params!(params, reply);
     let name = p.name.clone();
     let opts = CreateOpts {
@@ -187,7 +196,7 @@ pub const EXAMINE_WAIT_MS: u64 = 10_000;
 /// exactly those bdevs; without: from every examined bdev whose superblock matches `uuid` (or
 /// `name`). Waits for examinations in flight first, so that an array auto-assembly is about to
 /// start is found running instead of raced (see the module docs).
-pub(crate) fn md_assemble(ctx: &Ctx, params: Option<Value>, reply: Reply) {
+fn md_assemble(ctx: &Ctx, params: Option<Value>, reply: Reply) {
     let p: AssembleParams = params!(params, reply);
     if p.name.is_none() && p.uuid.is_none() && p.members.is_none() {
         return reply(Err(RpcError::invalid_params(
@@ -246,13 +255,13 @@ fn assemble_now(md: Arc<MdRegistry>, p: AssembleParams, reply: Reply) {
 }
 
 /// `md_stop {name}` → true.
-pub(crate) fn md_stop(ctx: &Ctx, params: Option<Value>, reply: Reply) {
+fn md_stop(ctx: &Ctx, params: Option<Value>, reply: Reply) {
     let p: NameParams = params!(params, reply);
     reg(ctx).stop(&p.name, move |r| reply(r.map(|()| json!(true)).map_err(md_error)));
 }
 
 /// `md_get_arrays {name?}` → a list of arrays (what `mdadm --detail` shows).
-pub(crate) fn md_get_arrays(ctx: &Ctx, params: Option<Value>, reply: Reply) {
+fn md_get_arrays(ctx: &Ctx, params: Option<Value>, reply: Reply) {
     let p: GetParams = params!(params, reply);
     let r = reg(ctx)
         .arrays(p.name.as_deref())
@@ -262,7 +271,7 @@ pub(crate) fn md_get_arrays(ctx: &Ctx, params: Option<Value>, reply: Reply) {
 }
 
 /// `md_add {name, bdev}` → true: `mdadm --add` (a spare, or a re-add into the role it held).
-pub(crate) fn md_add(ctx: &Ctx, params: Option<Value>, reply: Reply) {
+fn md_add(ctx: &Ctx, params: Option<Value>, reply: Reply) {
     let p: MemberParams = params!(params, reply);
     reg(ctx).add(&p.name, &p.bdev, move |r| {
         reply(r.map(|()| json!(true)).map_err(md_error))
@@ -270,7 +279,7 @@ pub(crate) fn md_add(ctx: &Ctx, params: Option<Value>, reply: Reply) {
 }
 
 /// `md_fail {name, bdev}` → true: `mdadm --fail`.
-pub(crate) fn md_fail(ctx: &Ctx, params: Option<Value>, reply: Reply) {
+fn md_fail(ctx: &Ctx, params: Option<Value>, reply: Reply) {
     let p: MemberParams = params!(params, reply);
     reply(reg(ctx).fail(&p.name, &p.bdev).map(|()| json!(true)).map_err(md_error))
 }
@@ -308,23 +317,8 @@ pub(crate) fn remove_member(md: Arc<MdRegistry>, name: String, bdev: String, don
     });
 }
 
-/// Runs `attempt` every `period_us` on this core (a timed poller named `name`) until it
-/// returns true. Called on a reactor.
-pub(crate) fn retry_every(name: &'static str, period_us: u64, mut attempt: impl FnMut() -> bool + 'static) {
-    let handle: Rc<RefCell<Option<PollerHandle>>> = Rc::default();
-    let h2 = handle.clone();
-    let h = current().register_timed_poller(name, period_us, move || {
-        if !attempt() {
-            return PollStatus::Idle;
-        }
-        h2.borrow_mut().take();
-        PollStatus::Busy
-    });
-    *handle.borrow_mut() = Some(h);
-}
-
 /// `md_remove {name, bdev}` → true: `mdadm --remove` of a spare or faulty member.
-pub(crate) fn md_remove(ctx: &Ctx, params: Option<Value>, reply: Reply) {
+fn md_remove(ctx: &Ctx, params: Option<Value>, reply: Reply) {
     let p: MemberParams = params!(params, reply);
     remove_member(reg(ctx), p.name, p.bdev, reply);
 }
@@ -337,7 +331,7 @@ struct SyncActionParams {
 }
 
 /// `md_set_sync_action {name, action}` → true: writing md's `sync_action`.
-pub(crate) fn md_set_sync_action(ctx: &Ctx, params: Option<Value>, reply: Reply) {
+fn md_set_sync_action(ctx: &Ctx, params: Option<Value>, reply: Reply) {
     let p: SyncActionParams = params!(params, reply);
     reply(
         reg(ctx)
@@ -358,7 +352,7 @@ struct SyncSpeedParams {
 }
 
 /// `md_set_sync_speed {name, min_kbs?, max_kbs?}` → true: md's `sync_speed_min`/`_max` (KiB/s).
-pub(crate) fn md_set_sync_speed(ctx: &Ctx, params: Option<Value>, reply: Reply) {
+fn md_set_sync_speed(ctx: &Ctx, params: Option<Value>, reply: Reply) {
     let p: SyncSpeedParams = params!(params, reply);
     if p.min_kbs.is_none() && p.max_kbs.is_none() {
         return reply(Err(RpcError::invalid_params(
@@ -416,7 +410,7 @@ pub fn examine_json(bdev: &str, x: &Examine) -> Value {
 }
 
 /// `md_examine {bdev}` → mdadm --examine's facts for one member bdev.
-pub(crate) fn md_examine(ctx: &Ctx, params: Option<Value>, reply: Reply) {
+fn md_examine(ctx: &Ctx, params: Option<Value>, reply: Reply) {
     let p: ExamineParams = params!(params, reply);
     let name = p.bdev.clone();
     examine(&ctx.registry, &p.bdev, move |r| {

@@ -41,29 +41,29 @@ use std::sync::Arc;
 use keel_bdev::BdevRegistry;
 use keel_md::superblock::V1_2_SUPER_OFFSET_SECTORS;
 use keel_md::{ArrayInfo, CreateOpts, MdRegistry};
-use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
+use crate::context::{Ctx, Reply};
+use crate::decode::params;
+use crate::error::{RpcError, INTERNAL_ERROR, PARSE_ERROR};
 use crate::md_methods::{md_error, remove_member};
-use crate::methods::decode;
-use crate::{Ctx, Reply, RpcError, INTERNAL_ERROR, PARSE_ERROR};
+use crate::table::{method, Table};
+
+/// SPDK's raid methods, served by md.
+pub(crate) static TABLE: Table = Table {
+    methods: &[
+        method!(bdev_raid_create, Runtime),
+        method!(bdev_raid_delete, Runtime),
+        method!(bdev_raid_get_bdevs, Runtime),
+        method!(bdev_raid_add_base_bdev, Runtime),
+        method!(bdev_raid_remove_base_bdev, Runtime),
+    ],
+    subsystem: None,
+};
 
 /// The uuid SPDK shows for an empty base bdev slot.
 const ZERO_UUID: &str = "00000000-0000-0000-0000-000000000000";
-
-fn decode_with<T: DeserializeOwned>(params: Option<Value>, code: i32) -> Result<T, RpcError> {
-    decode(params).map_err(|e| RpcError::new(code, format!("spdk_json_decode_object failed: {}", e.message)))
-}
-
-macro_rules! params {
-    ($p:expr, $code:expr, $reply:expr) => {
-        match decode_with($p, $code) {
-            Ok(p) => p,
-            Err(e) => return $reply(Err(e)),
-        }
-    };
-}
 
 /// SPDK's name of an md level, for the levels SPDK has.
 fn spdk_level(md_level: &str) -> Option<&'static str> {
@@ -206,7 +206,7 @@ struct GetBdevs {
 }
 
 /// `bdev_raid_get_bdevs {category}` → array of raid objects.
-pub(crate) fn bdev_raid_get_bdevs(ctx: &Ctx, params: Option<Value>, reply: Reply) {
+fn bdev_raid_get_bdevs(ctx: &Ctx, params: Option<Value>, reply: Reply) {
     let p: GetBdevs = params!(params, PARSE_ERROR, reply);
     let want = match p.category.as_str() {
         "all" => None,
@@ -294,7 +294,7 @@ fn create_opts(p: RaidCreate) -> Result<CreateOpts, RpcError> {
 }
 
 /// `bdev_raid_create {name, raid_level, base_bdevs, strip_size_kb?, uuid?, superblock?}` → true.
-pub(crate) fn bdev_raid_create(ctx: &Ctx, params: Option<Value>, reply: Reply) {
+fn bdev_raid_create(ctx: &Ctx, params: Option<Value>, reply: Reply) {
     let p: RaidCreate = params!(params, PARSE_ERROR, reply);
     let name = p.name.clone();
     let opts = match create_opts(p) {
@@ -373,7 +373,7 @@ fn clear_superblocks(reg: &BdevRegistry, members: Vec<String>, done: Box<dyn FnO
 
 /// `bdev_raid_delete {name, clear_sb?}` → true: `md_stop` (and zeroed superblocks with
 /// `clear_sb`).
-pub(crate) fn bdev_raid_delete(ctx: &Ctx, params: Option<Value>, reply: Reply) {
+fn bdev_raid_delete(ctx: &Ctx, params: Option<Value>, reply: Reply) {
     let p: RaidDelete = params!(params, PARSE_ERROR, reply);
     let Some(a) = raid_array(ctx, &p.name) else {
         return reply(Err(RpcError::from_errno(
@@ -403,7 +403,7 @@ struct AddBase {
 }
 
 /// `bdev_raid_add_base_bdev {raid_bdev, base_bdev}` → true: `md_add`.
-pub(crate) fn bdev_raid_add_base_bdev(ctx: &Ctx, params: Option<Value>, reply: Reply) {
+fn bdev_raid_add_base_bdev(ctx: &Ctx, params: Option<Value>, reply: Reply) {
     let p: AddBase = params!(params, INTERNAL_ERROR, reply);
     if raid_array(ctx, &p.raid_bdev).is_none() {
         return reply(Err(RpcError::from_errno(
@@ -427,7 +427,7 @@ struct RemoveBase {
 
 /// `bdev_raid_remove_base_bdev {name}` (the base bdev) → true: `md_fail` (when active) and
 /// `md_remove` on the array holding it.
-pub(crate) fn bdev_raid_remove_base_bdev(ctx: &Ctx, params: Option<Value>, reply: Reply) {
+fn bdev_raid_remove_base_bdev(ctx: &Ctx, params: Option<Value>, reply: Reply) {
     let p: RemoveBase = params!(params, PARSE_ERROR, reply);
     let md = md(ctx);
     let arrays = md.arrays(None).unwrap_or_default();
@@ -462,6 +462,7 @@ pub(crate) fn bdev_raid_remove_base_bdev(ctx: &Ctx, params: Option<Value>, reply
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::decode::decode_with;
 
     fn req(level: &str, strip: Option<u32>, base: Value) -> Result<CreateOpts, RpcError> {
         let mut p = json!({"name": "r", "raid_level": level, "base_bdevs": base, "superblock": false});

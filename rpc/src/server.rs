@@ -25,8 +25,8 @@ use std::time::Duration;
 
 use serde_json::Value;
 
+use crate::error::{RpcError, INTERNAL_ERROR, INVALID_REQUEST};
 use crate::jsonrpc::{encode, parse_request, response, Frame, Framer, Request};
-use crate::{RpcError, INVALID_REQUEST};
 
 /// SPDK's limit of simultaneous connections; more are accepted and closed at once.
 pub const MAX_CONNECTIONS: usize = 64;
@@ -237,7 +237,7 @@ fn call(req: Request, dispatch: &Dispatch) -> Option<Value> {
     dispatch(req, Box::new(move |r| drop(tx.send(r))));
     let result = rx.recv().unwrap_or_else(|_| {
         Err(RpcError::new(
-            crate::INTERNAL_ERROR,
+            INTERNAL_ERROR,
             "Internal error: handler dropped the call",
         ))
     });
