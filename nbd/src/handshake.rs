@@ -23,6 +23,11 @@
 //! ([`Outcome::OutputFull`]), so a client that pipelines options without reading replies cannot
 //! make the server buffer without bound.
 //!
+//! Keel never insists on its block sizes (`ERR_BLOCK_SIZE_REQD` would lock out the kernel
+//! client, which sends `GO` without `INFO_BLOCK_SIZE`): `INFO_BLOCK_SIZE` is sent to every
+//! `INFO`/`GO`, the [`Session`] records whether the client asked for it, and requests outside
+//! the sizes are refused cleanly in transmission.
+//!
 //! Every malformed option gets the error reply the protocol names (`ERR_INVALID` for bad
 //! lengths and syntax, `ERR_UNSUP` for unknown options, `ERR_UNKNOWN` for unknown exports, …)
 //! and negotiation continues; only what the protocol says cannot be answered (bad magic,
@@ -488,6 +493,7 @@ impl<C: ExportCatalog> Handshake<C> {
         } else if !data.is_empty() {
             reply_error(out, option, REP_ERR_INVALID, "EXTENDED_HEADERS takes no data");
         } else {
+            // A repeat is acknowledged again, like a repeated STRUCTURED_REPLY.
             self.neg.extended = true;
             reply(out, option, REP_ACK, &[]);
         }
