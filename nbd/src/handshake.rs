@@ -8,7 +8,7 @@
 //! buffer. The machine never reads or writes a socket, never blocks and never spawns anything,
 //! so it runs on the connection's reactor between two polls and is tested by feeding bytes.
 //!
-//! The input side is a framing loop over one state enum ([`Expect`]): each state names the next
+//! The input side is a framing loop over one state enum (`Expect`): each state names the next
 //! message (client flags: 4 bytes; an option header: 16 bytes; an option's data: the length the
 //! header announced). Bytes are gathered in one internal buffer until the message is complete,
 //! then one apply step handles it — writes the replies, updates the negotiated state and names

@@ -268,7 +268,8 @@ pub enum Decoded {
         /// Bytes still missing.
         need_bytes: usize,
     },
-    /// A valid request; its header (`header_len()` bytes) is consumed, `payload_bytes` follow.
+    /// A valid request: drop the header ([`RequestDecoder::header_len`] bytes) from the receive
+    /// buffer; its `payload_bytes` follow.
     Request(Request),
     /// An invalid request: drop `discard_bytes` after the header, answer with the errno,
     /// keep serving.

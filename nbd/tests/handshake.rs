@@ -567,10 +567,7 @@ fn meta_context_queries() {
         [base.clone(), ack.clone()],
         "listed once"
     );
-    assert_eq!(
-        list(&["base:nothing", "x-foo:bar", "qemu:dirty-bitmap:a"]),
-        [ack.clone()]
-    );
+    assert_eq!(list(&["base:nothing", "x-foo:bar", "qemu:dirty-bitmap:a"]), [ack]);
     assert_eq!(list(&["nocolon"])[0].0, REP_ERR_INVALID);
 
     let set = |queries: &[&str], go: &str| {

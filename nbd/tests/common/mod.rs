@@ -10,7 +10,7 @@ use keel_nbd::{BlockSizes, Capabilities, ExportInfo, Fed, Handshake, HandshakeCo
 /// prints them, field by field).
 pub fn hex(text: &str) -> Vec<u8> {
     let digits: Vec<u8> = text.bytes().filter(|b| !b.is_ascii_whitespace()).collect();
-    assert!(digits.len() % 2 == 0, "odd hex: {text}");
+    assert!(digits.len().is_multiple_of(2), "odd hex: {text}");
     digits
         .chunks(2)
         .map(|p| u8::from_str_radix(std::str::from_utf8(p).unwrap(), 16).unwrap())
