@@ -29,12 +29,14 @@
 //! - [`tcp`]: NVMe/TCP PDUs, their encoders and the incremental receive parser.
 //! - [`digest`]: CRC32C for the NVMe/TCP header and data digests.
 //! - [`nqn`]: NVMe Qualified Names and the fixed-size text fields that carry them.
+//! - [`fuzz`]: the entry point shared by the fuzz target and the corpus replay test.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
 pub mod cqe;
 pub mod digest;
 mod error;
+pub mod fuzz;
 pub mod identify;
 pub mod log;
 pub mod nqn;
