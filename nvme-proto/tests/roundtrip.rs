@@ -23,6 +23,7 @@ use keel_nvme_proto::tcp::{
     C2HData, CapsuleCmd, CapsuleResp, Event, Fes, H2CData, IcReq, IcResp, Limits, PduHeader, PduParser, Role,
     SessionParams, TermReq, R2T,
 };
+use keel_nvme_proto::ProtoError;
 use proptest::prelude::*;
 
 fn page(len: usize) -> impl Strategy<Value = Vec<u8>> {
@@ -362,12 +363,11 @@ fn pdu() -> impl Strategy<Value = (PduHeader, u32)> {
     ]
 }
 
-/// Feeds `bytes` in pieces of `step` and returns (header, data, digest result) per PDU.
-fn parse_all(
-    parser: &mut PduParser,
-    bytes: &[u8],
-    step: usize,
-) -> Result<Vec<(PduHeader, Vec<u8>, Result<(), keel_nvme_proto::ProtoError>)>, keel_nvme_proto::ProtoError> {
+/// One received PDU: header, data, data digest verdict.
+type Received = (PduHeader, Vec<u8>, Result<(), ProtoError>);
+
+/// Feeds `bytes` in pieces of `step` and returns what each PDU brought.
+fn parse_all(parser: &mut PduParser, bytes: &[u8], step: usize) -> Result<Vec<Received>, ProtoError> {
     let mut out = Vec::new();
     let mut cur = None;
     for piece in bytes.chunks(step.max(1)) {
