@@ -22,6 +22,9 @@ use crate::{Expected, ProtoError};
 /// Encoded length of a completion queue entry.
 pub const CQE_LEN: usize = 16;
 
+// The completion entry is 16 bytes (nvme-tcp.md §8); `to_bytes` returns exactly that array.
+const _: () = assert!(CQE_LEN == 4 * 4);
+
 /// Status Code Type: which table an [`StatusCode::sc`] value is from. Three bits on the wire.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Sct(pub u8);

@@ -24,6 +24,11 @@ pub const ACTIVE_NS_LIST_SLOTS: usize = 1024;
 /// LBA format slots of Identify Namespace.
 pub const LBA_FORMATS: usize = 64;
 
+// Every Identify structure is 4096 bytes; the active list fills it with 1024 NSIDs, and the LBA
+// format table (128 + 64 × 4) ends well inside it.
+const _: () = assert!(IDENTIFY_LEN == 4096 && ACTIVE_NS_LIST_SLOTS * 4 == IDENTIFY_LEN);
+const _: () = assert!(128 + LBA_FORMATS * 4 <= IDENTIFY_LEN);
+
 /// Controller or Namespace Structure selector of Identify (CDW10 7:0).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Cns(pub u8);

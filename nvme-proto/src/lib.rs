@@ -8,9 +8,10 @@
 //!
 //! # Conventions
 //! - Every multi-byte field is explicitly little-endian (`from_le_bytes` / `to_le_bytes`); no
-//!   structure is transmuted or cast from memory. Field offsets are compile-time checked against
-//!   the structure's length (see the private `wire` module), and every fixed structure has a
-//!   `const` length with a const assertion that its encoder fills exactly that many bytes.
+//!   structure is transmuted or cast from memory. Every fixed structure has a `const` length
+//!   (`SQE_LEN`, `IDENTIFY_LEN`, …) tied to the spec's size by a const assertion; encoders and
+//!   decoders work on a `[u8; LEN]` view, and each field offset is checked against that length
+//!   at compile time (the private `wire` module), so no field can land outside its structure.
 //! - Decoders take `&[u8]` and return a typed value or a [`ProtoError`] naming the structure,
 //!   the field, its byte offset, what was expected and what was found. No input makes them panic;
 //!   property tests and a fuzz target (`fuzz/fuzz_targets/nvme_tcp_pdu.rs`) hold them to it.

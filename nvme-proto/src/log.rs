@@ -48,6 +48,11 @@ pub const CHANGED_NS_LIST_SLOTS: usize = 1024;
 /// Length of the discovery log header, and of each discovery log entry.
 pub const DISCOVERY_RECORD_LEN: usize = 1024;
 
+// Page sizes from nvme-tcp.md §10.5 and §11.
+const _: () = assert!(ERROR_ENTRY_LEN == 64 && SMART_LEN == 512);
+const _: () = assert!(CHANGED_NS_LIST_SLOTS * 4 == CHANGED_NS_LIST_LEN && CHANGED_NS_LIST_LEN == 4096);
+const _: () = assert!(DISCOVERY_RECORD_LEN == 1024);
+
 /// One error information log entry (LID 01h). Kept by the target per controller, read by hosts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct ErrorInfoEntry {

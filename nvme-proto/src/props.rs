@@ -126,6 +126,11 @@ pub const NSSR_RESET_VALUE: u32 = 0x4E56_4D65;
 /// Offset of the first doorbell in BAR0.
 pub const DOORBELL_BASE: u32 = 0x1000;
 
+// The admin queue registers end where CMBLOC begins (0x38), and doorbells start at 0x1000
+// (nvme-pcie.md §2).
+const _: () = assert!(Property::Acq.offset() + Property::Acq.size().bytes() == 0x38);
+const _: () = assert!(sq_tail_doorbell(0, 0) == DOORBELL_BASE && cq_head_doorbell(0, 0) == DOORBELL_BASE + 4);
+
 /// BAR0 offset of submission queue `qid`'s tail doorbell, with CAP.DSTRD `dstrd`.
 pub const fn sq_tail_doorbell(qid: u16, dstrd: u8) -> u32 {
     DOORBELL_BASE + (2 * qid as u32) * (4 << (dstrd & 0xF))

@@ -39,6 +39,13 @@ pub const DSM_RANGE_LEN: usize = 16;
 /// Most ranges one Dataset Management command carries (NR is 8 bits, zero-based).
 pub const DSM_MAX_RANGES: usize = 256;
 
+// Fixed sizes from nvme-tcp.md §8, §9.1 and §12: a 64-byte entry of sixteen dwords whose DPTR is
+// one 16-byte SGL descriptor, 1024 bytes of Connect data holding two NQN fields, and a DSM payload
+// of at most 256 sixteen-byte ranges (Linux always sends 4096 bytes).
+const _: () = assert!(SQE_LEN == 16 * 4 && SGL_DESCRIPTOR_LEN == 16);
+const _: () = assert!(CONNECT_DATA_LEN == 1024 && 512 + NQN_FIELD_LEN <= CONNECT_DATA_LEN);
+const _: () = assert!(DSM_MAX_RANGES * DSM_RANGE_LEN == 4096);
+
 /// Opcodes of the admin command set (valid on queue 0).
 pub mod admin_opcode {
     /// Delete I/O Submission Queue.
@@ -1524,8 +1531,6 @@ impl DsmRange {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    const _: () = assert!(SQE_LEN == 64 && SGL_DESCRIPTOR_LEN == 16 && CONNECT_DATA_LEN == 1024);
 
     #[test]
     fn layout_of_every_field() {

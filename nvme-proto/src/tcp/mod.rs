@@ -65,6 +65,14 @@ pub const IO_PORT: u16 = 4420;
 /// The NVMe/TCP discovery port.
 pub const DISCOVERY_PORT: u16 = 8009;
 
+// Header sizes from nvme-tcp.md §2–3: the common header plus the SQE (CapsuleCmd) or CQE
+// (CapsuleResp) is the whole header; a termination request is 24 bytes plus at most 128; PDO is
+// a byte, so the largest header region (HLEN + digest + pad to 128-byte alignment) must fit it.
+const _: () = assert!(COMMON_HEADER_LEN + crate::sqe::SQE_LEN == CAPSULE_CMD_HLEN);
+const _: () = assert!(COMMON_HEADER_LEN + crate::cqe::CQE_LEN == SHORT_HLEN);
+const _: () = assert!(SHORT_HLEN as u32 + TERM_REQ_MAX_DATA as u32 == TERM_REQ_MAX_PLEN);
+const _: () = assert!((CAPSULE_CMD_HLEN + DIGEST_LEN).div_ceil(128) * 128 <= u8::MAX as usize);
+
 /// Common header flag bit 0: a header digest follows the header.
 pub const FLAG_HDGSTF: u8 = 0x01;
 /// Common header flag bit 1: a data digest follows the data.

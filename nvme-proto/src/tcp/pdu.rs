@@ -6,17 +6,14 @@
 //! a `PduHeader`. The flags that carry meaning (LAST_PDU, SUCCESS) are fields of the data PDUs.
 
 use super::{
-    Fes, PduType, SessionParams, CAPSULE_CMD_HLEN, COMMON_HEADER_LEN, DIGEST_LEN, FLAG_DDGSTF, FLAG_HDGSTF,
-    FLAG_LAST_PDU, FLAG_SUCCESS, IC_LEN, MAX_PDA, MIN_MAXH2CDATA, SHORT_HLEN, TERM_REQ_MAX_DATA,
+    Fes, PduType, SessionParams, CAPSULE_CMD_HLEN, DIGEST_LEN, FLAG_DDGSTF, FLAG_HDGSTF, FLAG_LAST_PDU, FLAG_SUCCESS,
+    IC_LEN, MAX_PDA, MIN_MAXH2CDATA, SHORT_HLEN, TERM_REQ_MAX_DATA,
 };
 use crate::cqe::{Cqe, CQE_LEN};
 use crate::digest::{crc32c, Crc32c};
 use crate::sqe::{Sqe, SQE_LEN};
 use crate::wire::{array, get_bytes, get_u16, get_u32, get_u8, put_bytes, put_u16, put_u32, put_u8};
 use crate::{Expected, ProtoError};
-
-const _: () = assert!(COMMON_HEADER_LEN + SQE_LEN == CAPSULE_CMD_HLEN);
-const _: () = assert!(COMMON_HEADER_LEN + CQE_LEN == SHORT_HLEN);
 
 /// ICReq: the host's connection initialisation request (HLEN = PLEN = 128).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
