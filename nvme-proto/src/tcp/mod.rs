@@ -17,8 +17,8 @@
 //! header digest checked), then zero or more `Data` chunks borrowed from the caller's input,
 //! then `End` (after the data digest was checked). The parser keeps only the header bytes
 //! (at most 255, in a fixed array) and a running CRC: it never allocates and never copies data,
-//! so a qpair can receive data straight into a bdev buffer and feed that same slice back. See the
-//! parser's module for the exact contract.
+//! so a qpair can receive data straight into a bdev buffer and feed that same slice back.
+//! [`PduParser`] documents the exact contract.
 //!
 //! # Sending: [`PduHeader::encode_header`]
 //! The encoder writes the common header, the PDU-specific header, the header digest and any pad

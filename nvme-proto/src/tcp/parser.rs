@@ -1,42 +1,6 @@
 //! The incremental NVMe/TCP receive parser.
 //!
-//! A qpair owns one [`PduParser`] for its connection's receive direction, on the reactor that
-//! polls the socket. Bytes arrive in arbitrary pieces; the parser is a state machine over the
-//! PDU's parts, and each [`PduParser::feed`] call advances it over a prefix of the input:
-//!
-//! ```text
-//! Header ──(8 bytes: common header validated)──(HLEN [+HDGST] [+PAD] bytes: digest checked)──▶ Event::Header
-//!   │                                                                                            │
-//!   │        ┌────────────────────── data_len > 0 ────────────────────────────────────────────────┘
-//!   │        ▼
-//!   │      Data ──▶ Event::Data { offset, bytes } (bytes borrowed from the input, as many calls as it takes)
-//!   │        │
-//!   │        ▼ (if DDGSTF) Digest: 4 bytes, compared with the running CRC32C
-//!   │        ▼
-//!   └──── End ──▶ Event::End { data_digest }  ──▶ back to Header for the next PDU
-//! ```
-//!
-//! The contract of `feed(input) -> Ok((consumed, event))`: the parser consumed `input[..consumed]`;
-//! if `event` is `None` it consumed all of `input` and needs more bytes; otherwise the caller
-//! handles the event and calls again with `input[consumed..]` (possibly empty: `End` can follow
-//! `Data` without further input). Every PDU yields exactly one `Header` and one `End`.
-//!
-//! Validation follows the order of the header's fields, so the first bad field is the one
-//! reported (type and direction, then flags including the digest flags the session requires,
-//! HLEN, PDO against the data alignment, PLEN and the data limits; then the PDU-specific fields
-//! and the header digest). Any such error is fatal: the parser keeps returning it, and
-//! [`crate::ProtoError::fatal_error`] gives the termination request to send with
-//! [`PduParser::header_bytes`] as its data. A data digest mismatch is not fatal: the PDU was
-//! consumed whole, `End` reports the mismatch and parsing goes on.
-//!
-//! The handshake: a parser made with [`PduParser::new`] accepts only the handshake PDU of its
-//! direction (or a termination request) first; once it has delivered that PDU's `End`, the owner
-//! calls [`PduParser::set_session`] with the negotiated parameters before feeding more bytes
-//! (calling it in the middle of a PDU defers it to the next PDU boundary). A second handshake
-//! PDU is a sequence error.
-//!
-//! Memory: the header bytes (at most PDO ≤ 255) live in a fixed array inside the parser; data is
-//! never copied. Nothing allocates.
+//! The design and the `feed` contract are documented on [`PduParser`].
 
 use super::pdu::PduHeader;
 use super::{
@@ -120,8 +84,68 @@ enum State {
     Failed(ProtoError),
 }
 
-/// Incremental receive parser for one NVMe/TCP connection. Owned by the qpair, used on its
-/// reactor only; no allocation after construction.
+/// A qpair owns one [`PduParser`] for its connection's receive direction, on the reactor that
+/// polls the socket. Bytes arrive in arbitrary pieces; the parser is a state machine over the
+/// PDU's parts, and each [`PduParser::feed`] call advances it over a prefix of the input:
+///
+/// ```text
+/// Header ──(8 bytes: common header validated)──(HLEN [+HDGST] [+PAD] bytes: digest checked)──▶ Event::Header
+///   │                                                                                            │
+///   │        ┌────────────────────── data_len > 0 ────────────────────────────────────────────────┘
+///   │        ▼
+///   │      Data ──▶ Event::Data { offset, bytes } (bytes borrowed from the input, as many calls as it takes)
+///   │        │
+///   │        ▼ (if DDGSTF) Digest: 4 bytes, compared with the running CRC32C
+///   │        ▼
+///   └──── End ──▶ Event::End { data_digest }  ──▶ back to Header for the next PDU
+/// ```
+///
+/// The contract of `feed(input) -> Ok((consumed, event))`: the parser consumed `input[..consumed]`;
+/// if `event` is `None` it consumed all of `input` and needs more bytes; otherwise the caller
+/// handles the event and calls again with `input[consumed..]` (possibly empty: `End` can follow
+/// `Data` without further input). Every PDU yields exactly one `Header` and one `End`.
+///
+/// Validation follows the order of the header's fields, so the first bad field is the one
+/// reported (type and direction, then flags including the digest flags the session requires,
+/// HLEN, PDO against the data alignment, PLEN and the data limits; then the PDU-specific fields
+/// and the header digest). Any such error is fatal: the parser keeps returning it, and
+/// [`crate::ProtoError::fatal_error`] gives the termination request to send with
+/// [`PduParser::header_bytes`] as its data. A data digest mismatch is not fatal: the PDU was
+/// consumed whole, `End` reports the mismatch and parsing goes on.
+///
+/// The handshake: a parser made with [`PduParser::new`] accepts only the handshake PDU of its
+/// direction (or a termination request) first; once it has delivered that PDU's `End`, the owner
+/// calls [`PduParser::set_session`] with the negotiated parameters before feeding more bytes
+/// (calling it in the middle of a PDU defers it to the next PDU boundary). A second handshake
+/// PDU is a sequence error.
+///
+/// Memory: the header bytes (at most PDO ≤ 255) live in a fixed array inside the parser; data is
+/// never copied. Nothing allocates.
+///
+/// # Example
+/// A controller-side receive loop (the socket read is simulated by slicing a buffer):
+/// ```
+/// use keel_nvme_proto::tcp::{Event, IcReq, Limits, PduHeader, PduParser, Role, SessionParams};
+///
+/// let mut wire = [0u8; 128];
+/// let icreq = PduHeader::IcReq(IcReq::default());
+/// icreq.encode_pdu(&[], &SessionParams::INITIAL, &mut wire).unwrap();
+///
+/// let mut parser = PduParser::new(Role::Controller, Limits::NONE);
+/// for read in wire.chunks(50) {
+///     let mut rest = read;
+///     while let (used, Some(event)) = parser.feed(rest).unwrap() {
+///         rest = &rest[used..];
+///         match event {
+///             Event::Header { pdu, .. } => assert_eq!(pdu, icreq),
+///             Event::Data { .. } => {}
+///             // The handshake is done: answer ICResp, then switch the parser to the session.
+///             Event::End { .. } => parser.set_session(SessionParams::INITIAL),
+///         }
+///     }
+/// }
+/// assert!(parser.at_boundary());
+/// ```
 #[derive(Debug, Clone)]
 pub struct PduParser {
     role: Role,
