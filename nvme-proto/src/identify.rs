@@ -328,12 +328,17 @@ impl IdentifyController {
         (self.ioccsz as u64 * 16).saturating_sub(64)
     }
 
-    /// Largest transfer in bytes given the minimum page size, or `None` for no limit (MDTS 0).
+    /// Largest transfer in bytes given the minimum page size, or `None` for no limit (MDTS 0);
+    /// saturates at `u64::MAX`.
     pub fn max_transfer_bytes(&self, min_page_bytes: u64) -> Option<u64> {
         if self.mdts == 0 {
             return None;
         }
-        Some(min_page_bytes.checked_shl(u32::from(self.mdts)).unwrap_or(u64::MAX))
+        Some(
+            1u64.checked_shl(u32::from(self.mdts))
+                .and_then(|pages| min_page_bytes.checked_mul(pages))
+                .unwrap_or(u64::MAX),
+        )
     }
 }
 
@@ -788,6 +793,11 @@ mod tests {
         assert_eq!(back, c);
         assert_eq!(back.in_capsule_data_bytes(), 8192);
         assert_eq!(back.max_transfer_bytes(4096), Some(128 * 1024));
+        assert_eq!(
+            IdentifyController { mdts: 60, ..c }.max_transfer_bytes(4096),
+            Some(u64::MAX)
+        );
+        assert_eq!(IdentifyController { mdts: 0, ..c }.max_transfer_bytes(4096), None);
         assert_eq!(back.sn.as_str(), Some("KEEL0001"));
         assert!(IdentifyController::decode(&page[..4095]).is_err());
     }

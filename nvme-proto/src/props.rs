@@ -129,16 +129,19 @@ pub const DOORBELL_BASE: u32 = 0x1000;
 // The admin queue registers end where CMBLOC begins (0x38), and doorbells start at 0x1000
 // (nvme-pcie.md §2).
 const _: () = assert!(Property::Acq.offset() + Property::Acq.size().bytes() == 0x38);
-const _: () = assert!(sq_tail_doorbell(0, 0) == DOORBELL_BASE && cq_head_doorbell(0, 0) == DOORBELL_BASE + 4);
+const _: () =
+    assert!(sq_tail_doorbell(0, 0) == DOORBELL_BASE as u64 && cq_head_doorbell(0, 0) == DOORBELL_BASE as u64 + 4);
 
-/// BAR0 offset of submission queue `qid`'s tail doorbell, with CAP.DSTRD `dstrd`.
-pub const fn sq_tail_doorbell(qid: u16, dstrd: u8) -> u32 {
-    DOORBELL_BASE + (2 * qid as u32) * (4 << (dstrd & 0xF))
+/// BAR0 offset of submission queue `qid`'s tail doorbell, with CAP.DSTRD `dstrd` (64-bit: the
+/// largest queue id with the largest stride is past 4 GiB). Called by the PCIe driver when it
+/// creates a queue pair.
+pub const fn sq_tail_doorbell(qid: u16, dstrd: u8) -> u64 {
+    DOORBELL_BASE as u64 + (2 * qid as u64) * (4u64 << (dstrd & 0xF))
 }
 
 /// BAR0 offset of completion queue `qid`'s head doorbell, with CAP.DSTRD `dstrd`.
-pub const fn cq_head_doorbell(qid: u16, dstrd: u8) -> u32 {
-    DOORBELL_BASE + (2 * qid as u32 + 1) * (4 << (dstrd & 0xF))
+pub const fn cq_head_doorbell(qid: u16, dstrd: u8) -> u64 {
+    DOORBELL_BASE as u64 + (2 * qid as u64 + 1) * (4u64 << (dstrd & 0xF))
 }
 
 const fn field64(v: u64, lo: u32, width: u32) -> u64 {
@@ -549,6 +552,7 @@ mod tests {
         assert_eq!((sq_tail_doorbell(0, 0), cq_head_doorbell(0, 0)), (0x1000, 0x1004));
         assert_eq!((sq_tail_doorbell(1, 0), cq_head_doorbell(1, 0)), (0x1008, 0x100C));
         assert_eq!(cq_head_doorbell(1, 1), 0x1000 + 3 * 8);
+        assert_eq!(cq_head_doorbell(u16::MAX, 15), 0x1000 + (2 * 65535 + 1) * (4 << 15));
         assert!(check_queue_base(Property::Asq, 0x20_0000).is_ok());
         assert!(check_queue_base(Property::Acq, 0x20_0010).is_err());
     }
