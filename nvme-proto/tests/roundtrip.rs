@@ -17,7 +17,7 @@ use keel_nvme_proto::log::{
     DiscoveryLogHeader, ErrorInfoEntry, LogPageId, SmartLog,
 };
 use keel_nvme_proto::nqn::{self, NqnField};
-use keel_nvme_proto::props::{Aqa, Cap, Cc, Csts, PropertySize, Vs};
+use keel_nvme_proto::props::{cq_head_doorbell, sq_tail_doorbell, Aqa, Cap, Cc, Csts, PropertySize, Vs};
 use keel_nvme_proto::sqe::*;
 use keel_nvme_proto::tcp::{
     C2HData, CapsuleCmd, CapsuleResp, Event, Fes, H2CData, IcReq, IcResp, Limits, PduHeader, PduParser, Role,
@@ -447,6 +447,7 @@ proptest! {
     #[test]
     fn identify_controller_round_trip(b in page(4096)) {
         let c = IdentifyController::decode(&b).unwrap();
+        let _ = (c.in_capsule_data_bytes(), c.max_transfer_bytes(1 << (b[0] % 64)));
         let mut out = vec![0u8; 4096];
         c.encode(&mut out).unwrap();
         prop_assert_eq!(IdentifyController::decode(&out), Ok(c));
@@ -455,6 +456,7 @@ proptest! {
     #[test]
     fn identify_namespace_round_trip(b in page(4096)) {
         let n = IdentifyNamespace::decode(&b).unwrap();
+        let _ = n.block_size_bytes();
         let mut out = vec![0u8; 4096];
         n.encode(&mut out).unwrap();
         prop_assert_eq!(IdentifyNamespace::decode(&out), Ok(n));
@@ -525,6 +527,10 @@ proptest! {
         prop_assert_eq!(csts.to_bits(), v as u32 & 0x3F);
         prop_assert_eq!(Vs::from_bits(v as u32).to_bits(), v as u32);
         prop_assert_eq!(Aqa::from_bits(v as u32).to_bits(), v as u32 & 0x0FFF_0FFF);
+        // The arithmetic helpers are total (tests run with overflow checks).
+        let _ = (cap.doorbell_stride_bytes(), cap.timeout_ms());
+        let (qid, dstrd) = (v as u16, (v >> 16) as u8);
+        prop_assert!(sq_tail_doorbell(qid, dstrd) < cq_head_doorbell(qid, dstrd));
     }
 
     #[test]
