@@ -1,25 +1,28 @@
-//! save_config for mapped devices: the calls that rebuild them, in dependency order.
+//! dm's part of save_config: the calls that rebuild the mapped devices, as module-level entries
+//! of the bdev registry's save_config plan ([`keel_bdev::BdevModule::config`]).
 //!
-//! The RPC crate saves mapped devices in a `"dm"` subsystem that comes after `"bdev"`. Inside it
-//! every device becomes `dm_create {name, table, readonly, uuid, bdev_uuid, minor}` (the live table),
-//! then `dm_load {name, table, readonly}` for a staged table and `dm_suspend {name}` for a
-//! suspended device, ordered so that whatever a device's tables name exists before it: a device
-//! over another device comes after it even when a later reload made the older device depend on
-//! the newer one (a topological order over the tables' dependencies, ties broken by bdev
-//! registration order).
+//! Mapped devices are saved in the `"dm"` subsystem ([`crate::SUBSYSTEM`], after `"bdev"`).
+//! Every device becomes `dm_create {name, table, readonly, uuid, bdev_uuid, minor}` (its live
+//! table), then `dm_load {name, table, readonly}` for a staged table, and `dm_suspend {name}`
+//! for a suspended device. Each entry says what it needs (the bdevs its table names) and what it
+//! provides (the device's bdev); the registry's planner places everything else around them:
+//! a passthru over a mapped device goes into `"dm"` after that device, a malloc registered later
+//! stays in `"bdev"` (see `keel_bdev`'s `module.rs`).
 //!
-//! Non-dm bdevs stacked **on** a mapped device (a passthru over a dm device) cannot be created in
-//! the `"bdev"` subsystem, which loads first. Bdevs have no generic way to name their bases, so
-//! the rule is conservative: once a dm device is claimed by another module, every non-dm bdev
-//! registered after it is **deferred** — left out of `"bdev"` ([`ConfigPlan::deferred_bdevs`]) and
-//! emitted in `"dm"` as a [`ConfigStep::Bdev`] after every dm device registered before it.
+//! What stays here is the order among dm's own entries, which the planner keeps as given: a
+//! device comes after every device its tables stand on, directly or through bdevs of other
+//! modules (a table naming a passthru over another device) — even when a later reload made an
+//! older device depend on a newer one (a topological order, ties broken by bdev registration
+//! order, devices without a bdev last in creation order); a staged table comes right after its
+//! device's create and after what it names; suspends close the subsystem
+//! ([`ConfigEntry::last`]): nothing may do I/O to a suspended device after it.
 
 use serde_json::{json, Map as JsonMap, Value};
 use uuid::Uuid;
 
-use keel_bdev::BdevRegistry;
+use keel_bdev::{BdevRegistry, ConfigCall, ConfigEntry};
 
-use crate::device::{DmRegistry, MODULE};
+use crate::device::DmRegistry;
 
 /// What save_config needs of one device.
 #[derive(Debug, Clone)]
@@ -40,29 +43,12 @@ pub(crate) struct DevSnapshot {
     pub inactive_deps: Vec<String>,
 }
 
-/// One entry of the `"dm"` subsystem's config.
-#[derive(Debug, Clone, PartialEq)]
-pub enum ConfigStep {
-    /// A dm RPC call.
-    Call { method: &'static str, params: Value },
-    /// Recreate this non-dm bdev here (with its module's own config call).
-    Bdev(String),
-}
-
-/// The `"dm"` subsystem's config and the bdevs it takes over from `"bdev"`.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct ConfigPlan {
-    /// Non-dm bdevs to leave out of the `"bdev"` subsystem.
-    pub deferred_bdevs: Vec<String>,
-    pub steps: Vec<ConfigStep>,
-}
-
-/// A step to order: a device's `dm_create` (with its live table), its `dm_load` (staged table),
-/// or a deferred bdev.
+/// One of dm's entries to order: a device's `dm_create` (with its live table) or its `dm_load`
+/// (staged table), by index into the snapshot.
+#[derive(Clone, Copy, PartialEq)]
 enum Node {
     Create(usize),
     Load(usize),
-    Bdev(String),
 }
 
 fn create_params(d: &DevSnapshot) -> Value {
@@ -82,28 +68,63 @@ fn create_params(d: &DevSnapshot) -> Value {
     Value::Object(m)
 }
 
+fn load_params(d: &DevSnapshot) -> Option<Value> {
+    let (text, ro) = d.inactive.as_ref()?;
+    let mut p = json!({"name": d.name, "table": text});
+    if *ro {
+        p["readonly"] = json!(true);
+    }
+    Some(p)
+}
+
+/// The devices (snapshot indices) that bdev `name` is, or stands on through the bases of other
+/// modules' bdevs ([`keel_bdev::BdevBackend::bases`]), appended to `out`. `depth` bounds a cycle
+/// of bases.
+fn devices_under(devs: &[DevSnapshot], reg: &BdevRegistry, name: &str, depth: usize, out: &mut Vec<usize>) {
+    if let Some(i) = devs.iter().position(|d| d.bdev.as_deref() == Some(name)) {
+        if !out.contains(&i) {
+            out.push(i);
+        }
+        return;
+    }
+    if depth > 64 {
+        return;
+    }
+    if let Some(b) = reg.get(name) {
+        for base in b.backend().bases() {
+            devices_under(devs, reg, &base, depth + 1, out);
+        }
+    }
+}
+
+/// Orders `nodes` (each with its sort key) so that every node comes after the nodes listed in
+/// its `before`, taking the lowest key among the ready ones; on a cycle the lowest remaining
+/// key goes next.
+fn order(keys: &[u64], before: &[Vec<usize>]) -> Vec<usize> {
+    let n = keys.len();
+    let mut done = vec![false; n];
+    let mut out = Vec::with_capacity(n);
+    while out.len() < n {
+        let ready = (0..n)
+            .filter(|&i| !done[i] && before[i].iter().all(|&j| done[j] || j == i))
+            .min_by_key(|&i| keys[i]);
+        let pick = ready.or_else(|| (0..n).filter(|&i| !done[i]).min_by_key(|&i| keys[i]));
+        let Some(i) = pick else { break };
+        done[i] = true;
+        out.push(i);
+    }
+    out
+}
+
 impl DmRegistry {
-    /// The `"dm"` subsystem's configuration for save_config (see the module docs). Control
-    /// path.
-    pub fn config_plan(&self, bdevs: &BdevRegistry) -> ConfigPlan {
+    /// dm's save_config entries in the order described in the module docs (what
+    /// [`keel_bdev::BdevModule::config`] returns). Called on the main core.
+    pub(crate) fn config_entries(&self, reg: &BdevRegistry) -> Vec<ConfigEntry> {
         let devs = self.snapshot();
-        let list = bdevs.list();
+        let list = reg.list();
         let pos_of = |name: &str| list.iter().position(|b| b.name() == name);
-        let dm_names: Vec<&str> = devs.iter().filter_map(|d| d.bdev.as_deref()).collect();
-        // The first dm bdev another module stacks on: non-dm bdevs after it are deferred.
-        let first_stacked = list
-            .iter()
-            .position(|b| b.info().module == MODULE && b.claimed_by().is_some_and(|m| m != MODULE));
-        let deferred: Vec<String> = match first_stacked {
-            Some(p) => list[p + 1..]
-                .iter()
-                .filter(|b| b.info().module != MODULE && !dm_names.contains(&b.name()))
-                .map(|b| b.name().to_string())
-                .collect(),
-            None => Vec::new(),
-        };
-        // Nodes with a sort key: twice the registration position (a load right after its
-        // create); devices without a bdev after every registered one, in creation order.
+        // Sort key: twice the registration position (a load right after its create); devices
+        // without a bdev after every registered one, in creation order.
         let mut nodes: Vec<(u64, Node)> = Vec::new();
         for (i, d) in devs.iter().enumerate() {
             let key = 2 * d
@@ -117,87 +138,82 @@ impl DmRegistry {
                 nodes.push((key + 1, Node::Load(i)));
             }
         }
-        for name in &deferred {
-            nodes.push((2 * pos_of(name).unwrap_or(1 << 41) as u64, Node::Bdev(name.clone())));
-        }
-        fn provides<'a>(devs: &'a [DevSnapshot], n: &'a Node) -> Option<&'a str> {
-            match n {
-                Node::Create(i) => devs[*i].bdev.as_deref(),
-                Node::Load(_) => None,
-                Node::Bdev(b) => Some(b),
+        let creates_under = |deps: &[String]| -> Vec<usize> {
+            let mut under = Vec::new();
+            for dep in deps {
+                devices_under(&devs, reg, dep, 0, &mut under);
             }
-        }
-        let providers = |deps: &[String]| -> Vec<usize> {
-            nodes
-                .iter()
-                .enumerate()
-                .filter(|(_, (_, m))| provides(&devs, m).is_some_and(|p| deps.iter().any(|d| d == p)))
-                .map(|(j, _)| j)
+            under
+                .into_iter()
+                .filter_map(|d| nodes.iter().position(|(_, n)| *n == Node::Create(d)))
                 .collect()
         };
-        // needs[i] = nodes that must come before i.
-        let needs: Vec<Vec<usize>> = nodes
+        let before: Vec<Vec<usize>> = nodes
             .iter()
-            .map(|(key, n)| match n {
-                Node::Create(i) => providers(&devs[*i].live_deps),
+            .map(|(_, n)| match *n {
+                Node::Create(i) => creates_under(&devs[i].live_deps),
                 Node::Load(i) => {
-                    let mut v = providers(&devs[*i].inactive_deps);
-                    v.extend(nodes.iter().position(|(_, m)| matches!(m, Node::Create(j) if j == i)));
+                    let mut v = creates_under(&devs[i].inactive_deps);
+                    v.extend(nodes.iter().position(|(_, m)| *m == Node::Create(i)));
                     v
                 }
-                Node::Bdev(_) => nodes
-                    .iter()
-                    .enumerate()
-                    .filter(|(_, (k, m))| k < key && provides(&devs, m).is_some())
-                    .map(|(j, _)| j)
-                    .collect(),
             })
             .collect();
-        let mut done = vec![false; nodes.len()];
-        let mut order = Vec::with_capacity(nodes.len());
-        while order.len() < nodes.len() {
-            let ready = (0..nodes.len())
-                .filter(|&i| !done[i] && needs[i].iter().all(|&j| done[j] || j == i))
-                .min_by_key(|&i| nodes[i].0);
-            // A cycle (only the conservative deferral edges can make one): take the lowest key.
-            let pick = ready.or_else(|| (0..nodes.len()).filter(|&i| !done[i]).min_by_key(|&i| nodes[i].0));
-            let Some(i) = pick else { break };
-            done[i] = true;
-            order.push(i);
-        }
-        let mut steps = Vec::new();
-        for i in order {
-            match &nodes[i].1 {
-                Node::Create(d) => steps.push(ConfigStep::Call {
-                    method: "dm_create",
-                    params: create_params(&devs[*d]),
-                }),
+        let keys: Vec<u64> = nodes.iter().map(|(k, _)| *k).collect();
+        let mut entries: Vec<ConfigEntry> = Vec::new();
+        for i in order(&keys, &before) {
+            match nodes[i].1 {
+                Node::Create(d) => {
+                    let d = &devs[d];
+                    let mut e = ConfigEntry::new(ConfigCall {
+                        method: "dm_create",
+                        params: create_params(d),
+                    })
+                    .needs(d.live_deps.iter().cloned());
+                    if let Some(b) = &d.bdev {
+                        e = e.provides(b.clone());
+                    }
+                    entries.push(e);
+                }
                 Node::Load(d) => {
-                    let d = &devs[*d];
-                    if let Some((text, ro)) = &d.inactive {
-                        let mut p = json!({"name": d.name, "table": text});
-                        if *ro {
-                            p["readonly"] = json!(true);
-                        }
-                        steps.push(ConfigStep::Call {
-                            method: "dm_load",
-                            params: p,
-                        });
+                    let d = &devs[d];
+                    if let Some(params) = load_params(d) {
+                        entries.push(
+                            ConfigEntry::new(ConfigCall {
+                                method: "dm_load",
+                                params,
+                            })
+                            .needs(d.inactive_deps.iter().cloned()),
+                        );
                     }
                 }
-                Node::Bdev(b) => steps.push(ConfigStep::Bdev(b.clone())),
             }
         }
-        // Suspended devices last: everything that names them is created by then.
         for d in devs.iter().filter(|d| d.suspended) {
-            steps.push(ConfigStep::Call {
-                method: "dm_suspend",
-                params: json!({"name": d.name}),
-            });
+            entries.push(
+                ConfigEntry::new(ConfigCall {
+                    method: "dm_suspend",
+                    params: json!({"name": d.name}),
+                })
+                .last(),
+            );
         }
-        ConfigPlan {
-            deferred_bdevs: deferred,
-            steps,
-        }
+        entries
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn order_is_topological_with_keys_breaking_ties_and_cycles() {
+        // 0 needs 2; 1 free; 2 free; 3 needs 0.
+        let before = vec![vec![2], vec![], vec![], vec![0]];
+        assert_eq!(order(&[0, 1, 2, 3], &before), [1, 2, 0, 3]);
+        // A cycle (0 ↔ 1): what is ready goes first, then the lowest key of the cycle.
+        let before = vec![vec![1], vec![0], vec![]];
+        assert_eq!(order(&[5, 3, 9], &before), [2, 1, 0]);
+        assert_eq!(order(&[], &[]), Vec::<usize>::new());
     }
 }

@@ -2,11 +2,15 @@
 //!
 //! # Objects
 //!
-//! * [`DmRegistry`] — the mapped devices of one [`BdevRegistry`], found with
-//!   [`DmRegistry::of`] (a process-wide map keyed by the bdev registry, so the RPC layer needs no
-//!   new context field). It also holds the **shared dm claims**: one writable, `"dm"`-claimed
-//!   descriptor per base bdev, shared by every table that names it (Linux's single dm holder),
-//!   released when the last such table is destroyed.
+//! * [`DmRegistry`] — the mapped devices of one [`BdevRegistry`]: dm's [`BdevModule`], so the
+//!   bdev registry owns it and builds it on first use ([`DmRegistry::of`], i.e.
+//!   `reg.module::<DmRegistry>()`); it keeps only a `Weak` of the registry. It also holds the
+//!   **shared dm claims**: one writable, `"dm"`-claimed descriptor per base bdev, shared by every
+//!   table that names it (Linux's single dm holder), released when the last such table is
+//!   destroyed. As a module it names the `"dm"` save_config subsystem ([`SUBSYSTEM`]) and gives
+//!   its devices' calls (`config.rs`); it has no examine hook and nothing to stop at shutdown
+//!   (no daemon: its devices go with their bdevs, which the application removes after the
+//!   modules' fini, topmost first).
 //! * `Device` — one mapped device: name, optional uuid, minor, event counter, live and inactive
 //!   table slots, suspended flag, its bdev (once it had a live table) and its per-core
 //!   [`IoDevice`]. Everything under a mutex: control path only.
@@ -44,7 +48,8 @@ use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::Duration;
 
 use keel_bdev::{
-    BackendChannel, Bdev, BdevBackend, BdevError, BdevInfo, BdevParams, BdevRegistry, ChannelCx, ConfigCall, Descriptor,
+    BackendChannel, Bdev, BdevBackend, BdevError, BdevInfo, BdevModule, BdevParams, BdevRegistry, ChannelCx,
+    ConfigCall, ConfigEntry, Descriptor, Subsystem,
 };
 use keel_reactor::{current, Cores, IoDevice, PollStatus};
 use serde_json::{json, Value};
@@ -58,6 +63,12 @@ use crate::target::{target_types, DevGeometry, SECTOR_BYTES};
 
 /// Module name of dm bdevs (and of the claims dm takes).
 pub const MODULE: &str = "dm";
+/// The save_config subsystem of mapped devices: loaded after `"bdev"`, whose bdevs the tables
+/// map. What [`DmRegistry`] declares as a [`BdevModule`] (the RPC layer serves it).
+pub const SUBSYSTEM: Subsystem = Subsystem {
+    name: "dm",
+    depends_on: &["bdev"],
+};
 /// `product_name` of dm bdevs.
 pub const PRODUCT_NAME: &str = "Device Mapper";
 /// The block-device major number `info` reports (the capture machine's dm major).
@@ -297,9 +308,20 @@ impl BdevBackend for DmBackend {
         }})
     }
 
-    /// Mapped devices are saved by the "dm" subsystem (`DmRegistry::config_plan`), not here.
+    /// Mapped devices are saved by dm's module-level `dm_create` calls ([`BdevModule::config`]),
+    /// not here.
     fn config(&self, _info: &BdevInfo) -> Option<ConfigCall> {
         None
+    }
+
+    /// The bdevs the live table maps (current names): what this device stands on, for
+    /// save_config's placement of bdevs built on it. Empty while the device is being removed.
+    fn bases(&self) -> Vec<String> {
+        let Some(dev) = self.dev.upgrade() else {
+            return Vec::new();
+        };
+        let st = dev.state();
+        st.live.as_ref().map(|t| t.deps()).unwrap_or_default()
     }
 
     fn on_unregister(&self) {
@@ -321,7 +343,9 @@ struct RegInner {
     next_id: u64,
 }
 
-/// The mapped devices of one bdev registry. `Send + Sync`; control path only.
+/// The mapped devices of one bdev registry: dm's module state, owned by that registry and
+/// reached with [`DmRegistry::of`] (`reg.module::<DmRegistry>()`). `Send + Sync`; control path
+/// only.
 ///
 /// Methods run on the main reactor (RPC handlers; `TestDriver::enter` in tests). The ones that
 /// answer at once (`load`, `clear`, `set_uuid`, `info`, `list`, `table`, `status`, `deps`,
@@ -335,8 +359,35 @@ pub struct DmRegistry {
     me: Weak<DmRegistry>,
 }
 
-type RegistryMap = Mutex<Vec<(Weak<BdevRegistry>, Arc<DmRegistry>)>>;
-static REGISTRIES: RegistryMap = Mutex::new(Vec::new());
+/// dm as a bdev module: the registry's one [`DmRegistry`] (see the module docs).
+impl BdevModule for DmRegistry {
+    /// An empty set of devices for `bdevs` (state only: nothing starts before the first call).
+    fn init(bdevs: &Arc<BdevRegistry>) -> Arc<DmRegistry> {
+        Arc::new_cyclic(|me| DmRegistry {
+            bdevs: Arc::downgrade(bdevs),
+            cores: bdevs.cores().clone(),
+            inner: Mutex::new(RegInner {
+                devices: Vec::new(),
+                claims: Vec::new(),
+                next_id: 1,
+            }),
+            me: me.clone(),
+        })
+    }
+
+    fn name(&self) -> &'static str {
+        MODULE
+    }
+
+    fn subsystem(&self) -> Subsystem {
+        SUBSYSTEM
+    }
+
+    /// Every device's `dm_create`, staged `dm_load` and `dm_suspend` (`config.rs`).
+    fn config(&self, reg: &BdevRegistry) -> Vec<ConfigEntry> {
+        self.config_entries(reg)
+    }
+}
 
 fn validate_name(param: &'static str, name: &str) -> Result<(), DmError> {
     if name.is_empty() {
@@ -374,28 +425,10 @@ fn validate_uuid(uuid: &str) -> Result<(), DmError> {
 }
 
 impl DmRegistry {
-    /// The dm registry of `bdevs`, created on first use. Any thread.
+    /// The dm registry of `bdevs`, created on first use: `bdevs.module::<DmRegistry>()`. Any
+    /// thread.
     pub fn of(bdevs: &Arc<BdevRegistry>) -> Arc<DmRegistry> {
-        let mut map = REGISTRIES.lock().unwrap_or_else(|e| e.into_inner());
-        map.retain(|(w, _)| w.strong_count() > 0);
-        if let Some((_, r)) = map
-            .iter()
-            .find(|(w, _)| w.upgrade().is_some_and(|b| Arc::ptr_eq(&b, bdevs)))
-        {
-            return r.clone();
-        }
-        let r = Arc::new_cyclic(|me| DmRegistry {
-            bdevs: Arc::downgrade(bdevs),
-            cores: bdevs.cores().clone(),
-            inner: Mutex::new(RegInner {
-                devices: Vec::new(),
-                claims: Vec::new(),
-                next_id: 1,
-            }),
-            me: me.clone(),
-        });
-        map.push((Arc::downgrade(bdevs), r.clone()));
-        r
+        bdevs.module::<DmRegistry>()
     }
 
     fn inner(&self) -> MutexGuard<'_, RegInner> {
@@ -1163,16 +1196,7 @@ impl DmRegistry {
             .filter(|d| !d.state().removed)
             .map(|d| {
                 let st = d.state();
-                let deps = |t: &Option<Arc<Table>>| -> Vec<String> {
-                    t.as_ref()
-                        .map(|t| {
-                            t.devs
-                                .iter()
-                                .filter_map(|x| x.claim.as_ref().map(|c| c.desc.bdev().name().to_string()))
-                                .collect()
-                        })
-                        .unwrap_or_default()
-                };
+                let deps = |t: &Option<Arc<Table>>| t.as_ref().map(|t| t.deps()).unwrap_or_default();
                 (
                     d.id,
                     crate::config::DevSnapshot {

@@ -19,7 +19,19 @@
 //! | [`table`] | dmsetup table text → validated immutable [`Table`]; errors name the line and the field | the control path |
 //! | `device` | the registry of mapped devices ([`DmRegistry`]) and their life cycle: create → load (inactive) → resume (swap) → suspend (flush/noflush) → resume → remove; rename, events, deps, claims | RPC handlers on the main core |
 //! | `channel` | the per-core data path: table snapshot, splitting, holding, draining | keel-bdev, on every core that does I/O |
-//! | `config` | save_config's dependency order | the RPC crate |
+//! | `config` | dm's save_config calls, in dependency order among themselves | the bdev registry's save_config plan |
+//!
+//! # Where the registry lives
+//!
+//! [`DmRegistry`] is dm's [`keel_bdev::BdevModule`]: each [`keel_bdev::BdevRegistry`] owns one,
+//! built the first time anyone asks for it — [`DmRegistry::of`], which is
+//! `reg.module::<DmRegistry>()` — and dropped with the registry. There is no process-wide
+//! state: the many registries of the tests each have their own devices. As a module it declares
+//! the `"dm"` save_config subsystem ([`SUBSYSTEM`], after `"bdev"`) and gives the bdev
+//! registry its devices' calls (`dm_create`, `dm_load`, `dm_suspend`) with the bdevs each needs
+//! and provides; a mapped device's bdev names the bdevs of its live table as its bases. The
+//! registry's planner orders all of save_config from that, so bdevs of other modules built on a
+//! mapped device are saved after it without dm or the RPC layer knowing about them.
 //!
 //! # Threads and ownership
 //!
@@ -57,8 +69,7 @@ pub mod table;
 pub mod target;
 pub mod targets;
 
-pub use config::{ConfigPlan, ConfigStep};
-pub use device::{CreateOpts, DmInfo, DmRegistry, MAJOR, MODULE, PRODUCT_NAME};
+pub use device::{CreateOpts, DmInfo, DmRegistry, MAJOR, MODULE, PRODUCT_NAME, SUBSYSTEM};
 pub use error::DmError;
 pub use events::Events;
 pub use table::{LineSpec, Table};

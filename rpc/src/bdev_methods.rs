@@ -1,12 +1,13 @@
 //! The bdev modules' methods (spdk-rpc.md §8.2): create/delete for malloc, null, uring, aio,
 //! error, delay and passthru, error injection, delay updates and `bdev_wait_for_examine`; and
-//! the `"bdev"` subsystem, whose saved configuration is every bdev's constructor call.
+//! the `"bdev"` subsystem, whose saved configuration is the constructor call of every bdev the
+//! registry's save_config plan places there (those not built on a bdev of a later subsystem),
+//! closed by `bdev_wait_for_examine`.
 
 use std::sync::Arc;
 
 use keel_bdev::modules::{delay, error, malloc, null, passthru, uring};
 use keel_bdev::{BdevError, BdevRegistry};
-use keel_dm::DmRegistry;
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -38,10 +39,12 @@ pub(crate) static TABLE: Table = Table {
         method!(bdev_passthru_delete, Runtime),
         method!(bdev_wait_for_examine, Runtime),
     ],
+    // Every bdev's own constructor call, in the order the registry's save_config plan gives;
+    // configurations end the subsystem waiting for examinations (md's auto-assembly), as SPDK's.
     subsystem: Some(Subsystem {
-        name: "bdev",
-        depends_on: &[],
-        config: bdev_config,
+        declared: keel_bdev::Subsystem::BDEV,
+        load: None,
+        closing: &["bdev_wait_for_examine"],
     }),
 };
 
@@ -191,24 +194,4 @@ fn bdev_wait_for_examine(ctx: &Ctx, params: Option<Value>, reply: Reply) {
         }
         true
     });
-}
-
-/// The `"bdev"` subsystem's save_config entries: each bdev's constructor call in registration
-/// order (those of its backend that have one), then `bdev_wait_for_examine`. Bdevs stacked on
-/// mapped devices are left out: `"dm"` saves them after the devices (`keel_dm`'s config
-/// plan names them). Called on the main reactor.
-fn bdev_config(ctx: &Ctx) -> Vec<Value> {
-    // The one place the bdev subsystem knows of another: bdev's module facility will let each
-    // module contribute its part in dependency order instead.
-    let deferred = DmRegistry::of(&ctx.registry).config_plan(&ctx.registry).deferred_bdevs;
-    let mut calls: Vec<Value> = ctx
-        .registry
-        .list()
-        .iter()
-        .filter(|b| !deferred.iter().any(|d| d == b.name()))
-        .filter_map(|b| b.backend().config(b.info()))
-        .map(|c| json!({"method": c.method, "params": c.params}))
-        .collect();
-    calls.push(json!({"method": "bdev_wait_for_examine"}));
-    calls
 }

@@ -6,9 +6,9 @@
 //!
 //! `config` may be `null` or empty; an element may itself be an array of calls (a "batch"),
 //! applied in order. `/* */` and `//` comments are accepted (SPDK's application loader accepts
-//! them). Subsystems Keel does not have (not in [`crate::registry::subsystems`]) are skipped
-//! with a notice, as SPDK skips subsystems that are not linked into the app; a method the
-//! registry does not know inside a subsystem Keel has is an error.
+//! them). Subsystems Keel does not serve ([`crate::registry::find_subsystem`]) are skipped with
+//! a notice, as SPDK skips subsystems that are not linked into the app; a method the registry
+//! does not know inside a subsystem Keel has is an error.
 //!
 //! Loading is all-or-nothing per entry, in file order: the first failing entry stops the load
 //! and is reported with its subsystem, position and method.

@@ -1,6 +1,7 @@
 //! Device-mapper RPC methods (Keel's own; `spdk-rpc --plugin keel_rpc` subcommands mirror
 //! dmsetup's verbs). Handlers run on the main reactor and work on the [`DmRegistry`] of the
-//! context's bdev registry.
+//! context's bdev registry (dm's bdev module), and the file serves dm's `"dm"` save_config
+//! subsystem.
 //!
 //! | method | params | result |
 //! |---|---|---|
@@ -32,7 +33,7 @@ use serde_json::{json, Value};
 use crate::context::{Ctx, Reply};
 use crate::decode::{no_params, params};
 use crate::error::RpcError;
-use crate::table::{method, Subsystem, Table};
+use crate::table::{load_module, method, Subsystem, Table};
 
 /// The dm methods and the `"dm"` subsystem (after `"bdev"`: devices map bdevs).
 pub(crate) static TABLE: Table = Table {
@@ -53,10 +54,12 @@ pub(crate) static TABLE: Table = Table {
         method!(dm_list_targets, Runtime),
         method!(dm_wait, Runtime),
     ],
+    // dm's own calls (`dm_create`, `dm_load`, `dm_suspend`) and the bdevs built on mapped
+    // devices, as the registry's save_config plan places them.
     subsystem: Some(Subsystem {
-        name: "dm",
-        depends_on: &["bdev"],
-        config: dm_config,
+        declared: keel_dm::SUBSYSTEM,
+        load: Some(load_module::<DmRegistry>),
+        closing: &[],
     }),
 };
 
@@ -64,8 +67,9 @@ fn dm_err(e: DmError) -> RpcError {
     RpcError::from_errno(e.errno(), e.to_string())
 }
 
+/// The context's dm module (created on first use).
 fn reg(ctx: &Ctx) -> std::sync::Arc<DmRegistry> {
-    DmRegistry::of(&ctx.registry)
+    ctx.registry.module::<DmRegistry>()
 }
 
 /// A one-shot reply for dm's asynchronous operations.
@@ -314,24 +318,4 @@ fn dm_wait(ctx: &Ctx, params: Option<Value>, reply: Reply) {
     reg(ctx).wait(&p.name, p.event_nr, timeout_us, move |r| {
         reply(r.map(|i| info_json(&i)).map_err(dm_err))
     });
-}
-
-/// The `"dm"` subsystem's save_config entries: every device's `dm_create` (and `dm_load` of a
-/// staged table), with the non-dm bdevs stacked on them in between, in the order `keel_dm`'s
-/// config plan gives (the `"bdev"` subsystem leaves those bdevs out). Called on the main
-/// reactor.
-fn dm_config(ctx: &Ctx) -> Vec<Value> {
-    reg(ctx)
-        .config_plan(&ctx.registry)
-        .steps
-        .into_iter()
-        .filter_map(|s| match s {
-            keel_dm::ConfigStep::Call { method, params } => Some(json!({"method": method, "params": params})),
-            keel_dm::ConfigStep::Bdev(name) => {
-                let b = ctx.registry.get(&name)?;
-                let c = b.backend().config(b.info())?;
-                Some(json!({"method": c.method, "params": c.params}))
-            }
-        })
-        .collect()
 }

@@ -20,15 +20,35 @@
 //!    on the main reactor without blocking it); and `table` ([`MethodInfo`], [`Phase`],
 //!    [`Subsystem`] and a file's `Table`), which uses `context` for the handler's signature.
 //! 2. Method files, each declaring `pub(crate) static TABLE: Table` next to its handlers:
-//!    [`framework`], `bdev_methods` (the bdev modules and the `"bdev"` subsystem), `bdev_info`,
-//!    `raid_methods`, [`md_methods`] and [`dm_methods`] (with the `"dm"` subsystem).
-//!    `raid_methods` serves SPDK's raid verbs with md's member removal from `md_methods`; no
-//!    other method file imports another.
+//!    [`framework`], `bdev_methods` (the bdev modules; serves `"bdev"`), `bdev_info`,
+//!    `raid_methods`, [`md_methods`] and [`dm_methods`] (serves `"dm"`). `raid_methods` serves
+//!    SPDK's raid verbs with md's member removal from `md_methods`; no other method file imports
+//!    another.
 //! 3. [`registry`]: the list of tables, in a declared order that is the order of
-//!    `rpc_get_methods` and, for the tables that bring a subsystem, of
-//!    `framework_get_subsystems` and `save_config`; method lookup and dispatch with the phase
-//!    check; and the three methods that describe the registry itself.
+//!    `rpc_get_methods`; method lookup and dispatch with the phase check; the subsystems the
+//!    tables serve; and the three methods that describe the registry itself.
 //! 4. [`config`], and the application (keel-tgt), which use the registry.
+//!
+//! # Subsystems and save_config
+//!
+//! A save_config subsystem (`"bdev"`, `"dm"`, later `"nvmf"`, `"nbd"`) is declared once, by the
+//! bdev module that owns it: a [`keel_bdev::Subsystem`] constant with its name and the
+//! subsystems it depends on, which the module returns from [`keel_bdev::BdevModule::subsystem`]
+//! (`"bdev"` is the bdev layer's own, [`keel_bdev::Subsystem::BDEV`]). The bdev registry is the
+//! one source of their order and content: [`keel_bdev::BdevRegistry::subsystems`] lists them in
+//! dependency order — `framework_get_subsystems` answers with exactly that — and
+//! [`keel_bdev::BdevRegistry::config_plan`] places every bdev's and every module's call in one
+//! of them — `framework_get_config` answers with a subsystem's part, plus the closing calls of
+//! the table that serves it (`bdev_wait_for_examine` for `"bdev"`). SPDK's `save_config`
+//! (client side) asks both. Nothing here knows which module stacks on which: a passthru over a
+//! dm device lands in `"dm"` because its backend names its base. (One exception until md adopts
+//! the module facility: md arrays do not name their members yet, and
+//! `md_methods::place_arrays_after_members` moves an array over a later bdev after it.)
+//!
+//! A table serving a subsystem names the module's declaration and how to load the module into a
+//! registry ([`registry::load_modules`]: keel-tgt does at start-up, the describing methods do
+//! before they answer), so an empty subsystem is listed all the same. Configuration files may
+//! name the served subsystems ([`registry::find_subsystem`]); others are skipped.
 //!
 //! # Adding a method
 //!
@@ -45,16 +65,21 @@
 //! pub(crate) static TABLE: Table = Table {
 //!     methods: &[method!(nvmf_create_subsystem, Runtime), /* … */],
 //!     // `None` for a file whose methods belong to an existing subsystem.
-//!     subsystem: Some(Subsystem { name: "nvmf", depends_on: &["bdev"], config: nvmf_config }),
+//!     subsystem: Some(Subsystem {
+//!         declared: keel_nvmf::SUBSYSTEM, // Subsystem { name: "nvmf", depends_on: &["bdev"] }
+//!         load: Some(load_module::<NvmfModule>),
+//!         closing: &[],
+//!     }),
 //! };
 //! ```
 //!
-//! plus its `mod` line here and one line, `&nvmf_methods::TABLE`, in the registry's list,
-//! after the tables of the subsystems it depends on. `config` returns the calls that recreate
-//! the subsystem's current state; configuration files then accept the subsystem and
-//! `save_config` saves it. The registry's tests check that every method name is unique, that
-//! every `method!` entry in the sources is reachable and that subsystems follow their
-//! dependencies.
+//! plus its `mod` line here and one line, `&nvmf_methods::TABLE`, in the registry's list. The
+//! module (`NvmfModule`, a [`keel_bdev::BdevModule`]) declares the subsystem and gives its
+//! save_config calls with the bdevs each needs ([`keel_bdev::ConfigEntry`]); the registry orders
+//! them after what they need. Configuration files then accept the subsystem and `save_config`
+//! saves it. The registry's tests check that every method name is unique, that every `method!`
+//! entry in the sources is reachable and that the listed subsystems are exactly the served
+//! ones, each after its dependencies.
 #![forbid(unsafe_code)]
 
 mod bdev_info;
@@ -75,5 +100,5 @@ mod table;
 
 pub use context::{Ctx, Framework, Reply, StartInit};
 pub use error::{RpcError, INTERNAL_ERROR, INVALID_PARAMS, INVALID_REQUEST, METHOD_NOT_FOUND, PARSE_ERROR};
-pub use registry::{call_method, find_method, methods};
-pub use table::{Handler, MethodInfo, Phase, Subsystem};
+pub use registry::{call_method, find_method, load_modules, methods};
+pub use table::{load_module, Handler, MethodInfo, Phase, Subsystem};

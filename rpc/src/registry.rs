@@ -1,15 +1,19 @@
 //! The registry: every method file's `Table` in one list, and what is derived from it — the
-//! method lookup ([`find_method`], [`call_method`]), the subsystem list ([`subsystems`],
-//! [`subsystem_config`]) and the three methods that describe the registry itself
-//! (`rpc_get_methods`, `framework_get_subsystems`, `framework_get_config`; SPDK serves them from
-//! its RPC and subsystem registries too).
+//! method lookup ([`find_method`], [`call_method`]), the subsystems served ([`find_subsystem`],
+//! [`load_modules`], [`subsystems`], [`subsystem_config`]) and the three methods that describe
+//! the registry itself (`rpc_get_methods`, `framework_get_subsystems`, `framework_get_config`;
+//! SPDK serves them from its RPC and subsystem registries too).
 //!
-//! The order of `TABLES` is declared here and is the order of everything derived:
-//! `rpc_get_methods` lists methods table by table, and the subsystems (the tables that bring
-//! one) come in that order in `framework_get_subsystems` and hence in `save_config`, so a
-//! subsystem's table must come after those of the subsystems it depends on (a test checks).
+//! The order of `TABLES` is declared here and is the order of `rpc_get_methods`. Subsystems are
+//! not ordered here: each is declared once by the bdev module that owns it, and the bdev
+//! registry lists them in dependency order ([`BdevRegistry::subsystems`]) and plans their
+//! save_config calls ([`BdevRegistry::config_plan`]). A table that serves a subsystem names that
+//! declaration, says how to load the module into a registry, and what the RPC layer appends.
 //! Adding a subsystem or a method file is one line here.
 
+use std::sync::Arc;
+
+use keel_bdev::{BdevRegistry, SubsystemInfo};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
@@ -25,9 +29,9 @@ static TABLES: &[&Table] = &[
     &TABLE,
     &md_methods::TABLE,
     &bdev_info::TABLE,
-    &bdev_methods::TABLE, // the "bdev" subsystem
+    &bdev_methods::TABLE, // serves "bdev"
     &raid_methods::TABLE,
-    &dm_methods::TABLE, // the "dm" subsystem
+    &dm_methods::TABLE, // serves "dm"
 ];
 
 /// The methods that describe the registry.
@@ -50,20 +54,48 @@ pub fn find_method(name: &str) -> Option<&'static MethodInfo> {
     methods().find(|m| m.name == name)
 }
 
-/// Every subsystem, in configuration order.
-pub fn subsystems() -> impl Iterator<Item = &'static Subsystem> {
+/// Every subsystem Keel serves (the tables' order; [`subsystems`] gives the load order).
+pub fn served_subsystems() -> impl Iterator<Item = &'static Subsystem> {
     TABLES.iter().filter_map(|t| t.subsystem.as_ref())
 }
 
-/// Looks a subsystem up by name.
+/// Looks a served subsystem up by name: what a configuration file may name. Any thread.
 pub fn find_subsystem(name: &str) -> Option<&'static Subsystem> {
-    subsystems().find(|s| s.name == name)
+    served_subsystems().find(|s| s.name() == name)
 }
 
-/// The configuration calls that recreate subsystem `name` (`None` if unknown). Called on the
-/// main reactor.
-pub fn subsystem_config(ctx: &Ctx, name: &str) -> Option<Vec<Value>> {
-    find_subsystem(name).map(|s| (s.config)(ctx))
+/// Loads into `reg` the bdev module behind every served subsystem, so that the registry lists
+/// each (even while empty) and stops it at shutdown. keel-tgt calls it at start-up; the methods
+/// that describe the subsystems call it too (a context may be new). Idempotent; any thread.
+pub fn load_modules(reg: &Arc<BdevRegistry>) {
+    for load in served_subsystems().filter_map(|s| s.load) {
+        load(reg);
+    }
+}
+
+/// Every subsystem of `reg` in load order, as its bdev modules declare them (after
+/// [`load_modules`]): what `framework_get_subsystems` lists and `save_config` saves. Any thread.
+pub fn subsystems(reg: &Arc<BdevRegistry>) -> Vec<SubsystemInfo> {
+    load_modules(reg);
+    reg.subsystems()
+}
+
+/// The configuration calls that recreate subsystem `name` (`None` if `reg` has no such
+/// subsystem): the registry's save_config plan for it, then the served subsystem's closing
+/// calls. Called on the main reactor.
+pub fn subsystem_config(reg: &Arc<BdevRegistry>, name: &str) -> Option<Vec<Value>> {
+    load_modules(reg);
+    let mut plan = reg.config_plan();
+    md_methods::place_arrays_after_members(reg, &mut plan);
+    let calls = plan.calls(name)?;
+    let closing = find_subsystem(name).map_or(&[][..], |s| s.closing);
+    Some(
+        calls
+            .iter()
+            .map(|c| json!({"method": c.method, "params": c.params}))
+            .chain(closing.iter().map(|m| json!({ "method": m })))
+            .collect(),
+    )
 }
 
 /// Looks `method` up, checks it may run in the current state and runs it. Called on the main
@@ -110,12 +142,13 @@ fn rpc_get_methods(ctx: &Ctx, params: Option<Value>, reply: Reply) {
     reply(Ok(json!(names)))
 }
 
-/// `framework_get_subsystems` → `[{subsystem, depends_on}]` in configuration order.
-fn framework_get_subsystems(_ctx: &Ctx, params: Option<Value>, reply: Reply) {
+/// `framework_get_subsystems` → `[{subsystem, depends_on}]` in load order.
+fn framework_get_subsystems(ctx: &Ctx, params: Option<Value>, reply: Reply) {
     if let Err(e) = no_params(params) {
         return reply(Err(e));
     }
-    let v: Vec<Value> = subsystems()
+    let v: Vec<Value> = subsystems(&ctx.registry)
+        .iter()
         .map(|s| json!({"subsystem": s.name, "depends_on": s.depends_on}))
         .collect();
     reply(Ok(json!(v)))
@@ -133,7 +166,7 @@ struct GetConfig {
 fn framework_get_config(ctx: &Ctx, params: Option<Value>, reply: Reply) {
     let p: GetConfig = params!(params, reply);
     let _ = p.with_batches; // Keel's subsystems produce no batches.
-    match subsystem_config(ctx, &p.name) {
+    match subsystem_config(&ctx.registry, &p.name) {
         Some(calls) => reply(Ok(json!(calls))),
         None => reply(Err(RpcError::new(
             INVALID_PARAMS,
@@ -211,12 +244,16 @@ mod tests {
     }
 
     #[test]
-    fn subsystems_come_after_what_they_depend_on() {
-        let order: Vec<&str> = subsystems().map(|s| s.name).collect();
+    fn subsystems_are_the_modules_declarations_in_dependency_order() {
+        let d = TestDriver::new(1);
+        let reg = BdevRegistry::new(d.cores());
+        let fresh: Vec<&str> = reg.subsystems().iter().map(|s| s.name).collect();
+        assert_eq!(fresh, ["bdev"], "nothing loaded yet");
+        let listed = subsystems(&reg);
+        let order: Vec<&str> = listed.iter().map(|s| s.name).collect();
         assert_eq!(order, ["bdev", "dm"]);
-        for (i, s) in subsystems().enumerate() {
-            assert_eq!(order.iter().position(|n| *n == s.name), Some(i), "{} twice", s.name);
-            for d in s.depends_on {
+        for (i, s) in listed.iter().enumerate() {
+            for d in &s.depends_on {
                 let at = order.iter().position(|n| n == d);
                 assert!(
                     at.is_some_and(|at| at < i),
@@ -224,6 +261,16 @@ mod tests {
                     s.name
                 );
             }
+        }
+        // What the registry lists is exactly what the tables serve, as the modules declare it.
+        let mut served: Vec<&str> = served_subsystems().map(|s| s.name()).collect();
+        served.sort_unstable();
+        let mut names = order.clone();
+        names.sort_unstable();
+        assert_eq!(served, names);
+        for s in served_subsystems() {
+            let info = listed.iter().find(|i| i.name == s.name()).unwrap();
+            assert_eq!(info.depends_on, s.declared.depends_on, "{}", s.name());
         }
         assert!(find_subsystem("nvmf").is_none());
     }
@@ -306,6 +353,14 @@ mod tests {
         assert_eq!(
             v,
             json!([{"subsystem": "bdev", "depends_on": []}, {"subsystem": "dm", "depends_on": ["bdev"]}])
+        );
+        assert_eq!(
+            call(true, "framework_get_config", json!({"name": "bdev"})).unwrap(),
+            json!([{"method": "bdev_wait_for_examine"}])
+        );
+        assert_eq!(
+            call(true, "framework_get_config", json!({"name": "dm"})).unwrap(),
+            json!([])
         );
         let e = call(true, "framework_get_config", json!({"name": "nope"})).unwrap_err();
         assert_eq!(

@@ -1,9 +1,12 @@
 //! How a method file describes itself: a [`Table`] of [`MethodInfo`] entries, each with the
-//! [`Phase`]s it may run in, and optionally the [`Subsystem`] the file brings.
+//! [`Phase`]s it may run in, and optionally the save_config [`Subsystem`] the file serves.
 //!
 //! Uses only the leaf [`crate::context`]; the method files build their tables from these types
 //! and the registry ([`crate::registry`]) lists the tables.
 
+use std::sync::Arc;
+
+use keel_bdev::{BdevModule, BdevRegistry};
 use serde_json::Value;
 
 use crate::context::{Ctx, Reply};
@@ -64,22 +67,39 @@ macro_rules! method {
 }
 pub(crate) use method;
 
-/// A subsystem as `framework_get_subsystems` and `save_config` show it.
+/// The save_config subsystem a method file serves. The subsystem itself — its name and what it
+/// depends on — is declared once, by the bdev module that owns it ([`keel_bdev::Subsystem`]:
+/// `Subsystem::BDEV`, `keel_dm::SUBSYSTEM`), and the bdev registry orders the subsystems and
+/// plans their calls ([`BdevRegistry::config_plan`]); the method file adds what only the RPC
+/// layer knows.
 pub struct Subsystem {
-    /// SPDK's subsystem name (`"bdev"`, …): the `"subsystem"` key of a configuration file.
-    pub name: &'static str,
-    /// Subsystems that must be configured before this one (their tables come earlier in the
-    /// registry).
-    pub depends_on: &'static [&'static str],
-    /// The `{"method", "params"}` calls that recreate the subsystem's current state, in order
-    /// (`framework_get_config`, hence `save_config`). Called on the main reactor.
-    pub config: fn(&Ctx) -> Vec<Value>,
+    /// The module's declaration (the `"subsystem"` key of a configuration file is its name).
+    pub declared: keel_bdev::Subsystem,
+    /// Loads the module that declares it into a registry ([`load_module`]), so the registry
+    /// lists the subsystem even while it is empty; `None` for `"bdev"`, which every registry
+    /// has. Called on any thread.
+    pub load: Option<fn(&Arc<BdevRegistry>)>,
+    /// Methods `framework_get_config` appends, without params, after the subsystem's planned
+    /// calls (`bdev_wait_for_examine` closes `"bdev"`).
+    pub closing: &'static [&'static str],
+}
+
+impl Subsystem {
+    /// The subsystem's name.
+    pub fn name(&self) -> &'static str {
+        self.declared.name
+    }
+}
+
+/// [`Subsystem::load`] for bdev module `T`: asks `reg` for it, creating it on first use.
+pub fn load_module<T: BdevModule>(reg: &Arc<BdevRegistry>) {
+    let _ = reg.module::<T>();
 }
 
 /// What one method file contributes to the registry.
 pub struct Table {
     /// Its methods, in the order `rpc_get_methods` lists them.
     pub methods: &'static [MethodInfo],
-    /// The subsystem it brings, if any.
+    /// The subsystem it serves, if any.
     pub subsystem: Option<Subsystem>,
 }
