@@ -12,6 +12,9 @@
 //! - [`JobSpec`] and [`Workload`] (module `workload`): what a job issues, as plain data.
 //! - [`pattern`]: the verify data pattern (what a verify job writes and expects back).
 //! - [`LoadError`]: why a job could not be built.
+//! - `testing` (feature `testing`, for dev-dependencies only): the rig the tests of Keel's crates
+//!   share — a deterministic single-thread reactor driver with a bdev registry and blocking
+//!   helpers around it, an I/O client, and fault-injecting test bdevs.
 //!
 //! # Driving a job from a test (single thread, [`keel_reactor::TestDriver`])
 //!
@@ -57,6 +60,8 @@
 mod error;
 pub mod job;
 pub mod pattern;
+#[cfg(feature = "testing")]
+pub mod testing;
 pub mod workload;
 
 pub use error::LoadError;
