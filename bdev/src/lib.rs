@@ -34,6 +34,7 @@ mod io;
 pub mod modules;
 mod registry;
 pub mod stats;
+pub mod tokens;
 
 pub use bdev::{
     BackendChannel, Bdev, BdevBackend, BdevChannel, BdevEvent, BdevInfo, BdevParams, Channel, ChannelCx, ConfigCall,
