@@ -352,6 +352,14 @@ impl Job {
         desc: Descriptor,
         on_done: impl FnOnce(&JobResult) + 'static,
     ) -> Result<JobHandle, LoadError> {
+        Job::start_boxed(spec, desc, Box::new(on_done))
+    }
+
+    /// The body of [`Job::start_with`]. Not generic, so that the poller closure and the I/O loop
+    /// it inlines are compiled once, here, whatever callback the caller passes: a generic body
+    /// would be instantiated in the caller's crate (keel-perf), where the per-I/O call into the
+    /// latency histogram was left out of line.
+    fn start_boxed(spec: JobSpec, desc: Descriptor, on_done: OnDone) -> Result<JobHandle, LoadError> {
         let reactor = keel_reactor::try_current()
             .ok_or_else(|| LoadError::Reactor("Job::start must be called on a reactor core".into()))?;
         let engine = Engine::new(spec, desc, reactor.core())?;
@@ -359,7 +367,7 @@ impl Job {
             progress: Arc::new(JobProgress::default()),
             result: RefCell::new(None),
             poller: RefCell::new(None),
-            on_done: RefCell::new(Some(Box::new(on_done))),
+            on_done: RefCell::new(Some(on_done)),
         });
         let weak = Rc::downgrade(&shared);
         reactor.on_shutdown(move || {
