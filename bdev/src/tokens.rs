@@ -97,7 +97,12 @@ impl<O, S> TokenQueue<O, S> {
     #[inline]
     pub fn vacant(&mut self) -> Option<Vacant<'_, O, S>> {
         let index = *self.free.last()?;
-        Some(Vacant { queue: self, index })
+        Some(Vacant {
+            entry: &mut self.entries[index as usize],
+            free: &mut self.free,
+            in_flight: &mut self.in_flight,
+            index,
+        })
     }
 
     /// Ends the submission of token value `token` and returns its owner; the token is free
@@ -105,9 +110,9 @@ impl<O, S> TokenQueue<O, S> {
     /// not in flight.
     #[inline]
     pub fn take(&mut self, token: u64) -> Option<O> {
-        let index = u32::try_from(token).ok()?;
-        let owner = self.entries.get_mut(index as usize)?.owner.take()?;
-        self.free.push(index);
+        let owner = self.entries.get_mut(usize::try_from(token).ok()?)?.owner.take()?;
+        // In range: the entries' count fits a u32 (`new` takes a u32 capacity).
+        self.free.push(token as u32);
         self.in_flight -= 1;
         Some(owner)
     }
@@ -131,7 +136,10 @@ impl<O, S> TokenQueue<O, S> {
 /// [`Vacant::token`], then [`Vacant::insert`] the owner once the kernel queue took it (or drop
 /// the `Vacant` to leave the token free).
 pub struct Vacant<'q, O, S> {
-    queue: &'q mut TokenQueue<O, S>,
+    // The queue's parts, borrowed apart so that the token's entry is looked up once.
+    entry: &'q mut Entry<O, S>,
+    free: &'q mut Vec<u32>,
+    in_flight: &'q mut u32,
     index: u32,
 }
 
@@ -145,18 +153,23 @@ impl<O, S> Vacant<'_, O, S> {
     /// The token's scratch (at a fixed address while the queue lives).
     #[inline]
     pub fn scratch(&mut self) -> &mut S {
-        &mut self.queue.entries[self.index as usize].scratch
+        &mut self.entry.scratch
     }
 
     /// Commits the token: the submission is in flight, owned by `owner` until
     /// [`TokenQueue::take`].
-    #[inline]
+    // Always inlined: a call would cost the submit path more than the body.
+    #[inline(always)]
     pub fn insert(self, owner: O) {
-        let q = self.queue;
-        let popped = q.free.pop();
+        let popped = self.free.pop();
         debug_assert_eq!(popped, Some(self.index), "the lent token is the last free one");
-        q.entries[self.index as usize].owner = Some(owner);
-        q.in_flight += 1;
+        match &mut self.entry.owner {
+            // A free token never has an owner; matching it says so to the compiler, which then
+            // stores the owner without drop code for a previous one.
+            slot @ None => *slot = Some(owner),
+            Some(_) => unreachable!("free token {} has an owner", self.index),
+        }
+        *self.in_flight += 1;
     }
 }
 
