@@ -44,6 +44,7 @@ mod module;
 pub mod modules;
 mod registry;
 pub mod stats;
+pub mod tokens;
 
 pub use bdev::{
     BackendChannel, Bdev, BdevBackend, BdevChannel, BdevEvent, BdevInfo, BdevParams, Channel, ChannelCx, ConfigCall,

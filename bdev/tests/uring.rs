@@ -423,7 +423,7 @@ fn backpressure_requeues_and_everything_completes() {
         let cq = CompletionQueue::with_capacity(depth + 200);
         let mut pool = IoPool::new(depth + 188);
         let buf = DmaBuf::new(4096);
-        // All at once, without a turn: the slab fills and the rest come back.
+        // All at once, without a turn: the token queue fills and the rest come back.
         let mut accepted = 0;
         let mut handed_back = Vec::new();
         while let Some(mut io) = pool.get() {

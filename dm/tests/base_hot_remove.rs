@@ -10,7 +10,7 @@ use std::time::Duration;
 use common::{pattern, Rig, MAIN};
 use keel_bdev::modules::delay::{self as bdelay, DelayOpts};
 use keel_bdev::{IoOp, IoStatus};
-use keel_perf::{Job, JobSpec, JobStatus, Workload};
+use keel_load::{Job, JobSpec, JobStatus, Workload};
 use keel_reactor::CoreId;
 
 fn unregister(r: &Rig, name: &str) {

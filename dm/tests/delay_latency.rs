@@ -1,5 +1,5 @@
 //! `delay` holds each piece for its class's delay before submitting it (spec §3.5, §9.11):
-//! keel-perf jobs through delay tables see at least the configured latency per class (lower
+//! keel-load jobs through delay tables see at least the configured latency per class (lower
 //! bounds only: the machine is shared and noisy); held pieces show in INFO; a suspend releases
 //! everything held at once and holding resumes after resume; flushes wait the flush class.
 
@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use common::{Rig, MAIN};
 use keel_bdev::{DmaBuf, IoOp, IoStatus};
-use keel_perf::{Job, JobResult, JobSpec, Workload};
+use keel_load::{Job, JobResult, JobSpec, Workload};
 
 /// Runs `workload` through `bdev` on core 0 until `ios` I/Os completed; the result.
 fn measure(r: &Rig, bdev: &str, workload: Workload, ios: u64) -> JobResult {

@@ -1,5 +1,5 @@
 //! After set-up, I/O through dm does not allocate: a counting global allocator sees zero
-//! allocations while a keel-perf job completes 50k I/Os in steady state through dm linear over
+//! allocations while a keel-load job completes 50k I/Os in steady state through dm linear over
 //! null, striped over two nulls (4 KiB I/Os that map whole: routed by the bdev layer; 12 KiB I/Os
 //! that cross chunks: the split path with child requests), three stripes (routed with a
 //! reciprocal multiply), tables the module forwards itself (two linear targets, seventeen
@@ -12,7 +12,7 @@
 use keel_bdev::modules::{malloc, null, passthru};
 use keel_bdev::BdevRegistry;
 use keel_dm::{CreateOpts, DmRegistry};
-use keel_perf::{Job, JobSpec, JobStatus, Workload};
+use keel_load::{Job, JobSpec, JobStatus, Workload};
 use keel_reactor::{CoreId, TestDriver};
 
 #[global_allocator]

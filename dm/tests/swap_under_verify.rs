@@ -1,6 +1,6 @@
 //! Live table swaps under load lose nothing: two malloc bdevs hold one device's data in a 2-way
 //! stripe with 8 KiB chunks; a second table maps exactly the same sectors with one `linear` line
-//! per chunk (512 targets). keel-perf verify jobs run on every reactor (12 KiB I/Os, so many cross
+//! per chunk (512 targets). keel-load verify jobs run on every reactor (12 KiB I/Os, so many cross
 //! chunk and target boundaries and are split) while the main core swaps the two layouts back and
 //! forth hundreds of times (load + resume: suspend, drain, swap, resume). Every write is read
 //! back and compared: zero miscompares and zero failed I/Os, and I/O kept flowing throughout.
@@ -12,7 +12,7 @@ use std::time::Duration;
 use keel_bdev::modules::malloc;
 use keel_bdev::BdevRegistry;
 use keel_dm::{CreateOpts, DmError, DmRegistry};
-use keel_perf::{Job, JobResult, JobSpec, JobStatus, Workload};
+use keel_load::{Job, JobResult, JobSpec, JobStatus, Workload};
 use keel_reactor::{CoreMask, Cores, Runtime};
 
 const SWAPS: usize = 300;

@@ -9,9 +9,9 @@ mod common;
 
 use common::{Rig, MAIN};
 use keel_bdev::modules::error::{self, ErrorOpts, InjectOpts};
+use keel_load::{Job, JobHandle, JobSpec, JobStatus, Workload};
 use keel_md::superblock::ROLE_FAULTY;
 use keel_md::CreateOpts;
-use keel_perf::{Job, JobHandle, JobSpec, JobStatus, Workload};
 use keel_reactor::CoreId;
 
 fn start_verify(r: &Rig, name: &str) -> Vec<JobHandle> {

@@ -1,5 +1,5 @@
 //! After set-up, I/O through md arrays does not allocate: a counting global allocator sees zero
-//! allocations while a keel-perf job completes 50k I/Os in steady state through raid0 over two
+//! allocations while a keel-load job completes 50k I/Os in steady state through raid0 over two
 //! nulls (4 KiB: forwarded in place; 12 KiB on 4 KiB chunks: split into children) and raid1
 //! over two nulls (70 % reads forwarded round-robin, writes fanned out through the write gate)
 //! and over two mallocs under verify, and with an internal write-intent bitmap (once its bit is
@@ -9,8 +9,8 @@
 
 use keel_bdev::modules::{malloc, null};
 use keel_bdev::BdevRegistry;
+use keel_load::{Job, JobSpec, JobStatus, Workload};
 use keel_md::{CreateOpts, MdRegistry};
-use keel_perf::{Job, JobSpec, JobStatus, Workload};
 use keel_reactor::{CoreId, TestDriver};
 
 #[global_allocator]

@@ -1,12 +1,12 @@
-//! keel-perf verify jobs (write a pattern, read it back, compare) pass through a raid0 array
+//! keel-load verify jobs (write a pattern, read it back, compare) pass through a raid0 array
 //! (8 KiB I/Os on 4 KiB chunks: splits and forwards) and a raid1 array (fanned-out writes,
 //! round-robin reads), with one job per core on disjoint ranges of each array.
 
 mod common;
 
 use common::{Rig, MAIN};
+use keel_load::{Job, JobSpec, JobStatus, Workload};
 use keel_md::CreateOpts;
-use keel_perf::{Job, JobSpec, JobStatus, Workload};
 use keel_reactor::CoreId;
 
 fn verify(r: &Rig, name: &str, io_size: u64) {

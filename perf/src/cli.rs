@@ -14,7 +14,6 @@ use clap::{Parser, ValueEnum};
 use keel_reactor::CoreMask;
 
 use crate::run::{BdevSetup, OutputFormat, RunOptions, DEFAULT_MALLOC, DEFAULT_NULL};
-use crate::workload::parse_size;
 use crate::{PerfError, Workload};
 
 const AFTER_HELP: &str = "\
@@ -213,6 +212,39 @@ pub fn parse_args(
     })))
 }
 
+/// Parses an I/O size as bdevperf's `-o`: a decimal number with an optional binary suffix
+/// `k/K`, `m/M`, `g/G` (×1024ⁿ). Zero and overflow are errors.
+pub fn parse_size(text: &str) -> Result<u64, PerfError> {
+    let bad = || {
+        PerfError::invalid(
+            "-o",
+            format!("invalid IO size '{text}': expected a positive number with an optional k/K/m/M/g/G suffix"),
+        )
+    };
+    let t = text.trim();
+    let (digits, shift) = match t.as_bytes().last() {
+        Some(b'k' | b'K') => (&t[..t.len() - 1], 10),
+        Some(b'm' | b'M') => (&t[..t.len() - 1], 20),
+        Some(b'g' | b'G') => (&t[..t.len() - 1], 30),
+        _ => (t, 0),
+    };
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(bad());
+    }
+    let n: u64 = digits.parse().map_err(|_| bad())?;
+    let bytes = n.checked_mul(1u64 << shift).ok_or_else(bad)?;
+    if bytes == 0 {
+        return Err(PerfError::invalid("-o", "IO size must be greater than 0"));
+    }
+    if bytes > u32::MAX as u64 {
+        return Err(PerfError::invalid(
+            "-o",
+            format!("IO size {bytes} is larger than the 4 GiB a request can carry"),
+        ));
+    }
+    Ok(bytes)
+}
+
 /// The default stack as one line, for messages.
 pub fn default_stack_description() -> String {
     format!(
@@ -231,6 +263,18 @@ mod tests {
         match parse_args(v, false)? {
             CliAction::Run(o) => Ok(*o),
             CliAction::Print(_) => panic!("unexpected print"),
+        }
+    }
+
+    #[test]
+    fn sizes_parse_with_binary_suffixes() {
+        assert_eq!(parse_size("4096").unwrap(), 4096);
+        assert_eq!(parse_size("4k").unwrap(), 4096);
+        assert_eq!(parse_size("4K").unwrap(), 4096);
+        assert_eq!(parse_size("1m").unwrap(), 1 << 20);
+        assert_eq!(parse_size("2G").unwrap(), 2 << 30);
+        for bad in ["", "k", "0", "4q", "-4", "4.5k", "99999999999999999999", "8G"] {
+            assert!(parse_size(bad).is_err(), "{bad} accepted");
         }
     }
 

@@ -1,9 +1,12 @@
 //! The one error type of keel-perf's control path: invalid parameters, configuration failures,
 //! jobs that cannot be built. Every variant's text names what was wrong so it can be printed as
 //! is on stderr before exiting with status 1. The data path never builds one of these: I/O
-//! outcomes are counted, and a miscompare is data ([`crate::Miscompare`]).
+//! outcomes are counted, and a miscompare is data ([`keel_load::Miscompare`]). A job that cannot
+//! be built comes back from keel-load as a [`LoadError`] and maps onto the variant of the same
+//! name and text.
 
 use keel_bdev::BdevError;
+use keel_load::LoadError;
 
 /// Errors of keel-perf (control path only).
 #[derive(Debug, Clone, thiserror::Error)]
@@ -57,5 +60,17 @@ impl From<keel_reactor::ReactorError> for PerfError {
 impl From<keel_rpc::RpcError> for PerfError {
     fn from(e: keel_rpc::RpcError) -> PerfError {
         PerfError::Config(e.to_string())
+    }
+}
+
+impl From<LoadError> for PerfError {
+    fn from(e: LoadError) -> PerfError {
+        match e {
+            LoadError::InvalidParam { param, reason } => PerfError::InvalidParam { param, reason },
+            LoadError::JobRejected { job, reason } => PerfError::JobRejected { job, reason },
+            LoadError::Unsupported { job, op } => PerfError::Unsupported { job, op },
+            LoadError::Bdev(e) => PerfError::Bdev(e),
+            LoadError::Reactor(text) => PerfError::Reactor(text),
+        }
     }
 }

@@ -15,8 +15,7 @@ use std::io::{self, Write};
 use keel_reactor::CoreMask;
 use serde::Serialize;
 
-use crate::job::{JobResult, ProgressSnapshot, PERCENTILES};
-use crate::Workload;
+use keel_load::{JobResult, ProgressSnapshot, Workload, PERCENTILES};
 
 /// Width of header line 1 (`Latency(us)` right-aligned).
 const HEADER1_WIDTH: usize = 107;
@@ -332,7 +331,7 @@ pub fn json_report(results: &[JobResult]) -> serde_json::Value {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::job::{JobStatus, VerifyRange};
+    use keel_load::{JobStatus, VerifyRange};
     use keel_reactor::CoreId;
 
     fn result(name: &str, core: u32, workload: Workload) -> JobResult {

@@ -10,7 +10,7 @@
 //!    jobs: one per bdev, assigned to cores round-robin over the mask, or with `-C` one per
 //!    core per bdev, each on an equal contiguous slice,
 //! 5. sends each job to its core by message, where the job opens its descriptor and starts
-//!    ([`crate::Job::start_with`]); results come back over the `mpsc` channel (control path),
+//!    ([`keel_load::Job::start_with`]); results come back over the `mpsc` channel (control path),
 //! 6. meanwhile prints the one-line progress display each second (only when asked to: the binary
 //!    asks when stdout is a terminal) or, with `-S`, a full periodic report,
 //! 7. prints the report (text or JSON) and miscompares / end reasons on the error stream, asks
@@ -28,9 +28,10 @@ use keel_bdev::BdevRegistry;
 use keel_reactor::{CoreId, CoreMask, Cores, Runtime};
 use keel_rpc::config::ConfigFile;
 
-use crate::job::{JobProgress, JobResult, JobStatus};
+use keel_load::{Job, JobProgress, JobResult, JobSpec, JobStatus, Workload};
+
 use crate::report::{self, JobLabel, LiveJob};
-use crate::{Job, JobSpec, PerfError, Workload};
+use crate::PerfError;
 
 /// Name, size and block size of the embedded default stack's null bdev (1 GiB of 4 KiB blocks).
 pub const DEFAULT_NULL: (&str, u64, u32) = ("Null0", (1 << 30) / 4096, 4096);
@@ -338,6 +339,7 @@ pub fn run(opts: RunOptions, out: &mut dyn Write, err: &mut dyn Write) -> Result
                     Job::start_with(p.spec, desc, move |r| {
                         let _ = tx_done.send(Msg::Done(idx, Box::new(r.clone())));
                     })
+                    .map_err(PerfError::from)
                 });
             let _ = tx.send(match started {
                 Ok(h) => Msg::Started(idx, h.progress()),

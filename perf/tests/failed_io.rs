@@ -3,8 +3,7 @@
 //! fails. Uses a test disk that fails every 50th I/O (the error bdev's injection is the
 //! production way to get the same effect).
 
-mod common;
-
+use keel_load::testing::disks::fail_disk;
 use keel_perf::{BdevSetup, JobStatus, OutputFormat, RunOptions, RunSummary, Workload};
 
 fn run(continue_on_failure: bool, output: OutputFormat) -> (RunSummary, String, String) {
@@ -16,7 +15,7 @@ fn run(continue_on_failure: bool, output: OutputFormat) -> (RunSummary, String, 
     opts.continue_on_failure = continue_on_failure;
     opts.output = output;
     opts.bdevs = BdevSetup::Custom(Box::new(|reg| {
-        common::fail_disk(reg, "Flaky0", 1 << 16, 512, 50);
+        fail_disk(reg, "Flaky0", 1 << 16, 512, 50);
         Ok(())
     }));
     let (mut out, mut err) = (Vec::new(), Vec::new());

@@ -4,12 +4,11 @@
 //! the descriptor and channel are released on core 1, and nothing hangs. Also with real threads
 //! through the orchestrator's building blocks (Runtime + Job::start_with).
 
-mod common;
-
 use std::sync::mpsc;
 use std::time::Duration;
 
 use keel_bdev::BdevRegistry;
+use keel_load::testing::disks::slow_disk;
 use keel_perf::{Job, JobSpec, JobStatus, Workload};
 use keel_reactor::{CoreId, CoreMask, Runtime, TestDriver};
 
@@ -17,7 +16,7 @@ use keel_reactor::{CoreId, CoreMask, Runtime, TestDriver};
 fn removal_under_load_ends_the_job_and_fails_in_flight_io() {
     let d = TestDriver::new(2);
     let reg = BdevRegistry::new(d.cores());
-    let bdev = common::slow_disk(&reg, "Slow0", 1 << 16, 512, 3);
+    let bdev = slow_disk(&reg, "Slow0", 1 << 16, 512, 3);
     let spec = JobSpec::new("Slow0", Workload::RandWrite, 32, 4096, 60_000_000);
     let job = d.enter(CoreId(1), || {
         let desc = reg.open("Slow0", true, |_| {}).unwrap();
@@ -50,7 +49,7 @@ fn removal_with_real_threads() {
         let reg = reg.clone();
         cores
             .run_on(CoreId(0), move || {
-                common::slow_disk(&reg, "Slow0", 1 << 16, 512, 50);
+                slow_disk(&reg, "Slow0", 1 << 16, 512, 50);
             })
             .unwrap();
     }

@@ -2,9 +2,8 @@
 //! bdev, the offset (blocks and bytes) and the length — even with `-f` — both on the engine
 //! (TestDriver) and through the orchestrator, which prints it on stderr and reports failure.
 
-mod common;
-
 use keel_bdev::BdevRegistry;
+use keel_load::testing::disks::corrupt_disk;
 use keel_perf::{BdevSetup, Job, JobSpec, JobStatus, OutputFormat, RunOptions, Workload};
 use keel_reactor::{CoreId, CoreMask, TestDriver};
 
@@ -15,7 +14,7 @@ const CORRUPT_BYTE: u64 = 3 * 4096 + 100;
 fn corrupted_read_is_a_miscompare_even_with_continue_on_failure() {
     let d = TestDriver::new(1);
     let reg = BdevRegistry::new(d.cores());
-    common::corrupt_disk(&reg, "Bad0", 64, 4096, CORRUPT_BYTE);
+    corrupt_disk(&reg, "Bad0", 64, 4096, CORRUPT_BYTE);
     let mut spec = JobSpec::new("Bad0", Workload::Verify, 8, 4096, 1_000_000);
     spec.continue_on_failure = true;
     let job = d.enter(CoreId(0), || {
@@ -54,7 +53,7 @@ fn corrupted_read_is_a_miscompare_even_with_continue_on_failure() {
     opts.core_mask = CoreMask::parse("0x1").unwrap();
     opts.output = OutputFormat::Text;
     opts.bdevs = BdevSetup::Custom(Box::new(|reg| {
-        common::corrupt_disk(reg, "Bad0", 64, 4096, CORRUPT_BYTE);
+        corrupt_disk(reg, "Bad0", 64, 4096, CORRUPT_BYTE);
         Ok(())
     }));
     let (mut out, mut err) = (Vec::new(), Vec::new());

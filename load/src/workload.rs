@@ -1,12 +1,12 @@
-//! Workload types and job specifications: what one job issues (`shared/specs/bdevperf.md` §1.3)
-//! and the parsing of the parameters that describe it (`-w`, `-o`).
+//! Workload types and job specifications: what one job issues (`shared/specs/bdevperf.md` §1.3).
 //!
-//! A [`JobSpec`] is plain data (`Send`): the orchestrator builds it on its own thread and sends it
-//! to the job's core, where [`crate::Job::start`] checks it against the bdev.
+//! A [`JobSpec`] is plain data (`Send`): a tool (keel-perf's orchestrator) or a test builds it on
+//! its own thread and sends it to the job's core, where [`crate::Job::start`] checks it against
+//! the bdev.
 
 use keel_bdev::IoOp;
 
-use crate::PerfError;
+use crate::LoadError;
 
 /// bdevperf's workload types.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -55,10 +55,10 @@ impl Workload {
     ];
 
     /// Parses bdevperf's `-w` value (exact, lower case).
-    pub fn parse(text: &str) -> Result<Workload, PerfError> {
+    pub fn parse(text: &str) -> Result<Workload, LoadError> {
         Workload::ALL.into_iter().find(|w| w.name() == text).ok_or_else(|| {
             let names: Vec<&str> = Workload::ALL.iter().map(|w| w.name()).collect();
-            PerfError::invalid(
+            LoadError::invalid(
                 "-w",
                 format!("unknown workload '{text}' (expected one of: {})", names.join(", ")),
             )
@@ -139,40 +139,7 @@ impl std::fmt::Display for Workload {
     }
 }
 
-/// Parses an I/O size as bdevperf's `-o`: a decimal number with an optional binary suffix
-/// `k/K`, `m/M`, `g/G` (×1024ⁿ). Zero and overflow are errors.
-pub fn parse_size(text: &str) -> Result<u64, PerfError> {
-    let bad = || {
-        PerfError::invalid(
-            "-o",
-            format!("invalid IO size '{text}': expected a positive number with an optional k/K/m/M/g/G suffix"),
-        )
-    };
-    let t = text.trim();
-    let (digits, shift) = match t.as_bytes().last() {
-        Some(b'k' | b'K') => (&t[..t.len() - 1], 10),
-        Some(b'm' | b'M') => (&t[..t.len() - 1], 20),
-        Some(b'g' | b'G') => (&t[..t.len() - 1], 30),
-        _ => (t, 0),
-    };
-    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
-        return Err(bad());
-    }
-    let n: u64 = digits.parse().map_err(|_| bad())?;
-    let bytes = n.checked_mul(1u64 << shift).ok_or_else(bad)?;
-    if bytes == 0 {
-        return Err(PerfError::invalid("-o", "IO size must be greater than 0"));
-    }
-    if bytes > u32::MAX as u64 {
-        return Err(PerfError::invalid(
-            "-o",
-            format!("IO size {bytes} is larger than the 4 GiB a request can carry"),
-        ));
-    }
-    Ok(bytes)
-}
-
-/// Everything one job needs to know, as plain data. Built by the orchestrator (or a test) on any
+/// Everything one job needs to know, as plain data. Built by a tool or a test on any
 /// thread; [`crate::Job::start`] validates it against the bdev on the job's core.
 #[derive(Debug, Clone, PartialEq)]
 pub struct JobSpec {
@@ -220,18 +187,6 @@ impl JobSpec {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn sizes_parse_with_binary_suffixes() {
-        assert_eq!(parse_size("4096").unwrap(), 4096);
-        assert_eq!(parse_size("4k").unwrap(), 4096);
-        assert_eq!(parse_size("4K").unwrap(), 4096);
-        assert_eq!(parse_size("1m").unwrap(), 1 << 20);
-        assert_eq!(parse_size("2G").unwrap(), 2 << 30);
-        for bad in ["", "k", "0", "4q", "-4", "4.5k", "99999999999999999999", "8G"] {
-            assert!(parse_size(bad).is_err(), "{bad} accepted");
-        }
-    }
 
     #[test]
     fn workload_names_round_trip() {

@@ -23,11 +23,12 @@
 //!    (`now - submit tick`, the submit tick is kept per slot; `io.tag` is the slot index),
 //!    counts success or failure, for verify compares the buffers, and immediately resubmits the
 //!    slot's next I/O unless the job is stopping,
-//! 5. publishes its counters for the orchestrator's progress line.
+//! 5. publishes its counters ([`JobProgress`], read by keel-perf's progress line).
 //!
 //! When the job is stopping and every request is back, the poller computes the [`JobResult`],
 //! drops the engine — channel, descriptor, buffers, requests — on this core, unregisters itself
-//! and hands the result to the `on_done` callback (the orchestrator sends it over a channel).
+//! and hands the result to the `on_done` callback (keel-perf's orchestrator sends it over a
+//! channel).
 //!
 //! Offsets: random workloads draw from xorshift64 and map the draw onto the job's range with a
 //! multiply-shift (no division); sequential ones advance a cursor that wraps. Verify gives each
@@ -51,7 +52,7 @@ use keel_reactor::{ticks, ticks_per_sec, CoreId, PollStatus, PollerHandle};
 
 use crate::pattern;
 use crate::workload::RESET_PERIOD_US;
-use crate::{JobSpec, PerfError, Workload};
+use crate::{JobSpec, LoadError, Workload};
 
 /// The percentiles reported per job (and their JSON keys).
 pub const PERCENTILES: [(f64, &str); 5] = [
@@ -103,7 +104,7 @@ pub struct VerifyRange {
 }
 
 /// A verify read that did not return what was written. Built on the job's core on the failure
-/// path; printed by the orchestrator on stderr.
+/// path; keel-perf prints it on stderr.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Miscompare {
     pub bdev: String,
@@ -137,7 +138,7 @@ impl std::fmt::Display for Miscompare {
             self.expected_seq,
         )?;
         match self.read_header {
-            // Sequence numbers start at 1: a zero header is not a keel-perf pattern.
+            // Sequence numbers start at 1: a zero header is not a verify pattern.
             Some((off, seq)) if seq != 0 => write!(f, ", read the data of write #{seq} to byte offset {off})"),
             _ => write!(f, ")"),
         }
@@ -340,7 +341,7 @@ impl Job {
     /// allocation happens here; I/O starts at the poller's first turn. The job owns `desc` and
     /// drops it (with its channel) on this core when it ends. Called on a reactor core; the job
     /// completes later (poll [`JobHandle::is_done`] or use [`Job::start_with`]).
-    pub fn start(spec: JobSpec, desc: Descriptor) -> Result<JobHandle, PerfError> {
+    pub fn start(spec: JobSpec, desc: Descriptor) -> Result<JobHandle, LoadError> {
         Job::start_with(spec, desc, |_| {})
     }
 
@@ -350,15 +351,23 @@ impl Job {
         spec: JobSpec,
         desc: Descriptor,
         on_done: impl FnOnce(&JobResult) + 'static,
-    ) -> Result<JobHandle, PerfError> {
+    ) -> Result<JobHandle, LoadError> {
+        Job::start_boxed(spec, desc, Box::new(on_done))
+    }
+
+    /// The body of [`Job::start_with`]. Not generic, so that the poller closure and the I/O loop
+    /// it inlines are compiled once, here, whatever callback the caller passes: a generic body
+    /// would be instantiated in the caller's crate (keel-perf), where the per-I/O call into the
+    /// latency histogram was left out of line.
+    fn start_boxed(spec: JobSpec, desc: Descriptor, on_done: OnDone) -> Result<JobHandle, LoadError> {
         let reactor = keel_reactor::try_current()
-            .ok_or_else(|| PerfError::Reactor("Job::start must be called on a reactor core".into()))?;
+            .ok_or_else(|| LoadError::Reactor("Job::start must be called on a reactor core".into()))?;
         let engine = Engine::new(spec, desc, reactor.core())?;
         let shared = Rc::new(JobShared {
             progress: Arc::new(JobProgress::default()),
             result: RefCell::new(None),
             poller: RefCell::new(None),
-            on_done: RefCell::new(Some(Box::new(on_done))),
+            on_done: RefCell::new(Some(on_done)),
         });
         let weak = Rc::downgrade(&shared);
         reactor.on_shutdown(move || {
@@ -366,6 +375,7 @@ impl Job {
                 s.progress.request_stop();
             }
         });
+        // The name keel_get_pollers shows; kept from when the engine lived in keel-perf.
         let poller_name = format!("keel_perf_{}", engine.spec.name);
         let mut engine = Some(engine);
         let sh = shared.clone();
@@ -456,23 +466,23 @@ struct Engine {
 }
 
 impl Engine {
-    fn new(spec: JobSpec, desc: Descriptor, core: CoreId) -> Result<Engine, PerfError> {
+    fn new(spec: JobSpec, desc: Descriptor, core: CoreId) -> Result<Engine, LoadError> {
         let info = desc.info().clone();
-        let reject = |reason: String| PerfError::JobRejected {
+        let reject = |reason: String| LoadError::JobRejected {
             job: spec.name.clone(),
             reason,
         };
         if spec.queue_depth == 0 {
-            return Err(PerfError::invalid("-q", "queue depth must be greater than 0"));
+            return Err(LoadError::invalid("-q", "queue depth must be greater than 0"));
         }
         if spec.rw_read_percent > 100 {
-            return Err(PerfError::invalid(
+            return Err(LoadError::invalid(
                 "-M",
                 format!("read percentage {} is not within 0..100", spec.rw_read_percent),
             ));
         }
         if desc.bdev().is_removed() {
-            return Err(PerfError::Bdev(keel_bdev::BdevError::Removed(info.name.clone())));
+            return Err(LoadError::Bdev(keel_bdev::BdevError::Removed(info.name.clone())));
         }
         let bs = info.block_size as u64;
         if spec.io_size_bytes == 0 || !spec.io_size_bytes.is_multiple_of(bs) {
@@ -486,7 +496,7 @@ impl Engine {
         }
         for &op in spec.workload.ops() {
             if !info.caps.supports(op) {
-                return Err(PerfError::Unsupported {
+                return Err(LoadError::Unsupported {
                     job: spec.name.clone(),
                     op: op.name(),
                 });
@@ -572,7 +582,7 @@ impl Engine {
         });
         let tps = ticks_per_sec();
         let hist = Histogram::<u64>::new_with_bounds(1, (HIST_MAX_SECS * tps).max(2), HIST_SIGFIG)
-            .map_err(|e| PerfError::Reactor(format!("cannot create latency histogram: {e}")))?;
+            .map_err(|e| LoadError::Reactor(format!("cannot create latency histogram: {e}")))?;
         let ch = desc.channel();
         Ok(Engine {
             fixed_op: spec.workload.fixed_op(),

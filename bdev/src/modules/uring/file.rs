@@ -1,0 +1,695 @@
+//! The file part of the uring bdev: opening and checking the file, the per-bdev backend, and
+//! the per-core channel that turns requests into SQEs on its [`Ring`] and completions back into
+//! request completions.
+//!
+//! # Channels: one ring per core
+//!
+//! Each core that does I/O gets a `UringChannel` owning one io_uring ([`RING_DEPTH`] entries,
+//! set up as `ring.rs` describes), created on that core. The file is registered with the ring so
+//! SQEs use `types::Fixed(0)` and skip the per-I/O fd lookup; if registration fails the raw fd is
+//! used. A channel whose ring cannot be created still exists and fails every I/O with
+//! `IoStatus::Failed`.
+//!
+//! In-flight requests live in the channel's submission-token queue
+//! ([`crate::tokens::TokenQueue`]) of [`RING_DEPTH`] tokens allocated with the channel. A token's
+//! owner is the [`IoBox`] (and with it the `DmaBuf` clones of its scatter list, so the memory
+//! stays alive while the kernel uses it) with the byte count a full success returns; its scratch
+//! is an array of `MAX_IOVS` `iovec`s for multi-segment requests, at a fixed address. An SQE's
+//! `user_data` is its token. Nothing on the data path allocates: the token queue and the reset
+//! waiting list keep their capacity.
+//!
+//! * `submit` only writes an SQE into the submission ring (Read/Write for one segment,
+//!   Readv/Writev for several, Fsync(DATASYNC) for flush, Fallocate for unmap/write_zeroes). When
+//!   no token is free or the SQ is full it hands the request back (`Submit::Requeue`).
+//! * The channel's **poller** makes the ring's one enter of the turn (only when there is
+//!   something to do, never blocking), then reaps every CQE in the completion ring and completes
+//!   the requests with [`crate::IoRequest::complete`]. It returns `Busy` iff it submitted or
+//!   reaped something.
+//! * Results: negative → `Failed` (`Aborted` for `-ECANCELED` or during hot removal); a short
+//!   read or write is treated as a failure (logged at debug level): with whole-block requests
+//!   inside the file's size it only happens when the file shrank under us.
+//! * Reset waits until every request in flight on the channel came back, then succeeds.
+//!
+//! # Hot removal and teardown
+//!
+//! `abort_all` marks the channel removing and queues one `IORING_OP_ASYNC_CANCEL` matching any
+//! request; requests come back (cancelled as `Aborted`, or finished as they finished) and are
+//! completed only then — never while the kernel may still write into their buffers. Dropping a
+//! channel with requests in flight cancels them and waits (blocking, with a 1 s timeout per wait
+//! and a warning each time; this is teardown, not the data path) until the ring has returned
+//! every one, then completes them. If the ring cannot be waited on at all, the ring and the
+//! in-flight buffers are deliberately leaked rather than freed under the kernel's feet.
+#![allow(unsafe_code)]
+
+use std::cell::RefCell;
+use std::fs::{File, OpenOptions};
+use std::io::{self, Seek, SeekFrom};
+use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
+use std::os::unix::io::{AsRawFd, RawFd};
+use std::rc::Rc;
+use std::sync::Arc;
+
+use io_uring::{opcode, squeue, types};
+use keel_reactor::{CoreId, PollStatus, PollerHandle};
+use serde_json::{json, Value};
+
+use super::ring::Ring;
+use super::{Flavor, RING_DEPTH};
+use crate::modules::obj;
+use crate::tokens::TokenQueue;
+use crate::{
+    BackendChannel, BdevBackend, BdevError, BdevInfo, ChannelCx, ConfigCall, IoBox, IoOp, IoRequest, IoStatus, Submit,
+    MAX_IOVS,
+};
+
+/// `user_data` of the cancel-all SQE (tokens are `< RING_DEPTH`).
+const CANCEL_USER_DATA: u64 = u64::MAX;
+
+/// Longest single read or write the kernel performs in one call (`MAX_RW_COUNT`); a CQE's
+/// result is an `i32`, so larger requests could not even report success.
+const MAX_RW_BYTES: u64 = 0x7fff_f000;
+
+/// How a teardown wait is bounded before it logs and waits again.
+const DRAIN_WAIT_SEC: u64 = 1;
+
+// ---------------------------------------------------------------------------------------------
+// Opening
+// ---------------------------------------------------------------------------------------------
+
+/// A file opened for a file bdev (by `open_file`), with what was learnt about it.
+pub(super) struct Opened {
+    pub(super) file: File,
+    /// Opened with `O_DIRECT`.
+    pub(super) direct: bool,
+    pub(super) size_bytes: u64,
+    /// Smallest block size direct I/O accepts, where the kernel tells.
+    pub(super) min_block_size: Option<u32>,
+}
+
+/// Opens `filename` (read-only when `readonly`) with `O_DIRECT` where the filesystem allows it,
+/// and finds its size and the smallest block size it takes (module docs of `uring`). Called on
+/// the control path (create).
+pub(super) fn open_file(filename: &str, readonly: bool) -> Result<Opened, BdevError> {
+    let open = |direct: bool| {
+        let mut o = OpenOptions::new();
+        o.read(true).write(!readonly);
+        if direct {
+            o.custom_flags(libc::O_DIRECT);
+        }
+        o.open(filename)
+    };
+    let (file, direct) = match open(true) {
+        Ok(f) => (f, true),
+        Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
+            tracing::warn!(filename, "filesystem refuses O_DIRECT; falling back to buffered I/O");
+            let f = open(false).map_err(|e| BdevError::io(format!("cannot open '{filename}'"), e))?;
+            (f, false)
+        }
+        Err(e) => return Err(BdevError::io(format!("cannot open '{filename}'"), e)),
+    };
+    let meta = file
+        .metadata()
+        .map_err(|e| BdevError::io(format!("cannot stat '{filename}'"), e))?;
+    let ft = meta.file_type();
+    let (size_bytes, min_block_size) = if ft.is_block_device() {
+        let size = (&file)
+            .seek(SeekFrom::End(0))
+            .map_err(|e| BdevError::io(format!("cannot get the size of '{filename}'"), e))?;
+        let lbs = logical_block_size(file.as_raw_fd())
+            .map_err(|e| BdevError::io(format!("cannot get the logical block size of '{filename}'"), e))?;
+        (size, Some(lbs))
+    } else if ft.is_file() {
+        let align = if direct {
+            dio_offset_align(file.as_raw_fd())
+        } else {
+            None
+        };
+        (meta.len(), align)
+    } else {
+        return Err(BdevError::invalid(
+            "filename",
+            format!("'{filename}' is neither a regular file nor a block device"),
+        ));
+    };
+    Ok(Opened {
+        file,
+        direct,
+        size_bytes,
+        min_block_size,
+    })
+}
+
+/// `BLKSSZGET`: the logical block size of a block device.
+fn logical_block_size(fd: RawFd) -> io::Result<u32> {
+    let mut size: libc::c_int = 0;
+    // SAFETY: BLKSSZGET writes one c_int through the pointer, which points to a live local.
+    let rc = unsafe { libc::ioctl(fd, libc::BLKSSZGET, &mut size as *mut libc::c_int) };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    u32::try_from(size)
+        .ok()
+        .filter(|&s| s > 0)
+        .ok_or_else(|| io::Error::from_raw_os_error(libc::EINVAL))
+}
+
+/// The file's direct-I/O offset alignment (`statx` `STATX_DIOALIGN`, Linux 6.1+), if reported.
+fn dio_offset_align(fd: RawFd) -> Option<u32> {
+    // SAFETY: `statx` is a plain C struct for which all-zero bytes are a valid value.
+    let mut stx: libc::statx = unsafe { std::mem::zeroed() };
+    // SAFETY: the path is a valid NUL-terminated empty string, used with AT_EMPTY_PATH on an
+    // open fd; `stx` is a live, writable statx buffer.
+    let rc = unsafe { libc::statx(fd, c"".as_ptr(), libc::AT_EMPTY_PATH, libc::STATX_DIOALIGN, &mut stx) };
+    (rc == 0 && stx.stx_mask & libc::STATX_DIOALIGN != 0 && stx.stx_dio_offset_align != 0)
+        .then_some(stx.stx_dio_offset_align)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Backend
+// ---------------------------------------------------------------------------------------------
+
+/// The per-bdev object shared by every core: the open file and what was declared.
+pub(super) struct FileBackend {
+    pub(super) flavor: Flavor,
+    pub(super) filename: String,
+    pub(super) file: Arc<File>,
+    pub(super) block_size: u32,
+    pub(super) block_size_override: bool,
+    pub(super) direct: bool,
+    pub(super) name: String,
+}
+
+impl BdevBackend for FileBackend {
+    fn create_channel(&self, cx: &ChannelCx) -> Box<dyn BackendChannel> {
+        Box::new(UringChannel::new(
+            &self.name,
+            cx.core(),
+            self.file.clone(),
+            self.block_size,
+        ))
+    }
+
+    fn driver_specific(&self) -> Value {
+        match self.flavor {
+            Flavor::Uring => json!({"uring": {"filename": self.filename}}),
+            Flavor::Aio {
+                readonly,
+                fallocate,
+                nowait,
+            } => json!({"aio": {
+                "filename": self.filename,
+                "block_size_override": self.block_size_override,
+                "readonly": readonly,
+                "fallocate": fallocate,
+                "nowait": nowait,
+            }}),
+        }
+    }
+
+    fn config(&self, info: &BdevInfo) -> Option<ConfigCall> {
+        Some(match self.flavor {
+            Flavor::Uring => ConfigCall {
+                method: "bdev_uring_create",
+                params: obj([
+                    ("filename", json!(self.filename)),
+                    ("name", json!(info.name)),
+                    ("block_size", json!(info.block_size)),
+                    ("uuid", json!(info.uuid.to_string())),
+                ]),
+            },
+            Flavor::Aio {
+                readonly,
+                fallocate,
+                nowait,
+            } => ConfigCall {
+                method: "bdev_aio_create",
+                params: obj([
+                    ("name", json!(info.name)),
+                    ("filename", json!(self.filename)),
+                    ("block_size", json!(info.block_size)),
+                    ("readonly", json!(readonly)),
+                    ("fallocate", json!(fallocate)),
+                    ("nowait", json!(nowait)),
+                    ("uuid", json!(info.uuid.to_string())),
+                ]),
+            },
+        })
+    }
+
+    fn on_unregister(&self) {
+        tracing::debug!(
+            name = self.name,
+            filename = self.filename,
+            direct = self.direct,
+            "file bdev unregistered"
+        );
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Channel
+// ---------------------------------------------------------------------------------------------
+
+/// A request in flight: the owner of its token.
+struct InFlight {
+    io: IoBox,
+    /// Result a fully successful read/write returns; 0 for ops whose result is just 0.
+    expected_bytes: u64,
+}
+
+/// A token's scratch: the `iovec`s of a multi-segment read/write, which the kernel may read
+/// until the request is submitted (the token queue keeps them at a fixed address).
+type Iovecs = [libc::iovec; MAX_IOVS];
+
+/// How SQEs address the file.
+#[derive(Clone, Copy)]
+struct FileTarget {
+    /// The file is registered at index 0 (`types::Fixed(0)`).
+    fixed: bool,
+    fd: RawFd,
+}
+
+/// The ring and its file target.
+struct FileRing {
+    ring: Ring,
+    target: FileTarget,
+}
+
+/// State shared by the channel (submit side) and its poller (reap side), on one core.
+struct ChanState {
+    name: Rc<str>,
+    ring: Option<FileRing>,
+    /// Keeps the fd open while the ring may use it.
+    file: Option<Arc<File>>,
+    block_shift: u32,
+    /// Requests in flight, by the token their SQE carries.
+    tokens: TokenQueue<InFlight, Iovecs>,
+    /// Hot removal started: failures and cancellations come back as `Aborted`.
+    removing: bool,
+    /// A cancel-all SQE must be queued (set by `abort_all`; the poller queues and submits it).
+    cancel_wanted: bool,
+    /// Resets waiting for the in-flight requests to drain.
+    resets: Vec<IoBox>,
+}
+
+/// Runs `$body` with `$t` bound to the SQE target of `$r` (fixed-file index or raw fd): the
+/// opcode builders take a sealed trait that cannot be named in a helper's signature.
+macro_rules! with_target {
+    ($r:expr, |$t:ident| $body:expr) => {
+        if $r.fixed {
+            let $t = types::Fixed(0);
+            $body
+        } else {
+            let $t = types::Fd($r.fd);
+            $body
+        }
+    };
+}
+
+impl ChanState {
+    fn new(name: &str, file: Option<Arc<File>>, ring: Option<FileRing>, block_size: u32) -> ChanState {
+        ChanState {
+            name: Rc::from(name),
+            ring,
+            file,
+            block_shift: block_size.trailing_zeros(),
+            tokens: TokenQueue::new(RING_DEPTH, || {
+                [libc::iovec {
+                    iov_base: std::ptr::null_mut(),
+                    iov_len: 0,
+                }; MAX_IOVS]
+            }),
+            removing: false,
+            cancel_wanted: false,
+            resets: Vec::with_capacity(8),
+        }
+    }
+
+    /// Queues `io` as an SQE (no syscall). See [`BackendChannel::submit`].
+    #[inline]
+    fn submit(&mut self, io: IoBox) -> Submit {
+        let Some(r) = self.ring.as_mut() else {
+            io.complete(IoStatus::Failed);
+            return Submit::Accepted;
+        };
+        if self.removing {
+            io.complete(IoStatus::Removed);
+            return Submit::Accepted;
+        }
+        if io.op == IoOp::Reset {
+            if self.tokens.is_idle() {
+                io.complete(IoStatus::Success);
+            } else {
+                self.resets.push(io);
+            }
+            return Submit::Accepted;
+        }
+        let was_idle = self.tokens.is_idle();
+        let Some(mut token) = self.tokens.vacant() else {
+            return Submit::Requeue(io);
+        };
+        let mut sq = r.ring.sq();
+        if sq.is_full() {
+            return Submit::Requeue(io);
+        }
+        let (entry, expected_bytes) = match prepare_sqe(r.target, token.scratch(), &io, self.block_shift) {
+            Ok((e, expected_bytes)) => (e.user_data(token.token().as_u64()), expected_bytes),
+            Err(status) => {
+                drop(sq);
+                io.complete(status);
+                return Submit::Accepted;
+            }
+        };
+        // SAFETY: everything the SQE points to outlives the operation: the data buffers are
+        // `DmaBuf`s held by `io`, which stays in the token queue until its CQE is reaped; the
+        // iovec array is the token's scratch, which never moves and is freed only after every
+        // request came back (channel drop waits); the fd is kept open by `self.file`.
+        if unsafe { sq.push(&entry) }.is_err() {
+            return Submit::Requeue(io);
+        }
+        drop(sq);
+        token.insert(InFlight { io, expected_bytes });
+        if was_idle {
+            r.ring.note_progress();
+        }
+        Submit::Accepted
+    }
+
+    /// One poller turn: submit what is queued and reap what completed, with at most one
+    /// non-blocking `io_uring_enter` and none when there is nothing to do.
+    #[inline]
+    fn poll(&mut self) -> PollStatus {
+        let Some(r) = self.ring.as_mut() else {
+            return PollStatus::Idle;
+        };
+        if self.cancel_wanted && r.ring.push_cancel_all(CANCEL_USER_DATA) {
+            self.cancel_wanted = false;
+        }
+        let mut did_work = false;
+        match r.ring.enter_if_needed(!self.tokens.is_idle()) {
+            Ok(submitted) => did_work |= submitted,
+            Err(e) => match e.raw_os_error() {
+                Some(libc::EINTR) | Some(libc::EAGAIN) | Some(libc::EBUSY) => {}
+                _ => tracing::debug!(bdev = &*self.name, error = %e, "io_uring_enter failed"),
+            },
+        }
+        if self.reap() > 0 {
+            did_work = true;
+        }
+        if self.tokens.is_idle() && !self.resets.is_empty() {
+            let status = if self.removing {
+                IoStatus::Aborted
+            } else {
+                IoStatus::Success
+            };
+            for io in self.resets.drain(..) {
+                io.complete(status);
+            }
+            did_work = true;
+        }
+        PollStatus::from_work(did_work)
+    }
+
+    /// Completes every request whose CQE is in the completion ring. Returns the CQEs seen.
+    #[inline]
+    fn reap(&mut self) -> usize {
+        let Some(r) = self.ring.as_mut() else {
+            return 0;
+        };
+        let mut n = 0;
+        for (ud, res) in r.ring.completions() {
+            n += 1;
+            if ud == CANCEL_USER_DATA {
+                continue;
+            }
+            let Some(InFlight { io, expected_bytes }) = self.tokens.take(ud) else {
+                debug_assert!(false, "CQE for no request in flight: user_data {ud}");
+                continue;
+            };
+            let status = if res < 0 {
+                if res == -libc::ECANCELED || self.removing {
+                    IoStatus::Aborted
+                } else {
+                    tracing::debug!(
+                        bdev = &*self.name,
+                        op = io.op.name(),
+                        offset_blocks = io.offset_blocks,
+                        num_blocks = io.num_blocks,
+                        errno = -res,
+                        "file I/O failed"
+                    );
+                    IoStatus::Failed
+                }
+            } else if expected_bytes != 0 && res as u64 != expected_bytes {
+                tracing::debug!(
+                    bdev = &*self.name,
+                    op = io.op.name(),
+                    offset_blocks = io.offset_blocks,
+                    expected_bytes,
+                    got_bytes = res,
+                    "short file I/O treated as failure"
+                );
+                IoStatus::Failed
+            } else {
+                IoStatus::Success
+            };
+            io.complete(status);
+        }
+        if n > 0 {
+            r.ring.note_progress();
+        }
+        n
+    }
+
+    /// Hot removal: from now on failures come back as `Aborted`, and everything in the kernel
+    /// is asked to cancel (the poller queues and submits the cancel).
+    fn abort_all(&mut self) {
+        self.removing = true;
+        if !self.tokens.is_idle() && self.ring.is_some() {
+            self.cancel_wanted = true;
+        }
+    }
+
+    /// Teardown: cancel and wait until the kernel returned every request, then complete them.
+    fn drain_for_drop(&mut self) {
+        self.removing = true;
+        let mut cancel_sent = false;
+        let mut waited_sec = 0u64;
+        while !self.tokens.is_idle() {
+            let Some(r) = self.ring.as_mut() else { break };
+            if !cancel_sent {
+                cancel_sent = r.ring.push_cancel_all(CANCEL_USER_DATA);
+            }
+            match r.ring.wait_for_completion(DRAIN_WAIT_SEC) {
+                Ok(_) => {}
+                Err(e)
+                    if matches!(
+                        e.raw_os_error(),
+                        Some(libc::ETIME) | Some(libc::EINTR) | Some(libc::EBUSY)
+                    ) =>
+                {
+                    if e.raw_os_error() == Some(libc::ETIME) {
+                        waited_sec += DRAIN_WAIT_SEC;
+                        tracing::warn!(
+                            bdev = &*self.name,
+                            in_flight = self.tokens.in_flight(),
+                            waited_sec,
+                            "channel teardown still waiting for the kernel to return requests"
+                        );
+                    }
+                }
+                Err(e) => {
+                    tracing::error!(
+                        bdev = &*self.name,
+                        in_flight = self.tokens.in_flight(),
+                        error = %e,
+                        "cannot wait for in-flight requests; leaking their buffers and the ring"
+                    );
+                    self.leak_in_flight();
+                    return;
+                }
+            }
+            self.reap();
+        }
+        for io in self.resets.drain(..) {
+            io.complete(IoStatus::Aborted);
+        }
+        // Close the ring (and drop our hold on the fd) now rather than when the reactor prunes
+        // the dead poller.
+        self.ring = None;
+        self.file = None;
+    }
+
+    /// Last resort when the ring cannot be waited on: never free memory the kernel may write.
+    fn leak_in_flight(&mut self) {
+        self.tokens.leak();
+        if let Some(r) = self.ring.take() {
+            std::mem::forget(r);
+        }
+    }
+}
+
+/// Builds the SQE for `io` (not Reset), filling `iovecs` (the token's scratch) for multi-segment
+/// transfers. Returns it with the result a fully successful completion reports (bytes moved; 0
+/// for ops whose result is just 0).
+#[inline]
+fn prepare_sqe(
+    r: FileTarget,
+    iovecs: &mut Iovecs,
+    io: &IoRequest,
+    block_shift: u32,
+) -> Result<(squeue::Entry, u64), IoStatus> {
+    let offset_bytes = io.offset_blocks << block_shift;
+    let len_bytes = io.num_blocks << block_shift;
+    let mut expected_bytes = 0;
+    let entry = match io.op {
+        IoOp::Read | IoOp::Write => {
+            if len_bytes > MAX_RW_BYTES {
+                tracing::debug!(len_bytes, "request larger than one kernel read/write");
+                return Err(IoStatus::Failed);
+            }
+            let mut left = len_bytes;
+            let mut n = 0usize;
+            for v in io.iovs.iter() {
+                if left == 0 {
+                    break;
+                }
+                let take = (v.len_bytes as u64).min(left);
+                if take == 0 {
+                    continue;
+                }
+                let start = v.offset_bytes as usize;
+                // The kernel must never touch memory outside the buffer.
+                if start + take as usize > v.buf.len() {
+                    return Err(IoStatus::InvalidRange);
+                }
+                iovecs[n] = libc::iovec {
+                    iov_base: v.buf.as_mut_ptr().wrapping_add(start).cast(),
+                    iov_len: take as usize,
+                };
+                n += 1;
+                left -= take;
+            }
+            if left != 0 || n == 0 {
+                return Err(IoStatus::InvalidRange);
+            }
+            expected_bytes = len_bytes;
+            let iov0 = iovecs[0];
+            match (io.op, n) {
+                (IoOp::Read, 1) => with_target!(r, |t| opcode::Read::new(t, iov0.iov_base.cast(), len_bytes as u32)
+                    .offset(offset_bytes)
+                    .build()),
+                (IoOp::Read, _) => with_target!(r, |t| opcode::Readv::new(t, iovecs.as_ptr(), n as u32)
+                    .offset(offset_bytes)
+                    .build()),
+                (_, 1) => with_target!(r, |t| opcode::Write::new(
+                    t,
+                    iov0.iov_base.cast_const().cast(),
+                    len_bytes as u32
+                )
+                .offset(offset_bytes)
+                .build()),
+                _ => with_target!(r, |t| opcode::Writev::new(t, iovecs.as_ptr(), n as u32)
+                    .offset(offset_bytes)
+                    .build()),
+            }
+        }
+        IoOp::Flush => with_target!(r, |t| opcode::Fsync::new(t).flags(types::FsyncFlags::DATASYNC).build()),
+        IoOp::Unmap => with_target!(r, |t| opcode::Fallocate::new(t, len_bytes)
+            .offset(offset_bytes)
+            .mode(libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE)
+            .build()),
+        IoOp::WriteZeroes => with_target!(r, |t| opcode::Fallocate::new(t, len_bytes)
+            .offset(offset_bytes)
+            .mode(libc::FALLOC_FL_ZERO_RANGE | libc::FALLOC_FL_KEEP_SIZE)
+            .build()),
+        IoOp::Reset => return Err(IoStatus::Unsupported),
+    };
+    Ok((entry, expected_bytes))
+}
+
+/// This core's channel of a uring/aio bdev: the ring, the token queue and the poller. Created on
+/// its core by `create_channel`, dropped there. The poller closure and this struct share the
+/// state (`Rc`); dropping the channel stops the poller (the handle) after draining the ring.
+struct UringChannel {
+    state: Rc<RefCell<ChanState>>,
+    poller: PollerHandle,
+}
+
+impl UringChannel {
+    /// Called on `core` (a reactor): creates the ring, registers the file, starts the poller.
+    fn new(name: &str, core: CoreId, file: Arc<File>, block_size: u32) -> UringChannel {
+        let fd = file.as_raw_fd();
+        let ring = match Ring::new(RING_DEPTH) {
+            Ok(ring) => {
+                let fixed = ring.register_file(fd);
+                tracing::debug!(
+                    bdev = name,
+                    core = core.0,
+                    fixed,
+                    single_issuer = ring.single_issuer(),
+                    "io_uring channel created"
+                );
+                Some(FileRing {
+                    ring,
+                    target: FileTarget { fixed, fd },
+                })
+            }
+            Err(e) => {
+                tracing::warn!(bdev = name, core = core.0, error = %e, "cannot create io_uring; I/O on this core will fail");
+                None
+            }
+        };
+        let state = Rc::new(RefCell::new(ChanState::new(name, Some(file), ring, block_size)));
+        let st2 = state.clone();
+        let poller =
+            keel_reactor::current().register_poller(format!("uring_poll_{name}"), move || st2.borrow_mut().poll());
+        UringChannel { state, poller }
+    }
+}
+
+impl BackendChannel for UringChannel {
+    /// Queues the request's SQE; the poller submits it this turn. Requeue when no token is free
+    /// or the SQ is full. Buffers stay owned by the request, which the token queue holds until
+    /// the kernel is done.
+    #[inline]
+    fn submit(&self, io: IoBox) -> Submit {
+        self.state.borrow_mut().submit(io)
+    }
+
+    /// Requests are finished from the ring's completions; the frames are never touched.
+    fn leaf(&self) -> bool {
+        true
+    }
+
+    fn abort_all(&self) {
+        self.state.borrow_mut().abort_all();
+    }
+}
+
+impl Drop for UringChannel {
+    fn drop(&mut self) {
+        self.state.borrow_mut().drain_for_drop();
+        self.poller.unregister();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{CompletionQueue, DmaBuf, IoVec};
+
+    #[test]
+    fn channel_without_ring_fails_io_instead_of_panicking() {
+        let mut st = ChanState::new("t", None, None, 512);
+        let cq = CompletionQueue::with_capacity(2);
+        let mut io = IoRequest::new_boxed();
+        io.iovs.push(IoVec::whole(DmaBuf::new(512)));
+        io.prepare(IoOp::Read, 0, 1);
+        io.push_frame(&cq, None, 0).unwrap();
+        assert!(matches!(st.submit(io), Submit::Accepted));
+        assert_eq!(cq.pop().unwrap().status(), IoStatus::Failed);
+        assert_eq!(st.poll(), PollStatus::Idle);
+        st.drain_for_drop();
+    }
+}
