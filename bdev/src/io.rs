@@ -162,6 +162,34 @@ pub const MAX_DEPTH: usize = 12;
 /// Scatter-gather list of a request.
 pub type SgList = ArrayVec<IoVec, MAX_IOVS>;
 
+/// Appends to `dst` the windows of `src`'s data from byte `offset_bytes` on, `len_bytes` long
+/// (less if `src` ends first): how a split child gets its part of its parent's buffers. The
+/// windows share `src`'s buffers (reference-counted handles, no copy). A window of a list has at
+/// most as many segments as the list, so an empty `dst` always has room. Any core; no
+/// allocation.
+#[inline]
+pub fn slice_iovs(src: &SgList, offset_bytes: u64, len_bytes: u64, dst: &mut SgList) {
+    let (mut off, mut len) = (offset_bytes, len_bytes);
+    for v in src {
+        if len == 0 {
+            break;
+        }
+        let vlen = v.len_bytes as u64;
+        if off >= vlen {
+            off -= vlen;
+            continue;
+        }
+        let take = (vlen - off).min(len);
+        dst.push(IoVec {
+            buf: v.buf.clone(),
+            offset_bytes: v.offset_bytes + off as u32,
+            len_bytes: take as u32,
+        });
+        len -= take;
+        off = 0;
+    }
+}
+
 /// Where a completion goes: a FIFO owned by one poller on one core. Cloning shares it. It grows
 /// to its owner's high-water mark of outstanding requests once and then never allocates.
 #[derive(Clone, Default)]

@@ -33,6 +33,7 @@ mod forward;
 mod io;
 pub mod modules;
 mod registry;
+mod split;
 pub mod stats;
 
 pub use bdev::{
@@ -42,6 +43,9 @@ pub use bdev::{
 pub use buf::{BufPool, DmaBuf};
 pub use error::BdevError;
 pub use forward::{ForwardCtx, ForwardPath, Leg, Route, RouteHandle, ROUTE_LEGS};
-pub use io::{CompletionQueue, IoBox, IoOp, IoPool, IoRequest, IoStatus, IoVec, SgList, Submit, MAX_DEPTH, MAX_IOVS};
+pub use io::{
+    slice_iovs, CompletionQueue, IoBox, IoOp, IoPool, IoRequest, IoStatus, IoVec, SgList, Submit, MAX_DEPTH, MAX_IOVS,
+};
 pub use registry::BdevRegistry;
+pub use split::{BaseId, ChildDone, Children, Parent, Sent, SplitPolicy, Splitter, Step};
 pub use stats::{ChannelStats, IoStats, OpStats, StatsReset};
