@@ -35,6 +35,7 @@ pub mod modules;
 mod registry;
 mod split;
 pub mod stats;
+mod striping;
 
 pub use bdev::{
     BackendChannel, Bdev, BdevBackend, BdevChannel, BdevEvent, BdevInfo, BdevParams, Channel, ChannelCx, ConfigCall,
@@ -49,3 +50,4 @@ pub use io::{
 pub use registry::BdevRegistry;
 pub use split::{BaseId, ChildDone, Children, Parent, Sent, SplitPolicy, Splitter, Step};
 pub use stats::{ChannelStats, IoStats, OpStats, StatsReset};
+pub use striping::{StripePlace, Striping};

@@ -83,7 +83,7 @@ use std::sync::{Arc, Mutex};
 
 use keel_bdev::{
     BackendChannel, ChannelCx, ChannelStats, CompletionQueue, ForwardCtx, ForwardPath, IoBox, IoOp, IoRequest,
-    IoStatus, Leg, Route, RouteHandle, SgList, Submit,
+    IoStatus, Leg, Route, RouteHandle, SgList, Striping, Submit,
 };
 use keel_reactor::{current, ticks, CoreId, Cores, IoChannel, PollStatus, PollerHandle};
 
@@ -177,11 +177,9 @@ enum Fast {
         offset_sectors: u64,
     },
     Striped {
-        chunk_shift: u32,
-        chunk_mask: u64,
-        stripes: u64,
-        /// log2(stripes) when it is a power of two (no division), else `u32::MAX`.
-        stripes_shift: u32,
+        /// Chunks in sectors over the legs.
+        striping: Striping,
+        /// Each stripe's device and start on it, in sectors.
         legs: Box<[(u32, u64)]>,
     },
     Dyn,
@@ -240,21 +238,10 @@ impl CoreTarget {
     fn map_inline(&self, rel_sector: u64) -> Option<(u32, u64)> {
         match &self.fast {
             Fast::Linear { dev, offset_sectors } => Some((*dev, offset_sectors + rel_sector)),
-            Fast::Striped {
-                chunk_shift,
-                chunk_mask,
-                stripes,
-                stripes_shift,
-                legs,
-            } => {
-                let chunk = rel_sector >> chunk_shift;
-                let (row, stripe) = if *stripes_shift != u32::MAX {
-                    (chunk >> stripes_shift, chunk & (stripes - 1))
-                } else {
-                    (chunk / stripes, chunk % stripes)
-                };
-                let (dev, offset) = legs[stripe as usize];
-                Some((dev, offset + (row << chunk_shift) + (rel_sector & chunk_mask)))
+            Fast::Striped { striping, legs } => {
+                let p = striping.locate(rel_sector);
+                let (dev, offset) = legs[p.leg];
+                Some((dev, offset + p.offset_blocks))
             }
             Fast::Dyn => None,
         }
@@ -301,15 +288,8 @@ impl CoreTable {
                 let tracked = l.target.tracked();
                 let fast = match l.target.layout() {
                     Layout::Linear { dev, offset_sectors } => Fast::Linear { dev, offset_sectors },
-                    Layout::Striped { chunk_sectors, stripes } => Fast::Striped {
-                        chunk_shift: chunk_sectors.trailing_zeros(),
-                        chunk_mask: chunk_sectors - 1,
-                        stripes: stripes.len() as u64,
-                        stripes_shift: if stripes.len().is_power_of_two() {
-                            stripes.len().trailing_zeros()
-                        } else {
-                            u32::MAX
-                        },
+                    Layout::Striped { striping, stripes } => Fast::Striped {
+                        striping,
                         legs: stripes.into_boxed_slice(),
                     },
                     Layout::Other => Fast::Dyn,
@@ -370,7 +350,7 @@ impl CoreTable {
                 let d = &self.devs[*dev as usize];
                 Route::linear(d.path.clone(), offset_sectors >> d.sector_shift, ops)
             }
-            Fast::Striped { chunk_shift, legs, .. } => {
+            Fast::Striped { striping, legs } => {
                 let legs = legs
                     .iter()
                     .map(|&(dev, offset_sectors)| {
@@ -381,7 +361,7 @@ impl CoreTable {
                         }
                     })
                     .collect();
-                Route::striped(1 << (chunk_shift - self.block_shift), legs, ops).unwrap_or_else(Route::off)
+                Route::striped(1 << (striping.chunk_shift() - self.block_shift), legs, ops).unwrap_or_else(Route::off)
             }
             Fast::Dyn => Route::off(),
         }
