@@ -38,8 +38,9 @@
 //! parent data carries the progress, as a mirror's copy counter does) and whether a child carries
 //! the piece:
 //!
-//! * [`Step::Send`]: a child (taken from the [`Children`] handed in, prepared: op, range, scatter
-//!   list) goes to a base now, through [`SplitPolicy::send`].
+//! * [`Step::Send`]: a child (taken from the [`Children`] handed in with its side-data slot, both
+//!   filled in: op, range, scatter list; the policy's [`SplitPolicy::Child`]) goes to a base now,
+//!   through [`SplitPolicy::send`].
 //! * [`Step::Kept`]: a child the layer keeps for now (a delay FIFO) and sends later, with
 //!   [`Splitter::send`] (or itself, handing a refusal to [`Splitter::park`]).
 //! * [`Step::Answered`]: the piece needs no child (an error target, zero-fill, a dropped write, a
@@ -105,18 +106,13 @@ pub struct Parent<'a, P> {
 }
 
 /// What the policy made of the piece at the cursor (see the module docs).
-pub enum Step<C> {
-    /// Send `child` (taken from [`Children`], prepared) to `base` now; it covers `units` of the
-    /// parent's cursor. `data` is its side data, given back to [`SplitPolicy::child_done`].
-    Send {
-        child: IoBox,
-        base: BaseId,
-        data: C,
-        units: u64,
-    },
-    /// The child taken from [`Children`] in this step is kept by the layer, which sends it later
-    /// itself; it counts as out. It covers `units`.
-    Kept { data: C, units: u64 },
+pub enum Step {
+    /// Send `child` (taken from [`Children`] in this step, prepared, its side data filled in) to
+    /// `base` now; it covers `units` of the parent's cursor.
+    Send { child: IoBox, base: BaseId, units: u64 },
+    /// The child taken from [`Children`] in this step (its side data filled in) is kept by the
+    /// layer, which sends it later itself; it counts as out. It covers `units`.
+    Kept { units: u64 },
     /// `units` need no child; `status` folds into the parent now.
     Answered { units: u64, status: IoStatus },
     /// A child was needed and [`Children::take`] found none: stop; the same piece is asked for
@@ -155,28 +151,41 @@ impl From<Submit> for Sent {
 
 /// The free children, as one step of [`SplitPolicy::next_piece`] sees them: take at most one,
 /// when the piece needs it (after any mapping the piece needs, or before: the policy's choice).
-pub struct Children<'a> {
+pub struct Children<'a, C> {
     free: &'a mut Vec<IoBox>,
+    entries: &'a mut [ChildEntry<C>],
+    parent: ParentId,
+    /// The child taken in this step (checks the contract in debug builds).
+    #[cfg(debug_assertions)]
     taken: Option<u64>,
 }
 
-impl Children<'_> {
-    /// A free child request (its `tag` is the splitter's; keep it), or `None` when the pool is
+impl<C> Children<'_, C> {
+    /// A free child request (its `tag` is the splitter's; keep it) and its side-data slot, which
+    /// holds whatever the child's last use left there: fill it in. `None` when the pool is
     /// empty — answer [`Step::Stalled`] then. At most one per step; a child taken must leave in
     /// the step's [`Step::Send`] or [`Step::Kept`], or go back with [`Children::put_back`].
     #[inline]
-    pub fn take(&mut self) -> Option<IoBox> {
-        debug_assert!(self.taken.is_none(), "one child per step");
+    pub fn take(&mut self) -> Option<(IoBox, &mut C)> {
         let io = self.free.pop()?;
-        self.taken = Some(io.tag);
-        Some(io)
+        #[cfg(debug_assertions)]
+        {
+            assert!(self.taken.is_none(), "one child per step");
+            self.taken = Some(io.tag);
+        }
+        let entry = &mut self.entries[io.tag as usize];
+        entry.parent = self.parent;
+        Some((io, &mut entry.data))
     }
 
     /// Gives back a child taken in this step that the piece turned out not to need.
     #[inline]
     pub fn put_back(&mut self, io: IoBox) {
-        debug_assert_eq!(self.taken, Some(io.tag), "the child taken in this step");
-        self.taken = None;
+        #[cfg(debug_assertions)]
+        {
+            assert_eq!(self.taken, Some(io.tag), "the child taken in this step");
+            self.taken = None;
+        }
         self.free.push(io);
     }
 
@@ -190,8 +199,8 @@ impl Children<'_> {
 /// A layer's side of the splitter (see the module docs for the contract). Called on the layer's
 /// core, from inside [`Splitter`]'s methods only.
 pub trait SplitPolicy {
-    /// Side data of a child, kept by the splitter (indexed by the child) from the step that sent
-    /// it until it finishes.
+    /// Side data of a child, kept by the splitter next to the child (the policy fills it in when
+    /// it takes the child) until the child finishes.
     type Child: Default;
     /// Side data of a parent, given at [`Splitter::accept`] and handed back at
     /// [`SplitPolicy::finish`].
@@ -199,7 +208,7 @@ pub trait SplitPolicy {
 
     /// The piece of `parent` at `parent.next` (which is below `parent.end`). Must make progress:
     /// move the cursor, or change `parent.data` so that a later step does.
-    fn next_piece(&mut self, parent: Parent<'_, Self::Parent>, children: &mut Children<'_>) -> Step<Self::Child>;
+    fn next_piece(&mut self, parent: Parent<'_, Self::Parent>, children: &mut Children<'_, Self::Child>) -> Step;
 
     /// Sends `io` (a child, or a request the layer parked with [`Splitter::park`]) to `base`,
     /// with completions to `cq`.
@@ -414,8 +423,18 @@ impl<C: Default, P: Default> Splitter<C, P> {
         } = self;
         let slot = &mut slots[id.0 as usize];
         let io = slot.io.as_deref().expect("a parent in its slot");
+        let mut spare = Children {
+            free,
+            entries: children,
+            parent: id,
+            #[cfg(debug_assertions)]
+            taken: None,
+        };
         while slot.next < slot.end {
-            let mut spare = Children { free, taken: None };
+            #[cfg(debug_assertions)]
+            {
+                spare.taken = None;
+            }
             let parent = Parent {
                 io,
                 next: slot.next,
@@ -423,33 +442,31 @@ impl<C: Default, P: Default> Splitter<C, P> {
                 data: &mut slot.data,
             };
             let step = policy.next_piece(parent, &mut spare);
+            #[cfg(debug_assertions)]
             let taken = spare.taken;
             match step {
-                Step::Send {
-                    child,
-                    base,
-                    data,
-                    units,
-                } => {
-                    debug_assert_eq!(taken, Some(child.tag), "a child taken in this step");
-                    children[child.tag as usize] = ChildEntry { parent: id, data };
+                Step::Send { child, base, units } => {
+                    #[cfg(debug_assertions)]
+                    assert_eq!(taken, Some(child.tag), "a child taken in this step");
                     slot.remaining += 1;
                     slot.next += units;
                     send(policy, retry, base, child, cq);
                 }
-                Step::Kept { data, units } => {
-                    let tag = taken.expect("a kept child is taken in its step");
-                    children[tag as usize] = ChildEntry { parent: id, data };
+                Step::Kept { units } => {
+                    #[cfg(debug_assertions)]
+                    assert!(taken.is_some(), "a kept child is taken in its step");
                     slot.remaining += 1;
                     slot.next += units;
                 }
                 Step::Answered { units, status } => {
-                    debug_assert!(taken.is_none(), "a child taken for an answered piece");
+                    #[cfg(debug_assertions)]
+                    assert!(taken.is_none(), "a child taken for an answered piece");
                     fold(&mut slot.status, status);
                     slot.next += units;
                 }
                 Step::Stalled => {
-                    debug_assert!(taken.is_none() && free.is_empty(), "stalled with children free");
+                    #[cfg(debug_assertions)]
+                    assert!(taken.is_none() && spare.is_empty(), "stalled with children free");
                     return false;
                 }
             }

@@ -20,7 +20,7 @@
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Striping {
     chunk_shift: u32,
-    /// log2(legs) for a power of two of legs; `u32::MAX` otherwise.
+    /// log2(legs) for a power of two of legs (then `reciprocal` is 0).
     legs_shift: u32,
     chunk_blocks: u64,
     /// `chunk_blocks - 1`: a block's place in its chunk.
@@ -54,7 +54,7 @@ impl Striping {
         let pow2 = legs.is_power_of_two();
         Some(Striping {
             chunk_shift: chunk_blocks.trailing_zeros(),
-            legs_shift: if pow2 { legs.trailing_zeros() } else { u32::MAX },
+            legs_shift: legs.trailing_zeros(),
             chunk_blocks,
             within_mask: chunk_blocks - 1,
             legs,
@@ -85,14 +85,14 @@ impl Striping {
     /// Whether the leg count is a power of two (placement is shifts and masks only).
     #[inline]
     pub fn pow2_legs(&self) -> bool {
-        self.legs_shift != u32::MAX
+        self.reciprocal == 0
     }
 
     /// Chunk number `chunk` → `(chunk / legs, chunk % legs)`: its row (its chunk number on the
     /// leg) and its leg. For callers that number chunks their own way (md raid0's zones).
     #[inline]
     pub fn divide(&self, chunk: u64) -> (u64, u64) {
-        if self.legs_shift != u32::MAX {
+        if self.reciprocal == 0 {
             (chunk >> self.legs_shift, chunk & (self.legs - 1))
         } else if chunk < self.reciprocal_limit {
             let row = ((chunk as u128 * self.reciprocal as u128) >> 64) as u64;

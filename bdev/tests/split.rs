@@ -154,7 +154,7 @@ impl SplitPolicy for World {
     type Child = ScriptChild;
     type Parent = ScriptParent;
 
-    fn next_piece(&mut self, p: Parent<'_, ScriptParent>, children: &mut Children<'_>) -> Step<ScriptChild> {
+    fn next_piece(&mut self, p: Parent<'_, ScriptParent>, children: &mut Children<'_, ScriptChild>) -> Step {
         assert!(p.data.accepted, "the data given at accept");
         let tag = p.io.tag;
         let s = &self.scripts[tag as usize];
@@ -175,7 +175,7 @@ impl SplitPolicy for World {
             });
             return Step::Answered { units: len, status };
         }
-        let Some(mut child) = children.take() else {
+        let Some((mut child, data)) = children.take() else {
             return Step::Stalled;
         };
         let copy = p.data.copy;
@@ -184,7 +184,7 @@ impl SplitPolicy for World {
         p.data.copy = if last { 0 } else { copy + 1 };
         let base = BaseId(0);
         self.prepare(&mut child, p.io, start, len, base);
-        let data = ScriptChild {
+        *data = ScriptChild {
             piece: i,
             start_blocks: start,
             len_blocks: len,
@@ -193,14 +193,9 @@ impl SplitPolicy for World {
         };
         if piece == Piece::Keep {
             self.kept.push_back((child, base));
-            return Step::Kept { data, units };
+            return Step::Kept { units };
         }
-        Step::Send {
-            child,
-            base,
-            data,
-            units,
-        }
+        Step::Send { child, base, units }
     }
 
     fn send(&mut self, base: BaseId, io: IoBox, _cq: &CompletionQueue) -> Sent {
@@ -719,8 +714,8 @@ impl SplitPolicy for Lean {
     type Parent = ();
 
     #[inline]
-    fn next_piece(&mut self, p: Parent<'_, ()>, children: &mut Children<'_>) -> Step<u64> {
-        let Some(mut child) = children.take() else {
+    fn next_piece(&mut self, p: Parent<'_, ()>, children: &mut Children<'_, u64>) -> Step {
+        let Some((mut child, data)) = children.take() else {
             return Step::Stalled;
         };
         let n = PIECE_BLOCKS.min(p.end - p.next);
@@ -728,10 +723,10 @@ impl SplitPolicy for Lean {
         child.prepare(p.io.op, p.next, n);
         child.iovs.clear();
         slice_iovs(&p.io.iovs, at * BS, n * BS, &mut child.iovs);
+        *data = at;
         Step::Send {
             child,
             base: BaseId(((p.next / PIECE_BLOCKS) & 1) as u32),
-            data: at,
             units: n,
         }
     }
@@ -831,8 +826,8 @@ impl SplitPolicy for OverMalloc {
     type Child = ();
     type Parent = ();
 
-    fn next_piece(&mut self, p: Parent<'_, ()>, children: &mut Children<'_>) -> Step<()> {
-        let Some(mut child) = children.take() else {
+    fn next_piece(&mut self, p: Parent<'_, ()>, children: &mut Children<'_, ()>) -> Step {
+        let Some((mut child, _)) = children.take() else {
             return Step::Stalled;
         };
         let n = (self.chunk_blocks - p.next % self.chunk_blocks).min(p.end - p.next);
@@ -843,7 +838,6 @@ impl SplitPolicy for OverMalloc {
         Step::Send {
             child,
             base: BaseId(0),
-            data: (),
             units: n,
         }
     }
