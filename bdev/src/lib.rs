@@ -45,7 +45,8 @@ pub use buf::{BufPool, DmaBuf};
 pub use error::BdevError;
 pub use forward::{ForwardCtx, ForwardPath, Leg, Route, RouteHandle, ROUTE_LEGS};
 pub use io::{
-    slice_iovs, CompletionQueue, IoBox, IoOp, IoPool, IoRequest, IoStatus, IoVec, SgList, Submit, MAX_DEPTH, MAX_IOVS,
+    slice_iovs, zero_iovs, CompletionQueue, IoBox, IoOp, IoPool, IoRequest, IoStatus, IoVec, SgList, Submit, MAX_DEPTH,
+    MAX_IOVS,
 };
 pub use registry::BdevRegistry;
 pub use split::{BaseId, ChildDone, Children, Parent, Sent, SplitPolicy, Splitter, Step};

@@ -19,15 +19,17 @@
 //! (the policy's [`SplitPolicy::Child`] plus the parent it belongs to), the parent slots (the
 //! parent request while it is split, its cursor, its children out, its status so far and the
 //! policy's [`SplitPolicy::Parent`]) and both queues. Everything is allocated in
-//! [`Splitter::new`]; the queues are created with room for every child and parent, so nothing
-//! allocates or locks per request afterwards. A child's scatter list is a window on its parent's
+//! [`Splitter::new`]; the pending queue has room for every parent and the retry queue for every
+//! child (and what the layer says it parks of its own), so nothing allocates or locks per request
+//! afterwards. A child's scatter list is a window on its parent's
 //! buffers ([`slice_iovs`](crate::slice_iovs): reference-counted handles, not copies), which the
 //! splitter clears when the child comes back; the parent's buffers stay the submitter's.
 //!
-//! The policy owns everything else: the layer's mapping and its bases. It is usually a short-lived
-//! value of borrows into the layer's per-core state, built for one call: the splitter and the
-//! policy are disjoint, so the policy can never reach back into the engine in the middle of a
-//! step.
+//! The policy owns everything else: the layer's mapping and its bases. It is the layer's per-core
+//! state, or the part of it beside the splitter (dm keeps the two as fields of one struct and
+//! lends the policy field to each call), so the two are disjoint and the policy can never reach
+//! back into the engine in the middle of a step. The engine is generic over the policy: its
+//! methods inline into the engine's loops, no dynamic call per piece.
 //!
 //! # The policy contract
 //!
@@ -56,6 +58,22 @@
 //! the parent keeps waiting. A parent is done when its cursor reached `end` and no child is out;
 //! [`SplitPolicy::finish`] then gets the parent request, its status and its data, and completes
 //! it upward (or keeps it: dm's noflush requeue, md's write-gate end).
+//!
+//! # Shapes
+//!
+//! * **Split** (dm's data pieces, md's striped levels, an NVMe driver's transfer-size and PRP
+//!   limits): the cursor is blocks; each piece ends at the next boundary and goes to the base
+//!   that holds it.
+//! * **Fan-out** (flush and reset to every device or member): the cursor is legs, one unit each;
+//!   a leg without a base is answered (`Step::Answered`), `Unsupported` can be mapped to success
+//!   in `child_done`.
+//! * **Mirror** (md's writes to every copy): each copy of a piece is a step of 0 units but the
+//!   last, the copy counter in the policy's parent data; a copy that cannot be written is
+//!   answered with 0 units and marks the parent degraded there; `finish` settles the status and
+//!   ends the write gate. A layer with an admission gate checks [`Splitter::can_accept`] before
+//!   admitting, so an admitted request is never handed back.
+//! * **Retry elsewhere** (md's reads): `child_done` re-prepares a failed child for another copy
+//!   and answers [`ChildDone::Resend`].
 //!
 //! Statuses fold **first failure wins**: the parent's status is the first non-success folded in,
 //! in the order pieces were answered and children finished. A policy that wants another rule
@@ -414,18 +432,11 @@ impl<C: Default, P: Default> Splitter<C, P> {
     where
         Po: SplitPolicy<Child = C, Parent = P>,
     {
-        let Splitter {
-            free,
-            children,
-            slots,
-            retry,
-            ..
-        } = self;
-        let slot = &mut slots[id.0 as usize];
+        let slot = &mut self.slots[id.0 as usize];
         let io = slot.io.as_deref().expect("a parent in its slot");
         let mut spare = Children {
-            free,
-            entries: children,
+            free: &mut self.free,
+            entries: &mut self.children,
             parent: id,
             #[cfg(debug_assertions)]
             taken: None,
@@ -450,7 +461,7 @@ impl<C: Default, P: Default> Splitter<C, P> {
                     assert_eq!(taken, Some(child.tag), "a child taken in this step");
                     slot.remaining += 1;
                     slot.next += units;
-                    send(policy, retry, base, child, cq);
+                    send(policy, &mut self.retry, base, child, cq);
                 }
                 Step::Kept { units } => {
                     #[cfg(debug_assertions)]
@@ -496,16 +507,9 @@ impl<C: Default, P: Default> Splitter<C, P> {
     where
         Po: SplitPolicy<Child = C, Parent = P>,
     {
-        let Splitter {
-            free,
-            children,
-            slots,
-            retry,
-            ..
-        } = self;
-        let entry = &mut children[child.tag as usize];
+        let entry = &mut self.children[child.tag as usize];
         let id = entry.parent;
-        let slot = &mut slots[id.0 as usize];
+        let slot = &mut self.slots[id.0 as usize];
         let parent = Parent {
             io: slot.io.as_deref().expect("a child's parent in its slot"),
             next: slot.next,
@@ -513,10 +517,10 @@ impl<C: Default, P: Default> Splitter<C, P> {
             data: &mut slot.data,
         };
         match policy.child_done(&mut child, &mut entry.data, parent) {
-            ChildDone::Resend { base } => send(policy, retry, base, child, cq),
+            ChildDone::Resend { base } => send(policy, &mut self.retry, base, child, cq),
             ChildDone::Finished(status) => {
                 child.iovs.clear();
-                free.push(child);
+                self.free.push(child);
                 slot.remaining -= 1;
                 fold(&mut slot.status, status);
                 if slot.remaining == 0 && slot.next >= slot.end {

@@ -97,8 +97,8 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use keel_bdev::{
-    slice_iovs, BackendChannel, BaseId, ChannelCx, ChannelStats, ChildDone, Children, CompletionQueue, ForwardCtx,
-    ForwardPath, IoBox, IoOp, IoRequest, IoStatus, Leg, Parent, Route, RouteHandle, Sent, SgList, SplitPolicy,
+    slice_iovs, zero_iovs, BackendChannel, BaseId, ChannelCx, ChannelStats, ChildDone, Children, CompletionQueue,
+    ForwardCtx, ForwardPath, IoBox, IoOp, IoRequest, IoStatus, Leg, Parent, Route, RouteHandle, Sent, SplitPolicy,
     Splitter, Step, Striping, Submit,
 };
 use keel_reactor::{current, ticks, CoreId, Cores, IoChannel, PollStatus, PollerHandle};
@@ -534,7 +534,7 @@ impl SplitPolicy for Run {
             }
             Map::ZeroFill => {
                 if op == IoOp::Read {
-                    zero_range(
+                    zero_iovs(
                         &pio.iovs,
                         (p.next - pio.offset_blocks) * t.block_bytes,
                         n * t.block_bytes,
@@ -698,25 +698,6 @@ impl Run {
         } else {
             status
         }
-    }
-}
-
-/// Zeroes `len` bytes of `iovs`' data from byte `off`.
-fn zero_range(iovs: &SgList, mut off: u64, mut len: u64) {
-    for v in iovs {
-        if len == 0 {
-            break;
-        }
-        let vlen = v.len_bytes as u64;
-        if off >= vlen {
-            off -= vlen;
-            continue;
-        }
-        let take = (vlen - off).min(len);
-        let start = (v.offset_bytes as u64 + off) as usize;
-        v.buf.bytes_mut()[start..start + take as usize].fill(0);
-        len -= take;
-        off = 0;
     }
 }
 
@@ -889,7 +870,7 @@ impl CoreState {
                 Submit::Accepted
             }
             Map::ZeroFill => {
-                zero_range(&io.iovs, 0, io.num_blocks * t.block_bytes);
+                zero_iovs(&io.iovs, 0, io.num_blocks * t.block_bytes);
                 io.complete(IoStatus::Success);
                 Submit::Accepted
             }
