@@ -38,8 +38,8 @@
 //! # Routes
 //!
 //! A layer whose mapping is pure arithmetic — a linear range of one base, power-of-two chunks
-//! striped over up to [`ROUTE_LEGS`] bases (shifts and masks for a power of two of them, a
-//! reciprocal multiply otherwise) — can publish it as a [`Route`] through its [`RouteHandle`]; the
+//! striped over up to [`ROUTE_LEGS`] bases (the shared [`crate::Striping`] arithmetic: shifts and
+//! masks for a power of two of them, a reciprocal multiply otherwise) — can publish it as a [`Route`] through its [`RouteHandle`]; the
 //! route lives in the layer's bdev channel. The core's [`crate::Channel::submit`] then maps a
 //! request that fits (one base, one chunk, an op the route carries) itself and forwards it along
 //! the route's path, without calling the module at all; anything else goes to the module as
@@ -58,6 +58,7 @@ use std::rc::{Rc, Weak};
 
 use crate::bdev::{BdevChannel, Channel, IoCaps};
 use crate::stats::{ChannelStats, HoldsShared, SharedStats};
+use crate::striping::Striping;
 use crate::{CompletionQueue, IoBox, IoOp, IoStatus, Submit};
 
 /// A layer channel's forwarding state: the queue where its failed forwards come back, and the
@@ -327,120 +328,23 @@ enum Shape {
         base: Rc<BdevChannel>,
         offset_blocks: u64,
     },
-    /// Chunks go round robin over the legs (see [`Stripes`]). The legs fill a fixed array of
+    /// Chunks go round robin over the legs, a power of two of them ([`Striping::place_pow2`]).
+    /// The legs fill a fixed array of
     /// [`ROUTE_LEGS`] entries, entry `i` holding leg `i % legs`, so a leg number taken modulo
     /// [`ROUTE_LEGS`] picks the entry with neither a bounds check nor the leg count.
     Striped {
-        stripes: Stripes,
+        stripes: Striping,
         /// Each leg's path, base channel and start, together (the legs of a small stripe set
         /// share a cache line; the base channel is one load from the leg, not two).
         legs: [RouteLeg; ROUTE_LEGS],
     },
     Off,
-    /// As `Striped`, over a leg count that is not a power of two (see [`StripesByReciprocal`]);
-    /// entry `i < legs` of the array holds leg `i`.
+    /// As `Striped`, over a leg count that is not a power of two
+    /// ([`Striping::place_by_reciprocal`]); entry `i < legs` of the array holds leg `i`.
     StripedByReciprocal {
-        stripes: StripesByReciprocal,
+        stripes: Striping,
         legs: [RouteLeg; ROUTE_LEGS],
     },
-}
-
-/// Striped placement: chunks of `chunk_blocks` blocks go round robin over the legs, both
-/// counts powers of two: chunk `c` of the layer is chunk `c >> log2(legs)` of leg `c % legs`.
-/// The shifts and masks are kept ready for the arithmetic.
-#[derive(Clone, Copy, Debug)]
-struct Stripes {
-    chunk_shift: u32,
-    legs_shift: u32,
-    chunk_blocks: u64,
-    /// `chunk_blocks - 1`: a block's place in its chunk.
-    within_mask: u64,
-    /// `!within_mask`.
-    row_mask: u64,
-}
-
-impl Stripes {
-    /// For `chunk_blocks` and `legs` both powers of two.
-    fn new(chunk_blocks: u64, legs: u64) -> Stripes {
-        debug_assert!(chunk_blocks.is_power_of_two() && legs.is_power_of_two());
-        Stripes {
-            chunk_shift: chunk_blocks.trailing_zeros(),
-            legs_shift: legs.trailing_zeros(),
-            chunk_blocks,
-            within_mask: chunk_blocks - 1,
-            row_mask: !(chunk_blocks - 1),
-        }
-    }
-
-    /// Where `num_blocks` (> 0) at `offset_blocks` of the layer lie: the chunk number (the leg
-    /// is it modulo the leg count; the caller reduces it) and the block on the leg. `None` when
-    /// they cross a chunk.
-    #[inline(always)]
-    fn place(&self, offset_blocks: u64, num_blocks: u64) -> Option<(usize, u64)> {
-        let within = offset_blocks & self.within_mask;
-        if within + num_blocks > self.chunk_blocks {
-            return None;
-        }
-        // The leg's block: the offset without its leg bits. Shifting right by log2(legs) brings
-        // the row to the chunk-number bits; the bits below them are the leg's number and are
-        // replaced by `within`.
-        let on_leg = ((offset_blocks >> self.legs_shift) & self.row_mask) | within;
-        Some(((offset_blocks >> self.chunk_shift) as usize, on_leg))
-    }
-}
-
-/// Striped placement over a leg count `legs` that is not a power of two (chunks still a power
-/// of two): chunk `c` of the layer is chunk `c / legs` of leg `c % legs`. The division is a
-/// multiply by a 64-bit reciprocal, `m = floor(2^64 / legs) + 1`: `floor(c * m / 2^64)` is
-/// `floor(c / legs)` for every `c < 2^64 / legs` (the error `c * (m - 2^64 / legs) / 2^64` stays
-/// under `1 / legs`, and a fraction `c / legs` is at most `1 - 1 / legs` away from the next
-/// integer). Chunks from [`RECIPROCAL_CHUNK_LIMIT`] on — far past any real device — go to the
-/// module.
-#[derive(Clone, Copy, Debug)]
-struct StripesByReciprocal {
-    chunk_shift: u32,
-    chunk_blocks: u64,
-    /// `chunk_blocks - 1`: a block's place in its chunk.
-    within_mask: u64,
-    legs: u64,
-    /// `floor(2^64 / legs) + 1`.
-    reciprocal: u64,
-}
-
-/// First chunk number a [`StripesByReciprocal`] does not map: `2^60 <= 2^64 / legs` for every
-/// leg count up to [`ROUTE_LEGS`].
-const RECIPROCAL_CHUNK_LIMIT: u64 = 1 << 60;
-
-impl StripesByReciprocal {
-    /// For `chunk_blocks` a power of two and `legs` in `2..=ROUTE_LEGS`, not a power of two.
-    fn new(chunk_blocks: u64, legs: u64) -> StripesByReciprocal {
-        debug_assert!(chunk_blocks.is_power_of_two() && !legs.is_power_of_two());
-        debug_assert!((2..=ROUTE_LEGS as u64).contains(&legs));
-        StripesByReciprocal {
-            chunk_shift: chunk_blocks.trailing_zeros(),
-            chunk_blocks,
-            within_mask: chunk_blocks - 1,
-            legs,
-            // `legs` does not divide 2^64, so floor((2^64 - 1) / legs) = floor(2^64 / legs).
-            reciprocal: u64::MAX / legs + 1,
-        }
-    }
-
-    /// As [`Stripes::place`], but the leg itself (below `legs`) instead of the chunk number.
-    #[inline(always)]
-    fn place(&self, offset_blocks: u64, num_blocks: u64) -> Option<(usize, u64)> {
-        let within = offset_blocks & self.within_mask;
-        if within + num_blocks > self.chunk_blocks {
-            return None;
-        }
-        let chunk = offset_blocks >> self.chunk_shift;
-        if chunk >= RECIPROCAL_CHUNK_LIMIT {
-            return None;
-        }
-        let row = ((chunk as u128 * self.reciprocal as u128) >> 64) as u64;
-        let leg = chunk - row * self.legs;
-        Some((leg as usize, (row << self.chunk_shift) | within))
-    }
 }
 
 impl Route {
@@ -492,16 +396,11 @@ impl Route {
                 }
             })
         };
-        let shape = if n.is_power_of_two() {
-            Shape::Striped {
-                stripes: Stripes::new(chunk_blocks, n as u64),
-                legs: array(),
-            }
+        let stripes = Striping::new(chunk_blocks, n as u64)?;
+        let shape = if stripes.pow2_legs() {
+            Shape::Striped { stripes, legs: array() }
         } else {
-            Shape::StripedByReciprocal {
-                stripes: StripesByReciprocal::new(chunk_blocks, n as u64),
-                legs: array(),
-            }
+            Shape::StripedByReciprocal { stripes, legs: array() }
         };
         Some(Route { ops, shape })
     }
@@ -527,13 +426,13 @@ impl Route {
                 offset_blocks: start,
             } => Some((&path.inner, base, start + offset_blocks)),
             Shape::Striped { stripes, legs } => {
-                let (leg, on_leg) = stripes.place(offset_blocks, num_blocks)?;
+                let (leg, on_leg) = stripes.place_pow2(offset_blocks, num_blocks)?;
                 let leg = &legs[leg % ROUTE_LEGS];
                 Some((&leg.path.inner, &leg.base, leg.offset_blocks + on_leg))
             }
             Shape::Off => None,
             Shape::StripedByReciprocal { stripes, legs } => {
-                let (leg, on_leg) = stripes.place(offset_blocks, num_blocks)?;
+                let (leg, on_leg) = stripes.place_by_reciprocal(offset_blocks, num_blocks)?;
                 let leg = &legs[leg % ROUTE_LEGS];
                 Some((&leg.path.inner, &leg.base, leg.offset_blocks + on_leg))
             }
@@ -607,70 +506,6 @@ pub(crate) fn forward_routed(route: &RefCell<Route>, mut io: IoBox) -> Result<Su
                 io.offset_blocks = orig;
                 Ok(Submit::Requeue(io))
             }
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use proptest::prelude::*;
-
-    proptest! {
-        /// The striped placement agrees with dm-striped's definition, division by division.
-        #[test]
-        fn stripes_place_as_dm_striped_defines(
-            legs_log2 in 0u32..=4,
-            chunk_log2 in 0u32..=12,
-            offset_blocks in 0u64..(1 << 40),
-            num_blocks in 1u64..=4096,
-        ) {
-            let (legs, chunk) = (1u64 << legs_log2, 1u64 << chunk_log2);
-            let got = Stripes::new(chunk, legs)
-                .place(offset_blocks, num_blocks)
-                .map(|(c, on_leg)| (c as u64 % legs, on_leg));
-            let c = offset_blocks / chunk;
-            let within = offset_blocks % chunk;
-            let want = (within + num_blocks <= chunk)
-                .then(|| (c % legs, (c / legs) * chunk + within));
-            prop_assert_eq!(got, want);
-            // The fixed leg array: entry `c % ROUTE_LEGS` holds leg `(c % ROUTE_LEGS) % legs`.
-            prop_assert_eq!((c % ROUTE_LEGS as u64) % legs, c % legs);
-        }
-
-        /// The reciprocal placement agrees with division for every leg count that is not a
-        /// power of two, over the whole range it maps, and hands the rest to the module.
-        #[test]
-        fn reciprocal_stripes_place_as_dm_striped_defines(
-            legs in (3u64..=ROUTE_LEGS as u64).prop_filter("not a power of two", |n| !n.is_power_of_two()),
-            chunk_log2 in 0u32..=12,
-            offset_blocks in prop_oneof![0u64..(1 << 40), any::<u64>(), (1u64 << 60) - 4096..(1u64 << 60) + 4096],
-            num_blocks in 1u64..=4096,
-        ) {
-            let chunk = 1u64 << chunk_log2;
-            let got = StripesByReciprocal::new(chunk, legs).place(offset_blocks, num_blocks);
-            let c = offset_blocks / chunk;
-            let within = offset_blocks % chunk;
-            let want = (within + num_blocks <= chunk && c < RECIPROCAL_CHUNK_LIMIT)
-                .then(|| ((c % legs) as usize, (c / legs) * chunk + within));
-            prop_assert_eq!(got, want);
-        }
-    }
-
-    /// The reciprocal is exact up to the limit: the worst chunk numbers for each leg count.
-    #[test]
-    fn reciprocal_is_exact_at_the_limit() {
-        for legs in (3..=ROUTE_LEGS as u64).filter(|n| !n.is_power_of_two()) {
-            let s = StripesByReciprocal::new(1, legs);
-            let top = RECIPROCAL_CHUNK_LIMIT - 1;
-            for c in (top - 3 * legs..=top).chain(0..3 * legs) {
-                assert_eq!(
-                    s.place(c, 1),
-                    Some(((c % legs) as usize, c / legs)),
-                    "legs {legs} chunk {c}"
-                );
-            }
-            assert_eq!(s.place(RECIPROCAL_CHUNK_LIMIT, 1), None);
         }
     }
 }

@@ -162,6 +162,57 @@ pub const MAX_DEPTH: usize = 12;
 /// Scatter-gather list of a request.
 pub type SgList = ArrayVec<IoVec, MAX_IOVS>;
 
+/// The parts of `iovs`' data from byte `offset_bytes` on, `len_bytes` long (less if the list
+/// ends first): per segment touched, the segment, where the part starts in the segment's buffer
+/// and its length in bytes.
+#[inline]
+fn windows(iovs: &SgList, offset_bytes: u64, len_bytes: u64) -> impl Iterator<Item = (&IoVec, u32, u32)> {
+    let (mut off, mut len) = (offset_bytes, len_bytes);
+    iovs.iter()
+        .map_while(move |v| {
+            if len == 0 {
+                return None;
+            }
+            let vlen = v.len_bytes as u64;
+            if off >= vlen {
+                off -= vlen;
+                return Some(None);
+            }
+            let take = (vlen - off).min(len);
+            let start = v.offset_bytes + off as u32;
+            len -= take;
+            off = 0;
+            Some(Some((v, start, take as u32)))
+        })
+        .flatten()
+}
+
+/// Appends to `dst` the windows of `src`'s data from byte `offset_bytes` on, `len_bytes` long
+/// (less if `src` ends first): how a split child gets its part of its parent's buffers. The
+/// windows share `src`'s buffers (reference-counted handles, no copy). A window of a list has at
+/// most as many segments as the list, so an empty `dst` always has room. Any core; no
+/// allocation.
+#[inline]
+pub fn slice_iovs(src: &SgList, offset_bytes: u64, len_bytes: u64, dst: &mut SgList) {
+    for (v, start, len) in windows(src, offset_bytes, len_bytes) {
+        dst.push(IoVec {
+            buf: v.buf.clone(),
+            offset_bytes: start,
+            len_bytes: len,
+        });
+    }
+}
+
+/// Zeroes `len_bytes` of `iovs`' data from byte `offset_bytes` on (less if the list ends first):
+/// a read a layer answers with zeroes. The buffers are the request owner's; the caller holds the
+/// request. Any core; no allocation.
+pub fn zero_iovs(iovs: &SgList, offset_bytes: u64, len_bytes: u64) {
+    for (v, start, len) in windows(iovs, offset_bytes, len_bytes) {
+        let start = start as usize;
+        v.buf.bytes_mut()[start..start + len as usize].fill(0);
+    }
+}
+
 /// Where a completion goes: a FIFO owned by one poller on one core. Cloning shares it. It grows
 /// to its owner's high-water mark of outstanding requests once and then never allocates.
 #[derive(Clone, Default)]
@@ -644,5 +695,73 @@ impl IoPool {
     /// Total requests.
     pub fn capacity(&self) -> usize {
         self.capacity
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Three segments of 10, 5 and 20 bytes, in buffers at offsets 3, 0 and 7 (the rest of each
+    /// buffer 0xEE), holding bytes 0..35 of the list in order.
+    fn list() -> SgList {
+        let mut l = SgList::new();
+        let mut at = 0u8;
+        for (pad, len) in [(3usize, 10u32), (0, 5), (7, 20)] {
+            let buf = DmaBuf::new(pad + len as usize + 4);
+            buf.bytes_mut().fill(0xEE);
+            for (i, b) in buf.bytes_mut()[pad..pad + len as usize].iter_mut().enumerate() {
+                *b = at + i as u8;
+            }
+            at += len as u8;
+            l.push(IoVec {
+                buf,
+                offset_bytes: pad as u32,
+                len_bytes: len,
+            });
+        }
+        l
+    }
+
+    fn bytes(l: &SgList) -> Vec<u8> {
+        l.iter()
+            .flat_map(|v| v.buf.bytes()[v.offset_bytes as usize..(v.offset_bytes + v.len_bytes) as usize].to_vec())
+            .collect()
+    }
+
+    #[test]
+    fn slices_are_windows_of_the_list() {
+        let src = list();
+        for off in 0..36u64 {
+            for len in 0..(37 - off) {
+                let mut dst = SgList::new();
+                slice_iovs(&src, off, len, &mut dst);
+                let want: Vec<u8> = (off..(off + len).min(35)).map(|b| b as u8).collect();
+                assert_eq!(bytes(&dst), want, "{off}+{len}");
+                assert!(dst.iter().all(|v| v.len_bytes > 0), "no empty windows");
+                assert!(
+                    dst.iter().all(|v| src.iter().any(|s| s.buf.same(&v.buf))),
+                    "shared buffers"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn zeroing_touches_the_range_only() {
+        for (off, len) in [(0u64, 35u64), (4, 9), (10, 5), (12, 14), (30, 10), (35, 3)] {
+            let l = list();
+            zero_iovs(&l, off, len);
+            let want: Vec<u8> = (0..35u64)
+                .map(|b| if b >= off && b < off + len { 0 } else { b as u8 })
+                .collect();
+            assert_eq!(bytes(&l), want, "{off}+{len}");
+            // Bytes of the buffers outside the segments' windows are untouched.
+            for v in &l {
+                let b = v.buf.bytes();
+                let (from, to) = (v.offset_bytes as usize, (v.offset_bytes + v.len_bytes) as usize);
+                assert!(b[..from].iter().chain(&b[to..]).all(|&x| x == 0xEE), "{off}+{len}");
+            }
+        }
     }
 }

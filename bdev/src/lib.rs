@@ -43,7 +43,9 @@ mod io;
 mod module;
 pub mod modules;
 mod registry;
+mod split;
 pub mod stats;
+mod striping;
 pub mod tokens;
 
 pub use bdev::{
@@ -53,9 +55,14 @@ pub use bdev::{
 pub use buf::{BufPool, DmaBuf};
 pub use error::BdevError;
 pub use forward::{ForwardCtx, ForwardPath, Leg, Route, RouteHandle, ROUTE_LEGS};
-pub use io::{CompletionQueue, IoBox, IoOp, IoPool, IoRequest, IoStatus, IoVec, SgList, Submit, MAX_DEPTH, MAX_IOVS};
+pub use io::{
+    slice_iovs, zero_iovs, CompletionQueue, IoBox, IoOp, IoPool, IoRequest, IoStatus, IoVec, SgList, Submit, MAX_DEPTH,
+    MAX_IOVS,
+};
 pub use module::{
     BdevModule, ConfigEntry, ConfigPlan, ExamineToken, ModuleDone, Subsystem, SubsystemConfig, SubsystemInfo,
 };
 pub use registry::BdevRegistry;
+pub use split::{BaseId, ChildDone, Children, Parent, Sent, SplitPolicy, Splitter, Step};
 pub use stats::{ChannelStats, IoStats, OpStats, StatsReset};
+pub use striping::{StripePlace, Striping};

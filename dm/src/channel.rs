@@ -10,8 +10,9 @@
 //!   core needs around it — the base bdevs' [`Channel`]s on this core, target starts in blocks
 //!   for the lookup, per-target xorshift states and delay FIFOs;
 //! * a completion queue and one poller that drains it;
-//! * preallocated pools: child requests for splits (with a side array of per-child state), parent
-//!   slots for split requests, and queues with capacity (held, pending, retry).
+//! * a [`Splitter`] (keel-bdev's split engine: the child pool with dm's per-child state, the
+//!   parent slots, the pending and retry queues, all preallocated) and, apart from it, the
+//!   running state it is driven with (`Run`: the snapshot, the mode flags, the held queue).
 //!
 //! Configuration reaches the snapshot only through `for_each_channel` visits ([`DmCore::suspend`],
 //! [`DmCore::resume`], …), which run as messages between poller turns, never during a submit.
@@ -47,23 +48,37 @@
 //! # Splitting
 //!
 //! Anything else — an I/O crossing a target or chunk boundary, a tracked target, block sizes that
-//! differ — takes a **parent slot** and is cut into pieces at target and chunk boundaries; each
-//! piece is mapped and sent as a **child** request from the channel's pool (its scatter list a
-//! window on the parent's buffers; buffer handles are reference-counted clones, not copies).
-//! Pieces a target answers by itself (`error`, `zero`, dropped writes) need no child. Children are
-//! issued as long as the pool lasts; a parent whose remaining pieces found the pool empty waits in
-//! the pending queue and continues as children come back, so an I/O of any size progresses with
-//! any pool size. A parent completes when its last child does, with the first failure seen.
-//! `Submit::Requeue` goes back up only when nothing was started: no free parent slot or child.
-//! Flush and reset fan out the same way: a flush goes through every target's flush legs (delay
-//! holds its flushes), a reset to every device of the table.
+//! differ — goes to the core's [`Splitter`] (keel-bdev's `split.rs` has the engine's essay: who
+//! owns the pools, the policy contract, requeue). dm is its policy (`impl SplitPolicy for Run`):
+//!
+//! * a parent's cursor is device blocks for data, flush legs (`0..legs`: every target's flush
+//!   legs in turn) for a flush, devices (`0..devs`) for a reset;
+//! * the next piece ends at the next target or chunk boundary and is mapped: linear and striped
+//!   inline, other targets through `Target::map`. A piece the target answers by itself (`error`,
+//!   `zero`, dropped writes) needs no child (`Step::Answered`; zero-fill fills the parent's
+//!   buffers); a piece delay holds is a child kept in the target's FIFO (`Step::Kept`), sent by
+//!   the poller when its time comes (a refusal waits in the splitter's retry queue,
+//!   `Splitter::park`); everything else is a child sent now, its scatter list a window on the
+//!   parent's buffers (`keel_bdev::slice_iovs`: reference-counted handles, not copies), around
+//!   which a tracked target (flakey) gets `before_submit` / `end_io`;
+//! * a child's completion records a failure against its target (striped's leg health); a flush or
+//!   reset leg answering `Unsupported` (no cache to flush) succeeds; the status folds into the
+//!   parent first failure wins, except that during a noflush suspend a removed base marks the
+//!   parent for the held queue instead (see below);
+//! * a finished parent completes upward, or goes to the held queue.
+//!
+//! The splitter issues children as long as its pool lasts; a parent whose remaining pieces found
+//! the pool empty waits in its pending queue and continues, from this core's poller, as children
+//! come back, so an I/O of any size progresses with any pool size. `Submit::Requeue` goes back up
+//! only when nothing was started: no free parent slot or child.
 //!
 //! # Suspend, drain, swap
 //!
 //! A suspend visit sets `suspended` (and turns the route off): new I/O goes to the **held** queue
 //! (it is never failed).
 //! Delay FIFOs are released at once and stop holding. I/O already mapped (`inflight`: forwarded
-//! parents, split parents, held-in-FIFO pieces) keeps going; a core with I/O in flight keeps a
+//! parents and held-in-FIFO pieces counted in the forwarding context, plus the splitter's parents
+//! in flight) keeps going; a core with I/O in flight keeps a
 //! [`DrainTicket`] and releases it from its poller when `inflight` reaches 0. The suspend
 //! completes when every core released its ticket. A resume visit installs the new snapshot (if
 //! the table changed: the device is drained, so no I/O straddles two tables) and clears
@@ -82,8 +97,9 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use keel_bdev::{
-    BackendChannel, ChannelCx, ChannelStats, CompletionQueue, ForwardCtx, ForwardPath, IoBox, IoOp, IoRequest,
-    IoStatus, Leg, Route, RouteHandle, SgList, Submit,
+    slice_iovs, zero_iovs, BackendChannel, BaseId, ChannelCx, ChannelStats, ChildDone, Children, CompletionQueue,
+    ForwardCtx, ForwardPath, IoBox, IoOp, IoRequest, IoStatus, Leg, Parent, Route, RouteHandle, Sent, SplitPolicy,
+    Splitter, Step, Striping, Submit,
 };
 use keel_reactor::{current, ticks, CoreId, Cores, IoChannel, PollStatus, PollerHandle};
 
@@ -177,11 +193,9 @@ enum Fast {
         offset_sectors: u64,
     },
     Striped {
-        chunk_shift: u32,
-        chunk_mask: u64,
-        stripes: u64,
-        /// log2(stripes) when it is a power of two (no division), else `u32::MAX`.
-        stripes_shift: u32,
+        /// Chunks in sectors over the legs.
+        striping: Striping,
+        /// Each stripe's device and start on it, in sectors.
         legs: Box<[(u32, u64)]>,
     },
     Dyn,
@@ -240,21 +254,10 @@ impl CoreTarget {
     fn map_inline(&self, rel_sector: u64) -> Option<(u32, u64)> {
         match &self.fast {
             Fast::Linear { dev, offset_sectors } => Some((*dev, offset_sectors + rel_sector)),
-            Fast::Striped {
-                chunk_shift,
-                chunk_mask,
-                stripes,
-                stripes_shift,
-                legs,
-            } => {
-                let chunk = rel_sector >> chunk_shift;
-                let (row, stripe) = if *stripes_shift != u32::MAX {
-                    (chunk >> stripes_shift, chunk & (stripes - 1))
-                } else {
-                    (chunk / stripes, chunk % stripes)
-                };
-                let (dev, offset) = legs[stripe as usize];
-                Some((dev, offset + (row << chunk_shift) + (rel_sector & chunk_mask)))
+            Fast::Striped { striping, legs } => {
+                let p = striping.locate(rel_sector);
+                let (dev, offset) = legs[p.leg];
+                Some((dev, offset + p.offset_blocks))
             }
             Fast::Dyn => None,
         }
@@ -301,15 +304,8 @@ impl CoreTable {
                 let tracked = l.target.tracked();
                 let fast = match l.target.layout() {
                     Layout::Linear { dev, offset_sectors } => Fast::Linear { dev, offset_sectors },
-                    Layout::Striped { chunk_sectors, stripes } => Fast::Striped {
-                        chunk_shift: chunk_sectors.trailing_zeros(),
-                        chunk_mask: chunk_sectors - 1,
-                        stripes: stripes.len() as u64,
-                        stripes_shift: if stripes.len().is_power_of_two() {
-                            stripes.len().trailing_zeros()
-                        } else {
-                            u32::MAX
-                        },
+                    Layout::Striped { striping, stripes } => Fast::Striped {
+                        striping,
                         legs: stripes.into_boxed_slice(),
                     },
                     Layout::Other => Fast::Dyn,
@@ -370,7 +366,7 @@ impl CoreTable {
                 let d = &self.devs[*dev as usize];
                 Route::linear(d.path.clone(), offset_sectors >> d.sector_shift, ops)
             }
-            Fast::Striped { chunk_shift, legs, .. } => {
+            Fast::Striped { striping, legs } => {
                 let legs = legs
                     .iter()
                     .map(|&(dev, offset_sectors)| {
@@ -381,7 +377,7 @@ impl CoreTable {
                         }
                     })
                     .collect();
-                Route::striped(1 << (chunk_shift - self.block_shift), legs, ops).unwrap_or_else(Route::off)
+                Route::striped(1 << (striping.chunk_shift() - self.block_shift), legs, ops).unwrap_or_else(Route::off)
             }
             Fast::Dyn => Route::off(),
         }
@@ -408,6 +404,19 @@ impl CoreTable {
         }
     }
 
+    /// Prepares `child` for the `n` device blocks of `parent` from device block `at`, mapped to
+    /// device `dev` at `sector`: the range on the base, and the window of the parent's buffers.
+    #[inline(always)]
+    fn prepare_data(&self, child: &mut IoRequest, parent: &IoRequest, at: u64, n: u64, dev: u32, sector: u64) {
+        let d = &self.devs[dev as usize];
+        child.prepare(parent.op, sector >> d.sector_shift, n << d.block_shift);
+        child.iovs.clear();
+        if parent.op.has_data() {
+            let at_bytes = (at - parent.offset_blocks) * self.block_bytes;
+            slice_iovs(&parent.iovs, at_bytes, n * self.block_bytes, &mut child.iovs);
+        }
+    }
+
     /// The target containing device block `offset_blocks` (which is inside the table).
     #[inline]
     fn find(&self, offset_blocks: u64) -> usize {
@@ -420,17 +429,17 @@ impl CoreTable {
 }
 
 /// Kinds of child piece.
-#[derive(Clone, Copy, PartialEq, Eq)]
+#[derive(Clone, Copy, PartialEq, Eq, Default)]
 enum ChildKind {
+    #[default]
     Data,
     FlushLeg,
     ResetLeg,
 }
 
-/// Per-child state (indexed by the child's tag).
-#[derive(Clone, Copy)]
+/// dm's side data of a child (the splitter keeps it, and the child's parent, by the child).
+#[derive(Clone, Copy, Default)]
 struct ChildMeta {
-    parent: u32,
     target: u32,
     /// Data: piece start relative to the target, in sectors. Flush: the leg.
     rel: u64,
@@ -438,17 +447,190 @@ struct ChildMeta {
     kind: ChildKind,
 }
 
-/// A split request in flight.
-struct ParentSlot {
-    io: Option<IoBox>,
-    /// Next device block (data) or leg index (flush/reset) to issue.
-    next: u64,
-    end: u64,
-    /// Children out.
-    remaining: u32,
-    status: IoStatus,
+/// dm's side data of a split parent.
+#[derive(Default)]
+struct DmParent {
     /// Go back to the held queue instead of completing (noflush, base removed).
     requeue: bool,
+}
+
+/// The core's splitter: parents are device blocks (`offset..offset + num`) for data, flush legs
+/// (`0..legs`) for a flush, devices (`0..devs`) for a reset.
+type DmSplitter = Splitter<ChildMeta, DmParent>;
+
+impl SplitPolicy for Run {
+    type Child = ChildMeta;
+    type Parent = DmParent;
+
+    /// Maps the piece at the cursor: a reset's device, a flush's leg, or a data piece up to the
+    /// next target or chunk boundary. Pieces a target answers itself need no child; held pieces
+    /// go to their delay FIFO.
+    #[inline]
+    fn next_piece(&mut self, p: Parent<'_, DmParent>, children: &mut Children<'_, ChildMeta>) -> Step {
+        let Some(t) = self.table.as_mut() else {
+            unreachable!("split parents imply a table")
+        };
+        let pio = p.io;
+        let op = pio.op;
+        // What this piece is, where it goes.
+        let (m, n, ti, rel, kind) = match op {
+            IoOp::Reset => {
+                let dev = p.next as u32;
+                (Map::Remap { dev, sector: 0 }, 1, u32::MAX, 0, ChildKind::ResetLeg)
+            }
+            IoOp::Flush => {
+                let (ti, leg) = t.legs[p.next as usize];
+                let ct = &mut t.targets[ti as usize];
+                let m = ct.target.map_flush(leg, &mut MapCx::new(&mut ct.rng));
+                (m, 1, ti, leg as u64, ChildKind::FlushLeg)
+            }
+            _ => {
+                let i = t.find(p.next);
+                let ct = &mut t.targets[i];
+                let rel = p.next - ct.start_blocks;
+                let piece_end = (rel | ct.split_mask)
+                    .saturating_add(1)
+                    .min(ct.len_blocks)
+                    .min(p.end - ct.start_blocks);
+                let rel_sectors = rel << t.block_shift;
+                let n = piece_end - rel;
+                if let Some((dev, sector)) = ct.map_inline(rel_sectors) {
+                    // Linear and striped: untracked, never held, nothing to go through `Map` for.
+                    let Some((mut child, meta)) = children.take() else {
+                        return Step::Stalled;
+                    };
+                    t.prepare_data(&mut child, pio, p.next, n, dev, sector);
+                    *meta = ChildMeta {
+                        target: i as u32,
+                        rel: rel_sectors,
+                        word: 0,
+                        kind: ChildKind::Data,
+                    };
+                    return Step::Send {
+                        child,
+                        base: BaseId(dev),
+                        units: n,
+                    };
+                }
+                let m = ct.target.map(op, rel_sectors, &mut MapCx::new(&mut ct.rng));
+                (m, n, i as u32, rel_sectors, ChildKind::Data)
+            }
+        };
+        let (dev, sector, word, hold) = match m {
+            Map::Remap { dev, sector } => (dev, sector, 0, None),
+            Map::Track { dev, sector, word } => (dev, sector, word, None),
+            Map::Hold {
+                dev,
+                sector,
+                delay_ticks,
+                class,
+            } => (dev, sector, 0, t.holding.then_some((delay_ticks, class))),
+            Map::Done(status) => {
+                if status != IoStatus::Success && kind == ChildKind::Data {
+                    t.targets[ti as usize].target.on_error(Piece::Sector(rel), status);
+                }
+                let status = self.piece_status(status, p.data);
+                return Step::Answered { units: n, status };
+            }
+            Map::ZeroFill => {
+                if op == IoOp::Read {
+                    zero_iovs(
+                        &pio.iovs,
+                        (p.next - pio.offset_blocks) * t.block_bytes,
+                        n * t.block_bytes,
+                    );
+                }
+                return Step::Answered {
+                    units: n,
+                    status: IoStatus::Success,
+                };
+            }
+        };
+        let Some((mut child, meta)) = children.take() else {
+            return Step::Stalled;
+        };
+        match kind {
+            ChildKind::Data => t.prepare_data(&mut child, pio, p.next, n, dev, sector),
+            _ => {
+                child.prepare(op, 0, 0);
+                child.iovs.clear();
+            }
+        }
+        *meta = ChildMeta {
+            target: ti,
+            rel,
+            word,
+            kind,
+        };
+        if word != 0 {
+            t.targets[ti as usize].target.before_submit(&mut child, &mut meta.word);
+        }
+        if let Some((delay_ticks, class)) = hold {
+            let ct = &mut t.targets[ti as usize];
+            ct.target.on_hold(class);
+            ct.fifo.push_back(HeldPiece {
+                release_ticks: ticks().saturating_add(delay_ticks),
+                io: child,
+                dev,
+                class,
+            });
+            self.fifo_len += 1;
+            return Step::Kept { units: n };
+        }
+        Step::Send {
+            child,
+            base: BaseId(dev),
+            units: n,
+        }
+    }
+
+    #[inline]
+    fn send(&mut self, base: BaseId, io: IoBox, cq: &CompletionQueue) -> Sent {
+        let Some(t) = self.table.as_ref() else {
+            unreachable!("children imply a table")
+        };
+        t.devs[base.0 as usize].path.base().submit(io, cq).into()
+    }
+
+    /// Lets a tracked target finish its piece, records failures against the target (striped's
+    /// leg health), and folds: a flush or reset leg without a cache to flush succeeds.
+    #[inline]
+    fn child_done(&mut self, io: &mut IoRequest, m: &mut ChildMeta, p: Parent<'_, DmParent>) -> ChildDone {
+        let mut status = io.status();
+        if m.kind != ChildKind::ResetLeg {
+            let Some(t) = self.table.as_ref() else {
+                unreachable!("children imply a table")
+            };
+            let target = &t.targets[m.target as usize].target;
+            if m.word != 0 {
+                status = target.end_io(io, status, m.word);
+            }
+            if m.kind == ChildKind::FlushLeg && status == IoStatus::Unsupported {
+                // A device without a volatile cache has nothing to flush.
+                status = IoStatus::Success;
+            }
+            if status != IoStatus::Success {
+                let piece = match m.kind {
+                    ChildKind::FlushLeg => Piece::Leg(m.rel as u32),
+                    _ => Piece::Sector(m.rel),
+                };
+                target.on_error(piece, status);
+            }
+        } else if status == IoStatus::Unsupported {
+            status = IoStatus::Success;
+        }
+        ChildDone::Finished(self.piece_status(status, p.data))
+    }
+
+    /// Completes the parent upward, or sends it back to the held queue.
+    fn finish(&mut self, io: IoBox, status: IoStatus, data: DmParent) {
+        if data.requeue {
+            self.held.push_back(io);
+            self.fast = false;
+        } else {
+            io.complete(status);
+        }
+    }
 }
 
 /// What the dm bdev's channel on this core gave the core's state ([`DmCore::bind`]): the
@@ -461,10 +643,25 @@ struct Bound {
 /// Everything of the core's channel that changes; one `RefCell` around it.
 struct CoreState {
     core: CoreId,
-    /// The table that is live on this core (its snapshot `table` is built once bound).
+    /// The table that is live on this core (its snapshot `run.table` is built once bound).
     live: Option<Arc<Table>>,
-    table: Option<CoreTable>,
     bound: Option<Bound>,
+    /// Requests below the device that are not split (forwarded, held in a delay FIFO), counted
+    /// in the in-place forwarding context: a forwarded success drops the count on its way up
+    /// without visiting this channel. Its queue is the channel's completion queue.
+    fwd: Rc<ForwardCtx>,
+    drain: Option<Arc<DrainTicket>>,
+    /// Split parents and their children, parents waiting for children, refused children.
+    split: DmSplitter,
+    /// What the data path maps with and holds; the splitter's policy (a field apart from the
+    /// splitter, so each call lends it as it is).
+    run: Run,
+}
+
+/// The core's running state of the device: its table snapshot, its mode and what it holds. dm's
+/// [`SplitPolicy`].
+struct Run {
+    table: Option<CoreTable>,
     /// Take the hot path: live table, not suspended, nothing held, writable, alive.
     fast: bool,
     suspended: bool,
@@ -472,59 +669,35 @@ struct CoreState {
     /// The dm bdev is gone (removed): new I/O fails, held I/O was aborted.
     dead: bool,
     held: VecDeque<IoBox>,
-    /// Requests below the device (forwarded, held in a delay FIFO, or split parents), counted
-    /// in the in-place forwarding context: a forwarded success drops the count on its way up
-    /// without visiting this channel. Its queue is the channel's completion queue.
-    fwd: Rc<ForwardCtx>,
-    drain: Option<Arc<DrainTicket>>,
-    children: Vec<IoBox>,
-    meta: Vec<ChildMeta>,
-    parents: Vec<ParentSlot>,
-    free_parents: Vec<u32>,
-    pending: VecDeque<u32>,
-    retry: VecDeque<(IoBox, u32)>,
     /// Pieces in delay FIFOs (so the poller reads the clock only when there are some).
     fifo_len: usize,
 }
 
-/// Copies `len` bytes of `src`'s data starting at byte `off` into `dst` as windows.
-fn slice_iovs(src: &SgList, mut off: u64, mut len: u64, dst: &mut SgList) {
-    for v in src {
-        if len == 0 {
-            break;
-        }
-        let vlen = v.len_bytes as u64;
-        if off >= vlen {
-            off -= vlen;
-            continue;
-        }
-        let take = (vlen - off).min(len);
-        dst.push(keel_bdev::IoVec {
-            buf: v.buf.clone(),
-            offset_bytes: v.offset_bytes + off as u32,
-            len_bytes: take as u32,
-        });
-        len -= take;
-        off = 0;
+impl Run {
+    /// Whether a piece failing because its base is gone goes back to the held queue.
+    #[inline]
+    fn requeue_removed(&self) -> bool {
+        self.suspended && self.noflush && !self.dead
     }
-}
 
-/// Zeroes `len` bytes of `iovs`' data from byte `off`.
-fn zero_range(iovs: &SgList, mut off: u64, mut len: u64) {
-    for v in iovs {
-        if len == 0 {
-            break;
+    /// A piece's status as it folds into its parent (the splitter keeps the first failure):
+    /// while a noflush suspend requeues, a removed base marks the parent for the held queue
+    /// instead of failing it; `Removed` goes up as `Failed` (the dm device itself is not
+    /// removed).
+    #[inline]
+    fn piece_status(&self, status: IoStatus, parent: &mut DmParent) -> IoStatus {
+        if status == IoStatus::Success {
+            return status;
         }
-        let vlen = v.len_bytes as u64;
-        if off >= vlen {
-            off -= vlen;
-            continue;
+        if base_gone(status) && self.requeue_removed() {
+            parent.requeue = true;
+            return IoStatus::Success;
         }
-        let take = (vlen - off).min(len);
-        let start = (v.offset_bytes as u64 + off) as usize;
-        v.buf.bytes_mut()[start..start + take as usize].fill(0);
-        len -= take;
-        off = 0;
+        if status == IoStatus::Removed {
+            IoStatus::Failed
+        } else {
+            status
+        }
     }
 }
 
@@ -535,52 +708,24 @@ fn is_write_op(op: IoOp) -> bool {
 
 impl CoreState {
     fn new(core: CoreId, p: &Published, fwd: Rc<ForwardCtx>) -> CoreState {
-        let children: Vec<IoBox> = (0..CHILDREN)
-            .map(|i| {
-                let mut io = IoRequest::new_boxed();
-                io.tag = i as u64;
-                io
-            })
-            .collect();
         let mut st = CoreState {
             core,
             live: p.table.clone(),
-            table: None,
             bound: None,
-            fast: false,
-            suspended: p.suspended,
-            noflush: p.noflush,
-            dead: p.dead,
-            held: VecDeque::with_capacity(QUEUE_CAPACITY),
             fwd,
             drain: None,
-            children,
-            meta: vec![
-                ChildMeta {
-                    parent: 0,
-                    target: 0,
-                    rel: 0,
-                    word: 0,
-                    kind: ChildKind::Data,
-                };
-                CHILDREN
-            ],
-            parents: (0..PARENTS)
-                .map(|_| ParentSlot {
-                    io: None,
-                    next: 0,
-                    end: 0,
-                    remaining: 0,
-                    status: IoStatus::Success,
-                    requeue: false,
-                })
-                .collect(),
-            free_parents: (0..PARENTS as u32).rev().collect(),
-            pending: VecDeque::with_capacity(PARENTS),
-            retry: VecDeque::with_capacity(QUEUE_CAPACITY),
-            fifo_len: 0,
+            split: Splitter::new(CHILDREN, PARENTS, QUEUE_CAPACITY),
+            run: Run {
+                table: None,
+                fast: false,
+                suspended: p.suspended,
+                noflush: p.noflush,
+                dead: p.dead,
+                held: VecDeque::with_capacity(QUEUE_CAPACITY),
+                fifo_len: 0,
+            },
         };
-        if let Some(t) = st.table.as_mut() {
+        if let Some(t) = st.run.table.as_mut() {
             t.holding = !p.suspended;
         }
         st.refresh_fast();
@@ -592,10 +737,12 @@ impl CoreState {
     /// the core maps and forwards requests that fit by itself; otherwise every request comes
     /// here.
     fn refresh_fast(&mut self) {
-        self.fast =
-            !self.suspended && !self.dead && self.held.is_empty() && self.table.as_ref().is_some_and(|t| !t.readonly);
+        self.run.fast = !self.run.suspended
+            && !self.run.dead
+            && self.run.held.is_empty()
+            && self.run.table.as_ref().is_some_and(|t| !t.readonly);
         if let Some(b) = &self.bound {
-            let route = match (self.fast, &self.table) {
+            let route = match (self.run.fast, &self.run.table) {
                 (true, Some(t)) => t.route(),
                 _ => Route::off(),
             };
@@ -607,24 +754,18 @@ impl CoreState {
     /// requests, so a snapshot of the same table is kept and only its paths are rebuilt.
     fn rebuild(&mut self) {
         let Some(b) = &self.bound else {
-            self.table = None;
+            self.run.table = None;
             return;
         };
-        match (&self.live, &mut self.table) {
+        match (&self.live, &mut self.run.table) {
             (Some(live), Some(t)) if Arc::ptr_eq(live, &t.table) => {
                 for d in &mut t.devs {
                     d.path = ForwardPath::new(&self.fwd, &b.stats, d.path.base().clone());
                 }
             }
-            (Some(live), _) => self.table = Some(CoreTable::build(live, self.core, &self.fwd, &b.stats)),
-            (None, _) => self.table = None,
+            (Some(live), _) => self.run.table = Some(CoreTable::build(live, self.core, &self.fwd, &b.stats)),
+            (None, _) => self.run.table = None,
         }
-    }
-
-    /// Whether a piece failing because its base is gone goes back to the held queue.
-    #[inline]
-    fn requeue_removed(&self) -> bool {
-        self.suspended && self.noflush && !self.dead
     }
 
     /// Entry of every request (`BackendChannel::submit`). The hot path — device running, a
@@ -632,8 +773,8 @@ impl CoreState {
     /// forwards the request in place; everything else goes to [`CoreState::submit_general`].
     #[inline(always)]
     fn submit(&mut self, mut io: IoBox, cq: &CompletionQueue) -> Submit {
-        if self.fast && io.op.needs_range() {
-            if let Some(t) = self.table.as_ref() {
+        if self.run.fast && io.op.needs_range() {
+            if let Some(t) = self.run.table.as_ref() {
                 if let Some((dev, sector)) = t.map_direct(io.offset_blocks, io.num_blocks) {
                     let d = &t.devs[dev as usize];
                     let orig = io.offset_blocks;
@@ -655,7 +796,7 @@ impl CoreState {
     /// Every request the hot path of [`CoreState::submit`] does not take.
     #[inline(never)]
     fn submit_general(&mut self, io: IoBox, cq: &CompletionQueue) -> Submit {
-        if self.fast {
+        if self.run.fast {
             return self.submit_mapped(io, cq);
         }
         self.submit_slow(io, cq)
@@ -663,12 +804,12 @@ impl CoreState {
 
     #[cold]
     fn submit_slow(&mut self, io: IoBox, cq: &CompletionQueue) -> Submit {
-        if self.dead {
+        if self.run.dead {
             io.complete(IoStatus::Aborted);
             return Submit::Accepted;
         }
-        if self.suspended || !self.held.is_empty() {
-            self.held.push_back(io);
+        if self.run.suspended || !self.run.held.is_empty() {
+            self.run.held.push_back(io);
             return Submit::Accepted;
         }
         self.submit_checked(io, cq)
@@ -676,7 +817,7 @@ impl CoreState {
 
     /// The checks the hot path's flag stands for: a table, writability, range.
     fn submit_checked(&mut self, io: IoBox, cq: &CompletionQueue) -> Submit {
-        let Some(t) = self.table.as_ref() else {
+        let Some(t) = self.run.table.as_ref() else {
             io.complete(IoStatus::Failed);
             return Submit::Accepted;
         };
@@ -695,7 +836,7 @@ impl CoreState {
     /// Maps a request against the live table: direct forward, or split.
     #[inline]
     fn submit_mapped(&mut self, mut io: IoBox, cq: &CompletionQueue) -> Submit {
-        let Some(t) = self.table.as_mut() else {
+        let Some(t) = self.run.table.as_mut() else {
             io.complete(IoStatus::Failed);
             return Submit::Accepted;
         };
@@ -729,7 +870,7 @@ impl CoreState {
                 Submit::Accepted
             }
             Map::ZeroFill => {
-                zero_range(&io.iovs, 0, io.num_blocks * t.block_bytes);
+                zero_iovs(&io.iovs, 0, io.num_blocks * t.block_bytes);
                 io.complete(IoStatus::Success);
                 Submit::Accepted
             }
@@ -762,190 +903,38 @@ impl CoreState {
                     dev,
                     class,
                 });
-                self.fifo_len += 1;
+                self.run.fifo_len += 1;
                 Submit::Accepted
             }
         }
     }
 
-    /// Takes a parent slot for a request that needs pieces (or legs) and starts issuing them.
+    /// Hands a request that needs pieces (or legs) to the splitter.
     fn accept_split(&mut self, io: IoBox, cq: &CompletionQueue) -> Submit {
-        if self.children.is_empty() {
+        if !self.split.can_accept() {
             return Submit::Requeue(io);
         }
-        let Some(pidx) = self.free_parents.pop() else {
-            return Submit::Requeue(io);
-        };
-        let t = self.table.as_ref().expect("split needs a table");
+        let t = self.run.table.as_ref().expect("split needs a table");
         let (next, end) = match io.op {
             IoOp::Flush => (0, t.legs.len() as u64),
             IoOp::Reset => (0, t.devs.len() as u64),
             _ => (io.offset_blocks, io.offset_blocks + io.num_blocks),
         };
-        let p = &mut self.parents[pidx as usize];
-        p.io = Some(io);
-        p.next = next;
-        p.end = end;
-        p.remaining = 0;
-        p.status = IoStatus::Success;
-        p.requeue = false;
-        self.fwd.begin();
-        if self.issue(pidx, cq) {
-            if self.parents[pidx as usize].remaining == 0 {
-                self.finish(pidx);
-            }
-        } else {
-            self.pending.push_back(pidx);
-        }
-        Submit::Accepted
+        self.split.accept(io, next, end, DmParent::default(), &mut self.run, cq)
     }
 
-    /// Issues the parent's remaining pieces while children last. Returns whether all are issued.
-    fn issue(&mut self, pidx: u32, cq: &CompletionQueue) -> bool {
-        let CoreState {
-            table,
-            parents,
-            children,
-            meta,
-            retry,
-            fifo_len,
-            suspended,
-            noflush,
-            dead,
-            ..
-        } = self;
-        let requeue_removed = *suspended && *noflush && !*dead;
-        let t = table.as_mut().expect("issue needs a table");
-        let p = &mut parents[pidx as usize];
-        let pio = p.io.as_ref().expect("parent present");
-        let op = pio.op;
-        let base = pio.offset_blocks;
-        while p.next < p.end {
-            // What this piece is, where it goes.
-            let (m, n, ti, rel, kind) = match op {
-                IoOp::Reset => {
-                    let dev = p.next as u32;
-                    (Map::Remap { dev, sector: 0 }, 1, u32::MAX, 0, ChildKind::ResetLeg)
-                }
-                IoOp::Flush => {
-                    let (ti, leg) = t.legs[p.next as usize];
-                    let ct = &mut t.targets[ti as usize];
-                    let m = ct.target.map_flush(leg, &mut MapCx::new(&mut ct.rng));
-                    (m, 1, ti, leg as u64, ChildKind::FlushLeg)
-                }
-                _ => {
-                    let i = t.find(p.next);
-                    let ct = &mut t.targets[i];
-                    let rel = p.next - ct.start_blocks;
-                    let piece_end = (rel | ct.split_mask)
-                        .saturating_add(1)
-                        .min(ct.len_blocks)
-                        .min(p.end - ct.start_blocks);
-                    let rel_sectors = rel << t.block_shift;
-                    let m = ct.map(op, rel_sectors);
-                    (m, piece_end - rel, i as u32, rel_sectors, ChildKind::Data)
-                }
-            };
-            let (dev, sector, word, hold) = match m {
-                Map::Remap { dev, sector } => (dev, sector, 0, None),
-                Map::Track { dev, sector, word } => (dev, sector, word, None),
-                Map::Hold {
-                    dev,
-                    sector,
-                    delay_ticks,
-                    class,
-                } => (dev, sector, 0, t.holding.then_some((delay_ticks, class))),
-                Map::Done(status) => {
-                    if status != IoStatus::Success && kind == ChildKind::Data {
-                        t.targets[ti as usize].target.on_error(Piece::Sector(rel), status);
-                    }
-                    merge(&mut p.status, &mut p.requeue, status, requeue_removed);
-                    p.next += n;
-                    continue;
-                }
-                Map::ZeroFill => {
-                    if op == IoOp::Read {
-                        zero_range(&pio.iovs, (p.next - base) * t.block_bytes, n * t.block_bytes);
-                    }
-                    p.next += n;
-                    continue;
-                }
-            };
-            let Some(mut child) = children.pop() else {
-                return false;
-            };
-            let d = &t.devs[dev as usize];
-            match kind {
-                ChildKind::Data => {
-                    child.prepare(op, sector >> d.sector_shift, n << d.block_shift);
-                    child.iovs.clear();
-                    if op.has_data() {
-                        slice_iovs(
-                            &pio.iovs,
-                            (p.next - base) * t.block_bytes,
-                            n * t.block_bytes,
-                            &mut child.iovs,
-                        );
-                    }
-                }
-                _ => {
-                    child.prepare(op, 0, 0);
-                    child.iovs.clear();
-                }
-            }
-            let id = child.tag as usize;
-            meta[id] = ChildMeta {
-                parent: pidx,
-                target: ti,
-                rel,
-                word,
-                kind,
-            };
-            p.remaining += 1;
-            p.next += n;
-            if word != 0 {
-                let ct = &t.targets[ti as usize];
-                ct.target.before_submit(&mut child, &mut meta[id].word);
-            }
-            if let Some((delay_ticks, class)) = hold {
-                let ct = &mut t.targets[ti as usize];
-                ct.target.on_hold(class);
-                ct.fifo.push_back(HeldPiece {
-                    release_ticks: ticks().saturating_add(delay_ticks),
-                    io: child,
-                    dev,
-                    class,
-                });
-                *fifo_len += 1;
-                continue;
-            }
-            if let Submit::Requeue(c) = d.path.base().submit(child, cq) {
-                retry.push_back((c, dev));
-            }
-        }
-        true
-    }
-
-    /// A parent's last piece is done: complete it upward, or send it back to the held queue.
-    fn finish(&mut self, pidx: u32) {
-        let p = &mut self.parents[pidx as usize];
-        let io = p.io.take().expect("parent present");
-        let (status, requeue) = (p.status, p.requeue);
-        self.free_parents.push(pidx);
-        self.fwd.end();
-        if requeue {
-            self.held.push_back(io);
-            self.fast = false;
-        } else {
-            io.complete(status);
-        }
+    /// Requests below the device: forwarded or held (the forwarding context's count) and split
+    /// parents. For drains, not for the I/O path.
+    fn inflight(&self) -> u64 {
+        self.fwd.inflight() + self.split.parents_in_flight() as u64
     }
 
     /// One completion from a base bdev.
     #[inline]
-    fn on_complete(&mut self, mut io: IoBox) {
+    fn on_complete(&mut self, mut io: IoBox, cq: &CompletionQueue) {
         if io.depth() == 0 {
-            return self.child_done(io);
+            // One of the splitter's children.
+            return self.split.child_done(io, &mut self.run, cq);
         }
         // A forwarded request that failed (forwarded successes never come here; the offset is
         // the caller's again), or a held piece released to its base (its word has the caller's
@@ -965,7 +954,7 @@ impl CoreState {
 
     #[cold]
     fn direct_failed(&mut self, io: IoBox, status: IoStatus) {
-        if let Some(t) = self.table.as_ref() {
+        if let Some(t) = self.run.table.as_ref() {
             if io.offset_blocks < t.num_blocks {
                 let ct = &t.targets[t.find(io.offset_blocks)];
                 ct.target.on_error(
@@ -974,9 +963,9 @@ impl CoreState {
                 );
             }
         }
-        if base_gone(status) && self.requeue_removed() {
-            self.held.push_back(io);
-            self.fast = false;
+        if base_gone(status) && self.run.requeue_removed() {
+            self.run.held.push_back(io);
+            self.run.fast = false;
             return;
         }
         io.complete(if status == IoStatus::Removed {
@@ -986,79 +975,18 @@ impl CoreState {
         });
     }
 
-    fn child_done(&mut self, mut io: IoBox) {
-        let id = io.tag as usize;
-        let m = self.meta[id];
-        let mut status = io.status();
-        if m.kind != ChildKind::ResetLeg {
-            let t = self.table.as_ref().expect("children imply a table");
-            let target = &t.targets[m.target as usize].target;
-            if m.word != 0 {
-                status = target.end_io(&mut io, status, m.word);
-            }
-            if m.kind == ChildKind::FlushLeg && status == IoStatus::Unsupported {
-                // A device without a volatile cache has nothing to flush.
-                status = IoStatus::Success;
-            }
-            if status != IoStatus::Success {
-                let piece = match m.kind {
-                    ChildKind::FlushLeg => Piece::Leg(m.rel as u32),
-                    _ => Piece::Sector(m.rel),
-                };
-                target.on_error(piece, status);
-            }
-        } else if status == IoStatus::Unsupported {
-            status = IoStatus::Success;
+    /// The splitter's poll step: children a base handed back, parents that waited for children.
+    fn poll_split(&mut self, cq: &CompletionQueue) -> usize {
+        if self.run.table.is_none() {
+            return 0;
         }
-        io.iovs.clear();
-        self.children.push(io);
-        let requeue_removed = self.requeue_removed();
-        let p = &mut self.parents[m.parent as usize];
-        p.remaining -= 1;
-        merge(&mut p.status, &mut p.requeue, status, requeue_removed);
-        if p.remaining == 0 && p.next == p.end {
-            self.finish(m.parent);
-        }
-    }
-
-    /// Resubmits children (and forwarded parents released by delay) that a base handed back.
-    fn run_retry(&mut self, cq: &CompletionQueue) -> usize {
-        let Some(t) = self.table.as_ref() else { return 0 };
-        let mut n = 0;
-        while let Some((io, dev)) = self.retry.pop_front() {
-            match t.devs[dev as usize].path.base().submit(io, cq) {
-                Submit::Accepted => n += 1,
-                Submit::Requeue(io) => {
-                    self.retry.push_front((io, dev));
-                    break;
-                }
-            }
-        }
-        n
-    }
-
-    /// Continues parents that waited for children.
-    fn run_pending(&mut self, cq: &CompletionQueue) -> usize {
-        let mut n = 0;
-        while let Some(&pidx) = self.pending.front() {
-            if self.children.is_empty() {
-                break;
-            }
-            n += 1;
-            if !self.issue(pidx, cq) {
-                break;
-            }
-            self.pending.pop_front();
-            if self.parents[pidx as usize].remaining == 0 {
-                self.finish(pidx);
-            }
-        }
-        n
+        self.split.poll(&mut self.run, cq)
     }
 
     /// Submits delay pieces whose time came (all of them with `all`).
     fn release_due(&mut self, cq: &CompletionQueue, all: bool) -> usize {
-        let Some(t) = self.table.as_mut() else { return 0 };
+        let CoreState { run, split, .. } = self;
+        let Some(t) = run.table.as_mut() else { return 0 };
         let now = if all { u64::MAX } else { ticks() };
         let mut n = 0;
         for &ti in &t.delay_targets {
@@ -1067,23 +995,25 @@ impl CoreState {
                 let Some(h) = ct.fifo.pop_front() else { break };
                 ct.target.on_release(h.class);
                 n += 1;
+                // A child, or a forwarded request (its word marked): either way a refusal waits
+                // with the splitter's refused children.
                 if let Submit::Requeue(io) = t.devs[h.dev as usize].path.base().submit(h.io, cq) {
-                    self.retry.push_back((io, h.dev));
+                    split.park(io, BaseId(h.dev));
                 }
             }
         }
-        self.fifo_len -= n;
+        self.run.fifo_len -= n;
         n
     }
 
     /// Re-issues held requests in order once the device runs again.
     fn run_held(&mut self, cq: &CompletionQueue) -> usize {
         let mut n = 0;
-        while let Some(io) = self.held.pop_front() {
+        while let Some(io) = self.run.held.pop_front() {
             match self.submit_checked(io, cq) {
                 Submit::Accepted => n += 1,
                 Submit::Requeue(io) => {
-                    self.held.push_front(io);
+                    self.run.held.push_front(io);
                     break;
                 }
             }
@@ -1093,15 +1023,15 @@ impl CoreState {
     }
 
     fn abort_held(&mut self) -> usize {
-        let n = self.held.len();
-        while let Some(io) = self.held.pop_front() {
+        let n = self.run.held.len();
+        while let Some(io) = self.run.held.pop_front() {
             io.complete(IoStatus::Aborted);
         }
         n
     }
 
     fn check_drain(&mut self) -> bool {
-        if self.fwd.inflight() == 0 {
+        if self.inflight() == 0 {
             if let Some(t) = self.drain.take() {
                 t.release();
                 return true;
@@ -1118,26 +1048,6 @@ fn base_gone(status: IoStatus) -> bool {
     matches!(status, IoStatus::Removed | IoStatus::Aborted)
 }
 
-/// Folds a piece's status into its parent: the first failure wins; with `requeue_removed` a
-/// removed base sends the parent back to the held queue instead.
-#[inline]
-fn merge(slot: &mut IoStatus, requeue: &mut bool, status: IoStatus, requeue_removed: bool) {
-    if status == IoStatus::Success {
-        return;
-    }
-    if base_gone(status) && requeue_removed {
-        *requeue = true;
-        return;
-    }
-    if *slot == IoStatus::Success {
-        *slot = if status == IoStatus::Removed {
-            IoStatus::Failed
-        } else {
-            status
-        };
-    }
-}
-
 /// State shared by a core's channel and its poller.
 struct Inner {
     st: RefCell<CoreState>,
@@ -1148,17 +1058,15 @@ impl Inner {
     fn poll(&self) -> usize {
         let mut guard = self.st.borrow_mut();
         let st = &mut *guard;
-        let mut n = self.cq.drain_now(|io| st.on_complete(io));
-        if !st.retry.is_empty() {
-            n += st.run_retry(&self.cq);
+        let cq = &self.cq;
+        let mut n = cq.drain_now(|io| st.on_complete(io, cq));
+        if !st.split.is_idle() {
+            n += st.poll_split(cq);
         }
-        if !st.pending.is_empty() {
-            n += st.run_pending(&self.cq);
-        }
-        if st.fifo_len > 0 {
+        if st.run.fifo_len > 0 {
             n += st.release_due(&self.cq, false);
         }
-        if !st.held.is_empty() && !st.suspended && !st.dead {
+        if !st.run.held.is_empty() && !st.run.suspended && !st.run.dead {
             n += st.run_held(&self.cq);
         }
         if st.drain.is_some() && st.check_drain() {
@@ -1196,16 +1104,16 @@ impl DmCore {
     /// Suspend visit: hold new I/O, release delay FIFOs, join the drain if I/O is in flight.
     pub(crate) fn suspend(&self, noflush: bool, ticket: &Arc<DrainTicket>) {
         let mut st = self.inner.st.borrow_mut();
-        st.suspended = true;
-        st.noflush = noflush;
-        if let Some(t) = st.table.as_mut() {
+        st.run.suspended = true;
+        st.run.noflush = noflush;
+        if let Some(t) = st.run.table.as_mut() {
             t.holding = false;
         }
-        if st.fifo_len > 0 {
+        if st.run.fifo_len > 0 {
             st.release_due(&self.inner.cq, true);
         }
         st.refresh_fast();
-        if st.fwd.inflight() > 0 {
+        if st.inflight() > 0 {
             ticket.add();
             if let Some(old) = st.drain.replace(ticket.clone()) {
                 old.release();
@@ -1216,7 +1124,7 @@ impl DmCore {
     /// Drain visit without suspending (remove): join the drain if I/O is in flight.
     pub(crate) fn drain(&self, ticket: &Arc<DrainTicket>) {
         let mut st = self.inner.st.borrow_mut();
-        if st.fwd.inflight() > 0 {
+        if st.inflight() > 0 {
             ticket.add();
             if let Some(old) = st.drain.replace(ticket.clone()) {
                 old.release();
@@ -1231,14 +1139,14 @@ impl DmCore {
         if let Some(tb) = table {
             let same = st.live.as_ref().is_some_and(|t| Arc::ptr_eq(t, tb));
             if !same {
-                debug_assert_eq!(st.fwd.inflight(), 0, "table swap with I/O in flight");
+                debug_assert_eq!(st.inflight(), 0, "table swap with I/O in flight");
                 st.live = Some(tb.clone());
                 st.rebuild();
             }
         }
-        st.suspended = false;
-        st.noflush = false;
-        if let Some(t) = st.table.as_mut() {
+        st.run.suspended = false;
+        st.run.noflush = false;
+        if let Some(t) = st.run.table.as_mut() {
             t.holding = true;
         }
         st.refresh_fast();
@@ -1247,7 +1155,7 @@ impl DmCore {
     /// Remove: the device is gone — fail held I/O, fail new I/O.
     pub(crate) fn kill(&self) {
         let mut st = self.inner.st.borrow_mut();
-        st.dead = true;
+        st.run.dead = true;
         st.abort_held();
         st.refresh_fast();
     }
@@ -1255,9 +1163,9 @@ impl DmCore {
     /// Remove, after the drain: drop the snapshot (and with it this core's base channels).
     pub(crate) fn drop_table(&self) {
         let mut st = self.inner.st.borrow_mut();
-        st.dead = true;
+        st.run.dead = true;
         st.live = None;
-        st.table = None;
+        st.run.table = None;
         st.refresh_fast();
     }
 

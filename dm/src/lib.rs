@@ -45,8 +45,8 @@
 //!
 //! An I/O that lies inside one target (and inside one stripe chunk) is remapped in place and
 //! forwarded as the same request: no allocation, no child. An I/O that crosses a target or chunk
-//! boundary is split by the core into children taken from a preallocated per-channel pool, so
-//! targets never see a crossing I/O. A suspended device holds new I/O in a per-channel queue
+//! boundary is split by the core into children taken from a preallocated per-channel pool
+//! (keel-bdev's splitter, dm its policy), so targets never see a crossing I/O. A suspended device holds new I/O in a per-channel queue
 //! (never fails it); suspend completes only when every core has drained what it had in flight.
 //! Table swaps happen at resume, between a drain and the release of the held I/O, so no I/O is
 //! ever mapped by one table and completed against another.

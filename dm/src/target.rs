@@ -24,7 +24,7 @@
 
 use std::sync::Arc;
 
-use keel_bdev::{IoCaps, IoOp, IoRequest, IoStatus};
+use keel_bdev::{IoCaps, IoOp, IoRequest, IoStatus, Striping};
 use keel_reactor::ticks;
 
 use crate::events::Events;
@@ -264,9 +264,9 @@ pub enum Map {
 pub enum Layout {
     /// `rel_sector` → `dev` at `offset_sectors + rel_sector`, for every op.
     Linear { dev: DevIndex, offset_sectors: u64 },
-    /// Spec §3.2's stripe arithmetic over `stripes` (device, offset), chunk a power of two.
+    /// Spec §3.2's stripe arithmetic over `stripes` (device, offset): `striping` in sectors.
     Striped {
-        chunk_sectors: u64,
+        striping: Striping,
         stripes: Vec<(DevIndex, u64)>,
     },
     /// Anything else: the core calls `map`.

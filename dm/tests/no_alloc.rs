@@ -1,11 +1,13 @@
 //! After set-up, I/O through dm does not allocate: a counting global allocator sees zero
 //! allocations while a keel-load job completes 50k I/Os in steady state through dm linear over
 //! null, striped over two nulls (4 KiB I/Os that map whole: routed by the bdev layer; 12 KiB I/Os
-//! that cross chunks: the split path with child requests), three stripes (routed with a
-//! reciprocal multiply), tables the module forwards itself (two linear targets, seventeen
-//! stripes), a route to a base that is not a leaf (linear over a
-//! passthru), a 64-target linear table over malloc under verify (splits, data checked), and a
-//! delay target (held pieces in FIFOs).
+//! that cross chunks: the splitter with child requests; 128 KiB I/Os over 4 KiB chunks: more
+//! children than the pool holds, so parents wait in the splitter's pending queue; flushes fanned
+//! out to every leg), three stripes (routed with a reciprocal multiply), tables the module
+//! forwards itself (two linear targets, seventeen stripes), a route to a base that is not a leaf
+//! (linear over a passthru), a 64-target linear table over malloc under verify (splits, data
+//! checked), linear targets between zero targets (split pieces answered without a child), and
+//! delay targets (held requests and held split pieces in FIFOs).
 //!
 //! Everything runs in one #[test] on one thread so that no other test allocates meanwhile.
 
@@ -99,6 +101,21 @@ fn steady_state_io_through_dm_does_not_allocate() {
             .collect::<Vec<_>>()
             .join(" ")
     );
+    // Linear and zero targets in turn, 8 blocks each: 12 KiB reads cross from one to the other.
+    let zebra: String = (0..64)
+        .map(|k| {
+            if k % 2 == 0 {
+                format!("{} 64 linear N0 {}\n", k * 64, k * 64)
+            } else {
+                format!("{} 64 zero\n", k * 64)
+            }
+        })
+        .collect();
+    // 64 delay targets of 1 ms over malloc: 12 KiB reads that cross are split and their pieces
+    // held.
+    let delays: String = (0..64)
+        .map(|k| format!("{} 128 delay M0 {} 1\n", k * 128, k * 128))
+        .collect();
     let cases = [
         Case {
             name: "linear/null randread",
@@ -122,6 +139,24 @@ fn steady_state_io_through_dm_does_not_allocate() {
             name: "striped/2 null randrw 12k (split)",
             table: "0 1048576 striped 2 8 N0 0 N1 0".into(),
             workload: Workload::RandRw,
+            io_size: 12288,
+        },
+        Case {
+            name: "striped/2 null randread 128k over 4k chunks (pending parents)",
+            table: "0 1048576 striped 2 8 N0 0 N1 0".into(),
+            workload: Workload::RandRead,
+            io_size: 131072,
+        },
+        Case {
+            name: "striped/2 null flush (fanned out)",
+            table: "0 1048576 striped 2 8 N0 0 N1 0".into(),
+            workload: Workload::Flush,
+            io_size: 4096,
+        },
+        Case {
+            name: "linear and zero targets/null randread 12k (answered pieces)",
+            table: zebra,
+            workload: Workload::RandRead,
             io_size: 12288,
         },
         Case {
@@ -159,6 +194,12 @@ fn steady_state_io_through_dm_does_not_allocate() {
             table: "0 8192 delay M0 0 1".into(),
             workload: Workload::RandRead,
             io_size: 4096,
+        },
+        Case {
+            name: "64 delay targets of 1 ms over malloc randread 12k (held split pieces)",
+            table: delays,
+            workload: Workload::RandRead,
+            io_size: 12288,
         },
     ];
     let mut report = Vec::new();

@@ -2,8 +2,10 @@
 //!
 //! Mapping (spec §3.2): `c = rel div chunk`, `stripe = c mod #stripes`, device sector
 //! `offset[stripe] + (c div #stripes)·chunk + rel mod chunk`. The chunk is a power of two of at
-//! least the device's block size (Keel's rule, stricter than Linux's), so the chunk arithmetic is
-//! shifts and masks; the core splits pieces at chunk boundaries ([`Target::split_sectors`]).
+//! least the device's block size (Keel's rule, stricter than Linux's), so the arithmetic is
+//! keel-bdev's [`Striping`] in sectors — shifts and masks, and a reciprocal multiply for a stripe
+//! count that is not a power of two — the same that striped routes use; the core splits pieces at
+//! chunk boundaries ([`Target::split_sectors`]).
 //!
 //! Health: an error on a leg (other than "unsupported") counts against that leg; INFO shows `D`
 //! for a leg that has seen errors, `A` otherwise, and each of a leg's first 15 errors raises a
@@ -13,7 +15,7 @@ use std::fmt::Write;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 
-use keel_bdev::{IoCaps, IoOp, IoStatus};
+use keel_bdev::{IoCaps, IoOp, IoStatus, Striping};
 
 use crate::events::Events;
 use crate::target::{
@@ -34,8 +36,8 @@ pub struct Stripe {
 pub struct Striped {
     pub stripes: Vec<Stripe>,
     pub chunk_sectors: u64,
-    chunk_shift: u32,
-    chunk_mask: u64,
+    /// Chunks of `chunk_sectors` over the stripes.
+    striping: Striping,
     /// Sectors per stripe (target length / #stripes).
     pub width_sectors: u64,
     errors: Vec<AtomicU32>,
@@ -79,6 +81,9 @@ pub fn ctor(a: &mut CtorArgs<'_>) -> Result<Arc<dyn Target>, ArgError> {
             a.count()
         )));
     }
+    let Some(striping) = Striping::new(chunk, n) else {
+        return Err(ArgError::at(1, "<chunk_sectors>", "striped: Invalid chunk_size"));
+    };
     let mut stripes = Vec::with_capacity(n as usize);
     for i in 0..n as usize {
         let offset_sectors = a.number(3 + 2 * i, "<offset>", "striped: Invalid stripe offset")?;
@@ -89,8 +94,7 @@ pub fn ctor(a: &mut CtorArgs<'_>) -> Result<Arc<dyn Target>, ArgError> {
         errors: (0..n).map(|_| AtomicU32::new(0)).collect(),
         stripes,
         chunk_sectors: chunk,
-        chunk_shift: chunk.trailing_zeros(),
-        chunk_mask: chunk - 1,
+        striping,
         width_sectors: width,
         events: a.events.clone(),
     }))
@@ -100,14 +104,8 @@ impl Striped {
     /// Which stripe `rel_sector` falls on, and the sector on that stripe's device.
     #[inline]
     pub fn locate(&self, rel_sector: u64) -> (usize, u64) {
-        let chunk = rel_sector >> self.chunk_shift;
-        let n = self.stripes.len() as u64;
-        let (row, stripe) = (chunk / n, (chunk % n) as usize);
-        let s = &self.stripes[stripe];
-        (
-            stripe,
-            s.offset_sectors + (row << self.chunk_shift) + (rel_sector & self.chunk_mask),
-        )
+        let p = self.striping.locate(rel_sector);
+        (p.leg, self.stripes[p.leg].offset_sectors + p.offset_blocks)
     }
 
     /// Errors seen on leg `i` so far.
@@ -132,7 +130,7 @@ impl Target for Striped {
 
     fn layout(&self) -> Layout {
         Layout::Striped {
-            chunk_sectors: self.chunk_sectors,
+            striping: self.striping,
             stripes: self.stripes.iter().map(|s| (s.dev, s.offset_sectors)).collect(),
         }
     }
