@@ -49,11 +49,10 @@ use keel_reactor::{CoreId, IoDevice};
 use serde_json::{json, Value};
 
 use crate::bitmap::BitmapHeader;
-use crate::channel::{MdChannel, MdCore};
-use crate::examine::level_name;
-use crate::geometry::{Geometry, Mapping};
+use crate::channel::{CoreSetup, MdCore};
+use crate::geometry::StartRequest;
 use crate::intent::Intent;
-use crate::layout::{Linear, Raid0, Raid0Layout, Raid10};
+use crate::personality::{self, Health, Layout, Personality, PlanRequest};
 use crate::shared::{Shared, SlotState};
 use crate::superblock::{
     feature, Superblock, BLOCK_BYTES, MAX_SECTOR, ROLE_FAULTY, ROLE_SPARE, V1_2_SUPER_OFFSET_SECTORS,
@@ -70,76 +69,6 @@ pub(crate) const ROLE_TABLE_LEN: usize = 128;
 /// Linux's default sync speed limits (KiB/s).
 pub const DEFAULT_SPEED_MIN_KBS: u64 = 1_000;
 pub const DEFAULT_SPEED_MAX_KBS: u64 = 200_000;
-
-/// The personalities of this build.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Level {
-    Linear,
-    Raid0,
-    Raid1,
-    Raid10,
-}
-
-impl Level {
-    /// Parses mdadm's spelling ("linear", "raid0"/"0"/"stripe", "raid1"/"1"/"mirror",
-    /// "raid10"/"10").
-    pub fn parse(s: &str) -> Result<Level, MdError> {
-        match s.to_ascii_lowercase().as_str() {
-            "linear" | "-1" => Ok(Level::Linear),
-            "raid0" | "0" | "stripe" => Ok(Level::Raid0),
-            "raid1" | "1" | "mirror" => Ok(Level::Raid1),
-            "raid10" | "10" => Ok(Level::Raid10),
-            "raid4" | "4" | "raid5" | "5" | "raid6" | "6" => Err(MdError::Unsupported(format!(
-                "level '{s}' is not supported yet (this build has linear, raid0, raid1 and raid10)"
-            ))),
-            _ => Err(MdError::invalid(
-                "level",
-                format!("'{s}' is not an md level (linear, raid0, raid1, raid10)"),
-            )),
-        }
-    }
-
-    /// The level of a superblock's level number.
-    pub fn from_sb(level: i32) -> Result<Level, MdError> {
-        match level {
-            -1 => Ok(Level::Linear),
-            0 => Ok(Level::Raid0),
-            1 => Ok(Level::Raid1),
-            10 => Ok(Level::Raid10),
-            l => Err(MdError::Unsupported(format!(
-                "{} arrays are not supported yet",
-                level_name(l)
-            ))),
-        }
-    }
-
-    /// The superblock's level number.
-    pub fn sb_level(self) -> i32 {
-        match self {
-            Level::Linear => -1,
-            Level::Raid0 => 0,
-            Level::Raid1 => 1,
-            Level::Raid10 => 10,
-        }
-    }
-
-    /// mdadm's name.
-    pub fn name(self) -> String {
-        level_name(self.sb_level())
-    }
-
-    /// Whether the level keeps copies (has resync, a bitmap, spares).
-    pub fn redundant(self) -> bool {
-        matches!(self, Level::Raid1 | Level::Raid10)
-    }
-
-    fn min_members(self) -> usize {
-        match self {
-            Level::Linear => 1,
-            _ => 2,
-        }
-    }
-}
 
 /// What `md_create` asks for.
 #[derive(Debug, Clone, Default)]
@@ -298,37 +227,6 @@ pub(crate) fn parse_uuid(s: &str) -> Result<[u8; 16], MdError> {
     Ok(out)
 }
 
-/// Parses a raid10 layout ("n2", "f2", "o3", or a raw superblock word).
-fn parse_raid10_layout(s: &str) -> Result<u32, MdError> {
-    let bad = || MdError::invalid("layout", format!("'{s}' is not a raid10 layout (n2, f2, o2, n3...)"));
-    let (kind, n) = s.split_at(1.min(s.len()));
-    let copies: u32 = n.parse().map_err(|_| bad())?;
-    if !(2..=16).contains(&copies) {
-        return Err(bad());
-    }
-    match kind {
-        "n" => Ok(Raid10::layout_word(copies, 1, false)),
-        "f" => Ok(Raid10::layout_word(1, copies, false)),
-        "o" => Ok(Raid10::layout_word(1, copies, true)),
-        _ => Err(bad()),
-    }
-}
-
-/// mdadm's text for a raid10 layout word.
-pub(crate) fn raid10_layout_text(word: u32) -> String {
-    let near = word & 0xFF;
-    let far = (word >> 8) & 0xFF;
-    let offset = word & 0x1_0000 != 0;
-    let mut parts = Vec::new();
-    if near > 1 {
-        parts.push(format!("near={near}"));
-    }
-    if far > 1 {
-        parts.push(format!("{}={far}", if offset { "offset" } else { "far" }));
-    }
-    parts.join(", ")
-}
-
 pub(crate) fn now_secs() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -384,13 +282,13 @@ impl MemberRec {
 /// Everything needed to start an array (from create or from assembly).
 pub(crate) struct StartPlan {
     pub name: String,
-    pub level: Level,
+    pub personality: &'static dyn Personality,
     pub set_uuid: [u8; 16],
     pub chunk_kb: u32,
     pub block_size: u32,
     pub num_blocks: u64,
     pub caps: IoCaps,
-    pub geo: Geometry,
+    pub layout: Arc<dyn Layout>,
     /// Per role: the member (None: missing).
     pub slots: Vec<Option<MemberRec>>,
     /// Per role: InSync, Rebuilding or Missing.
@@ -454,12 +352,12 @@ pub(crate) struct Ctl {
 /// A running array.
 pub(crate) struct Array {
     pub name: String,
-    pub level: Level,
+    pub personality: &'static dyn Personality,
     pub set_uuid: [u8; 16],
     pub chunk_kb: u32,
     pub block_size: u32,
     pub num_blocks: u64,
-    pub geo: Arc<Geometry>,
+    pub layout: Arc<dyn Layout>,
     pub shared: Arc<Shared>,
     pub io_device: IoDevice<MdCore>,
     pub speed: Arc<SyncSpeed>,
@@ -546,7 +444,7 @@ impl Array {
             }
         }
         let cp = self.shared.resync_cp();
-        sb.resync_offset = if !self.level.redundant() {
+        sb.resync_offset = if !self.personality.caps().resync {
             MAX_SECTOR
         } else if active {
             0
@@ -607,7 +505,7 @@ impl Array {
             });
         }
         let states = self.shared.states();
-        let operational = self.geo.operational(|m| states[m] == SlotState::InSync);
+        let operational = self.layout.health(&|m| states[m.idx()] == SlotState::InSync) != Health::Failed;
         let degraded = states.iter().any(|s| *s != SlotState::InSync);
         let action_code = self.progress.action.load(Ordering::Relaxed);
         let action = match action_code {
@@ -620,7 +518,9 @@ impl Array {
         };
         let mut state = if ctl.failed || !operational {
             "failed".to_string()
-        } else if self.shared.gate.is_dirty() || (self.level.redundant() && self.shared.resync_cp() != MAX_SECTOR) {
+        } else if self.shared.gate.is_dirty()
+            || (self.personality.caps().resync && self.shared.resync_cp() != MAX_SECTOR)
+        {
             "active".to_string()
         } else {
             "clean".to_string()
@@ -638,22 +538,11 @@ impl Array {
         let total = self.progress.total_sectors.load(Ordering::Relaxed);
         let rate = self.progress.rate_kbs.load(Ordering::Relaxed);
         let eta_s = (action_code != 0 && rate > 0).then(|| total.saturating_sub(done) / 2 / rate);
-        let layout = match &self.geo.mapping {
-            Mapping::Raid10(r) => Some(raid10_layout_text(Raid10::layout_word(r.near, r.far, r.offset))),
-            Mapping::Raid0(_) if ctl.template.feature_map & feature::RAID0_LAYOUT != 0 => Some(
-                if ctl.template.layout == 2 {
-                    "alternate"
-                } else {
-                    "original"
-                }
-                .to_string(),
-            ),
-            _ => None,
-        };
+        let layout = self.personality.detail_layout_text(&ctl.template);
         ArrayInfo {
             name: self.name.clone(),
             uuid: Superblock::uuid_text(&self.set_uuid),
-            level: self.level.name(),
+            level: self.personality.name().to_string(),
             raid_devices: ctl.template.raid_disks,
             state,
             events: ctl.events,
@@ -661,7 +550,7 @@ impl Array {
             block_size: self.block_size,
             chunk_kb: self.chunk_kb,
             layout,
-            data_offset_sectors: self.geo.data_offset_sectors,
+            data_offset_sectors: self.layout.geometry().data_offset_sectors,
             members,
             sync: SyncInfo {
                 action,
@@ -694,7 +583,7 @@ struct MdBackend {
 
 impl BdevBackend for MdBackend {
     fn create_channel(&self, cx: &ChannelCx) -> Box<dyn BackendChannel> {
-        Box::new(MdChannel::new(self.array.io_device.get_channel(), cx))
+        MdCore::backend(self.array.io_device.get_channel(), cx)
     }
 
     fn driver_specific(&self) -> Value {
@@ -884,61 +773,52 @@ impl MdRegistry {
         if o.name.chars().any(|c| c.is_control() || c.is_whitespace()) {
             return Err(MdError::invalid("name", "contains whitespace or control characters"));
         }
-        let level = Level::parse(&o.level)?;
-        let want_bitmap = match (o.bitmap.as_deref(), level.redundant()) {
-            (None, r) => r,
+        let pers = personality::by_name(&o.level)?;
+        let caps = pers.caps();
+        let want_bitmap = match (o.bitmap.as_deref(), caps.bitmap) {
+            (None, _) => caps.default_bitmap,
             (Some("none"), _) => false,
             (Some("internal"), true) => true,
             (Some("internal"), false) => {
                 return Err(MdError::invalid(
                     "bitmap",
-                    format!("'internal' is not meaningful for {} (no redundancy)", level.name()),
+                    format!("'internal' is not meaningful for {} (no redundancy)", pers.name()),
                 ))
             }
             (Some(b), _) => return Err(MdError::invalid("bitmap", format!("'{b}' (use 'internal' or 'none')"))),
         };
-        if o.members.len() < level.min_members() {
+        if o.members.len() < caps.min_members {
             return Err(MdError::invalid(
                 "members",
                 format!(
                     "{} needs at least {} members, got {}",
-                    level.name(),
-                    level.min_members(),
+                    pers.name(),
+                    caps.min_members,
                     o.members.len()
                 ),
             ));
         }
-        if o.members.len() > ROLE_TABLE_LEN {
-            return Err(MdError::invalid("members", format!("at most {ROLE_TABLE_LEN} members")));
+        if o.members.len() > caps.max_members {
+            return Err(MdError::invalid(
+                "members",
+                format!("at most {} members", caps.max_members),
+            ));
         }
         for (i, m) in o.members.iter().enumerate() {
             if o.members[..i].contains(m) {
                 return Err(MdError::Busy(format!("member '{m}' is listed twice")));
             }
         }
-        let chunk_kb = match level {
-            Level::Raid0 | Level::Raid10 => {
-                let c = o.chunk_kb.unwrap_or(DEFAULT_CHUNK_KB);
-                if c < 4 || !c.is_power_of_two() {
-                    return Err(MdError::invalid("chunk_kb", format!("{c} is not a power of two ≥ 4")));
-                }
-                c
+        let chunk_kb = if caps.chunked {
+            let c = o.chunk_kb.unwrap_or(DEFAULT_CHUNK_KB);
+            if c < 4 || !c.is_power_of_two() {
+                return Err(MdError::invalid("chunk_kb", format!("{c} is not a power of two ≥ 4")));
             }
-            _ => 0,
+            c
+        } else {
+            0
         };
-        let (raid0_layout, raid10_word) = match (level, o.layout.as_deref()) {
-            (Level::Raid10, None) => (None, Raid10::layout_word(2, 1, false)),
-            (Level::Raid10, Some(l)) => (None, parse_raid10_layout(l)?),
-            (_, None) => (None, 0),
-            (Level::Raid0, Some("original")) | (Level::Raid0, Some("1")) => (Some(Raid0Layout::Original), 0),
-            (Level::Raid0, Some("alternate")) | (Level::Raid0, Some("2")) => (Some(Raid0Layout::Alternate), 0),
-            (_, Some(l)) => {
-                return Err(MdError::invalid(
-                    "layout",
-                    format!("'{l}' is not a layout of {}", level.name()),
-                ))
-            }
-        };
+        let layout_word = pers.parse_layout(o.layout.as_deref())?;
         let set_uuid = match &o.uuid {
             Some(u) => parse_uuid(u)?,
             None => *uuid::Uuid::new_v4().as_bytes(),
@@ -992,93 +872,32 @@ impl MdRegistry {
             }
             data_sizes.push(s - data_offset);
         }
-        let min_data = *data_sizes.iter().min().expect("members");
         let n = infos.len();
-        let (mapping, array_sectors, size_sectors) = match level {
-            Level::Raid1 => {
-                let comp = min_data / 128 * 128;
-                (Mapping::Raid1 { members: n as u16 }, comp, comp)
-            }
-            Level::Linear => {
-                let sizes: Vec<u64> = data_sizes.iter().map(|s| s / block_sectors * block_sectors).collect();
-                let l = Linear::new(&sizes)?;
-                let total = l.size_sectors();
-                (Mapping::Linear(l), total, min_data / block_sectors * block_sectors)
-            }
-            Level::Raid0 => {
-                let r = Raid0::new(
-                    &data_sizes,
-                    chunk_sectors,
-                    raid0_layout.unwrap_or(Raid0Layout::Original),
-                )?;
-                let total = r.size_sectors();
-                (Mapping::Raid0(r), total, min_data / chunk_sectors * chunk_sectors)
-            }
-            Level::Raid10 => {
-                let r = Raid10::new(raid10_word, n as u32, chunk_sectors, min_data)
-                    .map_err(|e| MdError::invalid("layout", e.to_string()))?;
-                let total = r.size_sectors();
-                let comp = r.component_sectors;
-                (Mapping::Raid10(r), total, comp)
-            }
-        };
-        let multi_zone = matches!(&mapping, Mapping::Raid0(r) if r.zone_count() > 1);
-        let (mut feature_map, layout_word) = match (level, raid0_layout, multi_zone) {
-            (Level::Raid0, Some(Raid0Layout::Alternate), _) => (feature::RAID0_LAYOUT, 2),
-            (Level::Raid0, Some(Raid0Layout::Original), _) | (Level::Raid0, None, true) => (feature::RAID0_LAYOUT, 1),
-            (Level::Raid10, _, _) => (0, raid10_word),
-            _ => (0, 0),
-        };
-        let clean = !level.redundant() || o.assume_clean;
+        let shape = pers.plan(&PlanRequest {
+            data_sectors: &data_sizes,
+            block_sectors,
+            chunk_sectors,
+            layout: layout_word,
+        })?;
+        let clean = !caps.resync || o.assume_clean;
         let bm_space = bm_space_sectors(dev_sectors[0]);
-        let bblog_offset = if level.redundant() { 8 + bm_space as i32 } else { 8 };
-        let bitmap = if want_bitmap {
-            if bm_space < 8 {
-                return Err(MdError::invalid(
-                    "bitmap",
-                    "members are too small for an internal bitmap",
-                ));
-            }
-            feature_map |= feature::BITMAP_OFFSET;
-            let space_bytes = bm_space * 512;
-            // The bitmap covers sync space: the array for raid10, a member's component for raid1
-            // (the same size).
-            let chunk_bytes = crate::intent::default_chunk_bytes(array_sectors, space_bytes);
-            let header = BitmapHeader {
-                version: crate::bitmap::VERSION,
-                uuid: set_uuid,
-                events: 1,
-                events_cleared: 1,
-                sync_size_sectors: array_sectors,
-                state: 0,
-                chunk_bytes,
-                daemon_sleep_s: 5,
-                write_behind: 0,
-                sectors_reserved: 0,
-                nodes: 0,
-            };
-            let nbytes = header.bits().div_ceil(8) as usize;
-            let bits = vec![if clean { 0u8 } else { 0xFF }; nbytes];
-            Some((header, bits))
-        } else {
-            None
-        };
+        let bblog_offset = if caps.bitmap { 8 + bm_space as i32 } else { 8 };
         let now = now_secs();
         let mut roles = vec![ROLE_SPARE; ROLE_TABLE_LEN];
         for (i, r) in roles.iter_mut().enumerate().take(n) {
             *r = i as u16;
         }
-        let template = Superblock {
-            feature_map,
+        let mut template = Superblock {
+            feature_map: shape.feature_map,
             set_uuid,
             set_name: o.name.as_bytes().to_vec(),
             ctime: now,
-            level: level.sb_level(),
-            layout: layout_word,
-            size_sectors,
+            level: pers.level(),
+            layout: shape.layout,
+            size_sectors: shape.size_sectors,
             chunk_sectors: chunk_sectors as u32,
             raid_disks: n as u32,
-            bitmap_offset_sectors: if want_bitmap { 8 } else { 0 },
+            bitmap_offset_sectors: 0,
             new_level: 0,
             reshape_position: 0,
             delta_disks: 0,
@@ -1101,6 +920,48 @@ impl MdRegistry {
             resync_offset: if clean { MAX_SECTOR } else { 0 },
             dev_roles: roles,
         };
+        // The array starts from these superblocks as an assembly would.
+        let layout = pers.start(
+            &template,
+            &StartRequest {
+                data_offset_sectors: data_offset,
+                block_shift: block_sectors.trailing_zeros(),
+                member_shifts: infos.iter().map(|i| (i.block_size / 512).trailing_zeros()).collect(),
+                data_sectors: data_sizes.iter().map(|&s| Some(s)).collect(),
+            },
+        )?;
+        let array_sectors = layout.geometry().size_sectors;
+        let bitmap = if want_bitmap {
+            if bm_space < 8 {
+                return Err(MdError::invalid(
+                    "bitmap",
+                    "members are too small for an internal bitmap",
+                ));
+            }
+            template.feature_map |= feature::BITMAP_OFFSET;
+            template.bitmap_offset_sectors = 8;
+            let space_bytes = bm_space * 512;
+            // The bitmap covers sync space: the array's sectors.
+            let chunk_bytes = crate::intent::default_chunk_bytes(array_sectors, space_bytes);
+            let header = BitmapHeader {
+                version: crate::bitmap::VERSION,
+                uuid: set_uuid,
+                events: 1,
+                events_cleared: 1,
+                sync_size_sectors: array_sectors,
+                state: 0,
+                chunk_bytes,
+                daemon_sleep_s: 5,
+                write_behind: 0,
+                sectors_reserved: 0,
+                nodes: 0,
+            };
+            let nbytes = header.bits().div_ceil(8) as usize;
+            let bits = vec![if clean { 0u8 } else { 0xFF }; nbytes];
+            Some((header, bits))
+        } else {
+            None
+        };
         for (i, m) in recs.iter_mut().enumerate() {
             let mut sb = template.clone();
             sb.dev_number = i as u32;
@@ -1114,22 +975,15 @@ impl MdRegistry {
                 ops.push(op);
             }
         }
-        let geo = Geometry {
-            mapping,
-            size_sectors: array_sectors,
-            data_offset_sectors: data_offset,
-            block_shift: block_sectors.trailing_zeros(),
-            member_shifts: infos.iter().map(|i| (i.block_size / 512).trailing_zeros()).collect(),
-        };
         Ok(StartPlan {
             name: o.name.clone(),
-            level,
+            personality: pers,
             set_uuid,
             chunk_kb,
             block_size,
             num_blocks: array_sectors / block_sectors,
             caps: IoCaps::of(&ops),
-            geo,
+            layout,
             states: vec![SlotState::InSync; n],
             recovered_sectors: vec![0; n],
             slots: recs.into_iter().map(Some).collect(),
@@ -1158,11 +1012,12 @@ impl MdRegistry {
         for (r, &s) in plan.recovered_sectors.iter().enumerate() {
             shared.slots[r].set_recovered_sectors(s);
         }
-        let geo = Arc::new(plan.geo);
+        let layout = plan.layout.clone();
+        let gated = plan.personality.caps().resync;
         let name = plan.name.clone();
         let array = Arc::new_cyclic(|weak: &Weak<Array>| {
             let w = weak.clone();
-            let (g2, s2, n2) = (geo.clone(), shared.clone(), name.clone());
+            let (l2, s2, n2) = (layout.clone(), shared.clone(), name.clone());
             let io_device = IoDevice::new(format!("md_{name}"), move |core: CoreId| {
                 let members = match w.upgrade() {
                     Some(a) => a
@@ -1171,19 +1026,26 @@ impl MdRegistry {
                         .iter()
                         .map(|s| s.as_ref().map_or((0, None), |m| (m.id, Some(m.desc.channel()))))
                         .collect(),
-                    None => (0..g2.member_shifts.len()).map(|_| (0, None)).collect(),
+                    None => (0..l2.geometry().roles()).map(|_| (0, None)).collect(),
                 };
-                MdCore::new(&n2, core.0, g2.clone(), s2.clone(), members)
+                l2.clone().core(CoreSetup {
+                    name: n2.clone(),
+                    core: core.0,
+                    layout: l2.clone(),
+                    shared: s2.clone(),
+                    members,
+                    gated,
+                })
             });
             let events = plan.template.events;
             Array {
                 name: name.clone(),
-                level: plan.level,
+                personality: plan.personality,
                 set_uuid: plan.set_uuid,
                 chunk_kb: plan.chunk_kb,
                 block_size: plan.block_size,
                 num_blocks: plan.num_blocks,
-                geo: geo.clone(),
+                layout: layout.clone(),
                 shared: shared.clone(),
                 io_device,
                 speed: Arc::new(SyncSpeed {
@@ -1219,11 +1081,7 @@ impl MdRegistry {
             block_size: array.block_size,
             num_blocks: array.num_blocks,
             caps: plan.caps,
-            optimal_io_boundary_blocks: if plan.level == Level::Raid0 {
-                (plan.chunk_kb as u64 * 1024 / array.block_size as u64) as u32
-            } else {
-                0
-            },
+            optimal_io_boundary_blocks: (layout.optimal_io_boundary_sectors() * 512 / array.block_size as u64) as u32,
         };
         reg.register(params, Arc::new(MdBackend { array: array.clone() }))
             .map_err(|e| match e {
@@ -1285,10 +1143,10 @@ impl MdRegistry {
     pub fn add(self: &Arc<Self>, name: &str, bdev: &str, done: impl FnOnce(Result<(), MdError>) + 'static) {
         let r = (|| {
             let array = self.find(name)?;
-            if !array.level.redundant() {
+            if !array.personality.caps().spares {
                 return Err(MdError::Unsupported(format!(
                     "{} has no redundancy: members cannot be added",
-                    array.level.name()
+                    array.personality.name()
                 )));
             }
             if array.ctl().stopping {
@@ -1412,10 +1270,10 @@ impl MdRegistry {
             .iter()
             .position(|s| s.as_ref().is_some_and(|m| m.name == bdev))
             .ok_or_else(|| MdError::NotFound(format!("'{bdev}' is not an active member of '{name}'")))?;
-        if !array.level.redundant() {
+        if array.personality.caps().failures == 0 {
             return Err(MdError::Unsupported(format!(
                 "{} has no redundancy: failing a member would lose data",
-                array.level.name()
+                array.personality.name()
             )));
         }
         drop(ctl);
@@ -1466,10 +1324,10 @@ impl MdRegistry {
     /// writing md/sync_action).
     pub fn set_sync_action(&self, name: &str, action: &str) -> Result<(), MdError> {
         let array = self.find(name)?;
-        if !array.level.redundant() {
+        if !array.personality.caps().resync {
             return Err(MdError::Unsupported(format!(
                 "{} has no redundancy: nothing to sync",
-                array.level.name()
+                array.personality.name()
             )));
         }
         let req = match action {
@@ -1528,25 +1386,5 @@ mod tests {
         let b = parse_uuid("01234567-89ab-cdef-0123-456789abcdef").unwrap();
         assert_eq!(a, b);
         assert!(parse_uuid("xyz").is_err());
-    }
-
-    #[test]
-    fn levels() {
-        assert_eq!(Level::parse("raid1").unwrap(), Level::Raid1);
-        assert_eq!(Level::parse("10").unwrap(), Level::Raid10);
-        assert!(matches!(Level::parse("raid5"), Err(MdError::Unsupported(_))));
-        assert!(matches!(Level::parse("raid7"), Err(MdError::InvalidParam { .. })));
-    }
-
-    #[test]
-    fn raid10_layouts() {
-        assert_eq!(parse_raid10_layout("n2").unwrap(), 0x102);
-        assert_eq!(parse_raid10_layout("f2").unwrap(), 0x201);
-        assert_eq!(parse_raid10_layout("o2").unwrap(), 0x10201);
-        assert!(parse_raid10_layout("x2").is_err());
-        assert!(parse_raid10_layout("n1").is_err());
-        assert!(parse_raid10_layout("").is_err());
-        assert_eq!(raid10_layout_text(0x102), "near=2");
-        assert_eq!(raid10_layout_text(0x10201), "offset=2");
     }
 }

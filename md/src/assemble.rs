@@ -81,10 +81,10 @@ use std::sync::{Arc, Mutex, Weak};
 
 use keel_bdev::{BdevInfo, BdevRegistry, IoCaps, IoOp};
 
-use crate::array::{parse_uuid, Level, MdRegistry, MemberRec, StartPlan, MODULE};
+use crate::array::{parse_uuid, MdRegistry, MemberRec, StartPlan, MODULE};
 use crate::bitmap::{BitmapHeader, HEADER_BYTES, STATE_STALE};
-use crate::geometry::{Geometry, Mapping};
-use crate::layout::{Linear, Raid0, Raid0Layout, Raid10};
+use crate::geometry::StartRequest;
+use crate::personality::{self, Health, Layout, Personality};
 use crate::shared::SlotState;
 use crate::superblock::{feature, Role, Superblock, BLOCK_BYTES, MAX_SECTOR, ROLE_SPARE};
 use crate::MdError;
@@ -123,7 +123,7 @@ pub(crate) enum Rebuild {
 pub(crate) struct Choice {
     /// Index (into the probes) of the freshest member: the template.
     pub fresh: usize,
-    pub level: Level,
+    pub personality: &'static dyn Personality,
     /// Per role: (probe index, state, recovered sectors); None = missing.
     pub slots: Vec<Option<(usize, SlotState, u64)>>,
     /// Per rebuilding member, what bitmap recovery needs.
@@ -221,7 +221,8 @@ pub(crate) fn classify(probes: &[Probe], mut refusals: Vec<String>) -> Result<Ch
         })?;
     let t = &probes[fresh].sb;
     let fname = &probes[fresh].name;
-    let level = Level::from_sb(t.level)?;
+    let level = personality::by_level(t.level)?;
+    let caps = level.caps();
     for (bit, what) in [
         (feature::RESHAPE_ACTIVE, "a reshape is in progress"),
         (feature::CLUSTERED, "clustered md"),
@@ -241,7 +242,8 @@ pub(crate) fn classify(probes: &[Probe], mut refusals: Vec<String>) -> Result<Ch
             format!("{} in the superblock of '{fname}'", t.raid_disks),
         ));
     }
-    if level.redundant() && probes[fresh].sb.data_size_sectors < t.size_sectors {
+    // Levels with resync keep a component of `size` sectors on every member.
+    if caps.resync && probes[fresh].sb.data_size_sectors < t.size_sectors {
         return Err(MdError::bad(
             "data_size",
             format!(
@@ -313,7 +315,7 @@ pub(crate) fn classify(probes: &[Probe], mut refusals: Vec<String>) -> Result<Ch
             );
             continue;
         }
-        if level.redundant() && s.data_size_sectors < t.size_sectors {
+        if caps.resync && s.data_size_sectors < t.size_sectors {
             refuse(
                 &mut refusals,
                 &p.name,
@@ -375,7 +377,7 @@ pub(crate) fn classify(probes: &[Probe], mut refusals: Vec<String>) -> Result<Ch
                 }
                 if fresh_enough {
                     if s.feature_map & feature::RECOVERY_OFFSET != 0 {
-                        if !level.redundant() {
+                        if !caps.spares {
                             return Err(with_refusals(
                                 MdError::invalid(
                                     "members",
@@ -395,7 +397,7 @@ pub(crate) fn classify(probes: &[Probe], mut refusals: Vec<String>) -> Result<Ch
                     } else {
                         slots[r] = Some((i, SlotState::InSync, 0));
                     }
-                } else if level.redundant() {
+                } else if caps.spares {
                     tracing::warn!(
                         member = %p.name, role = r, events = s.events, array_events = t.events,
                         "md assemble: member is out of date; it comes back rebuilding"
@@ -419,7 +421,7 @@ pub(crate) fn classify(probes: &[Probe], mut refusals: Vec<String>) -> Result<Ch
                 }
             }
             Role::Active(r) => refuse(&mut refusals, &p.name, format!("its role {r} is beyond raid_disks {n}")),
-            Role::Spare if !level.redundant() => refuse(
+            Role::Spare if !caps.spares => refuse(
                 &mut refusals,
                 &p.name,
                 format!("it is not an active member ({} has no spares)", level.name()),
@@ -453,7 +455,7 @@ pub(crate) fn classify(probes: &[Probe], mut refusals: Vec<String>) -> Result<Ch
     }
     Ok(Choice {
         fresh,
-        level,
+        personality: level,
         slots,
         rebuild,
         spares,
@@ -462,15 +464,17 @@ pub(crate) fn classify(probes: &[Probe], mut refusals: Vec<String>) -> Result<Ch
 }
 
 /// The immutable part of a plan, computed from the choice (module docs, step 3).
-struct Layout {
-    geo: Geometry,
+struct Built {
+    layout: Arc<dyn Layout>,
     block_size: u32,
     num_blocks: u64,
     caps: IoCaps,
     chunk_kb: u32,
 }
 
-fn build_layout(probes: &[Probe], c: &Choice) -> Result<Layout, MdError> {
+/// Checks the used members' block sizes and operations and starts the personality from the
+/// freshest superblock over the chosen roles.
+fn build_layout(probes: &[Probe], c: &Choice) -> Result<Built, MdError> {
     let t = &probes[c.fresh].sb;
     let used: Vec<&Probe> = c
         .slots
@@ -508,102 +512,47 @@ fn build_layout(probes: &[Probe], c: &Choice) -> Result<Layout, MdError> {
             ),
         ));
     }
-    let chunk = t.chunk_sectors as u64;
-    let n = t.raid_disks as usize;
-    // Per role, the member's data size (striped levels need every role, checked before).
-    let data_size = |r: usize| c.slots[r].map(|(i, _, _)| probes[i].sb.data_size_sectors);
-    let (mapping, array_sectors) = match c.level {
-        Level::Raid1 => {
-            let comp = t.size_sectors / block_sectors * block_sectors;
-            if comp == 0 {
-                return Err(MdError::bad(
-                    "size",
-                    format!("component size {} sectors", t.size_sectors),
-                ));
-            }
-            (Mapping::Raid1 { members: n as u16 }, comp)
-        }
-        Level::Raid10 => {
-            if chunk < block_sectors {
-                return Err(MdError::bad(
-                    "chunksize",
-                    format!("{chunk} sectors is below the block size {block_size}"),
-                ));
-            }
-            let r = Raid10::new(t.layout, t.raid_disks, chunk, t.size_sectors)?;
-            let size = r.size_sectors();
-            (Mapping::Raid10(r), size)
-        }
-        Level::Linear => {
-            let mut sizes = Vec::with_capacity(n);
-            for r in 0..n {
-                let mut s = data_size(r).ok_or_else(|| MdError::invalid("members", format!("role {r} is missing")))?;
-                if let Some(chunks) = s.checked_div(chunk) {
-                    s = chunks * chunk;
-                }
-                sizes.push(s / block_sectors * block_sectors);
-            }
-            let l = Linear::new(&sizes)?;
-            let size = l.size_sectors();
-            (Mapping::Linear(l), size)
-        }
-        Level::Raid0 => {
-            if chunk < block_sectors.max(8) {
-                return Err(MdError::bad(
-                    "chunksize",
-                    format!("{chunk} sectors is below the block size {block_size} (or 4 KiB)"),
-                ));
-            }
-            let sizes: Vec<u64> = (0..n)
-                .map(|r| data_size(r).ok_or_else(|| MdError::invalid("members", format!("role {r} is missing"))))
-                .collect::<Result<_, _>>()?;
-            let layout = if t.feature_map & feature::RAID0_LAYOUT != 0 {
-                match t.layout {
-                    1 => Raid0Layout::Original,
-                    2 => Raid0Layout::Alternate,
-                    l => return Err(MdError::bad("layout", format!("raid0 layout {l} (1 or 2 expected)"))),
-                }
-            } else {
-                Raid0Layout::Original
-            };
-            let r = Raid0::new(&sizes, chunk, layout)?;
-            if r.zone_count() > 1 && t.feature_map & feature::RAID0_LAYOUT == 0 {
-                return Err(MdError::Unsupported(
-                    "a multi-zone raid0 without a recorded layout (made by an old mdadm): its zone layout is ambiguous, as for Linux's default_layout=0".into(),
-                ));
-            }
-            let size = r.size_sectors();
-            (Mapping::Raid0(r), size)
-        }
-    };
     let block_shift = block_sectors.trailing_zeros();
-    let member_shifts = (0..n)
-        .map(|r| match c.slots[r] {
-            Some((i, _, _)) => (probes[i].info.block_size / 512).trailing_zeros(),
-            None => block_shift,
-        })
-        .collect();
+    let req = StartRequest {
+        data_offset_sectors: t.data_offset_sectors,
+        block_shift,
+        member_shifts: c
+            .slots
+            .iter()
+            .map(|s| match s {
+                Some((i, _, _)) => (probes[*i].info.block_size / 512).trailing_zeros(),
+                None => block_shift,
+            })
+            .collect(),
+        data_sectors: c
+            .slots
+            .iter()
+            .map(|s| s.map(|(i, _, _)| probes[i].sb.data_size_sectors))
+            .collect(),
+    };
+    let layout = c.personality.start(t, &req)?;
+    let size = layout.geometry().size_sectors;
+    if size == 0 || !size.is_multiple_of(block_sectors) {
+        return Err(MdError::bad(
+            "size",
+            format!("an array of {size} sectors over blocks of {block_size} bytes"),
+        ));
+    }
     let mut ops = vec![IoOp::Read, IoOp::Write, IoOp::Flush, IoOp::Reset];
     for op in [IoOp::Unmap, IoOp::WriteZeroes] {
         if used.iter().all(|p| p.info.caps.supports(op)) {
             ops.push(op);
         }
     }
-    let array_sectors = array_sectors / block_sectors * block_sectors;
-    Ok(Layout {
-        geo: Geometry {
-            mapping,
-            size_sectors: array_sectors,
-            data_offset_sectors: t.data_offset_sectors,
-            block_shift,
-            member_shifts,
-        },
+    Ok(Built {
+        layout,
         block_size,
-        num_blocks: array_sectors / block_sectors,
+        num_blocks: size / block_sectors,
         caps: IoCaps::of(&ops),
-        chunk_kb: match c.level {
-            Level::Raid0 | Level::Raid10 => t.chunk_sectors / 2,
-            _ => 0,
+        chunk_kb: if c.personality.caps().chunked {
+            t.chunk_sectors / 2
+        } else {
+            0
         },
     })
 }
@@ -942,25 +891,25 @@ impl MdRegistry {
         let fail = |e: MdError| with_refusals(e, &c.refusals);
         let t = &probes[c.fresh].sb;
         let states: Vec<SlotState> = c.slots.iter().map(|s| s.map_or(SlotState::Missing, |x| x.1)).collect();
-        let striped = !c.level.redundant();
-        if striped && states.iter().any(|s| *s != SlotState::InSync) {
+        let level = c.personality;
+        if level.caps().failures == 0 && states.iter().any(|s| *s != SlotState::InSync) {
             return Err(fail(MdError::invalid(
                 "members",
                 format!(
                     "{} {} cannot start without role {}: every member is needed",
-                    c.level.name(),
+                    level.name(),
                     Superblock::uuid_text(&t.set_uuid),
                     missing_text(&states)
                 ),
             )));
         }
-        let layout = build_layout(probes, &c).map_err(fail)?;
-        if !layout.geo.operational(|r| states[r] == SlotState::InSync) {
+        let built = build_layout(probes, &c).map_err(fail)?;
+        if built.layout.health(&|r| states[r.idx()] == SlotState::InSync) == Health::Failed {
             return Err(fail(MdError::invalid(
                 "members",
                 format!(
                     "{} {} cannot start: no in-sync copy of some data (roles {} not available)",
-                    c.level.name(),
+                    level.name(),
                     Superblock::uuid_text(&t.set_uuid),
                     missing_text(&states)
                 ),
@@ -1011,7 +960,7 @@ impl MdRegistry {
                 _ => 0,
             })
             .collect();
-        let (resync_cp, dirty) = if c.level.redundant() && !t.is_clean() {
+        let (resync_cp, dirty) = if level.caps().resync && !t.is_clean() {
             (t.resync_offset, true)
         } else {
             (MAX_SECTOR, false)
@@ -1022,10 +971,10 @@ impl MdRegistry {
             .count();
         let changed = states.iter().any(|s| *s != SlotState::InSync) || active_in_table != n;
         let bitmap = if t.feature_map & feature::BITMAP_OFFSET != 0 {
-            if !c.level.redundant() {
+            if !level.caps().bitmap {
                 return Err(fail(MdError::bad(
                     "feature_map",
-                    format!("{} cannot have a write-intent bitmap", c.level.name()),
+                    format!("{} cannot have a write-intent bitmap", level.name()),
                 )));
             }
             let at = t.super_offset_sectors as i64 + t.bitmap_offset_sectors as i64;
@@ -1052,13 +1001,13 @@ impl MdRegistry {
         };
         let plan = StartPlan {
             name,
-            level: c.level,
+            personality: level,
             set_uuid: t.set_uuid,
-            chunk_kb: layout.chunk_kb,
-            block_size: layout.block_size,
-            num_blocks: layout.num_blocks,
-            caps: layout.caps,
-            geo: layout.geo,
+            chunk_kb: built.chunk_kb,
+            block_size: built.block_size,
+            num_blocks: built.num_blocks,
+            caps: built.caps,
+            layout: built.layout,
             slots,
             states,
             recovered_sectors,
@@ -1119,7 +1068,7 @@ impl MdRegistry {
         let set_uuid = p.plan.set_uuid;
         let summary = format!(
             "{} {}: {}",
-            p.plan.level.name(),
+            p.plan.personality.name(),
             Superblock::uuid_text(&set_uuid),
             p.plan
                 .states
@@ -1393,7 +1342,7 @@ impl MdRegistry {
             .find(|a| a.set_uuid == uuid)
             .cloned();
         if let Some(a) = running {
-            let missing = a.level.redundant()
+            let missing = a.personality.caps().spares
                 && a.shared.slots.iter().any(|s| s.state() == SlotState::Missing)
                 && a.ctl().stop.is_none();
             if !missing {
@@ -1633,11 +1582,14 @@ mod tests {
         let l = build_layout(&q, &c).unwrap();
         assert_eq!(l.num_blocks, 8192 * 2);
         let alive: Vec<bool> = c.slots.iter().map(|s| s.is_some()).collect();
-        assert!(l.geo.operational(|r| alive[r]));
+        assert_ne!(l.layout.health(&|r| alive[r.idx()]), Health::Failed);
         let q = [p[0].clone(), p[1].clone()];
         let c = classify(&q, Vec::new()).unwrap();
         let alive: Vec<bool> = c.slots.iter().map(|s| s.is_some()).collect();
-        assert!(!build_layout(&q, &c).unwrap().geo.operational(|r| alive[r]));
+        assert_eq!(
+            build_layout(&q, &c).unwrap().layout.health(&|r| alive[r.idx()]),
+            Health::Failed
+        );
         assert_eq!(
             missing_text(&[SlotState::InSync, SlotState::Missing, SlotState::Rebuilding]),
             "1, 2 (out of date)"
