@@ -85,7 +85,7 @@ pub(crate) use crate::channel::{CoreSetup, MdCore, Members};
 pub(crate) use crate::split::{Cursor, FailedChild, LaneCx, Piece, Verdict, WriteTicket};
 
 /// Most members of any array: the role table mdadm's 1.x superblocks make room for.
-pub(crate) const MAX_MEMBERS: usize = 128;
+pub(crate) const MAX_MEMBERS: usize = crate::array::ROLE_TABLE_LEN;
 
 /// The personalities of this build, in the order names are listed in messages. The only place
 /// that lists the levels.
