@@ -710,7 +710,7 @@ impl Daemon {
             let flag = self.unregistered.clone();
             let r = reg.bdevs().and_then(|b| {
                 b.unregister(&self.array.name, move || flag.store(true, Ordering::SeqCst))
-                    .map_err(|e| MdError::Bdev(e.to_string()))
+                    .map_err(MdError::Bdev)
             });
             if let Err(e) = r {
                 tracing::warn!(array = %self.array.name, error = %e, "md stop: array bdev was already gone");

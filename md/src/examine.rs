@@ -66,7 +66,7 @@ impl Examine {
 pub fn examine(reg: &Arc<BdevRegistry>, name: &str, done: impl FnOnce(Result<Examine, MdError>) + 'static) {
     let desc = match reg.open(name, false, |_| {}) {
         Ok(d) => d,
-        Err(e) => return done(Err(MdError::Bdev(e.to_string()))),
+        Err(e) => return done(Err(MdError::Bdev(e))),
     };
     let info = desc.info().clone();
     let device_sectors = info.size_bytes() / 512;

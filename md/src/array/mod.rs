@@ -96,7 +96,10 @@ impl MemberRec {
                 keel_bdev::BdevError::Claimed { .. } | keel_bdev::BdevError::HasWriters { .. } => {
                     MdError::Busy(format!("member '{bdev}': {e}"))
                 }
-                other => MdError::Bdev(format!("member '{bdev}': {other}")),
+                other => MdError::Member {
+                    bdev: bdev.to_string(),
+                    source: other,
+                },
             })?;
         desc.claim(MODULE)
             .map_err(|e| MdError::Busy(format!("member '{bdev}': {e}")))?;

@@ -105,9 +105,7 @@ impl MdRegistry {
     }
 
     pub(crate) fn bdevs(&self) -> Result<Arc<BdevRegistry>, MdError> {
-        self.bdevs
-            .upgrade()
-            .ok_or_else(|| MdError::Bdev("the bdev registry is gone".into()))
+        self.bdevs.upgrade().ok_or(MdError::RegistryGone)
     }
 
     /// The arrays (all, or the one named), as `md_get_arrays` shows them. Any thread.
@@ -260,7 +258,7 @@ impl MdRegistry {
         reg.register(params, Arc::new(MdBackend { array: array.clone() }))
             .map_err(|e| match e {
                 keel_bdev::BdevError::Exists(n) => MdError::Exists(format!("name '{n}' is already in use")),
-                other => MdError::Bdev(other.to_string()),
+                other => MdError::Bdev(other),
             })?;
         self.arrays
             .lock()

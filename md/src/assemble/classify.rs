@@ -81,7 +81,8 @@ pub(crate) fn name_from_set_name(set_name: &[u8]) -> String {
     }
 }
 
-/// `err` with the refusals appended to its message (same variant).
+/// `err` with the refusals appended to its message (in the same variant where the variant has
+/// a text of its own; wrapped in [`MdError::Refused`] otherwise).
 pub(super) fn with_refusals(err: MdError, refusals: &[String]) -> MdError {
     if refusals.is_empty() {
         return err;
@@ -96,13 +97,18 @@ pub(super) fn with_refusals(err: MdError, refusals: &[String]) -> MdError {
             param,
             reason: reason + &tail,
         },
-        MdError::Bdev(m) => MdError::Bdev(m + &tail),
         MdError::Io(m) => MdError::Io(m + &tail),
         MdError::Unsupported(m) => MdError::Unsupported(m + &tail),
         MdError::NotFound(m) => MdError::NotFound(m + &tail),
         MdError::Exists(m) => MdError::Exists(m + &tail),
         MdError::Busy(m) => MdError::Busy(m + &tail),
         e @ MdError::ShortBuffer { .. } => MdError::Io(format!("{e}{tail}")),
+        e @ (MdError::Bdev(_) | MdError::Member { .. } | MdError::RegistryGone | MdError::Refused { .. }) => {
+            MdError::Refused {
+                source: Box::new(e),
+                refused: tail,
+            }
+        }
     }
 }
 
