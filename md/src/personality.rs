@@ -82,7 +82,8 @@ use crate::sync::{SyncAction, SyncIo};
 use crate::{linear, raid0, raid1, raid10, MdError};
 
 pub(crate) use crate::channel::{CoreSetup, MdCore, Members};
-pub(crate) use crate::split::{Cursor, FailedChild, LaneCx, Piece, Verdict, WriteTicket};
+#[allow(unused_imports)] // LANE_TAG: for lanes that own their I/O
+pub(crate) use crate::split::{Cursor, FailedChild, LaneCx, Piece, Verdict, WriteTicket, LANE_TAG};
 
 /// Most members of any array: the role table mdadm's 1.x superblocks make room for.
 pub(crate) const MAX_MEMBERS: usize = crate::array::ROLE_TABLE_LEN;
@@ -253,6 +254,11 @@ pub(crate) trait Lane: Sized + 'static {
     fn forward_failed(&mut self, _cx: &mut LaneCx<'_>, io: IoBox, _member: MemberIdx) {
         let status = crate::channel::upward(io.status());
         io.complete(status);
+    }
+    /// A request the lane sent with [`LaneCx::submit_own`] completed (any status); the box is
+    /// the lane's again. Only lanes that send their own requests get here.
+    fn own_done(&mut self, _cx: &mut LaneCx<'_>, _io: IoBox) {
+        unreachable!("a lane that sends its own requests handles their completions")
     }
     /// Whether a flush or reset goes to `member`.
     fn fanout_to(&self, m: &Members, member: MemberIdx) -> bool {

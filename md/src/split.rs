@@ -439,6 +439,11 @@ impl Splitter {
     }
 }
 
+/// The tag bit of requests a lane owns (its own pool, e.g. a stripe cache's member reads and
+/// writes): their completions go to [`Lane::own_done`]. The split engine's children never carry
+/// it (their tags are pool indices).
+pub(crate) const LANE_TAG: u64 = 1 << 63;
+
 /// What a lane is handed for a request: this core's members, its split engine and completion
 /// queue. Built by the core around each lane call.
 pub(crate) struct LaneCx<'a> {
@@ -460,6 +465,22 @@ impl LaneCx<'_> {
         ticket: Option<WriteTicket>,
     ) -> Submit {
         self.split.accept(lane, self.m, io, false, start, end, ticket, self.cq)
+    }
+
+    /// Sends a request the lane owns (its tag has [`LANE_TAG`] set, its offset is the member's)
+    /// to `member`, which must be present ([`Members::present`]). Its completion comes back to
+    /// [`Lane::own_done`] on this core; `Requeue` hands it back untouched, for the lane to retry
+    /// from its poll step. While it is in flight, channels of replaced members stay open.
+    #[inline]
+    #[cfg_attr(not(test), allow(dead_code))] // for lanes that own their I/O; tested in `channel`
+    pub(crate) fn submit_own(&mut self, member: MemberIdx, io: IoBox) -> Submit {
+        debug_assert!(io.tag & LANE_TAG != 0, "a lane's own request carries LANE_TAG");
+        let ch = self.m.channel(member).expect("the lane checked the member is present");
+        let r = ch.submit(io, self.cq);
+        if matches!(r, Submit::Accepted) {
+            self.m.fwd().begin();
+        }
+        r
     }
 
     /// Sends the whole request to `member` at `member_sector` (relative to the data offset): in
