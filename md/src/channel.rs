@@ -3,7 +3,7 @@
 //!
 //! # Shape
 //!
-//! Each array has an [`IoDevice`]`<MdCore>`: its value on a core ([`MdCore`]) is built by the
+//! Each array has an [`IoDevice`](keel_reactor::IoDevice)`<MdCore>`: its value on a core ([`MdCore`]) is built by the
 //! layout's factory ([`Layout::core`]), which makes the level's lane and calls
 //! [`MdCore::new`]`::<L>` — everything below is monomorphised over the lane type `L`. The core's
 //! state, behind one `RefCell` only that core touches, holds:
@@ -262,8 +262,8 @@ impl<L: Lane> CoreState<L> {
             return Submit::Accepted;
         }
         let bs = self.m.geo.block_shift;
-        let start = io.offset_blocks << bs;
-        let end = start + (io.num_blocks << bs);
+        let array_start = io.offset_blocks << bs;
+        let (start, end) = self.lane.gate_range(array_start, array_start + (io.num_blocks << bs));
         let sh = &*self.m.shared;
         match sh.gate.admit(sh.gate.row(self.m.core), sh.intent.as_ref(), start, end) {
             Admit::Go => self.admitted(io, WriteTicket { start, end }, cq),
@@ -326,8 +326,8 @@ impl<L: Lane> CoreState<L> {
                 break;
             }
             let bs = self.m.geo.block_shift;
-            let start = io.offset_blocks << bs;
-            let end = start + (io.num_blocks << bs);
+            let array_start = io.offset_blocks << bs;
+            let (start, end) = self.lane.gate_range(array_start, array_start + (io.num_blocks << bs));
             let sh = &*self.m.shared;
             if sh.gate.admit(sh.gate.row(self.m.core), sh.intent.as_ref(), start, end) == Admit::Hold {
                 break;

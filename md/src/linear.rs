@@ -1,6 +1,6 @@
 //! linear: the members concatenated in role order (`shared/specs/md-personalities.md` §2). No
 //! redundancy, no chunk (a chunk in the superblock only rounds each member down), every member
-//! needed. The data path is [`crate::striped`]'s.
+//! needed. The data path is `striped`'s.
 
 use std::sync::Arc;
 

@@ -3,8 +3,9 @@
 //!
 //! # Data path
 //!
-//! Reads go to one readable copy: in the part of the array not yet resynced, the first readable
-//! copy (as Linux does); elsewhere the copy whose member last read the preceding sector
+//! Reads go to one readable copy: in the part of the array not yet resynced (the resync
+//! checkpoint counts in array sectors here: a mirror's sync space is the array), the first
+//! readable copy (as Linux does); elsewhere the copy whose member last read the preceding sector
 //! (sequential streams stay on one member) and otherwise the next in a per-core rotation
 //! (in-place forwarded successes are not observed, so load is balanced by rotation). A
 //! single-chunk read is forwarded in place; a failure marks that member faulty and the read is
@@ -134,6 +135,11 @@ impl<C: Copies> Layout for MirrorLayout<C> {
 }
 
 impl<C: Copies> SyncShape for MirrorLayout<C> {
+    /// Mirrors sync in array sectors (as Linux raid1/raid10).
+    fn sync_sectors(&self) -> u64 {
+        self.geo.size_sectors
+    }
+
     fn buffers(&self, action: SyncAction) -> usize {
         match action {
             SyncAction::Resync | SyncAction::Recover => 1,

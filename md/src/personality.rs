@@ -64,11 +64,33 @@
 //!
 //! A new file implementing [`Personality`] (and its layout, lane and sync step, reusing
 //! `mirror.rs`/`striped.rs` where they fit), and its `static` in [`PERSONALITIES`] (then taken
-//! out of [`NAME_ONLY`]). Parity levels plug in the same way: raid5's lane keeps the stripe cache
-//! and its own member requests behind [`Lane::submit`] / [`Lane::poll`], its health is
-//! "optimal / one missing: degraded / two: failed", its sync step reads a stripe's members into
-//! the engine's buffers, recomputes parity and writes or counts what differs
-//! ([`SyncIo::add_mismatches`]), and [`Caps::failures`] is 1 (raid6: 2).
+//! out of [`NAME_ONLY`]). How raid4/5/6 fit:
+//!
+//! * Descriptor: level 4/5/6, mdadm's layout names ([`Personality::parse_layout`]), `Caps`
+//!   with `failures` 1 (raid6: 2), resync, spares and bitmap; `plan` rounds the component to the
+//!   chunk; `start` checks layout, chunk and disk count and builds the layout.
+//! * Layout: `health` is optimal / degraded with up to `failures` missing / failed beyond; no
+//!   route; the stripe cache and whatever the cores share to serialise read-modify-write of a
+//!   stripe live in the layout (it is `Send + Sync` and shared by every core), each core's lane
+//!   reaching the others through it.
+//! * Lane: reads of a healthy chunk are pieces ([`Lane::next_piece`]) or forwarded in place like
+//!   raid0; degraded reads and writes run through the stripe cache with the lane's **own**
+//!   requests ([`LaneCx::submit_own`] with [`LANE_TAG`], completions in [`Lane::own_done`]),
+//!   queued work continued from [`Lane::poll`], dropped on [`Lane::quiesce`]. A write keeps its
+//!   [`WriteTicket`] until its parity is written and ends it on its own core
+//!   ([`Members::end_write`]: gate rows are per core). [`Lane::gate_range`] maps a write to the
+//!   stripe rows it dirties: raid5's sync space is a member's component, as Linux's
+//!   `resync_offset` and bitmap count it.
+//! * Sync step: [`SyncShape::buffers`] asks for one window buffer per member, a piece is a
+//!   stripe range; resync/repair read every member, recompute P (and Q) and write what differs,
+//!   counting it ([`SyncIo::add_mismatches`]); check only counts; recover reads the others and
+//!   writes the targets (one or two); [`SyncShape::recovered_member_sectors`] is the sync
+//!   sector itself (a member's rows).
+//!
+//! What the core does not offer yet and those levels need, each a small core change: creating
+//! an array by recovery onto its last member (raid5's creation rule; today a create without
+//! `assume_clean` resyncs), refusing to start a dirty and degraded array without a `force` flag
+//! (the write hole), and the stripe-cache size setting (`md_set_stripe_cache`).
 
 use std::fmt::Debug;
 use std::sync::Arc;
@@ -227,6 +249,12 @@ pub(crate) trait Layout: Send + Sync + Debug {
 /// core's state; the core owns the members, the split engine and the completion queue, the lane
 /// only what it maps with.
 pub(crate) trait Lane: Sized + 'static {
+    /// The sync-space range (see [`SyncShape`]) a write of array sectors `[start, end)` touches:
+    /// what the write gate holds it on and the bitmap marks. Identity for the copy levels.
+    #[inline(always)]
+    fn gate_range(&self, start: u64, end: u64) -> (u64, u64) {
+        (start, end)
+    }
     /// Called first for every request: may forward it (returning the outcome) or hands it back.
     /// Must leave dead arrays ([`Members::dead`]) and flush/reset to the core.
     #[inline(always)]
@@ -275,7 +303,14 @@ pub(crate) trait Lane: Sized + 'static {
 }
 
 /// What the sync engine needs of a layout (module docs). Main reactor.
+///
+/// The **sync space** is what the resync checkpoint (`resync_offset`), the write-intent bitmap,
+/// the write gate's buckets and the sync windows count in: array sectors for the copy levels
+/// (as Linux raid1/raid10), a member's component for parity levels (Linux raid5/6). The lane maps
+/// a write's array range into it ([`Lane::gate_range`]); the step maps pieces back to members.
 pub(crate) trait SyncShape: Send + Sync {
+    /// Size of the sync space in sectors.
+    fn sync_sectors(&self) -> u64;
     /// Window-sized buffers a run of `action` uses (the engine allocates them at the start).
     fn buffers(&self, action: SyncAction) -> usize;
     /// The smallest piece the step cuts (sizes the engine's piece table).
@@ -284,12 +319,12 @@ pub(crate) trait SyncShape: Send + Sync {
     /// `block_sectors` (the engine checked members, targets and alignment).
     fn check(&self, roles: usize, block_sectors: u64) -> Result<(), String>;
     /// Recovery onto a target: member sectors it holds valid data below once the run reached
-    /// array sector `reached` (None: the rebuilt part is not a prefix; the target stays
+    /// sync sector `reached` (None: the rebuilt part is not a prefix; the target stays
     /// unreadable until the end).
     fn recovered_member_sectors(&self, _reached: u64) -> Option<u64> {
         None
     }
-    /// Recovery: the array sector to resume at when the targets are valid below member sector
+    /// Recovery: the sync sector to resume at when the targets are valid below member sector
     /// `recovered`.
     fn recovery_start(&self, _recovered: u64) -> u64 {
         0
@@ -299,7 +334,7 @@ pub(crate) trait SyncShape: Send + Sync {
     fn step(&self, action: SyncAction, max_pieces: usize) -> Box<dyn SyncStep>;
 }
 
-/// A piece of a sync window: array sectors `[sector, sector + len_sectors)`.
+/// A piece of a sync window: sync-space sectors `[sector, sector + len_sectors)`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct PieceRange {
     pub sector: u64,

@@ -1,7 +1,7 @@
 //! raid0: striping in zones over members of possibly different sizes
 //! (`shared/specs/md-personalities.md` §3), both multi-zone layouts. No redundancy, every member
-//! needed. The data path is [`crate::striped`]'s; a one-zone raid0 over a power-of-two number of
-//! members is mapped with shifts ([`Pow2Stripe`]), and one of up to [`keel_bdev::ROUTE_LEGS`]
+//! needed. The data path is `striped`'s; a one-zone raid0 over a power-of-two number of
+//! members is mapped with shifts (`Pow2Stripe`), and one of up to [`keel_bdev::ROUTE_LEGS`]
 //! members publishes a striped [`Route`] while every member is present.
 
 use std::sync::Arc;

@@ -1,7 +1,7 @@
 //! raid10: near, far and offset copies over any number of members
 //! (`shared/specs/md-personalities.md` §7). Survives while every copy set keeps an in-sync
 //! member; has resync, recovery onto spares, check/repair and the write-intent bitmap (by
-//! default). The data path and sync step are [`crate::mirror`]'s.
+//! default). The data path and sync step are `mirror`'s.
 
 use std::sync::Arc;
 

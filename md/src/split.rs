@@ -34,7 +34,8 @@ const PARENTS: usize = 128;
 /// Initial capacity of the retry queue.
 const QUEUE_CAPACITY: usize = 256;
 
-/// A write the core's write gate admitted over array sectors `[start, end)`: it must be ended
+/// A write the core's write gate admitted over sync-space sectors `[start, end)` (array sectors
+/// for the copy levels; see `SyncShape`): it must be ended
 /// exactly once ([`Members::end_write`]), which the split engine does for the parent that
 /// carries it.
 #[must_use = "a write ticket must be ended, or the sync window never drains"]

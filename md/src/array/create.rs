@@ -319,14 +319,15 @@ impl MdRegistry {
             template.feature_map |= feature::BITMAP_OFFSET;
             template.bitmap_offset_sectors = 8;
             let space_bytes = bm_space * 512;
-            // The bitmap covers sync space: the array's sectors.
-            let chunk_bytes = crate::intent::default_chunk_bytes(array_sectors, space_bytes);
+            // The bitmap covers the sync space (the array's sectors for the copy levels).
+            let sync_sectors = layout.sync().map_or(array_sectors, |s| s.sync_sectors());
+            let chunk_bytes = crate::intent::default_chunk_bytes(sync_sectors, space_bytes);
             let header = BitmapHeader {
                 version: crate::bitmap::VERSION,
                 uuid: set_uuid,
                 events: 1,
                 events_cleared: 1,
-                sync_size_sectors: array_sectors,
+                sync_size_sectors: sync_sectors,
                 state: 0,
                 chunk_bytes,
                 daemon_sleep_s: 5,

@@ -38,7 +38,7 @@
 //! `events` 0 is valid: the kernel never rewrites raid0/linear superblocks, so mdadm's 0 stays.
 //! Only v1.2 superblocks (4 KiB into the member) are read.
 //!
-//! The module is split by concern: this file orchestrates the steps, [`classify`] decides roles
+//! The module is split by concern: this file orchestrates the steps, [`classify`](mod@classify) decides roles
 //! and states, [`appear`] (examine-on-appear) assembles arrays by itself as their members show
 //! up.
 

@@ -186,6 +186,8 @@ pub(crate) struct Engine {
 
     io: SyncIo,
     step: Option<Box<dyn SyncStep>>,
+    /// The sync space's size (the shape's `sync_sectors`): where the run ends.
+    sync_sectors: u64,
     pieces: Vec<Piece>,
     ready: VecDeque<u32>,
     next_new: usize,
@@ -215,6 +217,7 @@ impl Engine {
         let geo = job.layout.geometry().clone();
         let mut invalid = Self::validate(&job);
         let shape = job.layout.sync();
+        let sync_sectors = shape.map_or(0, |s| s.sync_sectors());
         let nbufs = shape.map_or(1, |s| s.buffers(job.action)).max(1);
         let window_max_sectors = (BUFFER_BUDGET_BYTES / (nbufs as u64 * SECTOR))
             .clamp(WINDOW_MIN_SECTORS, WINDOW_MAX_SECTORS)
@@ -246,9 +249,9 @@ impl Engine {
         }
         let p = &job.progress;
         p.action.store(job.action as u8 + 1, Ordering::Relaxed);
-        p.total_sectors.store(geo.size_sectors, Ordering::Relaxed);
+        p.total_sectors.store(sync_sectors, Ordering::Relaxed);
         p.done_sectors
-            .store(job.start_sector.min(geo.size_sectors), Ordering::Relaxed);
+            .store(job.start_sector.min(sync_sectors), Ordering::Relaxed);
         p.rate_kbs.store(0, Ordering::Relaxed);
         if job.action != SyncAction::Recover {
             p.mismatch_sectors.store(0, Ordering::Relaxed);
@@ -283,6 +286,7 @@ impl Engine {
                 progress: job.progress,
             },
             step,
+            sync_sectors,
             pieces: Vec::with_capacity(max_pieces),
             ready: VecDeque::with_capacity(max_pieces),
             next_new: 0,
@@ -320,18 +324,19 @@ impl Engine {
         if let Err(reason) = shape.check(roles, 1 << shift) {
             return Some(reason);
         }
-        if job.start_sector > geo.size_sectors {
+        let size = shape.sync_sectors();
+        if job.start_sector > size {
             return Some(format!(
-                "start sector {} is past the array end {}",
-                job.start_sector, geo.size_sectors
+                "start sector {} is past the array end {size}",
+                job.start_sector
             ));
         }
         let mask = (1u64 << shift) - 1;
-        if (job.start_sector | geo.size_sectors | geo.data_offset_sectors) & mask != 0 {
+        if (job.start_sector | size | geo.data_offset_sectors) & mask != 0 {
             return Some(format!(
                 "start sector {}, size {} or data offset {} is not a multiple of the member block ({} sectors)",
                 job.start_sector,
-                geo.size_sectors,
+                size,
                 geo.data_offset_sectors,
                 mask + 1
             ));
@@ -361,7 +366,7 @@ impl Engine {
     }
 
     fn size_sectors(&self) -> u64 {
-        self.io.geo.size_sectors
+        self.sync_sectors
     }
 
     fn intent(&self) -> Option<&Intent> {

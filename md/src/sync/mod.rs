@@ -12,13 +12,15 @@
 //!
 //! # Windows and pieces
 //!
-//! A window is 1–4 MiB of array sectors (a quarter second's worth at the max speed, clamped;
-//! smaller when the step needs many buffers, so that they stay under
+//! The run walks the layout's **sync space** ([`crate::personality::SyncShape::sync_sectors`]:
+//! array sectors for the copy levels), which is also what the resync checkpoint, the bitmap and
+//! the write gate count in. A window is 1–4 MiB of it (a quarter second's worth at the max
+//! speed, clamped; smaller when the step needs many buffers, so that they stay under
 //! [`engine::BUFFER_BUDGET_BYTES`]). Windows after the first start on write-gate bucket
-//! boundaries (1 MiB), so the barrier covers exactly the window, and never cross the array end.
-//! The step cuts a window into **pieces** ([`crate::personality::SyncStep::piece_sectors`]);
-//! up to [`QUEUE_DEPTH`] member I/Os of all pieces are in flight at once (Linux's
-//! `sync_io_depth`). The engine owns the requests, the window buffers (as many as the
+//! boundaries (1 MiB), so the barrier covers exactly the window, and never cross the end. The
+//! step cuts a window into **pieces** ([`crate::personality::SyncStep::piece_sectors`]); up to
+//! [`QUEUE_DEPTH`] member I/Os of all pieces are in flight at once (Linux's `sync_io_depth`).
+//! The engine owns the requests, the window buffers (as many as the
 //! [`crate::personality::SyncShape`] asks for), the completion queue and the per-piece
 //! bookkeeping; the step owns what each piece does.
 //!
@@ -82,13 +84,14 @@ pub(crate) use engine::{SyncIo, QUEUE_DEPTH};
 /// What a sync run does.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum SyncAction {
-    /// Make every in-sync copy equal (after an unclean stop or a create without assume_clean).
+    /// Make the redundancy consistent (mirrors: every in-sync copy equal) after an unclean stop
+    /// or a create without assume_clean.
     Resync,
     /// Rebuild the `targets` roles from the in-sync members.
     Recover,
-    /// Read every copy and count mismatching sectors.
+    /// Read everything and count mismatching sectors; write nothing.
     Check,
-    /// Like check, and rewrite mismatching copies from the first good copy.
+    /// Like check, and rewrite what mismatches (mirrors: from the first good copy).
     Repair,
 }
 
@@ -137,7 +140,7 @@ pub(crate) struct SyncJob {
     pub layout: Arc<dyn Layout>,
     /// Main-core channels per role (None: no member in that role).
     pub members: Vec<Option<Rc<Channel>>>,
-    /// Array sector to start at (a checkpoint; 0 for a fresh run).
+    /// Sync sector to start at (a checkpoint; 0 for a fresh run).
     pub start_sector: u64,
     /// Recover: the roles being rebuilt.
     pub targets: Vec<MemberIdx>,
@@ -145,7 +148,7 @@ pub(crate) struct SyncJob {
     pub bitmap_only: bool,
     pub speed: Arc<SyncSpeed>,
     pub progress: Arc<SyncProgress>,
-    /// Called on the main core with the array sector reached, at least every
+    /// Called on the main core with the sync sector reached, at least every
     /// `checkpoint_interval_ms` while progressing, and once at the end with the final sector
     /// (the array size when done, the stop / failure sector otherwise).
     pub on_checkpoint: Box<dyn FnMut(u64)>,
@@ -158,7 +161,7 @@ pub(crate) enum SyncOutcome {
     Done {
         mismatch_sectors: u64,
     },
-    /// Interrupted by [`SyncHandle::stop`] (or dropping the handle) at this array sector.
+    /// Interrupted by [`SyncHandle::stop`] (or dropping the handle) at this sync sector.
     Stopped {
         at_sector: u64,
     },
