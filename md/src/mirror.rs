@@ -121,6 +121,8 @@ impl<C: Copies> Layout for MirrorLayout<C> {
         MdCore::new(
             setup,
             MirrorLane {
+                map: self.map.clone(),
+                block_shift: self.geo.block_shift,
                 layout: self,
                 copies: [Place::ZERO; MAX_COPIES],
                 rr: 0,
@@ -191,6 +193,9 @@ impl<C: Copies> SyncShape for MirrorLayout<C> {
 
 /// A copy layout's lane on one core.
 pub(crate) struct MirrorLane<C> {
+    /// The layout's map and block shift, held here too: one pointer hop per request.
+    map: Arc<C>,
+    block_shift: u32,
     layout: Arc<MirrorLayout<C>>,
     /// Scratch for the copies of the sector being mapped.
     copies: [Place; MAX_COPIES],
@@ -254,15 +259,15 @@ impl<C: Copies> MirrorLane<C> {
 }
 
 impl<C: Copies> Lane for MirrorLane<C> {
-    #[inline]
+    #[inline(always)]
     fn submit(&mut self, cx: &mut LaneCx<'_>, io: IoBox, ticket: Option<WriteTicket>) -> Submit {
-        let bs = self.layout.geo.block_shift;
+        let bs = self.block_shift;
         let start = io.offset_blocks << bs;
         let len = io.num_blocks << bs;
         if io.op != IoOp::Read {
             return cx.split(self, io, start, start + len, ticket);
         }
-        let (k, left) = self.layout.map.copies(start, &mut self.copies);
+        let (k, left) = self.map.copies(start, &mut self.copies);
         if len > left {
             return cx.split(self, io, start, start + len, ticket);
         }
@@ -277,7 +282,7 @@ impl<C: Copies> Lane for MirrorLane<C> {
 
     #[inline]
     fn next_piece(&mut self, m: &Members, op: IoOp, cur: &mut Cursor) -> Piece {
-        let (k, left) = self.layout.map.copies(cur.next, &mut self.copies);
+        let (k, left) = self.map.copies(cur.next, &mut self.copies);
         let sectors = left.min(cur.end - cur.next);
         let array_sector = cur.next;
         if op == IoOp::Read {
@@ -322,7 +327,7 @@ impl<C: Copies> Lane for MirrorLane<C> {
             // Writes, flushes and resets: the member is out, the others carry on.
             return Verdict::Absorb;
         }
-        let (k, _) = self.layout.map.copies(child.array_sector, &mut self.copies);
+        let (k, _) = self.map.copies(child.array_sector, &mut self.copies);
         match self.pick_copy(m, k, child.array_sector, child.sectors, Some(child.member)) {
             Some((member, member_sector)) => Verdict::Retry { member, member_sector },
             None => Verdict::Fail,
@@ -348,10 +353,10 @@ impl<C: Copies> Lane for MirrorLane<C> {
             return io.complete(upward(status));
         }
         cx.m.fail_member(member);
-        let bs = self.layout.geo.block_shift;
+        let bs = self.block_shift;
         let start = io.offset_blocks << bs;
         let len = io.num_blocks << bs;
-        let (k, _) = self.layout.map.copies(start, &mut self.copies);
+        let (k, _) = self.map.copies(start, &mut self.copies);
         match self.pick_copy(cx.m, k, start, len, Some(member)) {
             Some((m2, sector)) => {
                 if let Submit::Requeue(io) = cx.forward(self, io, m2, sector, start) {
