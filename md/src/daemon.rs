@@ -32,9 +32,10 @@ use keel_bdev::{Channel, IoStatus};
 use keel_reactor::{current, PollStatus, PollerHandle};
 
 use crate::array::{Array, MdRegistry, MemberRec, SyncRequest};
-use crate::geometry::Mapping;
 use crate::intent::IntentDisk;
+use crate::layout::MemberIdx;
 use crate::meta_io;
+use crate::personality::Health;
 use crate::shared::SlotState;
 use crate::superblock::{MAX_SECTOR, V1_2_SUPER_OFFSET_SECTORS};
 use crate::sync::{self, SyncAction, SyncHandle, SyncJob, SyncOutcome};
@@ -142,7 +143,7 @@ struct Daemon {
     /// Main-core channels of the written members (for the bitmap), and their fingerprint.
     writable: Vec<Rc<Channel>>,
     writable_key: u64,
-    sync: Option<(SyncAction, Vec<usize>, SyncHandle)>,
+    sync: Option<(SyncAction, Vec<MemberIdx>, SyncHandle)>,
     sync_retry_at_ms: u64,
     sb_inflight: bool,
     /// What the superblocks say (or will, after the write in flight): "active".
@@ -280,9 +281,10 @@ impl Daemon {
                         SyncAction::Resync => self.array.shared.set_resync_cp(MAX_SECTOR),
                         SyncAction::Recover => {
                             for t in targets {
-                                if self.array.shared.slots[t].state() == SlotState::Rebuilding {
-                                    self.array.shared.slots[t].set_state(SlotState::InSync);
-                                    self.array.shared.slots[t].set_recovered_sectors(MAX_SECTOR);
+                                let slot = &self.array.shared.slots[t.idx()];
+                                if slot.state() == SlotState::Rebuilding {
+                                    slot.set_state(SlotState::InSync);
+                                    slot.set_recovered_sectors(MAX_SECTOR);
                                 }
                             }
                             ctl.readd_bitmap = false;
@@ -349,13 +351,14 @@ impl Daemon {
             }
             // A failing recovery target ends the run.
             if let Some((SyncAction::Recover, targets, h)) = &self.sync {
-                if targets.contains(&r) {
+                if targets.contains(&MemberIdx(r as u16)) {
                     h.stop();
                 }
             }
         }
         let states = shared.states();
-        if !self.array.geo.operational(|m| states[m] == SlotState::InSync) && !ctl.failed {
+        let health = self.array.layout.health(&|m| states[m.idx()] == SlotState::InSync);
+        if health == Health::Failed && !ctl.failed {
             tracing::error!(array = %self.array.name, "md: not enough working members: array failed");
             ctl.failed = true;
         }
@@ -369,7 +372,11 @@ impl Daemon {
     fn activate_spares(&mut self) -> bool {
         let array = self.array.clone();
         let mut ctl = array.ctl();
-        if ctl.failed || ctl.spares.is_empty() || !self.array.level.redundant() || ctl.request == SyncRequest::Frozen {
+        if ctl.failed
+            || ctl.spares.is_empty()
+            || !self.array.personality.caps().spares
+            || ctl.request == SyncRequest::Frozen
+        {
             return false;
         }
         let shared = &self.array.shared;
@@ -401,7 +408,7 @@ impl Daemon {
     }
 
     fn dirty_marking(&mut self, now: u64) -> bool {
-        if !self.array.level.redundant() {
+        if !self.array.personality.caps().resync {
             return false;
         }
         let gate = &self.array.shared.gate;
@@ -506,7 +513,7 @@ impl Daemon {
         if self.sync.is_some() || self.refreshing.load(Ordering::SeqCst) || now < self.sync_retry_at_ms {
             return false;
         }
-        if !self.array.level.redundant() {
+        if self.array.layout.sync().is_none() {
             return false;
         }
         let shared = self.array.shared.clone();
@@ -517,22 +524,21 @@ impl Daemon {
         if failed || request == SyncRequest::Frozen {
             return false;
         }
-        let rebuilding: Vec<usize> = if shared.slots.iter().any(|s| s.state() == SlotState::Rebuilding) {
+        let rebuilding: Vec<MemberIdx> = if shared.slots.iter().any(|s| s.state() == SlotState::Rebuilding) {
             (0..shared.slots.len())
                 .filter(|&r| shared.slots[r].state() == SlotState::Rebuilding)
+                .map(|r| MemberIdx(r as u16))
                 .collect()
         } else {
             Vec::new()
         };
         let (action, start_sector, targets, bitmap_only) = if !rebuilding.is_empty() {
-            let start = match self.array.geo.mapping {
-                Mapping::Raid1 { .. } => rebuilding
-                    .iter()
-                    .map(|&r| shared.slots[r].recovered_sectors())
-                    .min()
-                    .unwrap_or(0),
-                _ => 0,
-            };
+            let recovered = rebuilding
+                .iter()
+                .map(|r| shared.slots[r.idx()].recovered_sectors())
+                .min()
+                .unwrap_or(0);
+            let start = self.array.layout.sync().map_or(0, |s| s.recovery_start(recovered));
             (
                 SyncAction::Recover,
                 start,
@@ -561,7 +567,7 @@ impl Daemon {
             action,
             name: self.array.name.clone(),
             shared,
-            geo: self.array.geo.clone(),
+            layout: self.array.layout.clone(),
             members,
             start_sector,
             targets: targets.clone(),
@@ -704,7 +710,7 @@ impl Daemon {
             let flag = self.unregistered.clone();
             let r = reg.bdevs().and_then(|b| {
                 b.unregister(&self.array.name, move || flag.store(true, Ordering::SeqCst))
-                    .map_err(|e| MdError::Bdev(e.to_string()))
+                    .map_err(MdError::Bdev)
             });
             if let Err(e) = r {
                 tracing::warn!(array = %self.array.name, error = %e, "md stop: array bdev was already gone");

@@ -1,12 +1,34 @@
+use keel_bdev::BdevError;
+
 /// Errors of the md layer (control path). Each names what was wrong and where.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum MdError {
     /// A superblock failed a load-time check; `field` names the offending field.
     #[error("invalid md superblock: {field}: {reason}")]
     BadSuperblock { field: &'static str, reason: String },
-    /// A bdev could not be opened or used.
+    /// The bdev layer refused something (registering the array bdev, opening a bdev to examine
+    /// it), as it said.
     #[error("{0}")]
-    Bdev(String),
+    Bdev(#[from] BdevError),
+    /// A member bdev could not be opened or claimed for the array.
+    #[error("member '{bdev}': {source}")]
+    Member {
+        bdev: String,
+        #[source]
+        source: BdevError,
+    },
+    /// The bdev registry the md registry serves is gone (the process is shutting down).
+    #[error("the bdev registry is gone")]
+    RegistryGone,
+    /// `source`, with what assembly refused on the way (for errors whose own text cannot carry
+    /// it).
+    #[error("{source}{refused}")]
+    Refused {
+        #[source]
+        source: Box<MdError>,
+        /// " (refused: …)".
+        refused: String,
+    },
     /// Metadata I/O failed.
     #[error("{0}")]
     Io(String),
@@ -39,7 +61,8 @@ impl MdError {
         }
     }
 
-    /// Negative errno for the RPC edge.
+    /// Negative errno for the RPC edge: -19 for what does not exist (an array, a bdev), -17 a
+    /// taken name, -16 a member in use, -5 metadata I/O, -95 what md cannot do, -22 the rest.
     pub fn errno(&self) -> i32 {
         match self {
             MdError::NotFound(_) => -libc_enodev(),
@@ -47,7 +70,12 @@ impl MdError {
             MdError::Busy(_) => -16,
             MdError::Io(_) => -5,
             MdError::Unsupported(_) => -95,
-            MdError::Bdev(m) if m.contains("not found") => -libc_enodev(),
+            MdError::Bdev(BdevError::NotFound(_))
+            | MdError::Member {
+                source: BdevError::NotFound(_),
+                ..
+            } => -libc_enodev(),
+            MdError::Refused { source, .. } => source.errno(),
             _ => -22,
         }
     }
@@ -63,4 +91,34 @@ impl MdError {
 /// ENODEV (19 on Linux; md does not depend on libc for one constant).
 const fn libc_enodev() -> i32 {
     19
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bdev_errors_keep_their_text_and_code() {
+        let e = MdError::from(BdevError::NotFound("x".into()));
+        assert_eq!((e.to_string().as_str(), e.errno()), ("bdev 'x' not found", -19));
+        let e = MdError::Member {
+            bdev: "m".into(),
+            source: BdevError::Removed("m".into()),
+        };
+        assert_eq!(
+            (e.to_string().as_str(), e.errno()),
+            ("member 'm': bdev 'm' is being removed", -22)
+        );
+        assert!(
+            std::error::Error::source(&e).is_some(),
+            "the bdev error stays structured"
+        );
+        let e = MdError::Refused {
+            source: Box::new(MdError::from(BdevError::NotFound("y".into()))),
+            refused: " (refused: member 'z' refused: stale)".into(),
+        };
+        assert_eq!(e.errno(), -19);
+        assert_eq!(e.to_string(), "bdev 'y' not found (refused: member 'z' refused: stale)");
+        assert_eq!(MdError::RegistryGone.errno(), -22);
+    }
 }

@@ -1,4 +1,5 @@
-//! `md_examine`: what `mdadm --examine` shows for one member, read through the bdev layer.
+//! `md_examine`: what `mdadm --examine` shows for one member, read through the bdev layer. The
+//! level-specific lines (array size, layout) come from the member's personality.
 
 use std::rc::Rc;
 use std::sync::Arc;
@@ -8,14 +9,7 @@ use keel_bdev::BdevRegistry;
 use crate::superblock::{feature, Role, Superblock, BLOCK_BYTES, V1_2_SUPER_OFFSET_SECTORS};
 use crate::{meta_io, MdError};
 
-/// mdadm's name of a superblock level.
-pub fn level_name(level: i32) -> String {
-    match level {
-        -1 => "linear".into(),
-        0 | 1 | 4 | 5 | 6 | 10 => format!("raid{level}"),
-        other => format!("level {other}"),
-    }
-}
+pub use crate::personality::level_name;
 
 /// The facts of `mdadm --examine`, decoded from one member.
 #[derive(Debug, Clone, PartialEq)]
@@ -56,46 +50,14 @@ impl Examine {
             .collect()
     }
 
-    /// "Array Size" in KiB.
+    /// "Array Size" in KiB (as the member's level computes it).
     pub fn array_size_kib(&self) -> u64 {
-        let sb = &self.sb;
-        let n = sb.raid_disks as u64;
-        let sectors = match sb.level {
-            1 => sb.size_sectors,
-            4 | 5 => sb.size_sectors * n.saturating_sub(1),
-            6 => sb.size_sectors * n.saturating_sub(2),
-            10 => {
-                let copies = ((sb.layout & 0xFF) * ((sb.layout >> 8) & 0xFF)).max(1) as u64;
-                sb.size_sectors * n / copies
-            }
-            _ => sb.data_size_sectors * n,
-        };
-        sectors / 2
+        crate::personality::examine_array_sectors(&self.sb) / 2
     }
 
     /// "Layout" as mdadm prints it for raid10 (near=2 …) and raid0 (original/alternate).
     pub fn layout_text(&self) -> Option<String> {
-        let sb = &self.sb;
-        match sb.level {
-            10 => {
-                let (near, far) = (sb.layout & 0xFF, (sb.layout >> 8) & 0xFF);
-                Some(if sb.layout & 0x1_0000 != 0 {
-                    format!("offset={far}")
-                } else if far > 1 && near == 1 {
-                    format!("far={far}")
-                } else if far > 1 {
-                    format!("near={near}, far={far}")
-                } else {
-                    format!("near={near}")
-                })
-            }
-            0 if sb.feature_map & feature::RAID0_LAYOUT != 0 => Some(match sb.layout {
-                1 => "original".into(),
-                2 => "alternate".into(),
-                _ => "-unknown-".into(),
-            }),
-            _ => None,
-        }
+        crate::personality::examine_layout_text(&self.sb)
     }
 }
 
@@ -104,7 +66,7 @@ impl Examine {
 pub fn examine(reg: &Arc<BdevRegistry>, name: &str, done: impl FnOnce(Result<Examine, MdError>) + 'static) {
     let desc = match reg.open(name, false, |_| {}) {
         Ok(d) => d,
-        Err(e) => return done(Err(MdError::Bdev(e.to_string()))),
+        Err(e) => return done(Err(MdError::Bdev(e))),
     };
     let info = desc.info().clone();
     let device_sectors = info.size_bytes() / 512;

@@ -12,8 +12,9 @@
 //!
 //! # The write gate
 //!
-//! Redundant levels (raid1, raid10) pass every write through [`WriteGate::admit`] before it
-//! reaches a member and [`WriteGate::end`] after the last member acknowledged. Admission first
+//! Levels with resync (`Caps::resync`: raid1, raid10) pass every write through
+//! [`WriteGate::admit`] before it reaches a member — the per-core core does it before the level's
+//! lane sees the write — and [`WriteGate::end`] after the last member acknowledged. Admission first
 //! counts the write in its core's row (one counter per hashed 1 MiB bucket of array sectors,
 //! `SeqCst`), then checks, in order: the superblocks are marked dirty ("active"); the sync window
 //! does not cover the write's buckets; the write-intent bitmap bits of its chunks are on disk. If

@@ -6,7 +6,7 @@ mod common;
 
 use common::{pattern, Rig};
 use keel_bdev::IoStatus;
-use keel_md::layout::Linear;
+use keel_md::linear::Linear;
 use keel_md::superblock::{Superblock, V1_2_SUPER_OFFSET_SECTORS};
 
 #[test]

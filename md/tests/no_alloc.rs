@@ -1,9 +1,11 @@
 //! After set-up, I/O through md arrays does not allocate: a counting global allocator sees zero
-//! allocations while a keel-load job completes 50k I/Os in steady state through raid0 over two
-//! nulls (4 KiB: forwarded in place; 12 KiB on 4 KiB chunks: split into children) and raid1
-//! over two nulls (70 % reads forwarded round-robin, writes fanned out through the write gate)
-//! and over two mallocs under verify, and with an internal write-intent bitmap (once its bit is
-//! on disk, writes pass the gate without the control path).
+//! allocations while a keel-load job completes 50k I/Os in steady state through every level:
+//! raid0 over two nulls (4 KiB: forwarded in place; 12 KiB on 4 KiB chunks: split into
+//! children), linear over two nulls (12 KiB, split where it crosses the members), raid1 over two
+//! nulls (70 % reads forwarded round-robin, writes fanned out through the write gate) and over
+//! two mallocs under verify, and with an internal write-intent bitmap (once its bit is on disk,
+//! writes pass the gate without the control path), and raid10 near-2 over two nulls (12 KiB on
+//! 4 KiB chunks: split reads, mirrored writes split at every chunk).
 //!
 //! Everything runs in one #[test] on one thread so that no other test allocates meanwhile.
 
@@ -103,6 +105,22 @@ fn steady_state_io_through_md_does_not_allocate() {
         Case {
             name: "raid0/2 null randrw 12k (split)",
             level: "raid0",
+            malloc: false,
+            workload: Workload::RandRw,
+            io_size: 12288,
+            bitmap: false,
+        },
+        Case {
+            name: "linear/2 null randrw 12k",
+            level: "linear",
+            malloc: false,
+            workload: Workload::RandRw,
+            io_size: 12288,
+            bitmap: false,
+        },
+        Case {
+            name: "raid10/2 null randrw 12k (split)",
+            level: "raid10",
             malloc: false,
             workload: Workload::RandRw,
             io_size: 12288,

@@ -1,5 +1,5 @@
 //! Data written through a raid0 array of unequal members (two zones, 4 KiB chunks) lands on
-//! the members exactly where `md::layout::Raid0` says, after data_offset; reads through the
+//! the members exactly where `md::raid0::Raid0` says, after data_offset; reads through the
 //! array (whole-chunk forwards and chunk-crossing splits) return it; the superblocks say raid0.
 
 mod common;
@@ -7,7 +7,7 @@ mod common;
 use common::{pattern, Rig};
 use keel_bdev::{DmaBuf, IoOp, IoStatus};
 use keel_md::array::default_data_offset_sectors;
-use keel_md::layout::{Raid0, Raid0Layout};
+use keel_md::raid0::{Raid0, Raid0Layout};
 use keel_md::superblock::{feature, Superblock, V1_2_SUPER_OFFSET_SECTORS};
 
 #[test]

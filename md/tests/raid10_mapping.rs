@@ -1,5 +1,5 @@
 //! Data written through raid10 arrays (near, far and offset layouts; 4 and 3 members; 4 KiB
-//! chunks) lands on every copy exactly where `md::layout::Raid10` says, after data_offset;
+//! chunks) lands on every copy exactly where `md::raid10::Raid10` says, after data_offset;
 //! reads through the array (forwarded single-chunk reads and chunk-crossing splits) return it;
 //! md_get_arrays and the superblocks carry the layout word.
 
@@ -7,7 +7,8 @@ mod common;
 
 use common::{pattern, Rig};
 use keel_bdev::IoStatus;
-use keel_md::layout::{MemberIdx, Place, Raid10, MAX_COPIES};
+use keel_md::layout::{MemberIdx, Place, MAX_COPIES};
+use keel_md::raid10::Raid10;
 use keel_md::superblock::{Superblock, V1_2_SUPER_OFFSET_SECTORS};
 use keel_md::CreateOpts;
 

@@ -1,364 +1,153 @@
-//! Resync, recovery, check and repair as a poller task on the main reactor.
-//!
-//! [`start`] registers a poller `md_sync_<array>` that walks the array in windows: it locks a
-//! window against writes ([`crate::shared::WriteGate::raise_barrier`]), waits until the writes
-//! already admitted there drained, reads a good copy and writes/compares the others, unlocks,
-//! publishes progress (`Shared::set_resync_cp`, `Slot::set_recovered_sectors`, [`SyncProgress`])
-//! and hands checkpoints to the control path, which persists them in the superblocks. Foreground
-//! I/O outside the window keeps flowing. Speed follows Linux: up to `max` KiB/s; while
-//! foreground writes are flowing and the rate is above `min`, it waits.
-//!
-//! # Windows and pieces
-//!
-//! A window is 1–4 MiB of array sectors (a quarter second's worth at the max speed, clamped;
-//! smaller when check/repair of many copies would need more than [`BUFFER_BUDGET_BYTES`] of
-//! buffers). Windows after the first start on write-gate bucket boundaries (1 MiB), so the
-//! barrier covers exactly the window, and never cross the array end. A window is cut into
-//! **pieces** at chunk boundaries ([`Geometry::copies`]) and at [`PIECE_MAX_SECTORS`] (64 KiB,
-//! Linux's resync block); every copy of a piece sits at one member range. Each piece runs its
-//! own little state machine — read stage, then (if anything must be written) write stage — and
-//! up to [`QUEUE_DEPTH`] member I/Os of all pieces are in flight at once (Linux's
-//! `sync_io_depth`). A piece's data lands in the window buffer at the piece's offset: one buffer
-//! for resync/recover (the source copy), one per copy index for check/repair.
-//!
-//! * Resync: read the first readable copy (InSync, or Rebuilding below its recovered mark) and
-//!   write it to every other writable copy.
-//! * Recover: read a readable copy that is not on a target role and write it to the copies on
-//!   the target roles.
-//! * Check: read every readable copy and compare each with the first copy that read fine, per
-//!   512-byte sector; a sector counts once in `mismatch_sectors` when any copy differs there.
-//!   (Linux counts whole 64 KiB resync blocks; Keel's count is exact.)
-//! * Repair: as check, then rewrite each differing copy's whole piece from the reference copy.
-//!
-//! # Errors
-//!
-//! A failed source read marks the member faulty ([`Shared::fail_member`]) and the piece is read
-//! again from another copy; no copy left ends the run `Failed`. A failed write marks the member
-//! faulty; on a recovery target it also ends the run `Failed`. A run that fails stops issuing,
-//! waits for its I/O in flight (the buffers and requests are its own), lowers the barrier and
-//! reports the window start as `at_sector`.
-//!
-//! # Speed ([`Pacer`])
-//!
-//! Before each window the engine asks the pacer how long to wait. Max speed is a GCRA ("virtual
-//! scheduling"): each window books `window KiB / max` seconds on a virtual clock that never lags
-//! the real one, so the rate over any interval stays under `max` plus one window. Min speed: if
-//! the gate's foreground write counter moved since the previous decision and the rate over the
-//! last 1–2 s is above `min`, wait [`THROTTLE_STEP_US`] and decide again (the rate decays while
-//! the engine waits, as Linux's `sync_speed` does). The speed atomics are re-read every window.
-//! While it waits (pacing, throttling, a draining barrier) the poller reports `Idle`; it reports
-//! `Busy` when it completed or issued I/O or moved the run (raised the barrier, skipped clean
-//! bitmap chunks, ended).
-//!
-//! # Bitmap
-//!
-//! With `bitmap_only` (resync/recover) and an [`Intent`], chunks that are clean in memory are
-//! skipped without I/O (progress and checkpoints still advance over them) and windows end at
-//! the first clean chunk. Whenever a resync/recover run has an `Intent` — bitmap-guided or
-//! not — every bitmap chunk it processed whole is reported with [`Intent::chunk_synced`] (a
-//! chunk only partly covered, e.g. the one a checkpoint resumed inside, is not). Check and
-//! repair ignore the bitmap.
-//!
-//! # Progress
-//!
-//! After each window (and each skip) the engine publishes the sector reached: `done_sectors`,
-//! the rate; resync: [`Shared::set_resync_cp`]; recover on raid1: each target's
-//! `recovered_sectors` (member sector == array sector). raid10 targets stay at 0 until the end
-//! (their rebuilt part is not a prefix of member sectors, so reads avoid them meanwhile — a
-//! documented limitation). `Done` sets resync_cp / the targets' `recovered_sectors` to
-//! `u64::MAX`; the control path then marks the targets in sync. `Stopped`/`Failed` leave the
-//! last published values, which equal their `at_sector`.
-//!
-//! # Allocation
-//!
-//! Buffers, requests, the piece table and the queues are allocated once in [`start`]; a window
-//! reuses them (vectors keep their capacity). Only the end of a run allocates (its outcome).
+//! The sync engine: one run's window walk, barrier, requests, buffers, piece bookkeeping,
+//! bitmap skipping, progress and checkpoints (the parent module's docs describe the run). The
+//! layout's [`SyncStep`] decides what each piece does, through [`SyncIo`].
 
-use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
 use std::rc::Rc;
-use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use keel_bdev::{Channel, CompletionQueue, DmaBuf, IoBox, IoOp, IoRequest, IoVec, Submit};
-use keel_reactor::{current, ticks, ticks_per_sec, PollStatus, PollerHandle};
+use keel_reactor::{ticks, ticks_per_sec};
 
-use crate::geometry::{Geometry, Mapping};
+use super::pacer::{window_sectors, Pacer, WINDOW_MAX_SECTORS, WINDOW_MIN_SECTORS};
+use super::{SyncAction, SyncCtl, SyncJob, SyncOutcome, SyncProgress, SyncSpeed};
+use crate::geometry::Geometry;
 use crate::intent::Intent;
-use crate::layout::{MemberIdx, Place, MAX_COPIES};
+use crate::layout::MemberIdx;
+use crate::personality::{Completion, Layout, Next, PieceRange, Step, SyncShape, SyncStep};
 use crate::shared::{Shared, BUCKET_SHIFT};
 
-/// What a sync run does.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum SyncAction {
-    /// Make every in-sync copy equal (after an unclean stop or a create without assume_clean).
-    Resync,
-    /// Rebuild the `targets` roles from the in-sync copies.
-    Recover,
-    /// Read every copy and count mismatching sectors.
-    Check,
-    /// Like check, and rewrite mismatching copies from the first good copy.
-    Repair,
-}
-
-impl SyncAction {
-    /// The word `/proc/mdstat` and `sync_action` use.
-    pub(crate) fn name(self) -> &'static str {
-        match self {
-            SyncAction::Resync => "resync",
-            SyncAction::Recover => "recover",
-            SyncAction::Check => "check",
-            SyncAction::Repair => "repair",
-        }
-    }
-}
-
-/// Linux's speed limits (KiB/s), changed by `md_set_sync_speed` at any time. `max_kbs == 0`
-/// means no upper limit (the RPC layer refuses 0, as Linux does).
-#[derive(Debug)]
-pub(crate) struct SyncSpeed {
-    pub min_kbs: AtomicU64,
-    pub max_kbs: AtomicU64,
-}
-
-/// What `md_get_arrays` shows of a run; written by the engine, read anywhere.
-#[derive(Debug, Default)]
-pub(crate) struct SyncProgress {
-    /// 0 idle, else `SyncAction as u8 + 1`.
-    pub action: AtomicU8,
-    /// Array sectors done (from 0, including a checkpoint resumed from).
-    pub done_sectors: AtomicU64,
-    /// Array sectors to do in total.
-    pub total_sectors: AtomicU64,
-    /// Mismatching sectors found (check, repair). Reset when a resync, check or repair starts.
-    pub mismatch_sectors: AtomicU64,
-    /// Current rate (KiB/s, over the last second or so).
-    pub rate_kbs: AtomicU64,
-}
-
-/// One run's inputs.
-pub(crate) struct SyncJob {
-    pub action: SyncAction,
-    /// The array's name (poller `md_sync_<name>`, log lines).
-    pub name: String,
-    pub shared: Arc<Shared>,
-    pub geo: Arc<Geometry>,
-    /// Main-core channels per role (None: no member in that role).
-    pub members: Vec<Option<Rc<Channel>>>,
-    /// Array sector to start at (a checkpoint; 0 for a fresh run).
-    pub start_sector: u64,
-    /// Recover: the roles being rebuilt.
-    pub targets: Vec<usize>,
-    /// Only windows whose bitmap chunks are dirty (resync after an unclean stop, re-add).
-    pub bitmap_only: bool,
-    pub speed: Arc<SyncSpeed>,
-    pub progress: Arc<SyncProgress>,
-    /// Called on the main core with the array sector reached, at least every
-    /// `checkpoint_interval_ms` while progressing, and once at the end with the final sector
-    /// (the array size when done, the stop / failure sector otherwise).
-    pub on_checkpoint: Box<dyn FnMut(u64)>,
-    pub checkpoint_interval_ms: u64,
-}
-
-/// How a run ended.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) enum SyncOutcome {
-    Done {
-        mismatch_sectors: u64,
-    },
-    /// Interrupted by [`SyncHandle::stop`] (or dropping the handle) at this array sector.
-    Stopped {
-        at_sector: u64,
-    },
-    /// No readable source or a target failed; the control path decides what next.
-    Failed {
-        at_sector: u64,
-        reason: String,
-    },
-}
-
-/// State shared by a run and its handle (main core only).
-#[derive(Debug, Default)]
-struct SyncCtl {
-    stop: Cell<bool>,
-}
-
-/// Controls a running sync. Dropping it stops the run at the next window boundary.
-pub(crate) struct SyncHandle {
-    ctl: Rc<SyncCtl>,
-}
-
-impl SyncHandle {
-    /// Asks the run to stop after the current window; `done` gets `Stopped`. Main core.
-    pub(crate) fn stop(&self) {
-        self.ctl.stop.set(true);
-    }
-}
-
-impl Drop for SyncHandle {
-    fn drop(&mut self) {
-        self.ctl.stop.set(true);
-    }
-}
-
-/// Starts a run on the current (main) reactor; `done` runs there once, from the run's poller
-/// (never on this call's stack), after which the poller unregisters itself. Bad inputs (no
-/// redundancy, misaligned start, unusable targets) end the run `Failed` the same way.
-/// Allocates the run's buffers and requests now.
-pub(crate) fn start(job: SyncJob, done: impl FnOnce(SyncOutcome) + 'static) -> SyncHandle {
-    let ctl = Rc::new(SyncCtl::default());
-    let poller_name = format!("md_sync_{}", job.name);
-    let mut engine = Engine::new(job, ctl.clone(), now_us());
-    let slot: Rc<RefCell<Option<PollerHandle>>> = Rc::default();
-    let slot2 = slot.clone();
-    let mut done = Some(done);
-    let handle = current().register_poller(poller_name, move || {
-        let (busy, outcome) = engine.poll(now_us());
-        if let Some(outcome) = outcome {
-            if let Some(d) = done.take() {
-                d(outcome);
-            }
-            // Unregisters; the reactor drops this closure (and the engine) afterwards.
-            slot2.borrow_mut().take();
-        }
-        PollStatus::from_work(busy)
-    });
-    *slot.borrow_mut() = Some(handle);
-    SyncHandle { ctl }
-}
-
-/// Smallest window (1 MiB): one write-gate bucket.
-const WINDOW_MIN_SECTORS: u64 = 1 << BUCKET_SHIFT;
-/// Largest window (4 MiB): big enough for sequential member I/O, small enough that a write
-/// held by the barrier waits a few milliseconds at most.
-const WINDOW_MAX_SECTORS: u64 = 4 << BUCKET_SHIFT;
-/// Most buffer memory one run holds (check of many copies shrinks its windows to stay under).
-const BUFFER_BUDGET_BYTES: u64 = 16 << 20;
-/// Largest piece: Linux raid1/raid10's resync block (64 KiB). Also what the per-sector
-/// mismatch mask (`u128`) can hold.
-const PIECE_MAX_SECTORS: u64 = 128;
-/// Member I/Os in flight (Linux's `sync_io_depth` default). At least [`MAX_COPIES`], so one
-/// piece's stage can always be issued whole.
-const QUEUE_DEPTH: usize = 32;
-/// How long to wait before deciding again while foreground writes flow above the min speed.
-pub(crate) const THROTTLE_STEP_US: u64 = 10_000;
-/// Rate marks roll every second: the rate is averaged over the last 1–2 s.
-const RATE_MARK_US: u64 = 1_000_000;
+/// Most buffer memory one run holds (a step with many buffers shrinks its windows to stay
+/// under).
+pub(crate) const BUFFER_BUDGET_BYTES: u64 = 16 << 20;
+/// Member I/Os in flight (Linux's `sync_io_depth` default). A step's stage must fit in it.
+pub(crate) const QUEUE_DEPTH: usize = 32;
 /// Clean bitmap chunks skipped per poll (bounds one poll's time on huge clean arrays).
 const SKIP_CHUNKS_PER_POLL: usize = 4096;
-const SECTOR: usize = 512;
-
-const _: () = assert!(QUEUE_DEPTH >= MAX_COPIES && MAX_COPIES <= 32);
-const _: () = assert!(PIECE_MAX_SECTORS <= 128);
+const SECTOR: u64 = 512;
 
 /// The reactor clock in microseconds.
-fn now_us() -> u64 {
+pub(crate) fn now_us() -> u64 {
     (ticks() as u128 * 1_000_000 / ticks_per_sec() as u128) as u64
 }
 
-/// Window size for a max speed: a quarter second's worth, whole 1 MiB buckets, within
-/// `[WINDOW_MIN_SECTORS, window_max_sectors]`; `max_kbs == 0` (no limit) gives the largest.
-pub(crate) fn window_sectors(max_kbs: u64, window_max_sectors: u64) -> u64 {
-    let quarter = if max_kbs == 0 {
-        u64::MAX
-    } else {
-        (max_kbs / 4).saturating_mul(2)
-    };
-    let w = quarter.clamp(WINDOW_MIN_SECTORS, window_max_sectors.max(WINDOW_MIN_SECTORS));
-    (w >> BUCKET_SHIFT << BUCKET_SHIFT).max(WINDOW_MIN_SECTORS)
+/// I/O tag: piece (bits 32..), member (8..32), the step's tag (0..8).
+fn tag(piece: usize, member: MemberIdx, step_tag: u8) -> u64 {
+    ((piece as u64) << 32) | ((member.0 as u64) << 8) | step_tag as u64
 }
 
-/// Speed control, pure over a microsecond clock so tests can drive it (see the module docs).
-#[derive(Debug, Clone)]
-pub(crate) struct Pacer {
-    /// GCRA virtual clock: earliest time the next window may start at the max speed.
-    next_start_us: u64,
-    /// Rate marks (time, sectors synced); `old` is 1–2 s behind once the run is that old.
-    mark_old: (u64, u64),
-    mark_new: (u64, u64),
-    /// The gate's foreground write counter at the previous decision.
-    last_activity: u64,
+fn untag(t: u64) -> (usize, MemberIdx, u8) {
+    ((t >> 32) as usize, MemberIdx(((t >> 8) & 0xFF_FFFF) as u16), t as u8)
 }
 
-impl Pacer {
-    pub(crate) fn new(now_us: u64, activity: u64) -> Pacer {
-        Pacer {
-            next_start_us: now_us,
-            mark_old: (now_us, 0),
-            mark_new: (now_us, 0),
-            last_activity: activity,
+/// What the engine lends a step: the run's member channels, requests and buffers (main
+/// reactor). Every request a step submits comes back to the step through
+/// [`SyncStep::completed`] with its tag.
+pub(crate) struct SyncIo {
+    action: SyncAction,
+    shared: Arc<Shared>,
+    geo: Arc<Geometry>,
+    members: Vec<Option<Rc<Channel>>>,
+    is_target: Vec<bool>,
+    bufs: Vec<DmaBuf>,
+    free: Vec<IoBox>,
+    requeued: VecDeque<IoBox>,
+    cq: CompletionQueue,
+    inflight: usize,
+    /// Per piece of the window: its requests not yet completed.
+    outstanding: Vec<u32>,
+    win_start: u64,
+    mismatch_sectors: u64,
+    progress: Arc<SyncProgress>,
+}
+
+impl SyncIo {
+    /// The window's first array sector: buffer offsets count from it.
+    pub(crate) fn win_start(&self) -> u64 {
+        self.win_start
+    }
+
+    /// Requests free right now (a stage needing more gets [`Step::Busy`]).
+    pub(crate) fn free(&self) -> usize {
+        self.free.len()
+    }
+
+    fn has_channel(&self, m: MemberIdx) -> bool {
+        self.members.get(m.idx()).is_some_and(|c| c.is_some())
+    }
+
+    /// Whether member sectors `[member_sector, + len_sectors)` of role `m` may be read.
+    pub(crate) fn readable(&self, m: MemberIdx, member_sector: u64, len_sectors: u64) -> bool {
+        self.has_channel(m) && self.shared.slots[m.idx()].readable(member_sector, len_sectors)
+    }
+
+    /// Whether role `m` takes writes.
+    pub(crate) fn writable(&self, m: MemberIdx) -> bool {
+        self.has_channel(m) && self.shared.slots[m.idx()].writable()
+    }
+
+    /// Whether role `m` is being recovered by this run.
+    pub(crate) fn is_target(&self, m: MemberIdx) -> bool {
+        self.is_target.get(m.idx()).copied().unwrap_or(false)
+    }
+
+    /// Window buffer `i` (as many as the shape asked for, each a window long).
+    pub(crate) fn buf(&self, i: usize) -> &DmaBuf {
+        &self.bufs[i]
+    }
+
+    /// Counts mismatching sectors found (check, repair).
+    pub(crate) fn add_mismatches(&mut self, sectors: u64) {
+        if sectors > 0 {
+            self.mismatch_sectors += sectors;
+            self.progress.mismatch_sectors.fetch_add(sectors, Ordering::Relaxed);
         }
     }
 
-    /// KiB/s synced over the last 1–2 s; `synced_sectors` counts from the run's start.
-    pub(crate) fn rate_kbs(&mut self, now_us: u64, synced_sectors: u64) -> u64 {
-        if now_us.saturating_sub(self.mark_new.0) >= RATE_MARK_US {
-            self.mark_old = self.mark_new;
-            self.mark_new = (now_us, synced_sectors);
-        }
-        let dt_us = now_us.saturating_sub(self.mark_old.0).max(1);
-        let kib = synced_sectors.saturating_sub(self.mark_old.1) / 2;
-        (kib as u128 * 1_000_000 / dt_us as u128).min(u64::MAX as u128) as u64
-    }
-
-    /// How long to wait before starting the next window (0: start now). `activity`: the gate's
-    /// foreground write counter now.
-    pub(crate) fn wait_us(
+    /// Sends one request of piece `piece`: `sectors` at role `m`'s `member_sector` (relative to
+    /// the data offset), reading into or writing from buffer `buf` at `buf_sector` (sectors
+    /// from its start). Needs a free request ([`SyncIo::free`]) and a member with a channel.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn submit(
         &mut self,
-        now_us: u64,
-        synced_sectors: u64,
-        activity: u64,
-        min_kbs: u64,
-        max_kbs: u64,
-    ) -> u64 {
-        if max_kbs != 0 && now_us < self.next_start_us {
-            return self.next_start_us - now_us;
+        piece: usize,
+        step_tag: u8,
+        m: MemberIdx,
+        member_sector: u64,
+        sectors: u64,
+        write: bool,
+        buf: usize,
+        buf_sector: u64,
+    ) {
+        let shift = self.geo.member_shift(m);
+        let abs_sector = self.geo.data_offset_sectors + member_sector;
+        let mut io = self.free.pop().expect("the step checked free()");
+        io.iovs.clear();
+        io.iovs.push(IoVec {
+            buf: self.bufs[buf].clone(),
+            offset_bytes: (buf_sector * SECTOR) as u32,
+            len_bytes: (sectors * SECTOR) as u32,
+        });
+        let op = if write { IoOp::Write } else { IoOp::Read };
+        io.prepare(op, abs_sector >> shift, sectors >> shift);
+        io.tag = tag(piece, m, step_tag);
+        self.outstanding[piece] += 1;
+        let ch = self.members[m.idx()]
+            .as_ref()
+            .expect("planned on a member with a channel");
+        match ch.submit(io, &self.cq) {
+            Submit::Accepted => self.inflight += 1,
+            Submit::Requeue(io) => self.requeued.push_back(io),
         }
-        let writes_flowing = activity != self.last_activity;
-        self.last_activity = activity;
-        if writes_flowing && self.rate_kbs(now_us, synced_sectors) > min_kbs {
-            return THROTTLE_STEP_US;
-        }
-        0
-    }
-
-    /// A window of `sectors` starts now: books its time at `max_kbs` (0: no limit).
-    pub(crate) fn charge(&mut self, now_us: u64, sectors: u64, max_kbs: u64) {
-        if max_kbs == 0 {
-            return;
-        }
-        // sectors / 2 KiB at max_kbs KiB/s, in µs.
-        let cost_us = (sectors as u128 * 500_000 / max_kbs as u128).min(u64::MAX as u128) as u64;
-        self.next_start_us = self.next_start_us.max(now_us).saturating_add(cost_us);
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-enum Stage {
-    /// The read stage is to be issued.
-    #[default]
-    Read,
-    Reading,
-    /// The write stage is to be issued.
-    Write,
-    Writing,
-    Done,
-}
-
-/// One piece of the current window: a range whose every copy is one member range.
-#[derive(Debug, Clone, Copy, Default)]
+/// One piece of the current window.
+#[derive(Debug, Clone, Copy)]
 struct Piece {
-    sector: u64,
-    len_sectors: u64,
-    stage: Stage,
-    /// I/Os of the current stage not yet completed.
-    outstanding: u8,
-    /// Resync/recover: copy index read from. Check/repair: the reference copy.
-    src: u8,
-    /// Resync/recover: copies that failed as a source. Check/repair: copies read fine.
-    mask: u32,
-    /// Repair: copies to rewrite.
-    write_mask: u32,
+    range: PieceRange,
+    done: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -381,50 +170,24 @@ enum Issue {
     Failed,
 }
 
-/// I/O tag: piece (bits 32..), member (8..32), copy index (1..8), write (0).
-fn tag(piece: usize, member: usize, copy: usize, write: bool) -> u64 {
-    ((piece as u64) << 32) | ((member as u64) << 8) | ((copy as u64) << 1) | write as u64
-}
-
-fn untag(t: u64) -> (usize, usize, usize, bool) {
-    (
-        (t >> 32) as usize,
-        ((t >> 8) & 0xFF_FFFF) as usize,
-        ((t >> 1) & 0x7F) as usize,
-        t & 1 != 0,
-    )
-}
-
-fn empty_places() -> [Place; MAX_COPIES] {
-    [Place {
-        member: MemberIdx(0),
-        sector: 0,
-    }; MAX_COPIES]
-}
-
-struct Engine {
-    action: SyncAction,
+/// One run (see the module docs). Lives in its poller's closure.
+pub(crate) struct Engine {
     name: String,
-    shared: Arc<Shared>,
-    geo: Arc<Geometry>,
-    members: Vec<Option<Rc<Channel>>>,
+    layout: Arc<dyn Layout>,
     start_sector: u64,
-    targets: Vec<usize>,
-    is_target: Vec<bool>,
+    targets: Vec<MemberIdx>,
     bitmap_only: bool,
     speed: Arc<SyncSpeed>,
-    progress: Arc<SyncProgress>,
     on_checkpoint: Box<dyn FnMut(u64)>,
     checkpoint_interval_us: u64,
     ctl: Rc<SyncCtl>,
     /// Why the job cannot run (reported from the first poll).
     invalid: Option<String>,
 
-    bufs: Vec<DmaBuf>,
-    free: Vec<IoBox>,
-    requeued: VecDeque<IoBox>,
-    cq: CompletionQueue,
-    inflight: usize,
+    io: SyncIo,
+    step: Option<Box<dyn SyncStep>>,
+    /// The sync space's size (the shape's `sync_sectors`): where the run ends.
+    sync_sectors: u64,
     pieces: Vec<Piece>,
     ready: VecDeque<u32>,
     next_new: usize,
@@ -442,7 +205,6 @@ struct Engine {
     /// from here to the cursor).
     report_from: u64,
     failure: Option<String>,
-    mismatch_sectors: u64,
     /// Sectors actually synced (windows done, not skipped): what the rate measures.
     synced_sectors: u64,
     pacer: Pacer,
@@ -451,75 +213,80 @@ struct Engine {
 }
 
 impl Engine {
-    fn new(job: SyncJob, ctl: Rc<SyncCtl>, now_us: u64) -> Engine {
-        let invalid = Self::validate(&job);
-        let copies = match &job.geo.mapping {
-            Mapping::Raid1 { members } => (*members as usize).min(MAX_COPIES),
-            Mapping::Raid10(r) => (r.near * r.far) as usize,
-            _ => 1,
-        };
-        let nbufs = match job.action {
-            SyncAction::Resync | SyncAction::Recover => 1,
-            SyncAction::Check | SyncAction::Repair => copies.max(1),
-        };
-        let window_max_sectors = (BUFFER_BUDGET_BYTES / (nbufs as u64 * SECTOR as u64))
+    pub(crate) fn new(job: SyncJob, ctl: Rc<SyncCtl>, now_us: u64) -> Engine {
+        let geo = job.layout.geometry().clone();
+        let mut invalid = Self::validate(&job);
+        let shape = job.layout.sync();
+        let sync_sectors = shape.map_or(0, |s| s.sync_sectors());
+        let nbufs = shape.map_or(1, |s| s.buffers(job.action)).max(1);
+        let window_max_sectors = (BUFFER_BUDGET_BYTES / (nbufs as u64 * SECTOR))
             .clamp(WINDOW_MIN_SECTORS, WINDOW_MAX_SECTORS)
             >> BUCKET_SHIFT
             << BUCKET_SHIFT;
-        let min_piece = match &job.geo.mapping {
-            Mapping::Raid10(r) => r.chunk_sectors.clamp(1, PIECE_MAX_SECTORS),
-            _ => PIECE_MAX_SECTORS,
+        let max_pieces = match (&invalid, shape) {
+            (None, Some(s)) => (window_max_sectors / s.min_piece_sectors().max(1) + 2) as usize,
+            _ => 0,
         };
-        let max_pieces = if invalid.is_some() {
-            0
-        } else {
-            (window_max_sectors / min_piece + 2) as usize
+        let step = match (&invalid, shape) {
+            (None, Some(s)) => Some(s.step(job.action, max_pieces)),
+            _ => None,
         };
+        if step.is_none() && invalid.is_none() {
+            invalid = Some("the array's level has no resync".into());
+        }
         let bufs = if invalid.is_some() {
             Vec::new()
         } else {
             (0..nbufs)
-                .map(|_| DmaBuf::new((window_max_sectors as usize) * SECTOR))
+                .map(|_| DmaBuf::new((window_max_sectors * SECTOR) as usize))
                 .collect()
         };
         let mut is_target = vec![false; job.members.len()];
         for &t in &job.targets {
-            if t < is_target.len() {
-                is_target[t] = true;
+            if let Some(x) = is_target.get_mut(t.idx()) {
+                *x = true;
             }
         }
         let p = &job.progress;
         p.action.store(job.action as u8 + 1, Ordering::Relaxed);
-        p.total_sectors.store(job.geo.size_sectors, Ordering::Relaxed);
+        p.total_sectors.store(sync_sectors, Ordering::Relaxed);
         p.done_sectors
-            .store(job.start_sector.min(job.geo.size_sectors), Ordering::Relaxed);
+            .store(job.start_sector.min(sync_sectors), Ordering::Relaxed);
         p.rate_kbs.store(0, Ordering::Relaxed);
         if job.action != SyncAction::Recover {
             p.mismatch_sectors.store(0, Ordering::Relaxed);
         }
         let activity = job.shared.gate.activity();
-        let align_sectors = 1u64 << job.geo.member_shifts.iter().copied().max().unwrap_or(0).min(20);
+        let align_sectors = 1u64 << geo.member_shifts.iter().copied().max().unwrap_or(0).min(20);
         Engine {
-            action: job.action,
             name: job.name,
-            shared: job.shared,
-            geo: job.geo,
-            members: job.members,
+            layout: job.layout,
             start_sector: job.start_sector,
             targets: job.targets,
-            is_target,
             bitmap_only: job.bitmap_only,
             speed: job.speed,
-            progress: job.progress,
             on_checkpoint: job.on_checkpoint,
             checkpoint_interval_us: job.checkpoint_interval_ms.saturating_mul(1000),
             ctl,
             invalid,
-            bufs,
-            free: (0..QUEUE_DEPTH).map(|_| IoRequest::new_boxed()).collect(),
-            requeued: VecDeque::with_capacity(QUEUE_DEPTH),
-            cq: CompletionQueue::with_capacity(QUEUE_DEPTH),
-            inflight: 0,
+            io: SyncIo {
+                action: job.action,
+                shared: job.shared,
+                geo,
+                members: job.members,
+                is_target,
+                bufs,
+                free: (0..QUEUE_DEPTH).map(|_| IoRequest::new_boxed()).collect(),
+                requeued: VecDeque::with_capacity(QUEUE_DEPTH),
+                cq: CompletionQueue::with_capacity(QUEUE_DEPTH),
+                inflight: 0,
+                outstanding: Vec::with_capacity(max_pieces),
+                win_start: job.start_sector,
+                mismatch_sectors: 0,
+                progress: job.progress,
+            },
+            step,
+            sync_sectors,
             pieces: Vec::with_capacity(max_pieces),
             ready: VecDeque::with_capacity(max_pieces),
             next_new: 0,
@@ -532,7 +299,6 @@ impl Engine {
             win_end: job.start_sector,
             report_from: job.start_sector,
             failure: None,
-            mismatch_sectors: 0,
             synced_sectors: 0,
             pacer: Pacer::new(now_us, activity),
             wait_until_us: 0,
@@ -540,66 +306,54 @@ impl Engine {
         }
     }
 
+    /// The level-independent checks of a job, then the shape's.
     fn validate(job: &SyncJob) -> Option<String> {
-        let geo = &job.geo;
-        if !geo.redundant() {
-            return Some("sync needs a level with copies (raid1, raid10)".into());
-        }
+        let geo = job.layout.geometry();
+        let Some(shape) = job.layout.sync() else {
+            return Some("the array's level has no resync".into());
+        };
         let roles = job.shared.slots.len();
-        if job.members.len() != roles || geo.member_shifts.len() != roles {
+        if job.members.len() != roles || geo.roles() != roles {
             return Some(format!(
                 "{} member channels and {} member block sizes for {roles} roles",
                 job.members.len(),
-                geo.member_shifts.len()
-            ));
-        }
-        let mapped = match &geo.mapping {
-            Mapping::Raid1 { members } => *members as usize,
-            Mapping::Raid10(r) => r.raid_disks as usize,
-            _ => 0,
-        };
-        if mapped != roles {
-            return Some(format!(
-                "the layout maps {mapped} members but the array has {roles} roles"
-            ));
-        }
-        if job.start_sector > geo.size_sectors {
-            return Some(format!(
-                "start sector {} is past the array end {}",
-                job.start_sector, geo.size_sectors
+                geo.roles()
             ));
         }
         let shift = geo.member_shifts.iter().copied().max().unwrap_or(0);
+        if let Err(reason) = shape.check(roles, 1 << shift) {
+            return Some(reason);
+        }
+        let size = shape.sync_sectors();
+        if job.start_sector > size {
+            return Some(format!(
+                "start sector {} is past the array end {size}",
+                job.start_sector
+            ));
+        }
         let mask = (1u64 << shift) - 1;
-        if (job.start_sector | geo.size_sectors | geo.data_offset_sectors) & mask != 0 {
+        if (job.start_sector | size | geo.data_offset_sectors) & mask != 0 {
             return Some(format!(
                 "start sector {}, size {} or data offset {} is not a multiple of the member block ({} sectors)",
                 job.start_sector,
-                geo.size_sectors,
+                size,
                 geo.data_offset_sectors,
                 mask + 1
             ));
-        }
-        if let Mapping::Raid10(r) = &geo.mapping {
-            if r.chunk_sectors & mask != 0 {
-                return Some(format!(
-                    "chunk of {} sectors is smaller than a member block",
-                    r.chunk_sectors
-                ));
-            }
         }
         if job.action == SyncAction::Recover {
             if job.targets.is_empty() {
                 return Some("recovery without target roles".into());
             }
             for &t in &job.targets {
-                if t >= roles {
-                    return Some(format!("target role {t} does not exist ({roles} roles)"));
+                if t.idx() >= roles {
+                    return Some(format!("target role {} does not exist ({roles} roles)", t.0));
                 }
-                if job.members[t].is_none() || !job.shared.slots[t].writable() {
+                if job.members[t.idx()].is_none() || !job.shared.slots[t.idx()].writable() {
                     return Some(format!(
-                        "target role {t} is {} without a usable member",
-                        job.shared.slots[t].state().name()
+                        "target role {} is {} without a usable member",
+                        t.0,
+                        job.shared.slots[t.idx()].state().name()
                     ));
                 }
             }
@@ -607,15 +361,23 @@ impl Engine {
         None
     }
 
+    fn shape(&self) -> &dyn SyncShape {
+        self.layout.sync().expect("validated at start")
+    }
+
+    fn size_sectors(&self) -> u64 {
+        self.sync_sectors
+    }
+
     fn intent(&self) -> Option<&Intent> {
-        match self.action {
-            SyncAction::Resync | SyncAction::Recover => self.shared.intent.as_ref(),
+        match self.io.action {
+            SyncAction::Resync | SyncAction::Recover => self.io.shared.intent.as_ref(),
             SyncAction::Check | SyncAction::Repair => None,
         }
     }
 
     /// One poller call: returns whether it did work, and the outcome once the run ended.
-    fn poll(&mut self, now_us: u64) -> (bool, Option<SyncOutcome>) {
+    pub(crate) fn poll(&mut self, now_us: u64) -> (bool, Option<SyncOutcome>) {
         let mut busy = self.reap();
         busy |= self.resubmit();
         match self.phase {
@@ -624,7 +386,7 @@ impl Engine {
                     let at_sector = self.start_sector;
                     return (true, Some(self.finish(SyncOutcome::Failed { at_sector, reason })));
                 }
-                tracing::info!(array = %self.name, action = self.action.name(), from = self.start_sector,
+                tracing::info!(array = %self.name, action = self.io.action.name(), from = self.start_sector,
                     "md sync started");
                 self.phase = Phase::Between;
                 (true, None)
@@ -632,11 +394,11 @@ impl Engine {
             Phase::Between => self.between(now_us, busy),
             Phase::Draining => {
                 if self.ctl.stop.get() {
-                    self.shared.gate.lower_barrier();
+                    self.io.shared.gate.lower_barrier();
                     let at_sector = self.win_start;
                     return (true, Some(self.finish(SyncOutcome::Stopped { at_sector })));
                 }
-                if !self.shared.gate.barrier_drained() {
+                if !self.io.shared.gate.barrier_drained() {
                     return (busy, None);
                 }
                 self.build_pieces();
@@ -654,9 +416,9 @@ impl Engine {
     }
 
     fn between(&mut self, now_us: u64, busy: bool) -> (bool, Option<SyncOutcome>) {
-        let size = self.geo.size_sectors;
+        let size = self.size_sectors();
         if self.cursor >= size {
-            let mismatch_sectors = self.mismatch_sectors;
+            let mismatch_sectors = self.io.mismatch_sectors;
             return (true, Some(self.finish(SyncOutcome::Done { mismatch_sectors })));
         }
         if self.ctl.stop.get() {
@@ -687,7 +449,7 @@ impl Engine {
         }
         let min_kbs = self.speed.min_kbs.load(Ordering::Relaxed);
         let max_kbs = self.speed.max_kbs.load(Ordering::Relaxed);
-        let activity = self.shared.gate.activity();
+        let activity = self.io.shared.gate.activity();
         let wait = self
             .pacer
             .wait_us(now_us, self.synced_sectors, activity, min_kbs, max_kbs);
@@ -695,7 +457,7 @@ impl Engine {
             self.wait_until_us = now_us + wait;
             // The shown rate decays while the run waits.
             let rate = self.pacer.rate_kbs(now_us, self.synced_sectors);
-            self.progress.rate_kbs.store(rate, Ordering::Relaxed);
+            self.io.progress.rate_kbs.store(rate, Ordering::Relaxed);
             return (busy, None);
         }
         // The window: whole buckets from the second window on, never past the array end.
@@ -717,18 +479,19 @@ impl Engine {
             }
         }
         self.win_start = self.cursor;
-        self.win_end = self.shared.gate.raise_barrier(self.cursor, end);
+        self.win_end = self.io.shared.gate.raise_barrier(self.cursor, end);
         self.pacer.charge(now_us, self.win_end - self.win_start, max_kbs);
         self.phase = Phase::Draining;
         (true, None)
     }
 
+    /// Cuts the locked window into the step's pieces.
     fn build_pieces(&mut self) {
         self.pieces.clear();
         self.ready.clear();
         self.next_new = 0;
         self.pieces_done = 0;
-        let mut places = empty_places();
+        let step = self.step.as_mut().expect("validated at start");
         let mut s = self.win_start;
         while s < self.win_end {
             if self.pieces.len() == self.pieces.capacity() {
@@ -737,15 +500,20 @@ impl Engine {
                 self.win_end = s;
                 break;
             }
-            let (_, left) = self.geo.copies(s, &mut places);
-            let len = left.min(self.win_end - s).min(PIECE_MAX_SECTORS);
+            let len = step.piece_sectors(s, self.win_end - s).clamp(1, self.win_end - s);
             self.pieces.push(Piece {
-                sector: s,
-                len_sectors: len,
-                ..Piece::default()
+                range: PieceRange {
+                    sector: s,
+                    len_sectors: len,
+                },
+                done: false,
             });
             s += len;
         }
+        self.io.win_start = self.win_start;
+        self.io.outstanding.clear();
+        self.io.outstanding.resize(self.pieces.len(), 0);
+        step.begin_window(self.pieces.len());
     }
 
     /// Issues what can be issued: pieces that advanced first, then new ones.
@@ -775,162 +543,40 @@ impl Engine {
         busy
     }
 
-    fn has_channel(&self, m: usize) -> bool {
-        self.members.get(m).is_some_and(|c| c.is_some())
-    }
-
-    /// Issues piece `i`'s pending stage (or finishes it when the stage has nothing to do).
+    /// Issues piece `i`'s pending stage through the step.
     fn issue(&mut self, i: usize) -> Issue {
-        let p = self.pieces[i];
-        let mut places = empty_places();
-        let (k, _) = self.geo.copies(p.sector, &mut places);
-        let len = p.len_sectors;
-        let readable = |c: usize| {
-            let m = places[c].member.0 as usize;
-            self.has_channel(m) && self.shared.slots[m].readable(places[c].sector, len)
-        };
-        let writable = |c: usize| {
-            let m = places[c].member.0 as usize;
-            self.has_channel(m) && self.shared.slots[m].writable()
-        };
-        let reading = p.stage == Stage::Read;
-        let mut src = p.src as usize;
-        let mut mask = 0u32;
-        match (p.stage, self.action) {
-            (Stage::Read, SyncAction::Resync | SyncAction::Recover) => {
-                let found = (0..k).find(|&c| {
-                    p.mask & (1 << c) == 0
-                        && readable(c)
-                        && !(self.action == SyncAction::Recover && self.is_target[places[c].member.0 as usize])
-                });
-                match found {
-                    Some(c) => {
-                        src = c;
-                        mask = 1 << c;
-                    }
-                    None => {
-                        return self.fail(format!(
-                            "no readable copy of array sectors {}..{}",
-                            p.sector,
-                            p.sector + len
-                        ))
-                    }
-                }
+        let range = self.pieces[i].range;
+        let step = self.step.as_mut().expect("validated at start");
+        match step.issue(i, range, &mut self.io) {
+            Step::Issued => Issue::Issued,
+            Step::Skipped => {
+                self.piece_done(i);
+                Issue::Issued
             }
-            (Stage::Read, SyncAction::Check | SyncAction::Repair) => {
-                for c in 0..k {
-                    if readable(c) {
-                        mask |= 1 << c;
-                    }
-                }
-                if mask == 0 {
-                    return self.fail(format!(
-                        "no readable copy of array sectors {}..{}",
-                        p.sector,
-                        p.sector + len
-                    ));
-                }
-            }
-            (Stage::Write, SyncAction::Resync) => {
-                for c in 0..k {
-                    if c != src && writable(c) {
-                        mask |= 1 << c;
-                    }
-                }
-            }
-            (Stage::Write, SyncAction::Recover) => {
-                for (c, place) in places.iter().enumerate().take(k) {
-                    let m = place.member.0 as usize;
-                    if self.is_target[m] {
-                        if !writable(c) {
-                            return self.fail(format!("recovery target role {m} failed"));
-                        }
-                        mask |= 1 << c;
-                    }
-                }
-            }
-            (Stage::Write, SyncAction::Check) => {}
-            (Stage::Write, SyncAction::Repair) => {
-                for c in 0..k {
-                    if p.write_mask & (1 << c) != 0 && writable(c) {
-                        mask |= 1 << c;
-                    }
-                }
-            }
-            _ => return Issue::Issued,
-        }
-        let n = mask.count_ones() as usize;
-        if n > self.free.len() {
-            return Issue::Wait;
-        }
-        {
-            let piece = &mut self.pieces[i];
-            piece.src = src as u8;
-            piece.outstanding = n as u8;
-            piece.stage = if reading { Stage::Reading } else { Stage::Writing };
-        }
-        if n == 0 {
-            // Nothing to write (every other copy is gone): the piece is done.
-            self.piece_done(i);
-            return Issue::Issued;
-        }
-        let offset_bytes = ((p.sector - self.win_start) as usize * SECTOR) as u32;
-        let len_bytes = (len as usize * SECTOR) as u32;
-        for (c, place) in places.iter().enumerate().take(k) {
-            if mask & (1 << c) == 0 {
-                continue;
-            }
-            let buf = match self.action {
-                SyncAction::Resync | SyncAction::Recover => 0,
-                SyncAction::Check | SyncAction::Repair if reading => c,
-                SyncAction::Check | SyncAction::Repair => src,
-            };
-            let m = place.member.0 as usize;
-            let shift = self.geo.member_shifts[m];
-            let abs_sector = self.geo.data_offset_sectors + place.sector;
-            let mut io = self.free.pop().expect("counted above");
-            io.iovs.clear();
-            io.iovs.push(IoVec {
-                buf: self.bufs[buf].clone(),
-                offset_bytes,
-                len_bytes,
-            });
-            let op = if reading { IoOp::Read } else { IoOp::Write };
-            io.prepare(op, abs_sector >> shift, len >> shift);
-            io.tag = tag(i, m, c, !reading);
-            self.submit(m, io);
-        }
-        Issue::Issued
-    }
-
-    fn submit(&mut self, member: usize, io: IoBox) {
-        let ch = self.members[member]
-            .as_ref()
-            .expect("planned on a member with a channel");
-        match ch.submit(io, &self.cq) {
-            Submit::Accepted => self.inflight += 1,
-            Submit::Requeue(io) => self.requeued.push_back(io),
+            Step::Busy => Issue::Wait,
+            Step::Failed(reason) => self.fail(reason),
         }
     }
 
     /// Retries requests the members handed back.
     fn resubmit(&mut self) -> bool {
         let mut busy = false;
-        for _ in 0..self.requeued.len() {
-            let Some(io) = self.requeued.pop_front() else { break };
+        let io = &mut self.io;
+        for _ in 0..io.requeued.len() {
+            let Some(r) = io.requeued.pop_front() else { break };
             if self.failure.is_some() {
-                self.free.push(io);
+                io.free.push(r);
                 continue;
             }
-            let (_, member, _, _) = untag(io.tag);
-            let ch = self.members[member].as_ref().expect("submitted before");
-            match ch.submit(io, &self.cq) {
+            let (_, member, _) = untag(r.tag);
+            let ch = io.members[member.idx()].as_ref().expect("submitted before");
+            match ch.submit(r, &io.cq) {
                 Submit::Accepted => {
-                    self.inflight += 1;
+                    io.inflight += 1;
                     busy = true;
                 }
-                Submit::Requeue(io) => {
-                    self.requeued.push_front(io);
+                Submit::Requeue(r) => {
+                    io.requeued.push_front(r);
                     break;
                 }
             }
@@ -941,109 +587,48 @@ impl Engine {
     /// Handles completions.
     fn reap(&mut self) -> bool {
         let mut n = 0;
-        while let Some(io) = self.cq.pop() {
+        while let Some(r) = self.io.cq.pop() {
             n += 1;
-            self.inflight -= 1;
-            let ok = io.status().is_success();
-            let t = io.tag;
-            self.free.push(io);
-            self.completed(t, ok);
+            self.io.inflight -= 1;
+            let ok = r.status().is_success();
+            let write = r.op == IoOp::Write;
+            let t = r.tag;
+            self.io.free.push(r);
+            self.completed(t, ok, write);
         }
         n > 0
     }
 
-    fn completed(&mut self, t: u64, ok: bool) {
-        let (i, member, copy, write) = untag(t);
+    fn completed(&mut self, t: u64, ok: bool, write: bool) {
+        let (i, member, step_tag) = untag(t);
         if !ok {
-            self.shared.fail_member(member);
-            tracing::warn!(array = %self.name, role = member, write, "md sync: member I/O failed, member marked faulty");
+            self.io.shared.fail_member(member.idx());
+            tracing::warn!(array = %self.name, role = member.0, write, "md sync: member I/O failed, member marked faulty");
         }
-        let p = &mut self.pieces[i];
-        p.outstanding -= 1;
-        if write {
-            if !ok && self.action == SyncAction::Recover && self.is_target[member] {
-                self.fail(format!("write to recovery target role {member} failed"));
+        self.io.outstanding[i] -= 1;
+        let c = Completion {
+            tag: step_tag,
+            member,
+            write,
+            ok,
+            left: self.io.outstanding[i] as usize,
+        };
+        let range = self.pieces[i].range;
+        let step = self.step.as_mut().expect("validated at start");
+        match step.completed(i, range, c, &mut self.io) {
+            Next::Wait => {}
+            Next::Again => self.ready.push_back(i as u32),
+            Next::Done => self.piece_done(i),
+            Next::Failed(reason) => {
+                self.fail(reason);
             }
-            if self.pieces[i].outstanding == 0 {
-                self.piece_done(i);
-            }
-            return;
-        }
-        match self.action {
-            SyncAction::Resync | SyncAction::Recover => {
-                if ok {
-                    p.stage = Stage::Write;
-                } else {
-                    p.mask |= 1 << copy;
-                    p.stage = Stage::Read;
-                }
-                self.ready.push_back(i as u32);
-            }
-            SyncAction::Check | SyncAction::Repair => {
-                if ok {
-                    p.mask |= 1 << copy;
-                }
-                if p.outstanding == 0 {
-                    self.compare(i);
-                }
-            }
-        }
-    }
-
-    /// Check/repair: every copy of piece `i` was read; counts and plans rewrites.
-    fn compare(&mut self, i: usize) {
-        let p = self.pieces[i];
-        if p.mask == 0 {
-            self.fail(format!(
-                "no readable copy of array sectors {}..{}",
-                p.sector,
-                p.sector + p.len_sectors
-            ));
-            self.piece_done(i);
-            return;
-        }
-        let r = p.mask.trailing_zeros() as usize;
-        let off = (p.sector - self.win_start) as usize * SECTOR;
-        let len = p.len_sectors as usize * SECTOR;
-        let mut diff_sectors = 0u128;
-        let mut write_mask = 0u32;
-        {
-            let rb = self.bufs[r].bytes();
-            let a = &rb[off..off + len];
-            for c in (r + 1)..MAX_COPIES {
-                if p.mask & (1 << c) == 0 {
-                    continue;
-                }
-                let cb = self.bufs[c].bytes();
-                let b = &cb[off..off + len];
-                for (s, (x, y)) in a.chunks_exact(SECTOR).zip(b.chunks_exact(SECTOR)).enumerate() {
-                    if x != y {
-                        diff_sectors |= 1 << s;
-                        write_mask |= 1 << c;
-                    }
-                }
-            }
-        }
-        let n = diff_sectors.count_ones() as u64;
-        if n > 0 {
-            self.mismatch_sectors += n;
-            self.progress.mismatch_sectors.fetch_add(n, Ordering::Relaxed);
-        }
-        let piece = &mut self.pieces[i];
-        piece.src = r as u8;
-        if self.action == SyncAction::Repair && write_mask != 0 {
-            piece.write_mask = write_mask;
-            piece.stage = Stage::Write;
-            self.ready.push_back(i as u32);
-        } else {
-            self.piece_done(i);
         }
     }
 
     fn piece_done(&mut self, i: usize) {
         let p = &mut self.pieces[i];
-        if p.stage != Stage::Done {
-            p.stage = Stage::Done;
+        if !p.done {
+            p.done = true;
             self.pieces_done += 1;
         }
     }
@@ -1051,7 +636,7 @@ impl Engine {
     /// Records the run's failure (first one wins); it ends once nothing is in flight.
     fn fail(&mut self, reason: String) -> Issue {
         if self.failure.is_none() {
-            tracing::warn!(array = %self.name, action = self.action.name(), %reason, "md sync failed");
+            tracing::warn!(array = %self.name, action = self.io.action.name(), %reason, "md sync failed");
             self.failure = Some(reason);
         }
         Issue::Failed
@@ -1060,24 +645,24 @@ impl Engine {
     /// Ends the window when its pieces are done (or the run when it failed and drained).
     fn check_window_end(&mut self, now_us: u64) -> Option<SyncOutcome> {
         if self.failure.is_some() {
-            if self.inflight > 0 {
+            if self.io.inflight > 0 {
                 return None;
             }
-            while let Some(io) = self.requeued.pop_front() {
-                self.free.push(io);
+            while let Some(r) = self.io.requeued.pop_front() {
+                self.io.free.push(r);
             }
-            self.shared.gate.lower_barrier();
+            self.io.shared.gate.lower_barrier();
             let reason = self.failure.take().unwrap_or_default();
             let at_sector = self.win_start;
             return Some(self.finish(SyncOutcome::Failed { at_sector, reason }));
         }
-        if self.pieces_done < self.pieces.len() || self.inflight > 0 || !self.requeued.is_empty() {
+        if self.pieces_done < self.pieces.len() || self.io.inflight > 0 || !self.io.requeued.is_empty() {
             return None;
         }
-        self.shared.gate.lower_barrier();
+        self.io.shared.gate.lower_barrier();
         let (ws, we) = (self.win_start, self.win_end);
         self.synced_sectors += we - ws;
-        let size = self.geo.size_sectors;
+        let size = self.size_sectors();
         if let Some(intent) = self.intent() {
             let cs = intent.chunk_sectors().max(1);
             let mut c = self.report_from.div_ceil(cs) * cs;
@@ -1095,19 +680,17 @@ impl Engine {
     /// The run reached `reached` (a window end or a skip): publishes it.
     fn advance(&mut self, reached: u64, now_us: u64) {
         self.cursor = reached;
-        self.progress.done_sectors.store(reached, Ordering::Relaxed);
+        self.io.progress.done_sectors.store(reached, Ordering::Relaxed);
         let rate = self.pacer.rate_kbs(now_us, self.synced_sectors);
-        self.progress.rate_kbs.store(rate, Ordering::Relaxed);
-        match self.action {
-            SyncAction::Resync => self.shared.set_resync_cp(reached),
+        self.io.progress.rate_kbs.store(rate, Ordering::Relaxed);
+        match self.io.action {
+            SyncAction::Resync => self.io.shared.set_resync_cp(reached),
             SyncAction::Recover => {
-                // raid1: member sector == array sector. raid10 members stay unreadable until
-                // the end (their rebuilt part is not a prefix of member sectors).
-                if matches!(self.geo.mapping, Mapping::Raid1 { .. }) {
+                if let Some(s) = self.shape().recovered_member_sectors(reached) {
                     for &t in &self.targets {
-                        let slot = &self.shared.slots[t];
-                        if slot.recovered_sectors() < reached {
-                            slot.set_recovered_sectors(reached);
+                        let slot = &self.io.shared.slots[t.idx()];
+                        if slot.recovered_sectors() < s {
+                            slot.set_recovered_sectors(s);
                         }
                     }
                 }
@@ -1123,13 +706,13 @@ impl Engine {
     fn finish(&mut self, outcome: SyncOutcome) -> SyncOutcome {
         let final_sector = match &outcome {
             SyncOutcome::Done { .. } => {
-                let size = self.geo.size_sectors;
-                self.progress.done_sectors.store(size, Ordering::Relaxed);
-                match self.action {
-                    SyncAction::Resync => self.shared.set_resync_cp(u64::MAX),
+                let size = self.size_sectors();
+                self.io.progress.done_sectors.store(size, Ordering::Relaxed);
+                match self.io.action {
+                    SyncAction::Resync => self.io.shared.set_resync_cp(u64::MAX),
                     SyncAction::Recover => {
                         for &t in &self.targets {
-                            self.shared.slots[t].set_recovered_sectors(u64::MAX);
+                            self.io.shared.slots[t.idx()].set_recovered_sectors(u64::MAX);
                         }
                     }
                     SyncAction::Check | SyncAction::Repair => {}
@@ -1139,26 +722,33 @@ impl Engine {
             SyncOutcome::Stopped { at_sector } | SyncOutcome::Failed { at_sector, .. } => *at_sector,
         };
         (self.on_checkpoint)(final_sector);
-        self.progress.action.store(0, Ordering::Relaxed);
-        self.progress.rate_kbs.store(0, Ordering::Relaxed);
+        self.io.progress.action.store(0, Ordering::Relaxed);
+        self.io.progress.rate_kbs.store(0, Ordering::Relaxed);
         self.phase = Phase::Finished;
-        tracing::info!(array = %self.name, action = self.action.name(), ?outcome, "md sync ended");
+        tracing::info!(array = %self.name, action = self.io.action.name(), ?outcome, "md sync ended");
         outcome
     }
 }
 
 #[cfg(test)]
 mod tests {
-    //! Runs the engine on the deterministic driver over malloc members (and `error` bdevs for
-    //! failures), with hand-built `Shared` and `Geometry`.
+    //! Runs the engine with the copy levels' step on the deterministic driver over malloc members
+    //! (and `error` bdevs for failures), with hand-built `Shared` and layouts.
 
     use super::*;
     use crate::bitmap::{self, BitmapHeader};
-    use crate::layout::Raid10;
+    use crate::layout::{Place, MAX_COPIES};
+    use crate::mirror::MirrorLayout;
+    use crate::raid1::Raid1Copies;
+    use crate::raid10::Raid10;
     use crate::shared::{Admit, SlotState};
+    use crate::sync::{start, SyncHandle};
     use keel_bdev::modules::{error, malloc};
     use keel_bdev::{BdevRegistry, Descriptor, IoStatus};
+    use keel_reactor::current;
     use keel_reactor::{CoreId, TestDriver};
+    use std::cell::RefCell;
+    use std::sync::atomic::AtomicU64;
 
     const MAIN: CoreId = CoreId(0);
     /// Data offset of every member in these tests (sectors).
@@ -1280,7 +870,7 @@ mod tests {
             &self,
             action: SyncAction,
             shared: &Arc<Shared>,
-            geo: &Arc<Geometry>,
+            geo: &Arc<dyn Layout>,
         ) -> (SyncJob, Rc<RefCell<Vec<u64>>>) {
             let cps: Rc<RefCell<Vec<u64>>> = Rc::default();
             let c2 = cps.clone();
@@ -1288,7 +878,7 @@ mod tests {
                 action,
                 name: "md_test".into(),
                 shared: shared.clone(),
-                geo: geo.clone(),
+                layout: geo.clone(),
                 members: self.members(),
                 start_sector: 0,
                 targets: Vec::new(),
@@ -1342,27 +932,38 @@ mod tests {
         }
     }
 
-    fn raid1_geo(n: u16, size: u64) -> Arc<Geometry> {
-        Arc::new(Geometry {
-            mapping: Mapping::Raid1 { members: n },
-            size_sectors: size,
-            data_offset_sectors: DATA_OFF,
-            block_shift: 0,
-            member_shifts: vec![0; n as usize],
-        })
+    fn raid1_geo(n: u16, size: u64) -> Arc<dyn Layout> {
+        MirrorLayout::new(
+            Raid1Copies {
+                members: n,
+                size_sectors: size,
+            },
+            Geometry {
+                size_sectors: size,
+                data_offset_sectors: DATA_OFF,
+                block_shift: 0,
+                member_shifts: vec![0; n as usize],
+            },
+        )
     }
 
     /// raid10 near-2 over 4 members with 4 KiB member blocks.
-    fn raid10_geo() -> Arc<Geometry> {
-        let r = Raid10::new(Raid10::layout_word(2, 1, false), 4, R10_CHUNK, R10_COMPONENT).unwrap();
+    fn raid10_map() -> Raid10 {
+        Raid10::new(Raid10::layout_word(2, 1, false), 4, R10_CHUNK, R10_COMPONENT).unwrap()
+    }
+
+    fn raid10_geo() -> Arc<dyn Layout> {
+        let r = raid10_map();
         let size = r.size_sectors();
-        Arc::new(Geometry {
-            mapping: Mapping::Raid10(r),
-            size_sectors: size,
-            data_offset_sectors: DATA_OFF,
-            block_shift: 3,
-            member_shifts: vec![3; 4],
-        })
+        MirrorLayout::new(
+            r,
+            Geometry {
+                size_sectors: size,
+                data_offset_sectors: DATA_OFF,
+                block_shift: 3,
+                member_shifts: vec![3; 4],
+            },
+        )
     }
 
     fn shared(states: &[SlotState]) -> Arc<Shared> {
@@ -1413,7 +1014,7 @@ mod tests {
     #[test]
     fn resync_raid10_near2_makes_copy_pairs_equal() {
         let geo = raid10_geo();
-        let size = geo.size_sectors;
+        let size = geo.geometry().size_sectors;
         assert_eq!(size, 65 * 2 * R10_CHUNK);
         let rig = Rig::new(4, DATA_OFF + R10_COMPONENT, 4096, &[]);
         let v: Vec<Vec<u8>> = (0..4).map(|i| rig.fill(i, 10 + i as u64)).collect();
@@ -1438,7 +1039,7 @@ mod tests {
         let sh = shared(&[SlotState::InSync, SlotState::InSync, SlotState::Rebuilding]);
         let geo = raid1_geo(3, R1_SIZE);
         let (mut job, cps) = rig.job(SyncAction::Recover, &sh, &geo);
-        job.targets = vec![2];
+        job.targets = vec![MemberIdx(2)];
         job.checkpoint_interval_ms = 3_600_000;
         let progress = job.progress.clone();
         progress.mismatch_sectors.store(7, Ordering::Relaxed);
@@ -1467,7 +1068,7 @@ mod tests {
         let sh = shared(&[SlotState::InSync, SlotState::Rebuilding]);
         let geo = raid1_geo(2, R1_SIZE);
         let (mut job, _) = rig.job(SyncAction::Recover, &sh, &geo);
-        job.targets = vec![1];
+        job.targets = vec![MemberIdx(1)];
         let (_h, out) = rig.start(job);
         let mut seen = Vec::new();
         assert!(rig.d.run_until(200_000, || {
@@ -1492,7 +1093,7 @@ mod tests {
             SlotState::InSync,
         ]);
         let (mut job, _) = rig.job(SyncAction::Recover, &sh, &geo);
-        job.targets = vec![1];
+        job.targets = vec![MemberIdx(1)];
         let (_h, out) = rig.start(job);
         // raid10: the target stays unreadable until the end.
         assert!(rig.d.run_until(200_000, || {
@@ -1647,7 +1248,7 @@ mod tests {
         let sh = shared(&[SlotState::InSync, SlotState::InSync, SlotState::Rebuilding]);
         let geo = raid1_geo(3, R1_SIZE);
         let (mut job, _) = rig.job(SyncAction::Recover, &sh, &geo);
-        job.targets = vec![2];
+        job.targets = vec![MemberIdx(2)];
         error::inject(&rig.reg, &error::InjectOpts::new("EE_M0", "read", "failure")).unwrap();
         assert_eq!(rig.run(job), SyncOutcome::Done { mismatch_sectors: 0 });
         assert_eq!(sh.slots[0].state(), SlotState::Faulty);
@@ -1662,7 +1263,7 @@ mod tests {
         let sh = shared(&[SlotState::InSync, SlotState::Rebuilding]);
         let geo = raid1_geo(2, R1_SIZE);
         let (mut job, cps) = rig.job(SyncAction::Recover, &sh, &geo);
-        job.targets = vec![1];
+        job.targets = vec![MemberIdx(1)];
         job.start_sector = 4096;
         let progress = job.progress.clone();
         error::inject(&rig.reg, &error::InjectOpts::new("EE_M0", "read", "failure")).unwrap();
@@ -1685,7 +1286,7 @@ mod tests {
         let sh = shared(&[SlotState::InSync, SlotState::Rebuilding]);
         let geo = raid1_geo(2, R1_SIZE);
         let (mut job, _) = rig.job(SyncAction::Recover, &sh, &geo);
-        job.targets = vec![1];
+        job.targets = vec![MemberIdx(1)];
         error::inject(&rig.reg, &error::InjectOpts::new("EE_M1", "write", "failure")).unwrap();
         let SyncOutcome::Failed { at_sector, reason } = rig.run(job) else {
             panic!("expected Failed")
@@ -1702,7 +1303,7 @@ mod tests {
         let sh = shared(&[SlotState::InSync, SlotState::Missing]);
         let geo = raid1_geo(2, R1_SIZE);
         let (mut job, _) = rig.job(SyncAction::Recover, &sh, &geo);
-        job.targets = vec![1];
+        job.targets = vec![MemberIdx(1)];
         assert!(
             matches!(rig.run(job), SyncOutcome::Failed { at_sector: 0, reason } if reason.contains("target role 1"))
         );
@@ -1823,7 +1424,7 @@ mod tests {
         ));
         let geo = raid1_geo(2, R1_SIZE);
         let (mut job, _) = rig.job(SyncAction::Recover, &sh, &geo);
-        job.targets = vec![1];
+        job.targets = vec![MemberIdx(1)];
         job.bitmap_only = true;
         let (_h, out) = rig.start(job);
         let mut seen = Vec::new();
@@ -1847,7 +1448,7 @@ mod tests {
     #[test]
     fn sub_block_bitmap_chunks_keep_member_io_aligned() {
         let geo = raid10_geo();
-        let size = geo.size_sectors;
+        let size = geo.geometry().size_sectors;
         let rig = Rig::new(4, DATA_OFF + R10_COMPONENT, 4096, &[]);
         let v: Vec<Vec<u8>> = (0..4).map(|i| rig.fill(i, 30 + i as u64)).collect();
         // 512-byte bitmap chunks: sector 803 dirty, inside the 4 KiB block 800..808.
@@ -1857,8 +1458,8 @@ mod tests {
         job.bitmap_only = true;
         assert_eq!(rig.run(job), SyncOutcome::Done { mismatch_sectors: 0 });
         let m: Vec<Vec<u8>> = (0..4).map(|i| rig.read(i)).collect();
-        let mut places = empty_places();
-        let (k, _) = geo.copies(800, &mut places);
+        let mut places = [Place::ZERO; MAX_COPIES];
+        let (k, _) = raid10_map().map(800, &mut places);
         assert_eq!(k, 2);
         let (p0, p1) = (places[0], places[1]);
         let (m0, m1) = (p0.member.0 as usize, p1.member.0 as usize);
@@ -1872,74 +1473,5 @@ mod tests {
         assert!(data(&m[m1], 0, s0) == data(&v[m1], 0, s0));
         assert!(data(&m[m1], s0 + 8, R10_COMPONENT) == data(&v[m1], s0 + 8, R10_COMPONENT));
         assert_eq!(m[m0], v[m0]);
-    }
-
-    #[test]
-    fn pacing_obeys_max_speed() {
-        // Simulated clock, I/O takes no time: the worst case for the limiter.
-        for max_kbs in [1_000u64, 10_000, 200_000] {
-            let mut p = Pacer::new(0, 0);
-            let w = window_sectors(max_kbs, WINDOW_MAX_SECTORS);
-            let (mut now, mut synced) = (0u64, 0u64);
-            while now < 10_000_000 {
-                match p.wait_us(now, synced, 0, u64::MAX, max_kbs) {
-                    0 => {
-                        p.charge(now, w, max_kbs);
-                        synced += w;
-                    }
-                    d => now += d,
-                }
-            }
-            let kib = synced / 2;
-            // Over 10 s: at most max plus one window's burst, and not much less.
-            assert!(kib <= max_kbs * 10 + w / 2, "{max_kbs}: {kib}");
-            assert!(kib * 100 >= max_kbs * 10 * 95, "{max_kbs}: {kib}");
-        }
-        // No limit: never waits.
-        let mut p = Pacer::new(0, 0);
-        p.charge(0, 1 << 30, 0);
-        assert_eq!(p.wait_us(0, 1 << 30, 0, u64::MAX, 0), 0);
-    }
-
-    #[test]
-    fn pacing_backs_off_to_min_speed_under_foreground_writes() {
-        let mut p = Pacer::new(0, 0);
-        // 4 MiB synced in the first 100 ms: 40 MiB/s.
-        let synced = 8192;
-        assert_eq!(p.wait_us(100_000, synced, 0, 1_000, 0), 0, "no writes: full speed");
-        assert_eq!(
-            p.wait_us(110_000, synced, 5, 1_000, 0),
-            THROTTLE_STEP_US,
-            "writes and above min"
-        );
-        assert_eq!(p.wait_us(120_000, synced, 5, 1_000, 0), 0, "no new writes since");
-        assert_eq!(
-            p.wait_us(130_000, synced, 9, 100_000, 0),
-            0,
-            "below min: writes do not matter"
-        );
-        // Writes keep flowing: wait until the rate over the last 1–2 s fell under min.
-        let (mut now, mut act) = (140_000u64, 10u64);
-        while p.wait_us(now, synced, act, 1_000, 0) != 0 {
-            now += THROTTLE_STEP_US;
-            act += 1;
-        }
-        assert!(p.rate_kbs(now, synced) <= 1_000);
-        assert!(now <= 2_200_000, "the rate window is 1–2 s: {now}");
-        assert!(now >= 1_000_000, "{now}");
-    }
-
-    #[test]
-    fn window_size_follows_max_speed() {
-        assert_eq!(window_sectors(0, WINDOW_MAX_SECTORS), WINDOW_MAX_SECTORS);
-        assert_eq!(window_sectors(1_000, WINDOW_MAX_SECTORS), WINDOW_MIN_SECTORS);
-        assert_eq!(window_sectors(200_000, WINDOW_MAX_SECTORS), WINDOW_MAX_SECTORS);
-        assert_eq!(
-            window_sectors(12_000, WINDOW_MAX_SECTORS),
-            4096,
-            "3 MiB/4 s rounds to whole MiB"
-        );
-        assert_eq!(window_sectors(200_000, 2048), 2048);
-        assert_eq!(window_sectors(u64::MAX, WINDOW_MAX_SECTORS), WINDOW_MAX_SECTORS);
     }
 }
