@@ -17,7 +17,7 @@ use crate::context::{Ctx, Reply};
 use crate::decode::{no_params, params};
 use crate::error::{RpcError, INVALID_PARAMS};
 use crate::table::{method, MethodInfo, Subsystem, Table};
-use crate::{bdev_info, bdev_methods, dm_methods, framework, md_methods, raid_methods};
+use crate::{bdev_info, bdev_methods, dm_methods, framework, md_methods, nbd_methods, raid_methods};
 
 /// Every method file's table, in listing order (see the module docs).
 static TABLES: &[&Table] = &[
@@ -27,7 +27,8 @@ static TABLES: &[&Table] = &[
     &bdev_info::TABLE,
     &bdev_methods::TABLE, // the "bdev" subsystem
     &raid_methods::TABLE,
-    &dm_methods::TABLE, // the "dm" subsystem
+    &dm_methods::TABLE,  // the "dm" subsystem
+    &nbd_methods::TABLE, // the "nbd" subsystem
 ];
 
 /// The methods that describe the registry.
@@ -213,7 +214,7 @@ mod tests {
     #[test]
     fn subsystems_come_after_what_they_depend_on() {
         let order: Vec<&str> = subsystems().map(|s| s.name).collect();
-        assert_eq!(order, ["bdev", "dm"]);
+        assert_eq!(order, ["bdev", "dm", "nbd"]);
         for (i, s) in subsystems().enumerate() {
             assert_eq!(order.iter().position(|n| *n == s.name), Some(i), "{} twice", s.name);
             for d in s.depends_on {
@@ -305,7 +306,8 @@ mod tests {
         let v = call(true, "framework_get_subsystems", json!({})).unwrap();
         assert_eq!(
             v,
-            json!([{"subsystem": "bdev", "depends_on": []}, {"subsystem": "dm", "depends_on": ["bdev"]}])
+            json!([{"subsystem": "bdev", "depends_on": []}, {"subsystem": "dm", "depends_on": ["bdev"]},
+                   {"subsystem": "nbd", "depends_on": ["bdev"]}])
         );
         let e = call(true, "framework_get_config", json!({"name": "nope"})).unwrap_err();
         assert_eq!(
