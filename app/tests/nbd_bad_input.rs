@@ -109,7 +109,7 @@ fn bad_clients_do_not_disturb_a_good_one() {
     let mut c = connect(&tcp, "M0");
     let size = c.size_bytes;
     assert_eq!(size, 64 << 20);
-    let mut expect = |c: &mut BlockingClient<TcpStream>, bytes: Vec<u8>, errno: u32, what: &str| {
+    let expect = |c: &mut BlockingClient<TcpStream>, bytes: Vec<u8>, errno: u32, what: &str| {
         c.stream.write_all(&bytes).unwrap();
         let r = c.reply().unwrap();
         assert_eq!(r.error, errno, "{what}");
@@ -199,7 +199,7 @@ fn bad_clients_do_not_disturb_a_good_one() {
             }
             Err(_) => std::thread::sleep(Duration::from_millis(10)),
         }
-        if sent % 50 == 0 {
+        if sent.is_multiple_of(50) {
             good_round(&mut good, &mut round);
         }
     }

@@ -411,6 +411,19 @@ impl<S: Read + Write> BlockingClient<S> {
         }
     }
 
+    /// A client already in transmission with simple replies (no negotiation: a socketpair to a
+    /// server started that way, as the kernel client's).
+    pub fn in_transmission(stream: S) -> Self {
+        BlockingClient {
+            stream,
+            size_bytes: 0,
+            transmission_flags: 0,
+            structured: false,
+            reads: std::collections::HashMap::new(),
+            next_cookie: 1,
+        }
+    }
+
     fn option_reply(&mut self) -> std::io::Result<(u32, u32, Vec<u8>)> {
         let mut h = [0u8; OPTION_REPLY_HEADER_LEN];
         self.stream.read_exact(&mut h)?;

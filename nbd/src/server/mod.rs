@@ -379,14 +379,8 @@ impl NbdServer {
         let catalog = st.catalog();
         drop(st);
         tracing::debug!(peer = %shared.peer, core = core.0, "nbd: connection accepted");
-        let me = self.me();
-        let s2 = shared.clone();
-        if self
-            .cores
-            .run_on(core, move || conn::spawn(me, s2, stream, Start::Handshake(catalog)))
-            .is_err()
-        {
-            self.conn_closed(&shared);
+        if let Err(e) = self.spawn_on(core, shared, stream, Start::Handshake(catalog)) {
+            tracing::warn!(error = %e, "nbd: cannot hand a connection to its reactor");
         }
     }
 
@@ -502,6 +496,38 @@ impl NbdServer {
             .collect()
     }
 
+    /// Serves `stream` like a listener's connection — negotiation first — on `core`, showing
+    /// `peer` in `get_exports` (an in-process client over a socketpair; tests). Returns its id.
+    /// Control path.
+    pub fn serve(&self, stream: Stream, peer: &str, core: CoreId) -> Result<u64, NbdError> {
+        stream
+            .prepare()
+            .map_err(|e| NbdError::os("cannot prepare the socket", &e))?;
+        let mut st = self.lock();
+        let shared = Arc::new(ConnShared::new(
+            self.next_id.fetch_add(1, Ordering::Relaxed),
+            peer.to_string(),
+            core,
+            None,
+        ));
+        st.conns.push(shared.clone());
+        let catalog = st.catalog();
+        drop(st);
+        self.spawn_on(core, shared, stream, Start::Handshake(catalog))
+    }
+
+    /// Sends a new connection to its core.
+    fn spawn_on(&self, core: CoreId, shared: Arc<ConnShared>, stream: Stream, start: Start) -> Result<u64, NbdError> {
+        let id = shared.id;
+        let me = self.me();
+        let s2 = shared.clone();
+        if let Err(e) = self.cores.run_on(core, move || conn::spawn(me, s2, stream, start)) {
+            self.conn_closed(&shared);
+            return Err(NbdError::Busy(format!("cannot reach core {}: {e}", core.0)));
+        }
+        Ok(id)
+    }
+
     /// Serves `stream` directly in transmission on export `name`, with simple replies and no
     /// negotiation (the kernel client over a socketpair; also tests). The connection lives on
     /// `core`, shows `peer` in `get_exports` and ends like any other (its export's removal, EOF,
@@ -539,16 +565,7 @@ impl NbdServer {
             check_alignment: true,
             entry: Entry::ExportName,
         };
-        let id = shared.id;
-        let me = self.me();
-        let s2 = shared.clone();
-        if let Err(e) = self.cores.run_on(core, move || {
-            conn::spawn(me, s2, stream, Start::Transmission(export, session))
-        }) {
-            self.conn_closed(&shared);
-            return Err(NbdError::Busy(format!("cannot reach core {}: {e}", core.0)));
-        }
-        Ok(id)
+        self.spawn_on(core, shared, stream, Start::Transmission(export, session))
     }
 
     // ---- connection bookkeeping (called by connections on their cores) -------------------------
