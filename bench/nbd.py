@@ -1,19 +1,26 @@
 #!/usr/bin/env python3
 """keel-tgt's NBD server against nbdkit and qemu-nbd, through the same client, as same-run ratios.
 
-Servers (all on CPU 0, all started once and kept for the whole run; the client on CPU 1):
-  keel-null    keel-tgt -m 0x1 exporting a 1 GiB null bdev
-  keel-malloc  keel-tgt -m 0x1 exporting a 1 GiB malloc bdev
-  nbdkit       nbdkit memory 1G            (taskset -c 0)
-  qemu-nbd     qemu-nbd -f raw on a 1 GiB file in /dev/shm, --cache=writeback (taskset -c 0)
-Client: fio's nbd engine (libnbd), one job, pinned to CPU 1, over a Unix socket and over TCP on
-127.0.0.1. Cases: 4 KiB randread and randwrite at iodepth 1 and 32, 1 MiB sequential read and
-write at iodepth 8. Every case runs RUNS times with the four servers alternating; medians.
+Servers (all on the server CPU, 0 by default, started once and kept for the whole run; the
+client on the client CPU, 1 by default):
+  keel-null    keel-tgt -m <server CPU> (one reactor) exporting a 1 GiB null bdev
+  keel-malloc  the same keel-tgt exporting a 1 GiB malloc bdev
+  nbdkit       nbdkit memory 1G            (taskset -c <server CPU>)
+  qemu-nbd     qemu-nbd -f raw on a 1 GiB file in /dev/shm (filled: a sparse file would answer
+               reads with holes), --cache=writeback (taskset)
+Client: fio's nbd engine (libnbd), one job, pinned to the client CPU, over a Unix socket and over
+TCP on 127.0.0.1. Cases: 4 KiB randread and randwrite at iodepth 1 and 32, 1 MiB sequential read
+and write at iodepth 8. Every case runs RUNS times with the four servers alternating; medians.
+Besides IOPS, throughput and mean latency, each run records the server's CPU time per request:
+keel-tgt's reactor busy ticks (a polled reactor spins when idle; its busy ticks are the turns
+that did work), the others' process CPU time. On a shared machine, where other processes spin
+on the server's CPU, that figure is the one least distorted by them.
 
 Targets (issue 19): at iodepth 32 >= 1.5x nbdkit's IOPS, at iodepth 1 <= 0.8x its latency,
 1 MiB sequential >= 1.2x its throughput, over both transports.
 
-Usage: bench/nbd.py [--runs 3] [--time 5] [--transports unix,tcp] [--cases ...] [--json OUT]
+Usage: bench/nbd.py [--runs 3] [--time 5] [--transports unix,tcp] [--cases ...]
+                    [--server-core 0] [--client-core 1] [--json OUT]
 Needs fio with the nbd engine, nbdkit and qemu-nbd (scripts/deps.sh) and builds keel-tgt in
 release mode.
 """
@@ -94,17 +101,27 @@ def wait_for(path_or_port, what, timeout=20):
     raise RuntimeError(f"{what} did not start")
 
 
-class Servers:
-    """Starts every server on CPU 0 and knows each one's URI per transport."""
+def proc_cpu_s(pid):
+    """User + system CPU seconds of process `pid` (all its threads)."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
-    def __init__(self, tmp):
+
+class Servers:
+    """Starts every server on the server CPU and knows each one's URI per transport."""
+
+    def __init__(self, tmp, core):
         self.procs = []
         self.uris = {}
-        # keel-tgt: one target, one reactor on core 0, both exports, both transports.
+        self.pids = {}
+        log = open(os.path.join(tmp, "servers.log"), "w")
+        # keel-tgt: one target, one reactor on the server core, both exports, both transports.
         rpc_sock = os.path.join(tmp, "keel-rpc.sock")
+        self.rpc_sock = rpc_sock
         keel_unix = os.path.join(tmp, "keel-nbd.sock")
         keel_port = free_port()
-        self.procs.append(subprocess.Popen([TGT, "-m", "0x1", "-r", rpc_sock, "-L", "warn"]))
+        self.procs.append(subprocess.Popen([TGT, "-m", hex(1 << core), "-r", rpc_sock, "-L", "warn"]))
         wait_for(rpc_sock, "keel-tgt")
         rpc(rpc_sock, "bdev_null_create", {"name": "Null0", "num_blocks": SIZE // 4096, "block_size": 4096})
         rpc(rpc_sock, "bdev_malloc_create", {"name": "Malloc0", "num_blocks": SIZE // 4096, "block_size": 4096})
@@ -126,13 +143,18 @@ class Servers:
                 port = free_port()
                 args = ["-i", "127.0.0.1", "-p", str(port)]
                 uri = f"nbd://127.0.0.1:{port}/"
-            self.procs.append(subprocess.Popen(["taskset", "-c", "0", "nbdkit", "-f", "--exit-with-parent"] + args
-                                               + ["memory", "1G"]))
+            p = subprocess.Popen(["taskset", "-c", str(core), "nbdkit", "-f", "--exit-with-parent"] + args
+                                 + ["memory", "1G"], stderr=log)
+            self.procs.append(p)
             wait_for(sock if tr == "unix" else port, "nbdkit")
             self.uris.setdefault("nbdkit", {})[tr] = uri
+            self.pids.setdefault("nbdkit", {})[tr] = p.pid
         # qemu-nbd on a file in /dev/shm.
         self.shm = tempfile.NamedTemporaryFile(dir="/dev/shm", prefix="keel-bench-", suffix=".img", delete=False)
-        self.shm.truncate(SIZE)
+        # Filled, not sparse: qemu-nbd answers reads of holes with OFFSET_HOLE chunks (no data).
+        block = bytes(range(256)) * 4096
+        for _ in range(SIZE // len(block)):
+            self.shm.write(block)
         self.shm.close()
         for tr in ["unix", "tcp"]:
             if tr == "unix":
@@ -143,10 +165,19 @@ class Servers:
                 port = free_port()
                 args = ["-b", "127.0.0.1", "-p", str(port)]
                 uri = f"nbd://127.0.0.1:{port}/disk"
-            self.procs.append(subprocess.Popen(["taskset", "-c", "0", "qemu-nbd", "-f", "raw", "-x", "disk", "-t",
-                                                "--cache=writeback", "--shared=8"] + args + [self.shm.name]))
+            p = subprocess.Popen(["taskset", "-c", str(core), "qemu-nbd", "-f", "raw", "-x", "disk", "-t",
+                                  "--cache=writeback", "--shared=8"] + args + [self.shm.name], stderr=log)
+            self.procs.append(p)
             wait_for(sock if tr == "unix" else port, "qemu-nbd")
             self.uris.setdefault("qemu-nbd", {})[tr] = uri
+            self.pids.setdefault("qemu-nbd", {})[tr] = p.pid
+
+    def cpu_s(self, server, tr):
+        """CPU seconds the server has used doing work (see the module doc)."""
+        if server.startswith("keel"):
+            r = rpc(self.rpc_sock, "framework_get_reactors")
+            return r["reactors"][0]["busy"] / r["tick_rate"]
+        return proc_cpu_s(self.pids[server][tr])
 
     def stop(self):
         for p in self.procs:
@@ -159,16 +190,17 @@ class Servers:
         os.unlink(self.shm.name)
 
 
-def fio(uri, case, t, cwd):
+def fio(uri, case, t, cwd, core):
     rw, bs, qd = CASES[case]
-    out = sh(["taskset", "-c", "1", "fio", "--name=bench", "--ioengine=nbd", f"--uri={uri}", f"--rw={rw}",
+    out = sh(["taskset", "-c", str(core), "fio", "--name=bench", "--ioengine=nbd", f"--uri={uri}", f"--rw={rw}",
               f"--bs={bs}", f"--iodepth={qd}", "--numjobs=1", "--time_based", f"--runtime={t}",
               f"--size={SIZE}", "--output-format=json"], cwd=cwd)
     job = json.loads(out[out.index("{"):])["jobs"][0]
     if job["error"]:
         raise RuntimeError(f"fio job error {job['error']}: {uri} {case}")
     d = job["read"] if rw in ("read", "randread") else job["write"]
-    return {"iops": d["iops"], "mib_s": d["bw_bytes"] / (1 << 20), "lat_us": d["lat_ns"]["mean"] / 1000}
+    return {"iops": d["iops"], "mib_s": d["bw_bytes"] / (1 << 20), "lat_us": d["lat_ns"]["mean"] / 1000,
+            "p50_us": d["clat_ns"]["percentile"]["50.000000"] / 1000, "ios": d["total_ios"]}
 
 
 def main():
@@ -177,6 +209,8 @@ def main():
     ap.add_argument("--time", type=int, default=5)
     ap.add_argument("--transports", default="unix,tcp")
     ap.add_argument("--cases", default=",".join(CASES))
+    ap.add_argument("--server-core", type=int, default=0)
+    ap.add_argument("--client-core", type=int, default=1)
     ap.add_argument("--json", help="write results here")
     a = ap.parse_args()
     subprocess.run(["cargo", "build", "--release", "-q", "-p", "keel-app"], cwd=ROOT, check=True)
@@ -189,16 +223,20 @@ def main():
     }
     results = {}
     print(f"machine: {machine()}")
-    print(f"{versions}; runs: {a.runs} x {a.time}s, servers on CPU 0, fio (nbd engine) on CPU 1, medians\n")
+    print(f"{versions}; runs: {a.runs} x {a.time}s, servers on CPU {a.server_core}, "
+          f"fio (nbd engine) on CPU {a.client_core}, medians\n")
     with tempfile.TemporaryDirectory() as tmp:
-        servers = Servers(tmp)
+        servers = Servers(tmp, a.server_core)
         try:
             for tr in transports:
                 for case in cases:
                     runs = {s: [] for s in SERVERS}
                     for _ in range(a.runs):
                         for s in SERVERS:
-                            runs[s].append(fio(servers.uris[s][tr], case, a.time, tmp))
+                            c0 = servers.cpu_s(s, tr)
+                            r = fio(servers.uris[s][tr], case, a.time, tmp, a.client_core)
+                            r["cpu_us_per_io"] = (servers.cpu_s(s, tr) - c0) / max(r["ios"], 1) * 1e6
+                            runs[s].append(r)
                     med = {s: {k: statistics.median(r[k] for r in runs[s]) for k in runs[s][0]} for s in SERVERS}
                     results[f"{tr}/{case}"] = {"median": med, "runs": runs}
                     report(tr, case, med)
@@ -207,7 +245,7 @@ def main():
     if a.json:
         with open(a.json, "w") as f:
             json.dump({"machine": machine(), "versions": versions, "runs": a.runs, "time_s": a.time,
-                       "results": results}, f, indent=2)
+                       "server_core": a.server_core, "client_core": a.client_core, "results": results}, f, indent=2)
 
 
 def report(tr, case, med):
@@ -217,11 +255,12 @@ def report(tr, case, med):
     for s in SERVERS:
         m = med[s]
         if bs == "1m":
-            line += f" | {s} {m['mib_s']:7.0f} MiB/s"
+            line += f" | {s} {m['mib_s']:5.0f} MiB/s"
         elif qd == 1:
-            line += f" | {s} {m['iops'] / 1e3:5.1f}k {m['lat_us']:5.1f}us"
+            line += f" | {s} {m['iops'] / 1e3:4.1f}k {m['lat_us']:5.1f}us p50 {m['p50_us']:4.1f}"
         else:
-            line += f" | {s} {m['iops'] / 1e3:6.1f}k"
+            line += f" | {s} {m['iops'] / 1e3:5.1f}k"
+        line += f" cpu {m['cpu_us_per_io']:.1f}us/io"
     for s in ["keel-null", "keel-malloc"]:
         m = med[s]
         if bs == "1m":

@@ -10,6 +10,11 @@ use std::io::{self, IoSlice, IoSliceMut, Read, Write};
 use std::net::{Shutdown, TcpStream};
 use std::os::unix::net::UnixStream;
 
+/// The send buffer a connection asks for (the kernel caps it at `net.core.wmem_max`): room for a
+/// few large READ replies, so a `writev` of one rarely stops short and the reactor does not come
+/// back to it turn after turn while the client drains a 200 KiB default buffer.
+pub const SEND_BUFFER_BYTES: usize = 4 << 20;
+
 /// A connected, non-blocking stream socket.
 #[derive(Debug)]
 pub enum Stream {
@@ -20,16 +25,22 @@ pub enum Stream {
 }
 
 impl Stream {
-    /// Makes the socket non-blocking (and sets `TCP_NODELAY` on TCP: replies must not wait for
-    /// Nagle). Called once when the connection is set up, on any thread.
+    /// Makes the socket non-blocking, sets `TCP_NODELAY` on TCP (replies must not wait for
+    /// Nagle) and asks for a [`SEND_BUFFER_BYTES`] send buffer. Called once when the connection
+    /// is set up, on any thread.
     pub fn prepare(&self) -> io::Result<()> {
         match self {
             Stream::Tcp(s) => {
                 s.set_nodelay(true)?;
-                s.set_nonblocking(true)
+                s.set_nonblocking(true)?;
+                let _ = rustix::net::sockopt::set_socket_send_buffer_size(s, SEND_BUFFER_BYTES);
             }
-            Stream::Unix(s) => s.set_nonblocking(true),
+            Stream::Unix(s) => {
+                s.set_nonblocking(true)?;
+                let _ = rustix::net::sockopt::set_socket_send_buffer_size(s, SEND_BUFFER_BYTES);
+            }
         }
+        Ok(())
     }
 
     /// `read`; `WouldBlock` when nothing is buffered.
