@@ -726,6 +726,9 @@ impl Tx {
     fn receive(&mut self, stream: &mut Stream) -> bool {
         let mut busy = false;
         let mut reads = 0;
+        // A read that returned less than it asked for emptied the socket: reading again in this
+        // turn would only cost a system call that finds nothing.
+        let mut drained = false;
         let hdr_len = self.dec.header_len();
         while self.stopped.is_none() {
             match self.recv {
@@ -740,7 +743,7 @@ impl Tx {
                         busy = true;
                         continue;
                     }
-                    if reads == MAX_READS_PER_TURN {
+                    if reads == MAX_READS_PER_TURN || drained {
                         break;
                     }
                     // Keep what is there at the start, then read the next header (after a
@@ -753,6 +756,7 @@ impl Tx {
                     match stream.read(&mut self.rx[self.rx_end..want]) {
                         Ok(0) => self.stop_reading(Stop::Eof),
                         Ok(n) => {
+                            drained = self.rx_end + n < want;
                             self.rx_end += n;
                             busy = true;
                         }
@@ -780,7 +784,7 @@ impl Tx {
                         continue;
                     }
                     self.recv = Recv::Payload { slot, got };
-                    if reads == MAX_READS_PER_TURN {
+                    if reads == MAX_READS_PER_TURN || drained {
                         break;
                     }
                     // The receive buffer is empty here: the rest of the payload goes straight
@@ -800,6 +804,7 @@ impl Tx {
                     match r {
                         Ok(0) => self.stop_reading(Stop::Eof),
                         Ok(n) => {
+                            drained = n < len - got + hdr_len;
                             let p = n.min(len - got);
                             self.recv = Recv::Payload { slot, got: got + p };
                             self.rx_end = n - p;
@@ -819,7 +824,7 @@ impl Tx {
                         continue;
                     }
                     self.recv = Recv::Discard { left };
-                    if reads == MAX_READS_PER_TURN {
+                    if reads == MAX_READS_PER_TURN || drained {
                         break;
                     }
                     self.rx_start = 0;
@@ -828,6 +833,7 @@ impl Tx {
                     match stream.read(&mut self.rx[..RX_BATCH]) {
                         Ok(0) => self.stop_reading(Stop::Eof),
                         Ok(n) => {
+                            drained = n < RX_BATCH;
                             self.rx_end = n;
                             busy = true;
                         }

@@ -7,7 +7,7 @@
 //! it). Its state — listeners, exports, the connection records — is control-path data behind
 //! one mutex, changed on the main core by the RPC methods; the data path never takes it.
 //!
-//! * An **export** ([`exports`]) opens its bdev (read-only for a read-only export) and *holds*
+//! * An **export** (`exports.rs`) opens its bdev (read-only for a read-only export) and *holds*
 //!   it ([`keel_bdev::Descriptor::hold`]): the bdev modules' delete methods then refuse with
 //!   EBUSY naming the export until it is removed, and a claim (md, dm, passthru) cannot take a
 //!   bdev exported writable. Removing an export with connections is refused (EBUSY) unless
@@ -18,7 +18,7 @@
 //! * A **listener** ([`listen`]) is a bound non-blocking socket polled on the main reactor (every
 //!   millisecond: see `ACCEPT_PERIOD_US`). Each
 //!   connection it accepts goes by message to the next reactor in round-robin order and lives
-//!   there, served by its own poller ([`conn`]): no thread per connection, no lock and no
+//!   there, served by its own poller (`conn.rs`): no thread per connection, no lock and no
 //!   allocation per request. Stopping a listener closes it and ends the connections it
 //!   accepted the same gentle way.
 //! * A **connection** may also be started directly in transmission over a stream someone
