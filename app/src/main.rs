@@ -92,6 +92,8 @@ fn run(args: Args) -> Result<(), String> {
     keel_rpc::load_modules(&registry);
     // md members that appear (config, RPC) are examined and their arrays assemble by themselves.
     keel_rpc::md_methods::enable_md_auto_assembly(&registry);
+    // The NBD server's subsystem is listed by save_config even before its first export.
+    keel_rpc::nbd_methods::load(&registry);
 
     // Config: entries allowed in STARTUP first, then (after init) the RUNTIME ones, as SPDK's
     // application loader does.

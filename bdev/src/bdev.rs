@@ -273,6 +273,8 @@ pub struct Bdev {
     pub(crate) claim: Mutex<Option<(u64, String)>>,
     pub(crate) openers: Mutex<Vec<Opener>>,
     pub(crate) aliases: Mutex<Vec<String>>,
+    /// Holds ([`Descriptor::hold`]): descriptor id and holder, e.g. `nbd export 'disk0'`.
+    pub(crate) holds: Mutex<Vec<(u64, String)>>,
 }
 
 static NEXT_DESC: AtomicU64 = AtomicU64::new(1);
@@ -311,6 +313,7 @@ impl Bdev {
             claim: Mutex::new(None),
             openers: Mutex::new(Vec::new()),
             aliases: Mutex::new(Vec::new()),
+            holds: Mutex::new(Vec::new()),
         })
     }
 
@@ -345,6 +348,13 @@ impl Bdev {
     /// Module claiming the bdev, if any.
     pub fn claimed_by(&self) -> Option<String> {
         self.claim.lock().unwrap().as_ref().map(|(_, m)| m.clone())
+    }
+
+    /// Who holds the bdev ([`Descriptor::hold`]), in the order they took their holds. While
+    /// this is not empty the module delete methods refuse to delete the bdev
+    /// ([`BdevError::Held`]). Any thread.
+    pub fn holders(&self) -> Vec<String> {
+        self.holds.lock().unwrap().iter().map(|(_, h)| h.clone()).collect()
     }
 
     /// Whether hot removal started.
@@ -482,6 +492,16 @@ impl Descriptor {
         Ok(())
     }
 
+    /// Holds the bdev for `holder` (a user that serves it to the outside, e.g. an NBD export)
+    /// until this descriptor drops: the delete methods of the bdev modules then refuse to delete
+    /// it with [`BdevError::Held`] (EBUSY) naming the holder, so the holder must let go first.
+    /// Unlike a [`Descriptor::claim`] a hold is not exclusive (several holders, other openers and
+    /// a claim may coexist), and it does not stop hot removal ([`crate::BdevRegistry::unregister`]),
+    /// which a holder learns of through its descriptor's event. Control path, any thread.
+    pub fn hold(&self, holder: impl Into<String>) {
+        self.bdev.holds.lock().unwrap().push((self.id, holder.into()));
+    }
+
     /// This core's channel for submitting I/O. Called on a reactor; the first call on a core
     /// creates the module's channel there.
     pub fn channel(&self) -> Channel {
@@ -505,6 +525,7 @@ impl Drop for Descriptor {
             *claim = None;
         }
         drop(claim);
+        self.bdev.holds.lock().unwrap().retain(|(id, _)| *id != self.id);
         self.bdev.openers.lock().unwrap().retain(|o| o.id != self.id);
     }
 }

@@ -12,6 +12,8 @@ pub enum BdevError {
     HasWriters { name: String, module: String },
     #[error("bdev '{0}' is being removed")]
     Removed(String),
+    #[error("bdev '{name}' is in use by {}; remove that first", holders.join(", "))]
+    Held { name: String, holders: Vec<String> },
     #[error("invalid parameter '{param}': {reason}")]
     InvalidParam { param: &'static str, reason: String },
     #[error("{context}: {source}")]
@@ -46,6 +48,7 @@ impl BdevError {
             BdevError::Exists(_) => -libc::EEXIST,
             BdevError::Claimed { .. } | BdevError::HasWriters { .. } => -libc::EPERM,
             BdevError::Removed(_) => -libc::ENODEV,
+            BdevError::Held { .. } => -libc::EBUSY,
             BdevError::InvalidParam { .. } => -libc::EINVAL,
             BdevError::Io { source, .. } => -source.raw_os_error().unwrap_or(libc::EIO),
         }

@@ -903,8 +903,14 @@ impl DmRegistry {
             }
             if let Some(b) = &bdev {
                 if !force && b.open_count() > 0 {
+                    let holders = b.holders();
+                    let by = if holders.is_empty() {
+                        String::new()
+                    } else {
+                        format!("; in use by {}", holders.join(", "))
+                    };
                     return done(Err(DmError::Busy(format!(
-                        "dm device '{name}' is open ({} descriptors)",
+                        "dm device '{name}' is open ({} descriptors){by}",
                         b.open_count()
                     ))));
                 }
