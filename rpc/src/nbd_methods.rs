@@ -146,4 +146,3 @@ fn nbd_server_get_exports(ctx: &Ctx, params: Option<Value>, reply: Reply) {
         .collect();
     reply(Ok(json!(exports)))
 }
-
