@@ -13,12 +13,14 @@
 //!   binds it, [`MdCore::bind`]), a [`ForwardCtx`] counting what is below, the geometry and the
 //!   state shared with the control path ([`Shared`]: slot states, resync checkpoint, the write
 //!   gate);
-//! * the split engine ([`crate::split`]) with its preallocated pools;
+//! * the array's splitter on this core (keel-bdev's `Splitter`, driven with md's policy from
+//!   [`crate::lane`]: the lane's pieces, the members as bases) with its preallocated pools;
 //! * the queue of writes the write gate held;
 //! * the lane.
 //!
 //! One completion queue, drained by one poller per core, gets every member completion; the
-//! poller then runs the split engine's queues, the held writes, and the lane's own step. The
+//! poller then runs the splitter's queues (refused children, parents waiting for children), the
+//! held writes, and the lane's own step. The
 //! control path reaches a core's state only through `for_each_channel` visits
 //! ([`MdCore::refresh_members`], [`MdCore::kill`]).
 //!
@@ -27,8 +29,8 @@
 //! The bdev layer calls the array bdev's backend channel ([`MdCore::backend`] made it: it holds
 //! the core's state directly), one dynamic call; from there every call is static. In order:
 //! the lane's [`Lane::fast`] (raid0's shift-only in-place forward; a no-op elsewhere); a dead
-//! array fails the request `Aborted`; flush and reset fan out to the members through the split
-//! engine; on levels with a write gate ([`crate::personality::Caps::resync`]) writes, unmaps and
+//! array fails the request `Aborted`; flush and reset fan out to the members through the
+//! splitter; on levels with a write gate ([`crate::personality::Caps::resync`]) writes, unmaps and
 //! write-zeroes pass it ([`crate::shared::WriteGate::admit`]: dirty mark, sync window, bitmap) —
 //! a held write waits in the held queue, in order, and is admitted again from the poller — and
 //! reach the lane with their [`WriteTicket`]; everything else reaches [`Lane::submit`] directly.
@@ -58,10 +60,10 @@ use keel_bdev::{
 use keel_reactor::{current, IoChannel, PollStatus, PollerHandle};
 
 use crate::geometry::Geometry;
+use crate::lane::{fan_out, splitter, LaneCx, MdSplitter, Policy, WriteTicket, LANE_TAG};
 use crate::layout::MemberIdx;
 use crate::personality::{Lane, Layout};
 use crate::shared::{Admit, Shared, SlotState};
-use crate::split::{LaneCx, Splitter, WriteTicket, LANE_TAG};
 
 /// Initial capacity of the held queue.
 const QUEUE_CAPACITY: usize = 256;
@@ -215,7 +217,7 @@ pub(crate) struct CoreSetup {
 struct CoreState<L> {
     lane: L,
     m: Members,
-    split: Splitter,
+    split: MdSplitter,
     held: VecDeque<IoBox>,
     gated: bool,
     layout: Arc<dyn Layout>,
@@ -235,8 +237,12 @@ impl<L: Lane> CoreState<L> {
         }
         match io.op {
             IoOp::Flush | IoOp::Reset => {
-                let n = self.m.chans.len() as u64;
-                self.split.accept(&mut self.lane, &self.m, io, true, 0, n, None, cq)
+                let roles = self.m.chans.len() as u64;
+                let policy = Policy {
+                    lane: &mut self.lane,
+                    m: &self.m,
+                };
+                fan_out(&mut self.split, policy, io, roles, cq)
             }
             IoOp::Write | IoOp::Unmap | IoOp::WriteZeroes if self.gated => self.write(io, cq),
             _ => {
@@ -253,7 +259,7 @@ impl<L: Lane> CoreState<L> {
     /// A write on a gated level: through the gate (or behind the writes it holds).
     #[inline]
     fn write(&mut self, io: IoBox, cq: &CompletionQueue) -> Submit {
-        if !self.split.has_room() {
+        if !self.split.can_accept() {
             return Submit::Requeue(io);
         }
         if !self.held.is_empty() {
@@ -297,7 +303,11 @@ impl<L: Lane> CoreState<L> {
                 };
                 return self.lane.own_done(&mut cx, io);
             }
-            return self.split.child_done(&mut self.lane, &self.m, io, cq);
+            let mut policy = Policy {
+                lane: &mut self.lane,
+                m: &self.m,
+            };
+            return self.split.child_done(io, &mut policy, cq);
         }
         // A forwarded request that failed (forwarded successes never come here).
         let word = *io.layer_word();
@@ -322,7 +332,7 @@ impl<L: Lane> CoreState<L> {
                 n += 1;
                 continue;
             }
-            if !self.split.has_room() {
+            if !self.split.can_accept() {
                 break;
             }
             let bs = self.m.geo.block_shift;
@@ -379,9 +389,12 @@ impl<L: Lane> Inner<L> {
         let st = &mut *guard;
         let cq = &self.cq;
         let mut n = cq.drain_now(|io| st.on_complete(io, cq));
-        if st.split.has_queued() {
-            n += st.split.run_retry(&st.m, cq);
-            n += st.split.run_pending(&mut st.lane, &st.m, cq);
+        if !st.split.is_idle() {
+            let mut policy = Policy {
+                lane: &mut st.lane,
+                m: &st.m,
+            };
+            n += st.split.poll(&mut policy, cq);
         }
         if !st.held.is_empty() {
             n += st.run_held(cq);
@@ -490,7 +503,7 @@ impl MdCore {
                 fwd,
                 dead: false,
             },
-            split: Splitter::new(),
+            split: splitter(),
             held: VecDeque::with_capacity(QUEUE_CAPACITY),
             gated,
             layout,
@@ -558,7 +571,8 @@ mod tests {
     //! The core around a lane that owns its member I/O (the shape a stripe cache takes): reads
     //! become the lane's own requests from a pool of two, parents beyond that wait in the lane's
     //! queue and go out from its poll step, and a kill aborts what still waits. Writes use the
-    //! split engine, so both kinds share the core's completion queue.
+    //! splitter, so both kinds share the core's completion queue. And the splitter's pieces over
+    //! members that are absent or go away while a child waits to be sent again.
 
     use std::collections::VecDeque;
 
@@ -824,6 +838,170 @@ mod tests {
             drop(ch);
             drop(desc);
             drop(member);
+        });
+    }
+
+    /// Two roles, pieces of 8 sectors alternating between them.
+    #[derive(Debug)]
+    struct PairLayout {
+        geo: Arc<Geometry>,
+    }
+
+    impl Layout for PairLayout {
+        fn geometry(&self) -> &Arc<Geometry> {
+            &self.geo
+        }
+
+        fn health(&self, _live: &dyn Fn(MemberIdx) -> bool) -> Health {
+            Health::Optimal
+        }
+
+        fn core(self: Arc<Self>, setup: CoreSetup) -> MdCore {
+            MdCore::new(setup, PairLane)
+        }
+    }
+
+    struct PairLane;
+
+    impl Lane for PairLane {
+        fn submit(&mut self, cx: &mut LaneCx<'_>, io: IoBox, ticket: Option<WriteTicket>) -> Submit {
+            let start = io.offset_blocks;
+            let end = start + io.num_blocks;
+            cx.split(self, io, start, end, ticket)
+        }
+
+        fn next_piece(&mut self, _m: &Members, _op: IoOp, cur: &mut Cursor) -> Piece {
+            let array_sector = cur.next;
+            let sectors = (8 - array_sector % 8).min(cur.end - cur.next);
+            cur.next += sectors;
+            Piece::Child {
+                member: MemberIdx((array_sector / 8 % 2) as u16),
+                member_sector: array_sector,
+                array_sector,
+                sectors,
+            }
+        }
+    }
+
+    /// A member that refuses every request (its queue is always full).
+    struct Refusing;
+
+    impl BackendChannel for Refusing {
+        fn submit(&self, io: IoBox) -> Submit {
+            Submit::Requeue(io)
+        }
+
+        fn abort_all(&self) {}
+    }
+
+    impl BdevBackend for Refusing {
+        fn create_channel(&self, _cx: &ChannelCx) -> Box<dyn BackendChannel> {
+            Box::new(Refusing)
+        }
+
+        fn config(&self, _info: &BdevInfo) -> Option<ConfigCall> {
+            None
+        }
+    }
+
+    fn params(name: &str) -> BdevParams {
+        BdevParams {
+            name: name.into(),
+            uuid: None,
+            product_name: "test",
+            module: "test",
+            block_size: 512,
+            num_blocks: BLOCKS,
+            caps: IoCaps::of(&[IoOp::Read, IoOp::Write, IoOp::Flush]),
+            optimal_io_boundary_blocks: 0,
+        }
+    }
+
+    #[test]
+    fn pieces_on_absent_or_departed_members_fail_their_parent_through_the_queue() {
+        let d = TestDriver::new(1);
+        let reg = BdevRegistry::new(d.cores());
+        reg.register(params("R0"), Arc::new(Refusing)).unwrap();
+        malloc::create(&reg, &malloc::MallocOpts::new("M1", BLOCKS, 512)).unwrap();
+        let shared = Arc::new(Shared::new(&[SlotState::InSync; 2], u64::MAX, true, None));
+        let layout: Arc<dyn Layout> = Arc::new(PairLayout {
+            geo: Arc::new(Geometry {
+                size_sectors: BLOCKS,
+                data_offset_sectors: 0,
+                block_shift: 0,
+                member_shifts: vec![0, 0],
+            }),
+        });
+        let r0 = Arc::new(reg.open("R0", true, |_| {}).unwrap());
+        let m1 = Arc::new(reg.open("M1", true, |_| {}).unwrap());
+        let (l2, s2, a, b) = (layout.clone(), shared.clone(), r0.clone(), m1.clone());
+        let dev = Arc::new(IoDevice::new("md_pair".to_string(), move |core: CoreId| {
+            l2.clone().core(CoreSetup {
+                name: "pair".into(),
+                core: core.0,
+                layout: l2.clone(),
+                shared: s2.clone(),
+                members: vec![(1, Some(a.channel())), (2, Some(b.channel()))],
+                gated: false,
+            })
+        }));
+        reg.register(params("pair"), Arc::new(OwnBackend { dev: dev.clone() }))
+            .unwrap();
+        let cq = CompletionQueue::with_capacity(64);
+        let (desc, ch) = d.enter(MAIN, || {
+            let desc = reg.open("pair", true, |_| {}).unwrap();
+            let ch = desc.channel();
+            (desc, ch)
+        });
+        let buf = DmaBuf::new(16 * 512);
+        let write = |block: u64, blocks: u64| {
+            let mut io = IoRequest::new_boxed();
+            io.iovs.push(IoVec::whole(buf.clone()));
+            io.prepare(IoOp::Write, block, blocks);
+            io
+        };
+        let wait_one = |d: &TestDriver| {
+            let mut got = None;
+            assert!(d.run_until(100_000, || {
+                got = cq.pop().map(|io| io.status());
+                got.is_some()
+            }));
+            got.unwrap()
+        };
+        // A piece on role 1 alone: it goes to M1 and succeeds.
+        d.enter(MAIN, || {
+            assert!(matches!(ch.submit(write(8, 8), &cq), Submit::Accepted))
+        });
+        assert_eq!(wait_one(&d), IoStatus::Success);
+        // A write over both roles while R0 refuses: its first piece waits to be sent again, the
+        // second is written; nothing completes while R0 keeps refusing.
+        d.enter(MAIN, || {
+            assert!(matches!(ch.submit(write(0, 16), &cq), Submit::Accepted))
+        });
+        d.run_until_idle(50);
+        assert!(cq.pop().is_none(), "the parent waits for its refused piece");
+        // Role 0 loses its member on this core with the child still waiting: the child cannot go
+        // anywhere, comes back `Removed` through the core's queue, and fails its parent.
+        d.enter(MAIN, || {
+            dev.for_each_channel(|c: &MdCore| c.refresh_members(&[0, 2], |_| None), || {})
+        });
+        assert_eq!(wait_one(&d), IoStatus::Failed);
+        // Role 0 absent: its pieces are answered without a child and fail the parent; the flush
+        // goes to role 1 only.
+        d.enter(MAIN, || {
+            assert!(matches!(ch.submit(write(4, 8), &cq), Submit::Accepted))
+        });
+        assert_eq!(wait_one(&d), IoStatus::Failed);
+        d.enter(MAIN, || {
+            let mut io = IoRequest::new_boxed();
+            io.prepare(IoOp::Flush, 0, 0);
+            assert!(matches!(ch.submit(io, &cq), Submit::Accepted));
+        });
+        assert_eq!(wait_one(&d), IoStatus::Success);
+        d.enter(MAIN, move || {
+            drop(ch);
+            drop(desc);
+            drop((r0, m1));
         });
     }
 }

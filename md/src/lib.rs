@@ -15,8 +15,8 @@
 //!   marking, the sync window barrier, the bitmap), its level-independent geometry in `geometry`.
 //!   Assembly (`assemble`): classify members from their superblocks, start, examine-on-appear.
 //! - The per-core data path, `channel`: the core around a level's lane (dead arrays, flush and
-//!   reset fan-out, the write gate, in-place forwarding, routes), with the split engine in
-//!   `split`.
+//!   reset fan-out, the write gate, in-place forwarding, routes); what a lane works with and
+//!   md's policy for keel-bdev's splitter (one engine for every layer that splits) in `lane`.
 //! - The control poller, `daemon` (one per array, main reactor): superblock writes, dirty/clean
 //!   marking (safe mode), member failure and spare activation, the bitmap's disk side
 //!   (`intent`), and sync runs.
@@ -38,6 +38,7 @@ mod error;
 pub mod examine;
 mod geometry;
 mod intent;
+mod lane;
 pub mod layout;
 pub mod linear;
 pub mod meta_io;
@@ -47,7 +48,6 @@ pub mod raid0;
 mod raid1;
 pub mod raid10;
 mod shared;
-mod split;
 mod striped;
 pub mod superblock;
 mod sync;
