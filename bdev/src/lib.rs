@@ -40,6 +40,7 @@ pub mod buf;
 mod error;
 mod forward;
 mod io;
+mod layer;
 mod module;
 pub mod modules;
 mod registry;
@@ -59,6 +60,7 @@ pub use io::{
     slice_iovs, zero_iovs, CompletionQueue, IoBox, IoOp, IoPool, IoRequest, IoStatus, IoVec, SgList, Submit, MAX_DEPTH,
     MAX_IOVS,
 };
+pub use layer::{LayerCore, LayerHandle, LayerState};
 pub use module::{
     BdevModule, ConfigEntry, ConfigPlan, ExamineToken, ModuleDone, Subsystem, SubsystemConfig, SubsystemInfo,
 };

@@ -287,7 +287,7 @@ fn fold(slot: &mut IoStatus, status: IoStatus) {
 
 /// Sends `io` to `base` through the policy: refused ones wait in `retry`, ones that cannot go
 /// anywhere complete with `Removed` on `cq`.
-#[inline]
+#[inline(always)]
 fn send<Po: SplitPolicy>(
     policy: &mut Po,
     retry: &mut VecDeque<(IoBox, BaseId)>,

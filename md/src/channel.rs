@@ -3,10 +3,13 @@
 //!
 //! # Shape
 //!
-//! Each array has an [`IoDevice`](keel_reactor::IoDevice)`<MdCore>`: its value on a core ([`MdCore`]) is built by the
-//! layout's factory ([`Layout::core`]), which makes the level's lane and calls
+//! Each array has an [`IoDevice`](keel_reactor::IoDevice)`<MdCore>`: its value on a core
+//! ([`MdCore`]) is built by the layout's factory ([`Layout::core`]), which makes the level's
+//! lane and calls
 //! [`MdCore::new`]`::<L>` — everything below is monomorphised over the lane type `L`. The core's
-//! state, behind one `RefCell` only that core touches, holds:
+//! state lives in keel-bdev's layer scaffold ([`LayerCore`]: behind one `RefCell` only that core
+//! touches, with the completion queue and the poller draining it; the state is its
+//! [`LayerState`]) and holds:
 //!
 //! * [`Members`]: the members' [`Channel`]s on this core (one per role, `None` while the role has
 //!   no member) and a [`ForwardPath`] to each (built once the array bdev's channel on this core
@@ -18,11 +21,11 @@
 //! * the queue of writes the write gate held;
 //! * the lane.
 //!
-//! One completion queue, drained by one poller per core, gets every member completion; the
-//! poller then runs the splitter's queues (refused children, parents waiting for children), the
-//! held writes, and the lane's own step. The
-//! control path reaches a core's state only through `for_each_channel` visits
-//! ([`MdCore::refresh_members`], [`MdCore::kill`]).
+//! The scaffold's completion queue, drained by its poller (`md_<name>`), gets every member
+//! completion; the poller then runs the splitter's queues (refused children, parents waiting
+//! for children), the held writes, and the lane's own step. The control path reaches a core's
+//! state only through `for_each_channel` visits ([`MdCore::refresh_members`],
+//! [`MdCore::kill`]).
 //!
 //! # A request
 //!
@@ -48,16 +51,15 @@
 //!
 //! After the core's state exists nothing here allocates or locks.
 
-use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::rc::Rc;
 use std::sync::Arc;
 
 use keel_bdev::{
     BackendChannel, Channel, ChannelCx, ChannelStats, CompletionQueue, ForwardCtx, ForwardPath, IoBox, IoOp, IoStatus,
-    Route, RouteHandle, Submit,
+    LayerCore, LayerHandle, LayerState, Route, RouteHandle, Submit,
 };
-use keel_reactor::{current, IoChannel, PollStatus, PollerHandle};
+use keel_reactor::IoChannel;
 
 use crate::geometry::Geometry;
 use crate::lane::{fan_out, splitter, LaneCx, MdSplitter, Policy, WriteTicket, LANE_TAG};
@@ -224,38 +226,6 @@ struct CoreState<L> {
 }
 
 impl<L: Lane> CoreState<L> {
-    /// Entry of every request (range and op already validated by the bdev layer).
-    #[inline]
-    fn submit(&mut self, io: IoBox, cq: &CompletionQueue) -> Submit {
-        let io = match self.lane.fast(&self.m, io) {
-            Ok(s) => return s,
-            Err(io) => io,
-        };
-        if self.m.dead {
-            io.complete(IoStatus::Aborted);
-            return Submit::Accepted;
-        }
-        match io.op {
-            IoOp::Flush | IoOp::Reset => {
-                let roles = self.m.chans.len() as u64;
-                let policy = Policy {
-                    lane: &mut self.lane,
-                    m: &self.m,
-                };
-                fan_out(&mut self.split, policy, io, roles, cq)
-            }
-            IoOp::Write | IoOp::Unmap | IoOp::WriteZeroes if self.gated => self.write(io, cq),
-            _ => {
-                let mut cx = LaneCx {
-                    m: &self.m,
-                    split: &mut self.split,
-                    cq,
-                };
-                self.lane.submit(&mut cx, io, None)
-            }
-        }
-    }
-
     /// A write on a gated level: through the gate (or behind the writes it holds).
     #[inline]
     fn write(&mut self, io: IoBox, cq: &CompletionQueue) -> Submit {
@@ -288,38 +258,6 @@ impl<L: Lane> CoreState<L> {
             cq,
         };
         self.lane.submit(&mut cx, io, Some(ticket))
-    }
-
-    /// One completion from a member.
-    #[inline]
-    fn on_complete(&mut self, mut io: IoBox, cq: &CompletionQueue) {
-        if io.depth() == 0 {
-            if io.tag & LANE_TAG != 0 {
-                self.m.fwd.end();
-                let mut cx = LaneCx {
-                    m: &self.m,
-                    split: &mut self.split,
-                    cq,
-                };
-                return self.lane.own_done(&mut cx, io);
-            }
-            let mut policy = Policy {
-                lane: &mut self.lane,
-                m: &self.m,
-            };
-            return self.split.child_done(io, &mut policy, cq);
-        }
-        // A forwarded request that failed (forwarded successes never come here).
-        let word = *io.layer_word();
-        let member = MemberIdx((word >> MEMBER_SHIFT) as u16);
-        self.m.fwd.end();
-        io.offset_blocks = word & OFFSET_MASK;
-        let mut cx = LaneCx {
-            m: &self.m,
-            split: &mut self.split,
-            cq,
-        };
-        self.lane.forward_failed(&mut cx, io, member);
     }
 
     /// Admits held writes in order while the gate lets them through.
@@ -378,35 +316,95 @@ impl<L: Lane> CoreState<L> {
     }
 }
 
-struct Inner<L> {
-    st: RefCell<CoreState<L>>,
-    cq: CompletionQueue,
-}
+/// md's per-core state in keel-bdev's layer scaffold: the requests from above, the member
+/// completions, and the poller's step.
+impl<L: Lane> LayerState for CoreState<L> {
+    /// Entry of every request (range and op already validated by the bdev layer).
+    #[inline]
+    fn submit(&mut self, io: IoBox, cq: &CompletionQueue) -> Submit {
+        let io = match self.lane.fast(&self.m, io) {
+            Ok(s) => return s,
+            Err(io) => io,
+        };
+        if self.m.dead {
+            io.complete(IoStatus::Aborted);
+            return Submit::Accepted;
+        }
+        match io.op {
+            IoOp::Flush | IoOp::Reset => {
+                let roles = self.m.chans.len() as u64;
+                let policy = Policy {
+                    lane: &mut self.lane,
+                    m: &self.m,
+                };
+                fan_out(&mut self.split, policy, io, roles, cq)
+            }
+            IoOp::Write | IoOp::Unmap | IoOp::WriteZeroes if self.gated => self.write(io, cq),
+            _ => {
+                let mut cx = LaneCx {
+                    m: &self.m,
+                    split: &mut self.split,
+                    cq,
+                };
+                self.lane.submit(&mut cx, io, None)
+            }
+        }
+    }
 
-impl<L: Lane> Inner<L> {
-    fn poll(&self) -> usize {
-        let mut guard = self.st.borrow_mut();
-        let st = &mut *guard;
-        let cq = &self.cq;
-        let mut n = cq.drain_now(|io| st.on_complete(io, cq));
-        if !st.split.is_idle() {
+    /// One completion from a member.
+    #[inline]
+    fn complete(&mut self, mut io: IoBox, cq: &CompletionQueue) {
+        if io.depth() == 0 {
+            if io.tag & LANE_TAG != 0 {
+                self.m.fwd.end();
+                let mut cx = LaneCx {
+                    m: &self.m,
+                    split: &mut self.split,
+                    cq,
+                };
+                return self.lane.own_done(&mut cx, io);
+            }
             let mut policy = Policy {
-                lane: &mut st.lane,
-                m: &st.m,
+                lane: &mut self.lane,
+                m: &self.m,
             };
-            n += st.split.poll(&mut policy, cq);
+            return self.split.child_done(io, &mut policy, cq);
         }
-        if !st.held.is_empty() {
-            n += st.run_held(cq);
-        }
+        // A forwarded request that failed (forwarded successes never come here).
+        let word = *io.layer_word();
+        let member = MemberIdx((word >> MEMBER_SHIFT) as u16);
+        self.m.fwd.end();
+        io.offset_blocks = word & OFFSET_MASK;
         let mut cx = LaneCx {
-            m: &st.m,
-            split: &mut st.split,
+            m: &self.m,
+            split: &mut self.split,
             cq,
         };
-        n += st.lane.poll(&mut cx);
-        if !st.m.retired.is_empty() && st.m.fwd.inflight() == 0 {
-            st.m.retired.clear();
+        self.lane.forward_failed(&mut cx, io, member);
+    }
+
+    /// The splitter's queues, the held writes, the lane's own step, and replaced member
+    /// channels once nothing is in flight.
+    fn poll(&mut self, cq: &CompletionQueue) -> usize {
+        let mut n = 0;
+        if !self.split.is_idle() {
+            let mut policy = Policy {
+                lane: &mut self.lane,
+                m: &self.m,
+            };
+            n += self.split.poll(&mut policy, cq);
+        }
+        if !self.held.is_empty() {
+            n += self.run_held(cq);
+        }
+        let mut cx = LaneCx {
+            m: &self.m,
+            split: &mut self.split,
+            cq,
+        };
+        n += self.lane.poll(&mut cx);
+        if !self.m.retired.is_empty() && self.m.fwd.inflight() == 0 {
+            self.m.retired.clear();
             n += 1;
         }
         n
@@ -421,11 +419,11 @@ trait CoreOps {
     fn backend(&self, core: IoChannel<MdCore>) -> Box<dyn BackendChannel>;
 }
 
-struct Handle<L>(Rc<Inner<L>>);
+struct Handle<L: Lane>(LayerCore<CoreState<L>>);
 
 impl<L: Lane> CoreOps for Handle<L> {
     fn refresh_members(&self, ids: &[u64], open: &dyn Fn(usize) -> Option<Channel>) {
-        let mut st = self.0.st.borrow_mut();
+        let mut st = self.0.state();
         for (r, &id) in ids.iter().enumerate() {
             if st.m.ids[r] == id {
                 continue;
@@ -441,14 +439,14 @@ impl<L: Lane> CoreOps for Handle<L> {
     }
 
     fn kill(&self) {
-        let mut st = self.0.st.borrow_mut();
+        let mut st = self.0.state();
         st.m.dead = true;
         st.lane.quiesce();
         st.publish_route();
     }
 
     fn bind(&self, cx: &ChannelCx) {
-        let mut st = self.0.st.borrow_mut();
+        let mut st = self.0.state();
         if let Some((_, old)) = st.m.bound.take() {
             old.set(Route::off());
         }
@@ -459,7 +457,7 @@ impl<L: Lane> CoreOps for Handle<L> {
     fn backend(&self, core: IoChannel<MdCore>) -> Box<dyn BackendChannel> {
         Box::new(MdChannel {
             core,
-            inner: self.0.clone(),
+            layer: self.0.handle(),
         })
     }
 }
@@ -468,7 +466,6 @@ impl<L: Lane> CoreOps for Handle<L> {
 /// channel. Built by the array's `IoDevice` factory on the core that first does I/O to it.
 pub(crate) struct MdCore {
     ops: Box<dyn CoreOps>,
-    _poller: PollerHandle,
 }
 
 impl MdCore {
@@ -484,12 +481,10 @@ impl MdCore {
             members,
             gated,
         } = setup;
-        let cq = CompletionQueue::with_capacity(CQ_CAPACITY);
-        let fwd = ForwardCtx::new(cq.clone());
         shared.gate.row(core);
         let roles = members.len();
         let (ids, chans) = members.into_iter().unzip();
-        let st = CoreState {
+        let layer = LayerCore::new(format!("md_{name}"), CQ_CAPACITY, |cq| CoreState {
             lane,
             m: Members {
                 geo: layout.geometry().clone(),
@@ -500,23 +495,16 @@ impl MdCore {
                 bound: None,
                 ids,
                 retired: Vec::new(),
-                fwd,
+                fwd: ForwardCtx::new(cq.clone()),
                 dead: false,
             },
             split: splitter(),
             held: VecDeque::with_capacity(QUEUE_CAPACITY),
             gated,
             layout,
-        };
-        let inner = Rc::new(Inner {
-            st: RefCell::new(st),
-            cq,
         });
-        let i2 = inner.clone();
-        let poller = current().register_poller(format!("md_{name}"), move || PollStatus::from_work(i2.poll() > 0));
         MdCore {
-            ops: Box::new(Handle(inner)),
-            _poller: poller,
+            ops: Box::new(Handle(layer)),
         }
     }
 
@@ -551,14 +539,13 @@ impl MdCore {
 struct MdChannel<L> {
     core: IoChannel<MdCore>,
     /// The core's state, held directly (one pointer hop less per I/O).
-    inner: Rc<Inner<L>>,
+    layer: LayerHandle<CoreState<L>>,
 }
 
 impl<L: Lane> BackendChannel for MdChannel<L> {
     #[inline]
     fn submit(&self, io: IoBox) -> Submit {
-        let inner = &*self.inner;
-        inner.st.borrow_mut().submit(io, &inner.cq)
+        self.layer.submit(io)
     }
 
     fn abort_all(&self) {
