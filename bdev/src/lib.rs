@@ -16,6 +16,12 @@
 //! latest subsystem among theirs — without knowing any module. A module reaches its own backend
 //! behind a bdev with [`Bdev::backend_as`]. The design essay is in `module.rs`.
 //!
+//! A layer over other bdevs forwards requests in place along [`ForwardPath`]s or publishes its
+//! mapping as a [`Route`] (`forward.rs`: passthru, dm, md). One with per-core state of its own
+//! keeps it in a [`LayerCore`] (the state, its completion queue and the poller draining it:
+//! `layer.rs`; dm and md), and cuts what it cannot forward into children with a [`Splitter`]
+//! driven by its [`SplitPolicy`] (`split.rs`); chunks round-robin over legs are a [`Striping`].
+//!
 //! # Using a bdev
 //!
 //! 1. [`BdevRegistry::open`] gives a [`Descriptor`] (read-only or writable); a module stacking
