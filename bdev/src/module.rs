@@ -47,9 +47,9 @@
 //! of [`BdevRegistry::examines_in_flight`] from the moment of registration until it drops, so
 //! `bdev_wait_for_examine` answers only after every examination finished: a module that reads
 //! metadata later moves the token into that work (typically a message to the main core) and
-//! drops it when done; a module with nothing to do drops it at once. The closures of
-//! [`BdevRegistry::add_examiner`] (md's auto-assembly until it becomes a module) run after the
-//! modules and count themselves with `examine_begin`/`examine_end`.
+//! drops it when done; a module with nothing to do drops it at once. md's examine-on-appear is
+//! such a hook: it reads the new bdev's superblock on the main core, holding the token until
+//! the assembly (or re-add) it starts is done.
 //!
 //! # Fini
 //!
@@ -980,7 +980,7 @@ mod tests {
         assert_eq!(n.load(Ordering::SeqCst), 2);
         drop(a);
         assert_eq!(n.load(Ordering::SeqCst), 1);
-        n.store(0, Ordering::SeqCst); // an unpaired examine_end elsewhere
+        n.store(0, Ordering::SeqCst); // a count lowered behind the tokens' backs
         drop(b);
         assert_eq!(n.load(Ordering::SeqCst), 0);
     }

@@ -41,9 +41,8 @@
 //! of them — `framework_get_config` answers with a subsystem's part, plus the closing calls of
 //! the table that serves it (`bdev_wait_for_examine` for `"bdev"`). SPDK's `save_config`
 //! (client side) asks both. Nothing here knows which module stacks on which: a passthru over a
-//! dm device lands in `"dm"` because its backend names its base. (One exception until md adopts
-//! the module facility: md arrays do not name their members yet, and
-//! `md_methods::place_arrays_after_members` moves an array over a later bdev after it.)
+//! dm device lands in `"dm"` because its backend names its base, and an md array over a dm
+//! device because it names its members.
 //!
 //! A table serving a subsystem names the module's declaration and how to load the module into a
 //! registry ([`registry::load_modules`]: keel-tgt does at start-up, the describing methods do

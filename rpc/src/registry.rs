@@ -86,8 +86,7 @@ pub fn subsystems(reg: &Arc<BdevRegistry>) -> Vec<SubsystemInfo> {
 /// calls. Called on the main reactor.
 pub fn subsystem_config(reg: &Arc<BdevRegistry>, name: &str) -> Option<Vec<Value>> {
     load_modules(reg);
-    let mut plan = reg.config_plan();
-    md_methods::place_arrays_after_members(reg, &mut plan);
+    let plan = reg.config_plan();
     let calls = plan.calls(name)?;
     let closing = find_subsystem(name).map_or(&[][..], |s| s.closing);
     Some(
