@@ -20,6 +20,14 @@ macro_rules! simd_kernels {
 
         /// Bytes per column step of `gen`.
         const STEP: usize = U * W;
+        /// Most streams (sources and outputs) one pass of `gen` touches: within the 8 ways of an
+        /// L1 set, with one to spare. Buffers are 4 KiB-aligned (DmaBufs), so every stream maps
+        /// the same column to the same set; past 8 streams each column would evict the lines
+        /// the next column needs and every load would miss L1 (P+Q of 8+2 ran at 2/3 speed).
+        const PASS_STREAMS: usize = 7;
+        /// Column block of a multi-pass `gen`: one L1 way (32 KiB / 8 ways), so P and Q of the
+        /// block stay in L1 from one pass to the next.
+        const BLOCK: usize = 4096;
 
         fn contract(srcs: usize, lens: impl IntoIterator<Item = usize>, len: usize) {
             assert!(srcs <= GROUP, "kernel given {srcs} sources");
@@ -28,33 +36,31 @@ macro_rules! simd_kernels {
             }
         }
 
-        /// See `portable::gen`.
+        /// One pass of `gen` over columns `from..to` (multiples of `STEP`) for `srcs`
+        /// (ascending slots, Horner from the last).
+        ///
+        /// # Safety
+        /// Every source and (when present) `pp` / `qp` point to at least `to` bytes, and
+        /// `to` is at most the length of each.
         #[target_feature(enable = $feat)]
-        pub(crate) fn gen<const WP: bool, const WQ: bool>(srcs: &[&[u8]], p: &mut [u8], q: &mut [u8], start: Start) {
-            let len = if WP { p.len() } else { q.len() };
-            contract(
-                srcs.len(),
-                srcs.iter()
-                    .map(|s| s.len())
-                    .chain(WP.then_some(p.len()))
-                    .chain(WQ.then_some(q.len())),
-                len,
-            );
-            let main = len - len % STEP;
+        #[inline]
+        unsafe fn columns<const WP: bool, const WQ: bool>(
+            srcs: &[&[u8]],
+            pp: *mut u8,
+            qp: *mut u8,
+            from: usize,
+            to: usize,
+            start: Start,
+            cont: Option<&Tbl>,
+        ) {
             let poly = splat(0x1D);
-            let cont = match start {
-                Start::Continue(c) if c != 1 => Some(table(c)),
-                _ => None,
-            };
-            let pp = p.as_mut_ptr();
-            let qp = q.as_mut_ptr();
-            let mut off = 0;
-            while off < main {
+            let mut off = from;
+            while off < to {
                 let mut pv = [zero(); U];
                 let mut qv = [zero(); U];
                 let mut z = srcs.len();
-                // SAFETY: `off + STEP <= main <= len` and every slice read or written here has
-                // `len` bytes (contract asserted above); `p`/`q` are touched only when present.
+                // SAFETY: `off + STEP <= to`, and every buffer touched holds at least `to`
+                // bytes (the caller's contract); `pp` / `qp` are touched only when present.
                 unsafe {
                     match start {
                         Start::Fresh => {
@@ -75,7 +81,7 @@ macro_rules! simd_kernels {
                                 }
                                 if WQ {
                                     let x = load(qp.add(off + u * W));
-                                    qv[u] = match &cont {
+                                    qv[u] = match cont {
                                         Some(t) => mulc(t, x),
                                         None => x,
                                     };
@@ -106,6 +112,54 @@ macro_rules! simd_kernels {
                     }
                 }
                 off += STEP;
+            }
+        }
+
+        /// See `portable::gen`. Stripes wider than a pass ([`PASS_STREAMS`]) are cut into column
+        /// blocks of [`BLOCK`] bytes, each computed in passes of at most that many sources
+        /// (the later passes continue from P and Q, which stay in L1 between passes).
+        #[target_feature(enable = $feat)]
+        pub(crate) fn gen<const WP: bool, const WQ: bool>(srcs: &[&[u8]], p: &mut [u8], q: &mut [u8], start: Start) {
+            let len = if WP { p.len() } else { q.len() };
+            contract(
+                srcs.len(),
+                srcs.iter()
+                    .map(|s| s.len())
+                    .chain(WP.then_some(p.len()))
+                    .chain(WQ.then_some(q.len())),
+                len,
+            );
+            let main = len - len % STEP;
+            let cont = match start {
+                Start::Continue(c) if c != 1 => Some(table(c)),
+                _ => None,
+            };
+            let (pp, qp) = (p.as_mut_ptr(), q.as_mut_ptr());
+            let n = srcs.len();
+            let pass_sources = PASS_STREAMS - usize::from(WP) - usize::from(WQ);
+            let passes = n.div_ceil(pass_sources).max(1);
+            let per_pass = n.div_ceil(passes);
+            let block = if passes == 1 { main } else { BLOCK };
+            let mut from = 0;
+            while from < main {
+                let to = (from + block).min(main);
+                let mut hi = n;
+                let mut first = true;
+                while first || hi > 0 {
+                    let lo = hi.saturating_sub(per_pass);
+                    // SAFETY: `to <= main <= len`, and every source, `p` (if WP) and `q`
+                    // (if WQ) has `len` bytes (contract asserted above).
+                    unsafe {
+                        if first {
+                            columns::<WP, WQ>(&srcs[lo..hi], pp, qp, from, to, start, cont.as_ref());
+                        } else {
+                            columns::<WP, WQ>(&srcs[lo..hi], pp, qp, from, to, Start::Continue(1), None);
+                        }
+                    }
+                    hi = lo;
+                    first = false;
+                }
+                from = to;
             }
             if main < len {
                 let mut tail: [&[u8]; GROUP] = [&[]; GROUP];
