@@ -9,6 +9,8 @@ command -v fio >/dev/null 2>&1 || need_apt+=(fio)
 command -v mdadm >/dev/null 2>&1 || need_apt+=(mdadm)
 # The kernel-made md fixture images are committed zstd-compressed.
 command -v zstd >/dev/null 2>&1 || need_apt+=(zstd)
+# ISA-L, which `cargo bench -p keel-parity --features isal` runs beside Keel's parity kernels.
+dpkg-query -W -f='${Status}' libisal-dev 2>/dev/null | grep -q "ok installed" || need_apt+=(libisal-dev)
 if [ ${#need_apt[@]} -gt 0 ]; then
   SUDO=""
   [ "$(id -u)" -eq 0 ] || SUDO="sudo"
@@ -19,6 +21,9 @@ fi
 for tool in fio mdadm zstd; do
   command -v $tool >/dev/null 2>&1 || { echo "$tool is required and could not be installed" >&2; exit 1; }
 done
+# Benchmark only (the tests do not link it): warn, do not fail.
+dpkg-query -W -f='${Status}' libisal-dev 2>/dev/null | grep -q "ok installed" \
+  || echo "warning: libisal-dev could not be installed; the parity bench needs it for --features isal" >&2
 
 # SPDK's own JSON-RPC client, unmodified, for the keel-tgt end-to-end tests.
 if ! .venv/bin/spdk-rpc --help >/dev/null 2>&1; then

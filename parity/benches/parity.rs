@@ -154,22 +154,30 @@ fn run_once(op: Op, who: Who, s: &mut Stripe, n: usize) {
 }
 
 fn contenders(op: Op) -> Vec<Who> {
-    let mut v: Vec<Who> = Parity::all_supported().map(|p| Who::Keel(p.implementation())).collect();
-    #[cfg(feature = "isal")]
-    if matches!(op, Op::P | Op::Pq) {
-        let avx512 = std::arch::is_x86_feature_detected!("avx512f")
-            && std::arch::is_x86_feature_detected!("avx512bw")
-            && std::arch::is_x86_feature_detected!("avx512vl");
-        v.push(Who::Isal("dispatch"));
-        if avx512 {
-            v.push(Who::Isal("avx512"));
-        }
-        v.push(Who::Isal(if op == Op::P { "avx" } else { "avx2" }));
-        v.push(Who::Isal("sse"));
+    let keel = Parity::all_supported().map(|p| Who::Keel(p.implementation()));
+    keel.chain(isal_contenders(op)).collect()
+}
+
+#[cfg(feature = "isal")]
+fn isal_contenders(op: Op) -> Vec<Who> {
+    if !matches!(op, Op::P | Op::Pq) {
+        return Vec::new();
     }
-    #[cfg(not(feature = "isal"))]
-    let _ = op;
+    let avx512 = std::arch::is_x86_feature_detected!("avx512f")
+        && std::arch::is_x86_feature_detected!("avx512bw")
+        && std::arch::is_x86_feature_detected!("avx512vl");
+    let mut v = vec![Who::Isal("dispatch")];
+    if avx512 {
+        v.push(Who::Isal("avx512"));
+    }
+    v.push(Who::Isal(if op == Op::P { "avx" } else { "avx2" }));
+    v.push(Who::Isal("sse"));
     v
+}
+
+#[cfg(not(feature = "isal"))]
+fn isal_contenders(_op: Op) -> Vec<Who> {
+    Vec::new()
 }
 
 /// CPU time this thread has run, in seconds. The machines are shared: wall-clock time would

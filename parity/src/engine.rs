@@ -6,8 +6,10 @@
 //! [`GROUP`] present, consecutive slots per kernel call. The first run starts P and Q fresh;
 //! each later run continues from what the outputs hold, Q first multiplied by `g^gap` for the
 //! zero (missing) slots between the runs; if the lowest present slot is above 0, a last pass
-//! multiplies Q by `g^lowest`. A dense stripe of up to 32 data blocks is therefore a single
-//! pass; missing blocks (recovery, DDF gaps) cost one extra pass over P and Q per gap.
+//! multiplies Q by `g^lowest`. A dense stripe of up to 32 data blocks is therefore one kernel
+//! call; missing blocks (recovery, DDF gaps) cost one extra pass over P and Q per gap. (Inside
+//! a call, a stripe wider than an L1 set's ways works through 4 KiB column blocks in a few
+//! passes; see the kernel's `PASS_STREAMS`.)
 //!
 //! Nothing here allocates: the runs are gathered into a stack array of slices, the check
 //! helpers compute parity a column of [`CHECK_COLUMN`] bytes at a time into stack buffers.

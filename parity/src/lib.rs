@@ -56,8 +56,8 @@
 //!
 //! # Implementations
 //! [`Impl::Portable`] (safe Rust on u64 words), [`Impl::Ssse3`] and [`Impl::Avx2`]
-//! (`std::arch`: multiply by `g` with compare/add/and/xor, multiply by a constant with two
-//! `pshufb` lookups on the nibbles). [`Impl::best`] picks the fastest the CPU supports with
+//! (`std::arch`: multiply by `g` with add, a top-bit select of `0x1D` and xor, multiply by a
+//! constant with two `pshufb` lookups on the nibbles). [`Impl::best`] picks the fastest the CPU supports with
 //! `is_x86_feature_detected!` on first use and caches it; the free functions below use it, and
 //! [`Parity::new`] forces one (tests, the benchmark). Every implementation produces the same
 //! bytes; property tests compare each with a byte-at-a-time reference.

@@ -10,8 +10,9 @@
 //! - `two_data`: the last step of rebuilding two data blocks from P and Q.
 //!
 //! [`portable`] is plain safe Rust (u64 words, nibble tables); [`ssse3`] and [`avx2`] use
-//! `std::arch` (multiply by `g`: compare, add, and, xor; multiply by a constant: two `pshufb`
-//! table lookups on the nibbles). The SIMD kernels run their vector loop over whole vectors and
+//! `std::arch` (multiply by `g`: add the vector to itself, select `0x1D` where the top bit was
+//! set — compare+and on SSSE3, `pblendvb` on AVX2 — and xor; multiply by a constant: two
+//! `pshufb` table lookups on the nibbles). The SIMD kernels run their vector loop over whole vectors and
 //! hand the last `len % step` bytes to the portable kernel. Each SIMD kernel is a
 //! `#[target_feature]` function: calling it is sound only on a CPU with that feature, which
 //! [`Impl::is_supported`] checks and [`crate::Parity::new`] enforces before any call is possible.

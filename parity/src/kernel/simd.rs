@@ -8,6 +8,10 @@
 //! nibble tables of `c` as shuffle vectors) + `mulc(&t, x)` (`c·x` by two `pshufb`), and the
 //! unaligned `load(ptr)` / `store(ptr, v)`.
 //!
+//! `gen` keeps at most `PASS_STREAMS` (7) streams in flight: a wider stripe is computed per
+//! 4 KiB column block in passes over groups of sources, the later passes continuing from P and
+//! Q while they are still in L1 (see the constants for why).
+//!
 //! Memory safety of the vector loops: every kernel asserts its slice contract (one length for
 //! all slices, at most `GROUP` sources) before its loop, runs the loop only over
 //! `main = len - len % step` bytes, and hands bytes `main..len` to the portable kernel. So
@@ -28,6 +32,7 @@ macro_rules! simd_kernels {
         /// Column block of a multi-pass `gen`: one L1 way (32 KiB / 8 ways), so P and Q of the
         /// block stay in L1 from one pass to the next.
         const BLOCK: usize = 4096;
+        const _: () = assert!(BLOCK % STEP == 0, "a column block is whole column steps");
 
         fn contract(srcs: usize, lens: impl IntoIterator<Item = usize>, len: usize) {
             assert!(srcs <= GROUP, "kernel given {srcs} sources");
