@@ -353,9 +353,29 @@ proptest! {
 }
 
 proptest! {
-    // md allows up to 256 raid6 members (254 data slots); Q supports 255. Few cases, short
-    // blocks: these exercise the grouping of many slots into kernel runs.
+    // Few cases of the expensive shapes: md allows up to 256 raid6 members (254 data slots) and
+    // Q supports 255 (short blocks: the grouping of many slots into kernel runs); and long
+    // blocks.
     #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
+
+    #[test]
+    fn long_blocks_in_several_passes((n, len, mis, seed) in (5usize..=20, 4000usize..=10_000, 0usize..64, any::<u64>())) {
+        // Wider than one pass (8 streams with P and Q) and longer than one 4 KiB column block:
+        // the SIMD kernels' blocked passes, block boundaries and tails.
+        let s = Stripe::new(n, len, mis, seed);
+        let blocks = s.blocks();
+        let d = dense(&blocks);
+        let (want_p, want_q) = (ref_p(&d, len), ref_q(&d, len));
+        for par in impls() {
+            let (mut p, mut q) = (vec![0u8; len], vec![0u8; len]);
+            par.pq_gen(&blocks, &mut p, &mut q).unwrap();
+            prop_assert_eq!(&p, &want_p, "{:?} n={} len={}", par.implementation(), n, len);
+            prop_assert_eq!(&q, &want_q, "{:?} n={} len={}", par.implementation(), n, len);
+            let mut p2 = vec![0u8; len];
+            par.xor_gen(&blocks, &mut p2).unwrap();
+            prop_assert_eq!(&p2, &want_p);
+        }
+    }
 
     #[test]
     fn large_stripes((n, len, mis, seed) in (200usize..=MAX_Q_SLOTS, 0usize..=200, 0usize..64, any::<u64>()),

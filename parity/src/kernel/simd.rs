@@ -8,7 +8,7 @@
 //! nibble tables of `c` as shuffle vectors) + `mulc(&t, x)` (`c·x` by two `pshufb`), and the
 //! unaligned `load(ptr)` / `store(ptr, v)`.
 //!
-//! `gen` keeps at most `PASS_STREAMS` (7) streams in flight: a wider stripe is computed per
+//! `gen` keeps at most `PASS_STREAMS` (8) streams in flight: a wider stripe is computed per
 //! 4 KiB column block in passes over groups of sources, the later passes continuing from P and
 //! Q while they are still in L1 (see the constants for why).
 //!
@@ -24,11 +24,13 @@ macro_rules! simd_kernels {
 
         /// Bytes per column step of `gen`.
         const STEP: usize = U * W;
-        /// Most streams (sources and outputs) one pass of `gen` touches: within the 8 ways of an
-        /// L1 set, with one to spare. Buffers are 4 KiB-aligned (DmaBufs), so every stream maps
-        /// the same column to the same set; past 8 streams each column would evict the lines
-        /// the next column needs and every load would miss L1 (P+Q of 8+2 ran at 2/3 speed).
-        const PASS_STREAMS: usize = 7;
+        /// Most streams (sources and outputs) one pass of `gen` touches: the 8 ways of an L1 set
+        /// (32 KiB, 8-way on Zen 4; Intel's 48 KiB, 12-way has more). Buffers are 4 KiB-aligned
+        /// (DmaBufs), so every stream maps the same column to the same set; past 8 streams each
+        /// column evicts the lines the next one needs and the loads miss L1. Measured on the
+        /// EPYC: P+Q of 8+2 in one pass ran at 2/3 the speed of two passes of 4 data blocks,
+        /// while 6+2 was fastest in one pass.
+        const PASS_STREAMS: usize = 8;
         /// Column block of a multi-pass `gen`: one L1 way (32 KiB / 8 ways), so P and Q of the
         /// block stay in L1 from one pass to the next.
         const BLOCK: usize = 4096;
