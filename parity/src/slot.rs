@@ -38,7 +38,7 @@ fn check(disks: usize, p_disk: usize, q_disk: usize) -> Result<(), ParityError> 
 /// The Q slot of member `disk` in a stripe of `disks` members whose P is on `p_disk` and Q on
 /// `q_disk` (md native layouts): `Some(slot)` for a data disk, `None` for P's and Q's disks.
 /// The caller passes data block `slot` at index `slot` of the data slice of
-/// [`crate::Parity::pq_gen`] and friends.
+/// [`crate::Parity::pq_gen`] and friends. Pure; any core.
 pub fn md_q_slot(disks: usize, p_disk: usize, q_disk: usize, disk: usize) -> Result<Option<usize>, ParityError> {
     check(disks, p_disk, q_disk)?;
     if disk >= disks {
@@ -53,7 +53,7 @@ pub fn md_q_slot(disks: usize, p_disk: usize, q_disk: usize, disk: usize) -> Res
     Ok(Some(pos - usize::from(p_pos < pos)))
 }
 
-/// The inverse of [`md_q_slot`]: the member disk that holds data slot `slot`.
+/// The inverse of [`md_q_slot`]: the member disk that holds data slot `slot`. Pure; any core.
 pub fn md_slot_disk(disks: usize, p_disk: usize, q_disk: usize, slot: usize) -> Result<usize, ParityError> {
     check(disks, p_disk, q_disk)?;
     if slot >= disks - 2 {
