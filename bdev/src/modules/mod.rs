@@ -25,7 +25,9 @@ pub fn parse_uuid(param: &'static str, text: Option<&str>) -> Result<Option<Uuid
 }
 
 /// Deletes `name` if it belongs to `module`; `done` runs once the removal finished. The error is
-/// `NotFound` for an unknown name or a bdev of another module (as SPDK's `*_delete`).
+/// `NotFound` for an unknown name or a bdev of another module (as SPDK's `*_delete`), and
+/// `InUse` (EBUSY, naming the holders) while something must not lose it or a bdev its removal
+/// takes along — a dm table naming it ([`BdevRegistry::check_removable`]); nothing changes then.
 pub fn delete_of_module(
     reg: &BdevRegistry,
     module: &str,
@@ -33,7 +35,10 @@ pub fn delete_of_module(
     done: impl FnOnce() + Send + 'static,
 ) -> Result<(), BdevError> {
     match reg.get(name) {
-        Some(b) if b.info().module == module && b.name() == name => reg.unregister(name, done),
+        Some(b) if b.info().module == module && b.name() == name => {
+            reg.check_removable(name)?;
+            reg.unregister(name, done)
+        }
         _ => Err(BdevError::NotFound(name.to_string())),
     }
 }
