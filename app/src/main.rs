@@ -13,7 +13,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::mpsc;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use clap::Parser;
 use keel_bdev::BdevRegistry;
@@ -37,6 +37,10 @@ struct Args {
     /// Permission bits of the RPC socket, octal.
     #[arg(long = "rpc-socket-mode", default_value = "600", value_parser = parse_mode)]
     rpc_socket_mode: u32,
+    /// Close an RPC connection that receives nothing for this many seconds while none of its
+    /// calls runs (0 = never), so idle clients cannot hold every connection slot.
+    #[arg(long = "rpc-idle-timeout", value_name = "SECS", default_value_t = keel_rpc::server::DEFAULT_IDLE_TIMEOUT.as_secs())]
+    rpc_idle_timeout: u64,
     /// Stay in STARTUP until the framework_start_init RPC.
     #[arg(long = "wait-for-rpc")]
     wait_for_rpc: bool,
@@ -183,6 +187,7 @@ fn run(args: Args) -> Result<(), String> {
                 &ServerOpts {
                     path: args.rpc_socket.clone(),
                     mode: args.rpc_socket_mode,
+                    idle_timeout: (args.rpc_idle_timeout > 0).then(|| Duration::from_secs(args.rpc_idle_timeout)),
                 },
                 dispatch,
             ) {

@@ -45,6 +45,7 @@ mod bdev;
 pub mod buf;
 mod error;
 mod forward;
+mod holders;
 mod io;
 mod layer;
 mod module;
@@ -56,8 +57,8 @@ mod striping;
 pub mod tokens;
 
 pub use bdev::{
-    BackendChannel, Bdev, BdevBackend, BdevChannel, BdevEvent, BdevInfo, BdevParams, Channel, ChannelCx, ConfigCall,
-    Descriptor, IoCaps,
+    size_bytes_checked, BackendChannel, Bdev, BdevBackend, BdevChannel, BdevEvent, BdevInfo, BdevParams, Channel,
+    ChannelCx, ConfigCall, Descriptor, IoCaps,
 };
 pub use buf::{BufPool, DmaBuf};
 pub use error::BdevError;

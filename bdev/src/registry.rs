@@ -55,7 +55,8 @@ impl BdevRegistry {
     }
 
     /// Registers a bdev built by a module. Fails on an empty or duplicate name/UUID, a block size
-    /// that is not a power of two ≥ 512 (or 520.. for md formats: not supported), or zero blocks.
+    /// that is not a power of two ≥ 512 (or 520.. for md formats: not supported), zero blocks,
+    /// or a size whose byte count does not fit a u64 ([`crate::size_bytes_checked`]).
     pub fn register(&self, params: BdevParams, backend: Arc<dyn BdevBackend>) -> Result<Arc<Bdev>, BdevError> {
         validate_name(&params.name)?;
         if params.block_size < 512 || !params.block_size.is_power_of_two() {
@@ -67,6 +68,7 @@ impl BdevRegistry {
         if params.num_blocks == 0 {
             return Err(BdevError::invalid("num_blocks", "must be greater than 0"));
         }
+        crate::size_bytes_checked(params.num_blocks, params.block_size)?;
         let uuid = params.uuid.unwrap_or_else(Uuid::new_v4);
         let mut bdevs = self.bdevs.lock().unwrap();
         for b in bdevs.iter() {
@@ -284,7 +286,7 @@ impl BdevRegistry {
         fini_next(self.cores.clone(), stack, Box::new(done));
     }
 
-    fn modules_snapshot(&self) -> Vec<Arc<dyn BdevModule>> {
+    pub(crate) fn modules_snapshot(&self) -> Vec<Arc<dyn BdevModule>> {
         self.modules.lock().unwrap_or_else(|e| e.into_inner()).all()
     }
 }

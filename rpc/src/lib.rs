@@ -15,10 +15,12 @@
 //! Imports go one way, from the leaves up; no module imports one that imports it:
 //!
 //! 1. Leaves: `error` ([`RpcError`] and the JSON-RPC codes); importing only the error type,
-//!    `decode` (`decode`, `decode_with`, `no_params` and the `params!` macro that decodes or
-//!    answers the error) and `context` ([`Ctx`], [`Reply`], [`Framework`]); `retry` (waiting
-//!    on the main reactor without blocking it); and `table` ([`MethodInfo`], [`Phase`],
-//!    [`Subsystem`] and a file's `Table`), which uses `context` for the handler's signature.
+//!    `decode` (`decode`, `decode_with`, `no_params`, `refuse_positional` and the `params!`
+//!    macro that decodes or answers the error) and `context` ([`Ctx`], [`Reply`],
+//!    [`Framework`]); `retry` (waiting on the main reactor without blocking it); and `table`
+//!    ([`MethodInfo`], [`Phase`], [`Subsystem`] and a file's `Table`), which uses `context` for
+//!    the handler's signature and `decode` for the one check every call passes
+//!    ([`MethodInfo::call`]: params are objects).
 //! 2. Method files, each declaring `pub(crate) static TABLE: Table` next to its handlers:
 //!    [`framework`], `bdev_methods` (the bdev modules; serves `"bdev"`), `bdev_info`,
 //!    `raid_methods`, [`md_methods`] and [`dm_methods`] (serves `"dm"`). `raid_methods` serves

@@ -79,6 +79,25 @@ pub(crate) fn md_error(e: MdError) -> RpcError {
     RpcError::from_errno(e.errno(), e.to_string())
 }
 
+/// Refuses an array name that could not be a device name, as dm refuses its device names: one
+/// with a `/`, `.` or `..`, or with whitespace or control characters (-22, naming the
+/// parameter). md_create, md_assemble and bdev_raid_create check it before md sees the name.
+pub(crate) fn check_md_name(param: &str, name: &str) -> Result<(), RpcError> {
+    let bad = |why: &str| {
+        Err(RpcError::from_errno(
+            -libc::EINVAL,
+            format!("invalid parameter '{param}': '{name}': {why}"),
+        ))
+    };
+    if name.contains('/') || name == "." || name == ".." {
+        return bad("an md array name cannot contain '/' or be . or ..");
+    }
+    if name.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return bad("an md array name cannot contain whitespace or control characters");
+    }
+    Ok(())
+}
+
 fn reg(ctx: &Ctx) -> Arc<MdRegistry> {
     MdRegistry::of(&ctx.registry)
 }
@@ -139,6 +158,9 @@ struct MemberParams {
 /// the array bdev's name.
 fn md_create(ctx: &Ctx, params: Option<Value>, reply: Reply) {
     let p: CreateParams = params!(params, reply);
+    if let Err(e) = check_md_name("name", &p.name) {
+        return reply(Err(e));
+    }
     let name = p.name.clone();
     let opts = CreateOpts {
         name: p.name,
@@ -196,6 +218,9 @@ fn md_assemble(ctx: &Ctx, params: Option<Value>, reply: Reply) {
         return reply(Err(RpcError::invalid_params(
             "Invalid parameters: give at least one of name, uuid and members",
         )));
+    }
+    if let Some(Err(e)) = p.name.as_deref().map(|n| check_md_name("name", n)) {
+        return reply(Err(e));
     }
     let md = reg(ctx);
     let bdevs = ctx.registry.clone();

@@ -117,7 +117,7 @@ pub fn call_method(ctx: &Ctx, method: &str, params: Option<Value>, reply: Reply)
             "Method may only be called after framework is initialized using framework_start_init RPC.",
         )));
     }
-    (m.handler)(ctx, params, reply)
+    m.call(ctx, params, reply)
 }
 
 #[derive(Deserialize, Default)]
