@@ -12,6 +12,9 @@ pub enum BdevError {
     HasWriters { name: String, module: String },
     #[error("bdev '{0}' is being removed")]
     Removed(String),
+    /// The machine cannot hold what was asked for (a malloc bdev larger than the memory left).
+    #[error("{0}")]
+    NoMemory(String),
     #[error("invalid parameter '{param}': {reason}")]
     InvalidParam { param: &'static str, reason: String },
     #[error("{context}: {source}")]
@@ -47,6 +50,7 @@ impl BdevError {
             BdevError::Claimed { .. } | BdevError::HasWriters { .. } => -libc::EPERM,
             BdevError::Removed(_) => -libc::ENODEV,
             BdevError::InvalidParam { .. } => -libc::EINVAL,
+            BdevError::NoMemory(_) => -libc::ENOMEM,
             BdevError::Io { source, .. } => -source.raw_os_error().unwrap_or(libc::EIO),
         }
     }

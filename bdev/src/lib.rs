@@ -42,6 +42,7 @@ mod forward;
 mod io;
 mod module;
 pub mod modules;
+mod ram;
 mod registry;
 mod split;
 pub mod stats;
