@@ -17,6 +17,9 @@ pub enum BdevError {
     Removed(String),
     #[error("bdev '{name}' is in use by {}; remove that first", holders.join(", "))]
     Held { name: String, holders: Vec<String> },
+    /// The machine cannot hold what was asked for (a malloc bdev larger than the memory left).
+    #[error("{0}")]
+    NoMemory(String),
     #[error("invalid parameter '{param}': {reason}")]
     InvalidParam { param: &'static str, reason: String },
     #[error("{context}: {source}")]
@@ -54,6 +57,7 @@ impl BdevError {
             BdevError::Removed(_) => -libc::ENODEV,
             BdevError::Held { .. } => -libc::EBUSY,
             BdevError::InvalidParam { .. } => -libc::EINVAL,
+            BdevError::NoMemory(_) => -libc::ENOMEM,
             BdevError::Io { source, .. } => -source.raw_os_error().unwrap_or(libc::EIO),
         }
     }

@@ -15,7 +15,8 @@
 //!    stacking layers). Deleting a malloc under a passthru under a dm table takes the passthru
 //!    too, so the dm table's claim on the passthru counts.
 //! 2. **Who must not lose it.** Every loaded module's [`crate::BdevModule::holds`] for each bdev
-//!    that goes (dm: the devices whose live or staged tables name it).
+//!    that goes (dm: the devices whose live or staged tables name it), and every user serving
+//!    one of them outside the process ([`crate::Descriptor::hold`]: an NBD export).
 //!
 //! Any such holder refuses the delete with EBUSY ([`BdevError::InUse`]) naming them, and nothing
 //! changes: the bdev stays registered and every claim holds. Linux refuses the same way
@@ -67,16 +68,14 @@ impl BdevRegistry {
         for b in self.removal_set(&bdev) {
             // Module holders (dm tables), then users serving it outside (`Descriptor::hold`).
             let named: Vec<String> = modules.iter().flat_map(|m| m.holds(&b)).chain(b.holders()).collect();
-            {
-                for h in named {
-                    let h = if Arc::ptr_eq(&b, &bdev) {
-                        h
-                    } else {
-                        format!("{h} through '{}', which goes with it", b.name())
-                    };
-                    if !holders.contains(&h) {
-                        holders.push(h);
-                    }
+            for h in named {
+                let h = if Arc::ptr_eq(&b, &bdev) {
+                    h
+                } else {
+                    format!("{h} through '{}', which goes with it", b.name())
+                };
+                if !holders.contains(&h) {
+                    holders.push(h);
                 }
             }
         }

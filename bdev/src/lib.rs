@@ -50,6 +50,7 @@ mod io;
 mod layer;
 mod module;
 pub mod modules;
+mod ram;
 mod registry;
 mod split;
 pub mod stats;

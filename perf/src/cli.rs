@@ -92,6 +92,11 @@ struct Cli {
     /// Do not pin reactor threads to their cores (pinning is the default)
     #[arg(long = "no-pin")]
     no_pin: bool,
+    /// Before the timed run, write every target bdev once from start to end (128 KiB
+    /// sequential writes), so reads of memory or files that were never written (a fresh malloc
+    /// bdev reads the kernel's zero page) measure real data
+    #[arg(long = "prefill")]
+    prefill: bool,
 }
 
 /// What the command line asks for.
@@ -225,6 +230,7 @@ pub fn parse_args(
             Format::Json => OutputFormat::Json,
         },
         progress_line: stdout_is_tty,
+        prefill: cli.prefill,
     })))
 }
 
