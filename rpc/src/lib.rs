@@ -98,6 +98,7 @@ mod raid_methods;
 pub mod registry;
 mod retry;
 pub mod server;
+mod split_methods;
 mod table;
 
 pub use context::{Ctx, Framework, Reply, StartInit};
