@@ -92,6 +92,7 @@ pub mod dm_methods;
 mod error;
 pub mod framework;
 pub mod jsonrpc;
+pub mod log_methods;
 pub mod md_methods;
 pub mod nbd_methods;
 mod raid_methods;

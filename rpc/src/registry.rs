@@ -21,12 +21,15 @@ use crate::context::{Ctx, Reply};
 use crate::decode::{no_params, params};
 use crate::error::{RpcError, INVALID_PARAMS};
 use crate::table::{method, MethodInfo, Subsystem, Table};
-use crate::{bdev_info, bdev_methods, dm_methods, framework, md_methods, nbd_methods, raid_methods, split_methods};
+use crate::{
+    bdev_info, bdev_methods, dm_methods, framework, log_methods, md_methods, nbd_methods, raid_methods, split_methods,
+};
 
 /// Every method file's table, in listing order (see the module docs).
 static TABLES: &[&Table] = &[
     &framework::TABLE,
     &TABLE,
+    &log_methods::TABLE,
     &md_methods::TABLE,
     &bdev_info::TABLE,
     &bdev_methods::TABLE, // serves "bdev"
@@ -325,7 +328,14 @@ mod tests {
                 "spdk_get_version",
                 "framework_start_init",
                 "framework_wait_init",
-                "rpc_get_methods"
+                "rpc_get_methods",
+                "log_set_print_level",
+                "log_get_print_level",
+                "log_set_level",
+                "log_get_level",
+                "log_set_flag",
+                "log_clear_flag",
+                "log_get_flags"
             ]
         );
         let e = call(true, "framework_start_init", json!({})).unwrap_err();
