@@ -45,7 +45,12 @@ struct Args {
     #[arg(long = "wait-for-rpc")]
     wait_for_rpc: bool,
     /// Log level: error, warn, info, debug or trace (RUST_LOG overrides; the last -L wins).
-    #[arg(short = 'L', long = "log-level", default_value = "info", overrides_with = "log_level")]
+    #[arg(
+        short = 'L',
+        long = "log-level",
+        default_value = "info",
+        overrides_with = "log_level"
+    )]
     log_level: String,
     /// Do not pin reactor threads to their cores.
     #[arg(long = "no-pin")]
