@@ -335,7 +335,8 @@ mod tests {
                 "log_get_level",
                 "log_set_flag",
                 "log_clear_flag",
-                "log_get_flags"
+                "log_get_flags",
+                "bdev_set_options"
             ]
         );
         let e = call(true, "framework_start_init", json!({})).unwrap_err();
