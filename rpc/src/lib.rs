@@ -92,6 +92,7 @@ mod error;
 pub mod framework;
 pub mod jsonrpc;
 pub mod md_methods;
+pub mod nbd_disk_methods;
 pub mod nbd_methods;
 mod raid_methods;
 pub mod registry;
