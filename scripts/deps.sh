@@ -14,6 +14,8 @@ command -v zstd >/dev/null 2>&1 || need_apt+=(zstd)
 command -v qemu-io >/dev/null 2>&1 || need_apt+=(qemu-utils)
 command -v nbdinfo >/dev/null 2>&1 || need_apt+=(libnbd-bin)
 command -v nbdkit >/dev/null 2>&1 || need_apt+=(nbdkit)
+# ISA-L, which `cargo bench -p keel-parity --features isal` runs beside Keel's parity kernels.
+dpkg-query -W -f='${Status}' libisal-dev 2>/dev/null | grep -q "ok installed" || need_apt+=(libisal-dev)
 if [ ${#need_apt[@]} -gt 0 ]; then
   SUDO=""
   [ "$(id -u)" -eq 0 ] || SUDO="sudo"
@@ -28,6 +30,9 @@ if ! fio --enghelp 2>/dev/null | grep -qx '[[:space:]]*nbd'; then
   echo "fio has no nbd engine (Debian's fio package is built with libnbd; a fio built without it lacks it)" >&2
   exit 1
 fi
+# Benchmark only (the tests do not link it): warn, do not fail.
+dpkg-query -W -f='${Status}' libisal-dev 2>/dev/null | grep -q "ok installed" \
+  || echo "warning: libisal-dev could not be installed; the parity bench needs it for --features isal" >&2
 
 # SPDK's own JSON-RPC client, unmodified, for the keel-tgt end-to-end tests.
 if ! .venv/bin/spdk-rpc --help >/dev/null 2>&1; then

@@ -91,10 +91,26 @@ pub struct BdevInfo {
 }
 
 impl BdevInfo {
-    /// Size in bytes.
+    /// Size in bytes. Never overflows: [`crate::BdevRegistry::register`] refuses a bdev whose
+    /// size does not fit a u64 ([`size_bytes_checked`]).
     pub fn size_bytes(&self) -> u64 {
         self.num_blocks * self.block_size as u64
     }
+}
+
+/// `num_blocks × block_size` in bytes, or an error naming `num_blocks` when the product does
+/// not fit a u64 (`bdev_null_create` with num_blocks 2^63 and 512-byte blocks). The one size
+/// check of every create: [`crate::BdevRegistry::register`] makes it for every bdev any module
+/// registers, so byte offsets and sizes computed from a registered bdev cannot overflow; a
+/// module that needs the byte count before it registers (to allocate, to check a file) calls
+/// it first. Pure; any thread.
+pub fn size_bytes_checked(num_blocks: u64, block_size: u32) -> Result<u64, BdevError> {
+    num_blocks.checked_mul(block_size as u64).ok_or_else(|| {
+        BdevError::invalid(
+            "num_blocks",
+            format!("{num_blocks} blocks of {block_size} bytes is more than the 2^64 bytes a bdev can address"),
+        )
+    })
 }
 
 /// The RPC call that recreates a bdev (an entry of save_config).
@@ -129,6 +145,15 @@ pub trait BdevBackend: Any + Send + Sync {
     /// bdev. Control path (main core, save_config).
     fn bases(&self) -> Vec<String> {
         Vec::new()
+    }
+
+    /// Whether this bdev goes away by itself when a base of it ([`BdevBackend::bases`]) is
+    /// removed: true for the stacking layers (passthru, delay, error), which unregister with
+    /// their base as SPDK's do; false for bdevs that stay (a dm device keeps failing I/O to a
+    /// lost base, an md array degrades). A delete follows these cascades to find every bdev it
+    /// would take along ([`crate::BdevRegistry::check_removable`]). Control path.
+    fn removed_with_base(&self) -> bool {
+        false
     }
 
     /// Called once after the bdev was unregistered and every channel was told to abort: release

@@ -9,11 +9,12 @@
 //! 4. picks the target bdevs (`-T NAME`, else every leaf bdev, i.e. not claimed) and builds the
 //!    jobs: one per bdev, assigned to cores round-robin over the mask, or with `-C` one per
 //!    core per bdev, each on an equal contiguous slice,
-//! 5. sends each job to its core by message, where the job opens its descriptor and starts
+//! 5. with `--prefill`, first writes every target once from start to end ([`prefill`]),
+//! 6. sends each job to its core by message, where the job opens its descriptor and starts
 //!    ([`keel_load::Job::start_with`]); results come back over the `mpsc` channel (control path),
-//! 6. meanwhile prints the one-line progress display each second (only when asked to: the binary
+//! 7. meanwhile prints the one-line progress display each second (only when asked to: the binary
 //!    asks when stdout is a terminal) or, with `-S`, a full periodic report,
-//! 7. prints the report (text or JSON) and miscompares / end reasons on the error stream, asks
+//! 8. prints the report (text or JSON) and miscompares / end reasons on the error stream, asks
 //!    the reactors to stop and waits for them. Jobs have dropped their descriptors, channels and
 //!    pollers on their own cores by then, so every reactor exits promptly.
 
@@ -45,6 +46,11 @@ const DRAIN_GRACE: Duration = Duration::from_secs(20);
 const STOP_GRACE: Duration = Duration::from_secs(10);
 /// How long bdev creation on the main core may take.
 const SETUP_TIMEOUT: Duration = Duration::from_secs(120);
+/// I/O size and queue depth of the `--prefill` pass: large sequential writes, a few in flight.
+const PREFILL_IO_BYTES: u64 = 128 << 10;
+const PREFILL_QUEUE_DEPTH: u32 = 8;
+/// How long the `--prefill` pass may take in all.
+const PREFILL_TIMEOUT: Duration = Duration::from_secs(600);
 
 /// A caller-supplied bdev setup, run on the main reactor core.
 pub type SetupFn = Box<dyn FnOnce(&Arc<BdevRegistry>) -> Result<(), PerfError> + Send>;
@@ -90,6 +96,9 @@ pub struct RunOptions {
     pub output: OutputFormat,
     /// Show the one-line progress display each second (text output, no `-S`).
     pub progress_line: bool,
+    /// `--prefill`: write every target bdev once, sequentially, before the timed run
+    /// ([`prefill`]).
+    pub prefill: bool,
 }
 
 impl RunOptions {
@@ -111,6 +120,7 @@ impl RunOptions {
             periodic_secs: None,
             output: OutputFormat::Text,
             progress_line: false,
+            prefill: false,
         }
     }
 }
@@ -160,6 +170,72 @@ enum Msg {
     Done(usize, Box<JobResult>),
 }
 
+/// `--prefill`: writes every target bdev that takes writes once from its first block to its
+/// last, before the measured jobs start — one sequential write job per bdev on the main core,
+/// stopped once it has written the bdev's size (a job's sequential cursor starts at block 0).
+/// A RAM disk allocates its memory as it is written and reads unwritten blocks from the
+/// kernel's zero page, so without this a read benchmark measures cached zeros. Called on the
+/// orchestrator's thread; blocks until every pass finished.
+pub fn prefill(cores: &Cores, reg: &Arc<BdevRegistry>, targets: &[Arc<keel_bdev::Bdev>]) -> Result<(), PerfError> {
+    let (tx, rx) = mpsc::channel::<Result<(Arc<JobProgress>, u64), PerfError>>();
+    let (done_tx, done_rx) = mpsc::channel::<JobResult>();
+    let mut names: Vec<&str> = Vec::new();
+    for b in targets {
+        let info = b.info();
+        if !info.caps.supports(keel_bdev::IoOp::Write) || names.contains(&info.name.as_str()) {
+            continue;
+        }
+        names.push(&info.name);
+        let bs = info.block_size as u64;
+        let io_bytes = PREFILL_IO_BYTES.max(bs).min(info.size_bytes()) / bs * bs;
+        let ios = info.size_bytes().div_ceil(io_bytes);
+        let spec = JobSpec::new(&info.name, Workload::Write, PREFILL_QUEUE_DEPTH, io_bytes, 0);
+        let (tx, done_tx, reg, name) = (tx.clone(), done_tx.clone(), reg.clone(), info.name.clone());
+        cores.run_on(cores.main_core(), move || {
+            let started = reg.open(&name, true, |_| {}).map_err(PerfError::from).and_then(|desc| {
+                Job::start_with(spec, desc, move |r| {
+                    let _ = done_tx.send(r.clone());
+                })
+                .map_err(PerfError::from)
+            });
+            let _ = tx.send(started.map(|h| (h.progress(), ios)));
+        })?;
+    }
+    drop((tx, done_tx));
+    let mut running = Vec::new();
+    for r in rx.iter() {
+        running.push(r?);
+    }
+    let deadline = Instant::now() + PREFILL_TIMEOUT;
+    while !running.is_empty() {
+        running.retain(|(p, ios)| {
+            if p.completed_ios() >= *ios {
+                p.request_stop();
+                false
+            } else {
+                true
+            }
+        });
+        if Instant::now() > deadline {
+            return Err(PerfError::Config("--prefill did not finish in time".into()));
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    for _ in 0..names.len() {
+        let r = done_rx
+            .recv_timeout(STOP_GRACE)
+            .map_err(|_| PerfError::Config("--prefill: a write pass did not stop".into()))?;
+        if r.status == JobStatus::Failed {
+            return Err(PerfError::Config(format!(
+                "--prefill: writing {} failed: {}",
+                r.name,
+                r.end_reason.as_deref().unwrap_or("I/O failed")
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// A job to start: where, on what, and how.
 struct Planned {
     core: CoreId,
@@ -178,6 +254,16 @@ pub fn run(opts: RunOptions, out: &mut dyn Write, err: &mut dyn Write) -> Result
     }
     if opts.run_time_secs == 0 {
         return Err(PerfError::invalid("-t", "run time must be greater than 0 seconds"));
+    }
+    if opts.run_time_secs > crate::cli::MAX_SECS || opts.periodic_secs.is_some_and(|p| p > crate::cli::MAX_SECS) {
+        return Err(PerfError::invalid(
+            if opts.run_time_secs > crate::cli::MAX_SECS {
+                "-t"
+            } else {
+                "-S"
+            },
+            format!("at most {} seconds", crate::cli::MAX_SECS),
+        ));
     }
     if opts.rw_read_percent > 100 {
         return Err(PerfError::invalid("-M", "read percentage must be within 0..100"));
@@ -310,6 +396,9 @@ pub fn run(opts: RunOptions, out: &mut dyn Write, err: &mut dyn Write) -> Result
     }
     if planned.is_empty() {
         return Err(PerfError::NoJobs);
+    }
+    if opts.prefill {
+        prefill(&cores, &reg, &targets)?;
     }
 
     let text = opts.output == OutputFormat::Text;

@@ -1,6 +1,8 @@
 //! After setup, keel-perf's I/O loop does not allocate: a counting global allocator sees zero
 //! allocations while a job completes 100k I/Os in steady state, over null and malloc, for
-//! randread, randwrite, randrw and verify (verify on malloc only: null stores no data).
+//! randread, randwrite, randrw and verify (verify on malloc only: null stores no data), and
+//! write_zeroes on malloc; and random writes to a malloc bdev larger than the last-level cache
+//! (whose writes take the streaming-store kernel).
 //!
 //! Everything runs in one #[test] on one thread so that no other test allocates meanwhile.
 
@@ -20,6 +22,8 @@ fn steady_state_allocations(module: &str, workload: Workload) -> u64 {
     let reg = BdevRegistry::new(d.cores());
     match module {
         "null" => null::create(&reg, &null::NullOpts::new("B", 1 << 16, 512)).map(|_| ()),
+        // 512 MiB: larger than the last-level cache of any machine the tests run on.
+        "malloc-large" => malloc::create(&reg, &malloc::MallocOpts::new("B", 1 << 20, 512)).map(|_| ()),
         _ => malloc::create(&reg, &malloc::MallocOpts::new("B", 1 << 14, 512)).map(|_| ()),
     }
     .unwrap();
@@ -58,6 +62,8 @@ fn steady_state_io_does_not_allocate() {
         ("malloc", Workload::RandWrite),
         ("malloc", Workload::RandRw),
         ("malloc", Workload::Verify),
+        ("malloc", Workload::WriteZeroes),
+        ("malloc-large", Workload::RandWrite),
     ] {
         report.push((module, w, steady_state_allocations(module, w)));
     }

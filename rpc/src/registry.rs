@@ -87,8 +87,7 @@ pub fn subsystems(reg: &Arc<BdevRegistry>) -> Vec<SubsystemInfo> {
 /// calls. Called on the main reactor.
 pub fn subsystem_config(reg: &Arc<BdevRegistry>, name: &str) -> Option<Vec<Value>> {
     load_modules(reg);
-    let mut plan = reg.config_plan();
-    md_methods::place_arrays_after_members(reg, &mut plan);
+    let plan = reg.config_plan();
     let calls = plan.calls(name)?;
     let closing = find_subsystem(name).map_or(&[][..], |s| s.closing);
     Some(
@@ -119,7 +118,7 @@ pub fn call_method(ctx: &Ctx, method: &str, params: Option<Value>, reply: Reply)
             "Method may only be called after framework is initialized using framework_start_init RPC.",
         )));
     }
-    (m.handler)(ctx, params, reply)
+    m.call(ctx, params, reply)
 }
 
 #[derive(Deserialize, Default)]

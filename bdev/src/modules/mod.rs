@@ -27,7 +27,8 @@ pub fn parse_uuid(param: &'static str, text: Option<&str>) -> Result<Option<Uuid
 /// Deletes `name` if it belongs to `module`; `done` runs once the removal finished. The error is
 /// `NotFound` for an unknown name or a bdev of another module (as SPDK's `*_delete`), and
 /// [`BdevError::Held`] (EBUSY) while someone holds the bdev ([`crate::Descriptor::hold`]: an
-/// export serving it).
+/// export serving it), and `InUse` (EBUSY, naming the holders) while something must not lose it or a bdev its removal
+/// takes along — a dm table naming it ([`BdevRegistry::check_removable`]); nothing changes then.
 pub fn delete_of_module(
     reg: &BdevRegistry,
     module: &str,
@@ -43,6 +44,7 @@ pub fn delete_of_module(
                     holders,
                 });
             }
+            reg.check_removable(name)?;
             reg.unregister(name, done)
         }
         _ => Err(BdevError::NotFound(name.to_string())),
