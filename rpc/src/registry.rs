@@ -21,7 +21,10 @@ use crate::context::{Ctx, Reply};
 use crate::decode::{no_params, params};
 use crate::error::{RpcError, INVALID_PARAMS};
 use crate::table::{method, MethodInfo, Subsystem, Table};
-use crate::{bdev_info, bdev_methods, dm_methods, framework, md_methods, nbd_disk_methods, nbd_methods, raid_methods};
+use crate::{
+    bdev_info, bdev_methods, dm_methods, framework, md_methods, nbd_disk_methods, nbd_methods, raid_methods,
+    ublk_methods,
+};
 
 /// Every method file's table, in listing order (see the module docs).
 static TABLES: &[&Table] = &[
@@ -34,6 +37,7 @@ static TABLES: &[&Table] = &[
     &dm_methods::TABLE,  // serves "dm"
     &nbd_methods::TABLE, // serves "nbd"
     &nbd_disk_methods::TABLE,
+    &ublk_methods::TABLE, // serves "ublk"
 ];
 
 /// The methods that describe the registry.
