@@ -21,6 +21,30 @@ fio_job() { # fio_job DEVICE EXTRA...
     || { cat fio.out; fail "fio on $dev $*"; }
 }
 
+# save_config SUBSYSTEM...: what spdk-rpc's save_config writes, from framework_get_config.
+save_config() {
+  printf '{"subsystems":['
+  sep=
+  for s in "$@"; do
+    c=$($R framework_get_config name=$s) || fail "framework_get_config $s"
+    printf '%s{"subsystem":"%s","config":%s}' "$sep" "$s" "$c"
+    sep=,
+  done
+  printf ']}\n'
+}
+# stop_tgt: SIGINT, exit 0 within 30 s.
+stop_tgt() {
+  kill -INT $TGT
+  i=0
+  while kill -0 $TGT 2>/dev/null; do
+    i=$((i + 1)); [ $i -lt 300 ] || fail "keel-tgt still running 30 s after SIGINT"
+    sleep 0.1
+  done
+  wait $TGT; rc=$?
+  [ $rc = 0 ] || fail "keel-tgt exited with $rc"
+  grep -i "panic" tgt.log && fail "keel-tgt panicked"
+}
+
 modprobe nbd nbds_max=4 || fail "modprobe nbd"
 /host/keel-tgt -m 0x3 -r /tmp/keel.sock >tgt.log 2>&1 &
 TGT=$!
@@ -69,16 +93,21 @@ cfg=$($R framework_get_config name=nbd) || fail "framework_get_config nbd"
 echo "$cfg" | grep -q '"method":"nbd_start_disk","params":{"bdev_name":"M1","nbd_device":"/dev/nbd2"}' \
   || fail "save_config: $cfg"
 echo "$cfg" | grep -q '"bdev_name":"M0","nbd_device":"/dev/nbd1"' || fail "save_config M0: $cfg"
+save_config bdev nbd >saved.json
 
 # The target's exit stops its disks and clears the devices.
-kill -INT $TGT
-i=0
-while kill -0 $TGT 2>/dev/null; do
-  i=$((i + 1)); [ $i -lt 300 ] || fail "keel-tgt still running 30 s after SIGINT"
-  sleep 0.1
-done
-wait $TGT; rc=$?
-[ $rc = 0 ] || fail "keel-tgt exited with $rc"
+stop_tgt
 for n in 0 1 2; do [ ! -e /sys/block/nbd$n/pid ] || fail "nbd$n still running after keel-tgt exited"; done
-grep -i "panic" tgt.log && fail "keel-tgt panicked"
+
+# load_config: keel-tgt -c with the saved configuration brings both disks back.
+mv tgt.log tgt-1.log
+/host/keel-tgt -m 0x3 -r /tmp/keel.sock -c saved.json >tgt.log 2>&1 &
+TGT=$!
+$R -w 60 -t 60 nbd_get_disks >/tmp/disks || fail "no RPC after keel-tgt -c"
+[ "$(cat /tmp/disks)" = '[{"nbd_device":"/dev/nbd2","bdev_name":"M1"},{"nbd_device":"/dev/nbd1","bdev_name":"M0"}]' ] \
+  || fail "disks after load: $(cat /tmp/disks)"
+[ -e /sys/block/nbd1/pid ] && [ -e /sys/block/nbd2/pid ] || fail "devices not running after load"
+fio_job /dev/nbd1 --size=1M
+echo "load_config: OK"
+stop_tgt
 echo "NBD_DISK: OK"

@@ -24,6 +24,30 @@ wait_gone() { # wait_gone PATH: the node disappears (devtmpfs) within 5 s
   while [ -e "$1" ]; do i=$((i + 1)); [ $i -lt 50 ] || fail "$1 still exists"; sleep 0.1; done
 }
 
+# save_config SUBSYSTEM...: what spdk-rpc's save_config writes, from framework_get_config.
+save_config() {
+  printf '{"subsystems":['
+  sep=
+  for s in "$@"; do
+    c=$($R framework_get_config name=$s) || fail "framework_get_config $s"
+    printf '%s{"subsystem":"%s","config":%s}' "$sep" "$s" "$c"
+    sep=,
+  done
+  printf ']}\n'
+}
+# stop_tgt: SIGINT, exit 0 within 30 s.
+stop_tgt() {
+  kill -INT $TGT
+  i=0
+  while kill -0 $TGT 2>/dev/null; do
+    i=$((i + 1)); [ $i -lt 300 ] || fail "keel-tgt still running 30 s after SIGINT"
+    sleep 0.1
+  done
+  wait $TGT; rc=$?
+  [ $rc = 0 ] || fail "keel-tgt exited with $rc"
+  grep -i "panic" tgt.log && fail "keel-tgt panicked"
+}
+
 modprobe ublk_drv || fail "modprobe ublk_drv"
 /host/keel-tgt -m 0x3 -r /tmp/keel.sock >tgt.log 2>&1 &
 TGT=$!
@@ -64,6 +88,7 @@ cfg=$($R framework_get_config name=ublk) || fail "framework_get_config ublk"
 echo "$cfg" | grep -q '"method":"ublk_create_target"' || fail "save_config: $cfg"
 echo "$cfg" | grep -q '"method":"ublk_start_disk","params":{"bdev_name":"M0","ublk_id":1,"num_queues":2,"queue_depth":32}' \
   || fail "save_config M0: $cfg"
+save_config bdev ublk >saved.json
 
 # Stop, then serve the same bdev under another id: the data is in the bdev.
 fio_job /dev/ublkb1 --randseed=12
@@ -85,14 +110,18 @@ $R bdev_malloc_delete name=M1 >/dev/null || fail "M1 still held after destroy"
 [ "$($R ublk_create_target cpumask=0x2)" = true ] || fail "ublk_create_target 0x2"
 [ "$($R ublk_start_disk bdev_name=M0 ublk_id=4)" = 4 ] || fail "start 4"
 dd if=/dev/ublkb4 of=/dev/null bs=4096 count=16 2>/dev/null || fail "read ublkb4"
-kill -INT $TGT
-i=0
-while kill -0 $TGT 2>/dev/null; do
-  i=$((i + 1)); [ $i -lt 300 ] || fail "keel-tgt still running 30 s after SIGINT"
-  sleep 0.1
-done
-wait $TGT; rc=$?
-[ $rc = 0 ] || fail "keel-tgt exited with $rc"
+stop_tgt
 wait_gone /dev/ublkb4
-grep -i "panic" tgt.log && fail "keel-tgt panicked"
+
+# load_config: keel-tgt -c with the configuration saved while disks 1 and 2 ran.
+mv tgt.log tgt-1.log
+/host/keel-tgt -m 0x3 -r /tmp/keel.sock -c saved.json >tgt.log 2>&1 &
+TGT=$!
+$R -w 60 -t 60 ublk_get_disks >/tmp/disks || fail "no RPC after keel-tgt -c"
+[ "$(cat /tmp/disks)" = "$disks" ] || fail "disks after load: $(cat /tmp/disks), want $disks"
+[ -b /dev/ublkb1 ] && [ -b /dev/ublkb2 ] || fail "devices missing after load"
+fio_job /dev/ublkb1 --size=1M
+echo "load_config: OK"
+stop_tgt
+wait_gone /dev/ublkb1
 echo "UBLK_DISK: OK"
