@@ -256,7 +256,7 @@ mod tests {
         assert_eq!(fresh, ["bdev"], "nothing loaded yet");
         let listed = subsystems(&reg);
         let order: Vec<&str> = listed.iter().map(|s| s.name).collect();
-        assert_eq!(order, ["bdev", "dm", "nbd"]);
+        assert_eq!(order, ["bdev", "dm", "nbd", "ublk"]);
         for (i, s) in listed.iter().enumerate() {
             for d in &s.depends_on {
                 let at = order.iter().position(|n| n == d);
@@ -358,7 +358,7 @@ mod tests {
         assert_eq!(
             v,
             json!([{"subsystem": "bdev", "depends_on": []}, {"subsystem": "dm", "depends_on": ["bdev"]},
-                   {"subsystem": "nbd", "depends_on": ["bdev"]}])
+                   {"subsystem": "nbd", "depends_on": ["bdev"]}, {"subsystem": "ublk", "depends_on": ["bdev"]}])
         );
         assert_eq!(
             call(true, "framework_get_config", json!({"name": "bdev"})).unwrap(),
