@@ -91,8 +91,9 @@ case $cmd in
   run)
     [ $# -ge 1 ] || die "usage: scripts/lab.sh run SCRIPT [ARGS...]"
     [ -r "$1" ] || die "no such guest script: $1"
-    setup if-needed
-    command -v qemu-system-x86_64 >/dev/null || die "qemu-system-x86_64 is missing (setup installs it)"
+    # A cache copied from elsewhere does not bring QEMU: setup installs it.
+    if command -v qemu-system-x86_64 >/dev/null; then setup if-needed; else setup always; fi
+    command -v qemu-system-x86_64 >/dev/null || die "qemu-system-x86_64 is missing after setup"
     exec "$LAB/run-in-guest.sh" "$@" ;;
   shell)
     setup if-needed

@@ -159,6 +159,8 @@ pub(crate) struct Queue {
     queued: u32,
     /// Tags not `Done`.
     live: usize,
+    /// Tags whose request is at the bdev or waiting to be resubmitted.
+    at_bdev: usize,
     spec: QueueSpec,
 }
 
@@ -190,6 +192,7 @@ impl Queue {
             retry: VecDeque::with_capacity(usize::from(spec.depth)),
             queued: 0,
             live: usize::from(spec.depth),
+            at_bdev: 0,
             spec,
         };
         for t in 0..q.spec.depth {
@@ -285,6 +288,7 @@ impl Queue {
 
     /// Sends `io` (tag `tag`) to the bdev, behind any waiting retries.
     fn submit(&mut self, tag: u16, io: IoBox) {
+        self.at_bdev += 1;
         let t = &mut self.tags[usize::from(tag)];
         if !self.retry.is_empty() {
             t.io = Some(io);
@@ -328,6 +332,7 @@ impl Queue {
         let tag = io.tag as u16;
         let ok = io.status() == IoStatus::Success;
         io.iovs.clear();
+        self.at_bdev -= 1;
         let t = &mut self.tags[usize::from(tag)];
         let result = if ok { t.done_bytes } else { -libc::EIO };
         t.io = Some(io);
@@ -386,11 +391,7 @@ impl Queue {
             }
             busy = true;
         }
-        let at_bdev = self
-            .tags
-            .iter()
-            .any(|t| matches!(t.state, TagState::AtBdev | TagState::Retry));
-        (busy, self.live == 0 && !at_bdev)
+        (busy, self.live == 0 && self.at_bdev == 0)
     }
 }
 
