@@ -101,6 +101,7 @@ mod raid_methods;
 pub mod registry;
 mod retry;
 pub mod server;
+mod split_methods;
 mod table;
 mod ublk_methods;
 

@@ -23,7 +23,7 @@ use crate::error::{RpcError, INVALID_PARAMS};
 use crate::table::{method, MethodInfo, Subsystem, Table};
 use crate::{
     bdev_info, bdev_methods, dm_methods, framework, md_methods, nbd_disk_methods, nbd_methods, raid_methods,
-    ublk_methods,
+    split_methods, ublk_methods,
 };
 
 /// Every method file's table, in listing order (see the module docs).
@@ -33,6 +33,7 @@ static TABLES: &[&Table] = &[
     &md_methods::TABLE,
     &bdev_info::TABLE,
     &bdev_methods::TABLE, // serves "bdev"
+    &split_methods::TABLE,
     &raid_methods::TABLE,
     &dm_methods::TABLE,  // serves "dm"
     &nbd_methods::TABLE, // serves "nbd"
