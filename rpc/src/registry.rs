@@ -22,7 +22,8 @@ use crate::decode::{no_params, params};
 use crate::error::{RpcError, INVALID_PARAMS};
 use crate::table::{method, MethodInfo, Subsystem, Table};
 use crate::{
-    bdev_info, bdev_methods, dm_methods, framework, log_methods, md_methods, nbd_methods, raid_methods, split_methods,
+    bdev_info, bdev_methods, dm_methods, framework, log_methods, md_methods, nbd_disk_methods, nbd_methods,
+    raid_methods, split_methods, ublk_methods,
 };
 
 /// Every method file's table, in listing order (see the module docs).
@@ -37,6 +38,8 @@ static TABLES: &[&Table] = &[
     &raid_methods::TABLE,
     &dm_methods::TABLE,  // serves "dm"
     &nbd_methods::TABLE, // serves "nbd"
+    &nbd_disk_methods::TABLE,
+    &ublk_methods::TABLE, // serves "ublk"
 ];
 
 /// The methods that describe the registry.
@@ -255,7 +258,7 @@ mod tests {
         assert_eq!(fresh, ["bdev"], "nothing loaded yet");
         let listed = subsystems(&reg);
         let order: Vec<&str> = listed.iter().map(|s| s.name).collect();
-        assert_eq!(order, ["bdev", "dm", "nbd"]);
+        assert_eq!(order, ["bdev", "dm", "nbd", "ublk"]);
         for (i, s) in listed.iter().enumerate() {
             for d in &s.depends_on {
                 let at = order.iter().position(|n| n == d);
@@ -365,7 +368,7 @@ mod tests {
         assert_eq!(
             v,
             json!([{"subsystem": "bdev", "depends_on": []}, {"subsystem": "dm", "depends_on": ["bdev"]},
-                   {"subsystem": "nbd", "depends_on": ["bdev"]}])
+                   {"subsystem": "nbd", "depends_on": ["bdev"]}, {"subsystem": "ublk", "depends_on": ["bdev"]}])
         );
         assert_eq!(
             call(true, "framework_get_config", json!({"name": "bdev"})).unwrap(),
