@@ -94,6 +94,7 @@ pub mod framework;
 pub mod jsonrpc;
 pub mod md_methods;
 pub mod nbd_methods;
+pub mod nvmf_methods;
 mod raid_methods;
 pub mod registry;
 mod retry;

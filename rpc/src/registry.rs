@@ -21,7 +21,7 @@ use crate::context::{Ctx, Reply};
 use crate::decode::{no_params, params};
 use crate::error::{RpcError, INVALID_PARAMS};
 use crate::table::{method, MethodInfo, Subsystem, Table};
-use crate::{bdev_info, bdev_methods, dm_methods, framework, md_methods, nbd_methods, raid_methods};
+use crate::{bdev_info, bdev_methods, dm_methods, framework, md_methods, nbd_methods, nvmf_methods, raid_methods};
 
 /// Every method file's table, in listing order (see the module docs).
 static TABLES: &[&Table] = &[
@@ -31,8 +31,9 @@ static TABLES: &[&Table] = &[
     &bdev_info::TABLE,
     &bdev_methods::TABLE, // serves "bdev"
     &raid_methods::TABLE,
-    &dm_methods::TABLE,  // serves "dm"
-    &nbd_methods::TABLE, // serves "nbd"
+    &dm_methods::TABLE,   // serves "dm"
+    &nvmf_methods::TABLE, // serves "nvmf"
+    &nbd_methods::TABLE,  // serves "nbd"
 ];
 
 /// The methods that describe the registry.
@@ -251,7 +252,7 @@ mod tests {
         assert_eq!(fresh, ["bdev"], "nothing loaded yet");
         let listed = subsystems(&reg);
         let order: Vec<&str> = listed.iter().map(|s| s.name).collect();
-        assert_eq!(order, ["bdev", "dm", "nbd"]);
+        assert_eq!(order, ["bdev", "dm", "nvmf", "nbd"]);
         for (i, s) in listed.iter().enumerate() {
             for d in &s.depends_on {
                 let at = order.iter().position(|n| n == d);
@@ -272,7 +273,7 @@ mod tests {
             let info = listed.iter().find(|i| i.name == s.name()).unwrap();
             assert_eq!(info.depends_on, s.declared.depends_on, "{}", s.name());
         }
-        assert!(find_subsystem("nvmf").is_none());
+        assert!(find_subsystem("ublk").is_none());
     }
 
     /// Runs `method` synchronously (handlers that answer at once) in a framework that is in
@@ -353,7 +354,7 @@ mod tests {
         assert_eq!(
             v,
             json!([{"subsystem": "bdev", "depends_on": []}, {"subsystem": "dm", "depends_on": ["bdev"]},
-                   {"subsystem": "nbd", "depends_on": ["bdev"]}])
+                   {"subsystem": "nvmf", "depends_on": ["bdev"]}, {"subsystem": "nbd", "depends_on": ["bdev"]}])
         );
         assert_eq!(
             call(true, "framework_get_config", json!({"name": "bdev"})).unwrap(),
