@@ -239,8 +239,8 @@ struct Qpair {
     rx: Box<[u8]>,
     sendq: VecDeque<u16>,
     sent: usize,
-    /// ICResp or C2HTermReq bytes, sent before anything else.
-    ctl: [u8; 160],
+    /// ICResp or C2HTermReq bytes (at most one of each), sent before anything else.
+    ctl: [u8; 288],
     ctl_len: usize,
     ctl_sent: usize,
     cq: CompletionQueue,
@@ -294,7 +294,7 @@ impl Qpair {
             rx: vec![0u8; RX_CAP].into_boxed_slice(),
             sendq: VecDeque::with_capacity(n),
             sent: 0,
-            ctl: [0; 160],
+            ctl: [0; 288],
             ctl_len: 0,
             ctl_sent: 0,
             cq: CompletionQueue::with_capacity(n),
@@ -1352,6 +1352,8 @@ impl Qpair {
                 }
             }
         }
+        self.ctl_len = 0;
+        self.ctl_sent = 0;
         if self.closing == Some(Close::Fatal) {
             // After a termination request nothing else goes out.
             return busy;
