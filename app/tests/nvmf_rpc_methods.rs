@@ -19,8 +19,27 @@ fn nvmf_methods_results_errors_and_save_load() {
     let port = free_port().to_string();
     assert_eq!(t.json(&["nvmf_get_transports"]), json!([]));
     // Listeners need the transport.
-    t.ok(&["nvmf_create_subsystem", N1, "-a", "-s", "SN1", "-d", "Model One", "-m", "4"]);
-    let (code, _) = t.err(&["nvmf_subsystem_add_listener", N1, "-t", "tcp", "-a", "127.0.0.1", "-s", &port]);
+    t.ok(&[
+        "nvmf_create_subsystem",
+        N1,
+        "-a",
+        "-s",
+        "SN1",
+        "-d",
+        "Model One",
+        "-m",
+        "4",
+    ]);
+    let (code, _) = t.err(&[
+        "nvmf_subsystem_add_listener",
+        N1,
+        "-t",
+        "tcp",
+        "-a",
+        "127.0.0.1",
+        "-s",
+        &port,
+    ]);
     assert_eq!(code, -32602);
     t.ok(&["nvmf_create_transport", "-t", "TCP", "-q", "64"]);
     let (code, msg) = t.err(&["nvmf_create_transport", "-t", "TCP"]);
@@ -49,8 +68,17 @@ fn nvmf_methods_results_errors_and_save_load() {
     let (code, _) = t.err(&["nvmf_subsystem_add_ns", N1, "nope"]);
     assert_eq!(code, -32602);
     t.ok(&[
-        "nvmf_subsystem_add_ns", N1, "M0", "-n", "3", "-g", "00112233445566778899aabbccddeeff", "-e",
-        "0011223344556677", "-u", "ceccf520-691e-4b46-9546-34af789907c5",
+        "nvmf_subsystem_add_ns",
+        N1,
+        "M0",
+        "-n",
+        "3",
+        "-g",
+        "00112233445566778899aabbccddeeff",
+        "-e",
+        "0011223344556677",
+        "-u",
+        "ceccf520-691e-4b46-9546-34af789907c5",
     ]);
     let (code, _) = t.err(&["nvmf_subsystem_add_ns", N1, "Null0", "-n", "3"]);
     assert_eq!(code, -32602, "nsid in use");
@@ -68,17 +96,76 @@ fn nvmf_methods_results_errors_and_save_load() {
     assert_eq!(code, -32602);
     let (code, _) = t.err(&["nvmf_subsystem_remove_host", N2, "nqn.2014-08.org.nvmexpress:uuid:no"]);
     assert_eq!(code, -32602);
-    t.ok(&["nvmf_subsystem_add_listener", N1, "-t", "tcp", "-a", "127.0.0.1", "-s", &port]);
-    t.ok(&["nvmf_subsystem_add_listener", N2, "-t", "TCP", "-a", "127.0.0.1", "-s", &port, "-f", "ipv4"]);
-    t.ok(&["nvmf_subsystem_add_listener", "discovery", "-t", "tcp", "-a", "127.0.0.1", "-s", &port]);
-    let (code, _) = t.err(&["nvmf_subsystem_add_listener", N1, "-t", "tcp", "-a", "127.0.0.1", "-s", &port]);
+    t.ok(&[
+        "nvmf_subsystem_add_listener",
+        N1,
+        "-t",
+        "tcp",
+        "-a",
+        "127.0.0.1",
+        "-s",
+        &port,
+    ]);
+    t.ok(&[
+        "nvmf_subsystem_add_listener",
+        N2,
+        "-t",
+        "TCP",
+        "-a",
+        "127.0.0.1",
+        "-s",
+        &port,
+        "-f",
+        "ipv4",
+    ]);
+    t.ok(&[
+        "nvmf_subsystem_add_listener",
+        "discovery",
+        "-t",
+        "tcp",
+        "-a",
+        "127.0.0.1",
+        "-s",
+        &port,
+    ]);
+    let (code, _) = t.err(&[
+        "nvmf_subsystem_add_listener",
+        N1,
+        "-t",
+        "tcp",
+        "-a",
+        "127.0.0.1",
+        "-s",
+        &port,
+    ]);
     assert_eq!(code, -32602, "listener exists");
-    let (code, _) = t.err(&["nvmf_subsystem_add_listener", N1, "-t", "rdma", "-a", "127.0.0.1", "-s", "4420"]);
+    let (code, _) = t.err(&[
+        "nvmf_subsystem_add_listener",
+        N1,
+        "-t",
+        "rdma",
+        "-a",
+        "127.0.0.1",
+        "-s",
+        "4420",
+    ]);
     assert_eq!(code, -32602);
-    let (code, _) = t.err(&["nvmf_subsystem_add_listener", "nqn.2016-06.io.spdk:none", "-t", "tcp", "-a", "127.0.0.1", "-s", "4420"]);
+    let (code, _) = t.err(&[
+        "nvmf_subsystem_add_listener",
+        "nqn.2016-06.io.spdk:none",
+        "-t",
+        "tcp",
+        "-a",
+        "127.0.0.1",
+        "-s",
+        "4420",
+    ]);
     assert_eq!(code, -32602);
     let l = t.json(&["nvmf_subsystem_get_listeners", N1]);
-    assert_eq!(l[0]["address"], json!({"trtype": "TCP", "adrfam": "IPv4", "traddr": "127.0.0.1", "trsvcid": port}));
+    assert_eq!(
+        l[0]["address"],
+        json!({"trtype": "TCP", "adrfam": "IPv4", "traddr": "127.0.0.1", "trsvcid": port})
+    );
 
     let subs = t.json(&["nvmf_get_subsystems"]);
     assert_eq!(subs[0]["subtype"], "Discovery");
@@ -106,13 +193,29 @@ fn nvmf_methods_results_errors_and_save_load() {
     // save_config, then load it into a fresh target.
     let saved = t.ok(&["save_config"]);
     let doc: serde_json::Value = serde_json::from_str(&saved).unwrap();
-    let nvmf = doc["subsystems"].as_array().unwrap().iter().find(|s| s["subsystem"] == "nvmf").unwrap();
-    let methods: Vec<&str> = nvmf["config"].as_array().unwrap().iter().map(|c| c["method"].as_str().unwrap()).collect();
+    let nvmf = doc["subsystems"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["subsystem"] == "nvmf")
+        .unwrap();
+    let methods: Vec<&str> = nvmf["config"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["method"].as_str().unwrap())
+        .collect();
     assert_eq!(
         methods,
         [
-            "nvmf_create_transport", "nvmf_create_subsystem", "nvmf_subsystem_add_ns", "nvmf_subsystem_add_listener",
-            "nvmf_create_subsystem", "nvmf_subsystem_add_host", "nvmf_subsystem_add_ns", "nvmf_subsystem_add_listener",
+            "nvmf_create_transport",
+            "nvmf_create_subsystem",
+            "nvmf_subsystem_add_ns",
+            "nvmf_subsystem_add_listener",
+            "nvmf_create_subsystem",
+            "nvmf_subsystem_add_host",
+            "nvmf_subsystem_add_ns",
+            "nvmf_subsystem_add_listener",
             "nvmf_subsystem_add_listener",
         ]
     );
@@ -141,8 +244,26 @@ fn nvmf_methods_results_errors_and_save_load() {
     // Removal and deletion.
     let (code, _) = t2.err(&["nvmf_subsystem_remove_ns", N1, "9"]);
     assert_eq!(code, -32602);
-    t2.ok(&["nvmf_subsystem_remove_listener", N2, "-t", "tcp", "-a", "127.0.0.1", "-s", &port]);
-    let (code, _) = t2.err(&["nvmf_subsystem_remove_listener", N2, "-t", "tcp", "-a", "127.0.0.1", "-s", &port]);
+    t2.ok(&[
+        "nvmf_subsystem_remove_listener",
+        N2,
+        "-t",
+        "tcp",
+        "-a",
+        "127.0.0.1",
+        "-s",
+        &port,
+    ]);
+    let (code, _) = t2.err(&[
+        "nvmf_subsystem_remove_listener",
+        N2,
+        "-t",
+        "tcp",
+        "-a",
+        "127.0.0.1",
+        "-s",
+        &port,
+    ]);
     assert_eq!(code, -32602);
     t2.ok(&["nvmf_subsystem_remove_ns", N1, "3"]);
     t2.ok(&["bdev_malloc_delete", "M0"]);

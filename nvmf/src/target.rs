@@ -787,14 +787,16 @@ fn accept_poller(target: Weak<NvmfTarget>, rec: Arc<Mutex<ListenerRec>>) {
                 }
             }
         }
-        let addr = r.addr.clone();
         drop(sock);
+        if got.is_empty() {
+            return PollStatus::Idle;
+        }
+        let addr = r.addr.clone();
         drop(r);
-        let busy = !got.is_empty();
         for s in got {
             target.accepted(&addr, s);
         }
-        PollStatus::from_work(busy)
+        PollStatus::Busy
     });
     *slot.borrow_mut() = Some(handle);
 }
