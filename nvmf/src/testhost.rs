@@ -340,12 +340,18 @@ impl Host {
     }
 
     /// Sends `sqe` and returns without waiting (an AER).
-    pub fn post(&mut self, mut sqe: Sqe) -> Result<u16, HostError> {
+    pub fn post(&mut self, sqe: Sqe) -> Result<u16, HostError> {
+        self.post_read(sqe, 0)
+    }
+
+    /// Sends `sqe` for a read of `read_len` bytes and returns without waiting for the data
+    /// (a host that does not read its socket).
+    pub fn post_read(&mut self, mut sqe: Sqe, read_len: u32) -> Result<u16, HostError> {
         let cid = self.next_cid;
         self.next_cid = self.next_cid.wrapping_add(1) & 0x0FFF;
         sqe.cid = cid;
         sqe.flags = (sqe.flags & 0x3F) | 0x40;
-        sqe.dptr = SglDescriptor::transport(0).to_bytes().map_err(HostError::Proto)?;
+        sqe.dptr = SglDescriptor::transport(read_len).to_bytes().map_err(HostError::Proto)?;
         self.send_pdu(PduHeader::CapsuleCmd(CapsuleCmd { sqe }), &[])?;
         Ok(cid)
     }
