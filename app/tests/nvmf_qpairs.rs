@@ -21,13 +21,26 @@ fn io_queues_spread_over_both_reactors() {
     t.ok(&["nvmf_create_transport", "-t", "TCP"]);
     t.ok(&["nvmf_create_subsystem", NQN, "-a"]);
     t.ok(&["nvmf_subsystem_add_ns", NQN, "Malloc0"]);
-    t.ok(&["nvmf_subsystem_add_listener", NQN, "-t", "tcp", "-a", "127.0.0.1", "-s", &port]);
+    t.ok(&[
+        "nvmf_subsystem_add_listener",
+        NQN,
+        "-t",
+        "tcp",
+        "-a",
+        "127.0.0.1",
+        "-s",
+        &port,
+    ]);
     let addr = format!("127.0.0.1:{port}").parse().unwrap();
     let a = admin_queue(addr, NQN, false, 0);
     let mut queues: Vec<Host> = (1..=3u16)
         .map(|qid| {
             let mut h = Host::new(addr, false, false, sleep_idle()).unwrap();
-            assert!(h.connect(qid, NQN, HOSTNQN, a.cntlid, 0, 127, 4096).unwrap().status.is_success());
+            assert!(h
+                .connect(qid, NQN, HOSTNQN, a.cntlid, 0, 127, 4096)
+                .unwrap()
+                .status
+                .is_success());
             h
         })
         .collect();
@@ -73,7 +86,11 @@ fn a_host_that_does_not_read_cannot_stall_another() {
     drop(slow);
     drop(slow_admin);
     for _ in 0..100 {
-        let n = t.json(&["nvmf_subsystem_get_controllers", NQN]).as_array().unwrap().len();
+        let n = t
+            .json(&["nvmf_subsystem_get_controllers", NQN])
+            .as_array()
+            .unwrap()
+            .len();
         if n == 1 {
             break;
         }
@@ -83,7 +100,11 @@ fn a_host_that_does_not_read_cannot_stall_another() {
     assert_eq!(ctrls.as_array().unwrap().len(), 1, "{ctrls}");
     assert_eq!(ctrls[0]["cntlid"], good_admin.cntlid);
     assert!(good_admin
-        .command(&Command::Admin(keel_nvme_proto::sqe::AdminCommand::KeepAlive), &[], &mut [])
+        .command(
+            &Command::Admin(keel_nvme_proto::sqe::AdminCommand::KeepAlive),
+            &[],
+            &mut []
+        )
         .unwrap()
         .status
         .is_success());

@@ -414,6 +414,10 @@ impl Qpair {
             return;
         }
         tracing::info!(qpair = self.shared.id, peer = %self.shared.peer, fes = fes.0, fei, "nvmf: fatal transport error; terminating the connection");
+        if self.sent > 0 {
+            // A PDU is half sent: a termination request cannot be put in the stream now.
+            return self.close(Close::Fatal);
+        }
         let hdr_bytes = self.parser.header_bytes();
         let mut data = [0u8; 128];
         let n = hdr_bytes.len().min(128);
@@ -1356,6 +1360,11 @@ impl Qpair {
         self.ctl_sent = 0;
         if self.closing == Some(Close::Fatal) {
             // After a termination request nothing else goes out.
+            while let Some(idx) = self.sendq.pop_front() {
+                self.release(idx);
+                busy = true;
+            }
+            self.sent = 0;
             return busy;
         }
         while !self.sendq.is_empty() {

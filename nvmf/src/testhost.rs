@@ -351,7 +351,9 @@ impl Host {
         self.next_cid = self.next_cid.wrapping_add(1) & 0x0FFF;
         sqe.cid = cid;
         sqe.flags = (sqe.flags & 0x3F) | 0x40;
-        sqe.dptr = SglDescriptor::transport(read_len).to_bytes().map_err(HostError::Proto)?;
+        sqe.dptr = SglDescriptor::transport(read_len)
+            .to_bytes()
+            .map_err(HostError::Proto)?;
         self.send_pdu(PduHeader::CapsuleCmd(CapsuleCmd { sqe }), &[])?;
         Ok(cid)
     }
