@@ -3,9 +3,12 @@
 //! sequence (properties), Identify (controller, namespace, active list, id descriptors),
 //! features and log pages; an I/O queue with in-capsule writes, R2T writes, reads verified
 //! byte for byte, Write Zeroes, Dataset Management, Flush and FUA; the same with header and
-//! data digests; and a discovery controller's log page.
+//! data digests; a queue with SQ flow control disabled (C2HData SUCCESS) ended by Fabrics
+//! Disconnect; and a discovery controller's log page.
 
 mod common;
+
+use std::time::Duration;
 
 use keel_nvme_proto::cqe::StatusCode;
 use keel_nvme_proto::identify::{
@@ -14,9 +17,10 @@ use keel_nvme_proto::identify::{
 use keel_nvme_proto::log::{DiscoveryEntry, DiscoveryLogHeader, LogPageId};
 use keel_nvme_proto::props::{Cc, Csts, PropertySize, Shutdown};
 use keel_nvme_proto::sqe::{
-    AdminCommand, Command, DatasetManagement, DsmRange, FeatureId, GetFeatures, GetLogPage, Identify, NvmCommand,
-    SetFeatures, WriteZeroes,
+    AdminCommand, Command, DatasetManagement, DsmRange, FabricsCommand, FeatureId, GetFeatures, GetLogPage, Identify,
+    NvmCommand, SetFeatures, WriteZeroes,
 };
+use keel_nvmf::testhost::Host;
 
 use common::nvmf::*;
 
@@ -151,6 +155,25 @@ fn run(digests: bool) {
         .unwrap()
         .status
         .is_success());
+
+    // A queue with SQ flow control disabled: reads end with C2HData SUCCESS (no CapsuleResp).
+    let mut nf = Host::new(addr, digests, digests, sleep_idle()).unwrap();
+    nf.disable_sq_flow_control = true;
+    let c = nf.connect(2, NQN, HOSTNQN, a.cntlid, 0, 127, 8192).unwrap();
+    assert!(c.status.is_success());
+    assert_eq!(c.sq_head, 0xFFFF);
+    write_read(&mut nf, 3000, 8192, 5, false);
+    assert_eq!(nf.success_flag_reads, 1);
+    // Fabrics Disconnect ends that queue.
+    let c = nf
+        .command(
+            &Command::Fabrics(FabricsCommand::Disconnect { recfmt: 0 }),
+            &[],
+            &mut [],
+        )
+        .unwrap();
+    assert!(c.status.is_success());
+    assert!(nf.closed_within(Duration::from_secs(10)).is_some());
 
     // The controller and its qpairs as the RPC methods list them.
     let ctrls = t.json(&["nvmf_subsystem_get_controllers", NQN]);

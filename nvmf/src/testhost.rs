@@ -66,6 +66,11 @@ pub struct Host {
     pub maxh2cdata: u32,
     /// CNTLID from Connect.
     pub cntlid: u16,
+    /// Connect asks for SQ flow control to be disabled (CATTR bit 2), which lets the
+    /// controller end a read with a C2HData carrying SUCCESS instead of a CapsuleResp.
+    pub disable_sq_flow_control: bool,
+    /// Reads that ended with C2HData SUCCESS (no CapsuleResp).
+    pub success_flag_reads: u64,
     next_cid: u16,
     out: Vec<u8>,
     pdu: Vec<u8>,
@@ -92,6 +97,8 @@ impl Host {
             in_capsule_bytes: ADMIN_IN_CAPSULE_BYTES,
             maxh2cdata: 0,
             cntlid: 0xFFFF,
+            disable_sq_flow_control: false,
+            success_flag_reads: 0,
             next_cid: 1,
             out: Vec::with_capacity(1 << 20),
             pdu: Vec::with_capacity(4 << 20),
@@ -273,7 +280,10 @@ impl Host {
                         at += n;
                     }
                 }
-                Step::Success => return Ok(Cqe { cid, ..Cqe::default() }),
+                Step::Success => {
+                    self.success_flag_reads += 1;
+                    return Ok(Cqe { cid, ..Cqe::default() });
+                }
             }
         }
     }
@@ -385,7 +395,11 @@ impl Host {
             recfmt: 0,
             qid,
             sqsize_0based,
-            cattr: 0,
+            cattr: if self.disable_sq_flow_control {
+                Connect::CATTR_DISABLE_SQ_FLOW_CONTROL
+            } else {
+                0
+            },
             kato_ms,
         }));
         let sqe = cmd
