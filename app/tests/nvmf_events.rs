@@ -109,26 +109,36 @@ fn a_silent_host_loses_its_controller_after_kato() {
     let (t, addr) = setup();
     let mut silent = admin_queue(addr, NQN, false, 1000);
     let mut silent_io = io_queue(addr, silent.cntlid, false);
-    let mut alive = admin_queue(addr, NQN, false, 1000);
+    let mut alive = admin_queue(addr, NQN, false, 1500);
+    let keep_alive = |h: &mut Host| {
+        let c = h
+            .command(&Command::Admin(AdminCommand::KeepAlive), &[], &mut [])
+            .unwrap();
+        assert!(c.status.is_success());
+    };
     let start = Instant::now();
+    // The other host sends Keep Alive every 250 ms while the silent one sends nothing.
+    let closed = loop {
+        keep_alive(&mut alive);
+        if silent.closed_within(Duration::from_millis(250)).is_some() {
+            break start.elapsed();
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "the silent admin queue stays open"
+        );
+    };
     assert!(
-        silent.closed_within(Duration::from_secs(10)).is_some(),
-        "the silent admin queue stays open"
+        closed >= Duration::from_millis(900),
+        "closed after {closed:?}, before KATO"
     );
-    let took = start.elapsed();
-    assert!(took >= Duration::from_millis(900), "closed after {took:?}, before KATO");
     assert!(
         silent_io.closed_within(Duration::from_secs(5)).is_some(),
         "its I/O queue stays open"
     );
-    // The other host keeps its controller by sending Keep Alive.
-    for _ in 0..6 {
-        assert!(alive
-            .command(&Command::Admin(AdminCommand::KeepAlive), &[], &mut [])
-            .unwrap()
-            .status
-            .is_success());
-        std::thread::sleep(Duration::from_millis(400));
+    for _ in 0..8 {
+        keep_alive(&mut alive);
+        std::thread::sleep(Duration::from_millis(250));
     }
     let ctrls = t.json(&["nvmf_subsystem_get_controllers", NQN]);
     let ids: Vec<u64> = ctrls

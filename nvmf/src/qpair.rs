@@ -14,8 +14,11 @@
 //! 3. reads what the socket has (a bounded number of reads per turn, so a busy host cannot keep
 //!    the reactor) and feeds it to the incremental [`PduParser`], which validates every header
 //!    and digest. A CapsuleCmd takes a **slot** (one per command the queue may hold: the
-//!    transport's queue depth, plus AER room on the admin queue); in-capsule data and H2CData
-//!    are copied from the receive buffer into the slot's pool buffer; a command is executed
+//!    transport's queue depth, plus AER room on the admin queue). A PDU's data goes into the
+//!    slot's pool buffer: what came in the same read as headers is copied from the receive
+//!    buffer, and a remainder of 8 KiB or more is read straight into the pool buffer (one
+//!    `readv` into [the rest of the data, the receive buffer for what follows]) and only run
+//!    through the parser for its digest, never copied. A command is executed
 //!    once its data is in (a write larger than the in-capsule size gets an R2T for its whole
 //!    length — at most max_io_size, which is also the MAXH2CDATA announced — and runs when the
 //!    H2CData PDUs covered it, in order);
@@ -39,7 +42,7 @@
 use std::cell::Ref;
 use std::cell::RefCell;
 use std::collections::VecDeque;
-use std::io::{IoSlice, Read, Write};
+use std::io::{IoSlice, IoSliceMut, Read, Write};
 use std::net::TcpStream;
 use std::rc::Rc;
 use std::sync::Arc;
@@ -69,6 +72,8 @@ use crate::target::{NvmfTarget, QpairShared};
 
 /// The receive buffer.
 const RX_CAP: usize = 64 << 10;
+/// A PDU's remaining data is read straight into its command's buffer from this size on.
+const DIRECT_MIN_BYTES: u32 = 8192;
 /// Reads per turn.
 const MAX_READS_PER_TURN: usize = 4;
 /// iovecs per `writev`.
@@ -236,6 +241,9 @@ struct Qpair {
     slots: Vec<Slot>,
     free: Vec<u16>,
     incoming: Incoming,
+    /// Data bytes of the PDU being received, and how many of them are still to come.
+    data_total: u32,
+    data_left: u32,
     rx: Box<[u8]>,
     sendq: VecDeque<u16>,
     sent: usize,
@@ -291,6 +299,8 @@ impl Qpair {
             slots: (0..n).map(|i| Slot::new(i as u16)).collect(),
             free: (0..n as u16).rev().collect(),
             incoming: Incoming::None,
+            data_total: 0,
+            data_left: 0,
             rx: vec![0u8; RX_CAP].into_boxed_slice(),
             sendq: VecDeque::with_capacity(n),
             sent: 0,
@@ -442,111 +452,213 @@ impl Qpair {
     fn receive(&mut self) -> bool {
         let mut busy = false;
         for _ in 0..MAX_READS_PER_TURN {
-            if self.closing.is_some() {
-                break;
-            }
-            let n = match self.stream.read(&mut self.rx) {
-                Ok(0) => {
-                    self.close(Close::Eof);
-                    break;
-                }
-                Ok(n) => n,
-                Err(e) if would_block(&e) => break,
-                Err(_) => {
-                    self.close(Close::Socket);
-                    break;
-                }
-            };
-            busy = true;
-            let rx = std::mem::take(&mut self.rx);
-            let mut pos = 0;
-            while self.closing.is_none() {
-                match self.parser.feed(&rx[pos..n]) {
-                    Ok((used, ev)) => {
-                        pos += used;
-                        match ev {
-                            Some(ev) => self.on_event(ev),
-                            None => break,
+            if self.closing.is_none() {
+                let (n, drained) = match self.direct_dst() {
+                    Some((idx, at)) => match self.read_direct(idx, at) {
+                        Some(r) => r,
+                        None => break,
+                    },
+                    None => match self.stream.read(&mut self.rx) {
+                        Ok(0) => {
+                            self.close(Close::Eof);
+                            break;
                         }
-                    }
-                    Err(e) => {
-                        self.proto_fatal(e);
-                        break;
-                    }
+                        Ok(n) => (n, n < self.rx.len()),
+                        Err(e) if would_block(&e) => break,
+                        Err(_) => {
+                            self.close(Close::Socket);
+                            break;
+                        }
+                    },
+                };
+                busy = true;
+                self.parse_rx(n);
+                if drained {
+                    break;
                 }
-            }
-            self.rx = rx;
-            if n < self.rx.len() {
-                break;
             }
         }
         busy
     }
 
-    fn on_event(&mut self, ev: Event<'_>) {
-        match ev {
-            Event::Header { pdu, data_len } => match pdu {
-                PduHeader::IcReq(r) => self.icreq(&r),
-                PduHeader::CapsuleCmd(c) => self.capsule(c.sqe, data_len),
-                PduHeader::H2CData(h) => self.h2c(&h, data_len),
-                PduHeader::H2CTermReq(t) => {
-                    tracing::info!(
-                        qpair = self.shared.id,
-                        fes = t.fes.0,
-                        "nvmf: the host terminated the connection"
-                    );
-                    self.incoming = Incoming::Skip;
-                    self.close(Close::Eof);
-                }
-                _ => self.fatal(Fes::INVALID_HEADER_FIELD, 0),
-            },
-            Event::Data { offset, bytes } => match self.incoming {
-                Incoming::Capsule(idx) => {
-                    let s = &self.slots[idx as usize];
-                    if let Some(buf) = &s.buf {
-                        let at = offset as usize;
-                        buf.bytes_mut()[at..at + bytes.len()].copy_from_slice(bytes);
+    /// Feeds `rx[..n]` to the parser and handles its events.
+    fn parse_rx(&mut self, n: usize) {
+        let rx = std::mem::take(&mut self.rx);
+        let mut pos = 0;
+        while self.closing.is_none() {
+            match self.parser.feed(&rx[pos..n]) {
+                Ok((used, ev)) => {
+                    pos += used;
+                    match ev {
+                        Some(ev) => self.on_event(ev),
+                        None => break,
                     }
                 }
-                Incoming::H2C { slot, datao, .. } => {
-                    let s = &self.slots[slot as usize];
-                    if let Some(buf) = &s.buf {
-                        let at = (datao + offset) as usize;
-                        buf.bytes_mut()[at..at + bytes.len()].copy_from_slice(bytes);
-                    }
-                }
-                _ => {}
-            },
-            Event::End { data_digest } => {
-                let inc = std::mem::replace(&mut self.incoming, Incoming::None);
-                match inc {
-                    Incoming::IcReq => self.parser.set_session(self.params),
-                    Incoming::Capsule(idx) => {
-                        if data_digest.is_err() {
-                            self.slots[idx as usize].err = Some(StatusCode::DATA_TRANSFER_ERROR.retryable());
-                        }
-                        match self.slots[idx as usize].err {
-                            Some(st) => self.complete(idx, st, 0, 0),
-                            None => self.execute(idx),
-                        }
-                    }
-                    Incoming::H2C { slot, len, .. } => {
-                        let s = &mut self.slots[slot as usize];
-                        s.got += len;
-                        if data_digest.is_err() {
-                            s.err = Some(StatusCode::DATA_TRANSFER_ERROR.retryable());
-                        }
-                        if s.got == s.data_len {
-                            s.state = SlotState::Exec;
-                            match s.err {
-                                Some(st) => self.complete(slot, st, 0, 0),
-                                None => self.data_in(slot),
-                            }
-                        }
-                    }
-                    Incoming::None | Incoming::Skip => {}
+                Err(e) => {
+                    self.proto_fatal(e);
+                    break;
                 }
             }
+        }
+        self.rx = rx;
+    }
+
+    /// Where the rest of the current PDU's data goes when it can be read straight into its
+    /// command's buffer: (slot, byte offset in the buffer). Only for a large enough remainder
+    /// (below that one batched read is cheaper than two system calls).
+    fn direct_dst(&self) -> Option<(u16, usize)> {
+        if self.data_left < DIRECT_MIN_BYTES {
+            return None;
+        }
+        let done = (self.data_total - self.data_left) as usize;
+        match self.incoming {
+            Incoming::Capsule(idx) => {
+                let s = &self.slots[idx as usize];
+                (s.buf.is_some() && s.err.is_none()).then_some((idx, done))
+            }
+            Incoming::H2C { slot, datao, .. } => Some((slot, datao as usize + done)),
+            _ => None,
+        }
+    }
+
+    /// One `readv` into [the rest of the PDU's data in slot `idx`'s buffer at `at`, the
+    /// receive buffer]; the data part goes through the parser (digest, state) without being
+    /// copied. Returns the bytes that landed in the receive buffer and whether the socket was
+    /// drained, or `None` when nothing was read (would block, EOF, error).
+    fn read_direct(&mut self, idx: u16, at: usize) -> Option<(usize, bool)> {
+        let left = self.data_left as usize;
+        let r = {
+            let buf = self.slots[idx as usize]
+                .buf
+                .as_ref()
+                .expect("a direct destination has a buffer");
+            let mut d = buf.bytes_mut();
+            let mut iov = [
+                IoSliceMut::new(&mut d[at..at + left]),
+                IoSliceMut::new(&mut self.rx[..]),
+            ];
+            self.stream.read_vectored(&mut iov)
+        };
+        let n = match r {
+            Ok(0) => {
+                self.close(Close::Eof);
+                return None;
+            }
+            Ok(n) => n,
+            Err(e) if would_block(&e) => return None,
+            Err(_) => {
+                self.close(Close::Socket);
+                return None;
+            }
+        };
+        let data = n.min(left);
+        let fed = {
+            let buf = self.slots[idx as usize]
+                .buf
+                .as_ref()
+                .expect("a direct destination has a buffer");
+            let b = buf.bytes();
+            match self.parser.feed(&b[at..at + data]) {
+                Ok((used, Some(Event::Data { bytes, .. }))) if used == data && bytes.len() == data => Ok(()),
+                Ok(_) => Err(None),
+                Err(e) => Err(Some(e)),
+            }
+        };
+        match fed {
+            Ok(()) => self.data_left -= data as u32,
+            Err(Some(e)) => {
+                self.proto_fatal(e);
+                return None;
+            }
+            Err(None) => {
+                self.close(Close::Fatal);
+                return None;
+            }
+        }
+        Some((n - data, n < left + self.rx.len()))
+    }
+
+    fn on_event(&mut self, ev: Event<'_>) {
+        match ev {
+            Event::Header { pdu, data_len } => {
+                self.data_total = data_len;
+                self.data_left = data_len;
+                self.on_header(pdu, data_len)
+            }
+            Event::Data { offset, bytes } => {
+                self.data_left -= bytes.len() as u32;
+                self.on_data(offset, bytes)
+            }
+            Event::End { data_digest } => self.on_end(data_digest),
+        }
+    }
+
+    fn on_header(&mut self, pdu: PduHeader, data_len: u32) {
+        match pdu {
+            PduHeader::IcReq(r) => self.icreq(&r),
+            PduHeader::CapsuleCmd(c) => self.capsule(c.sqe, data_len),
+            PduHeader::H2CData(h) => self.h2c(&h, data_len),
+            PduHeader::H2CTermReq(t) => {
+                tracing::info!(
+                    qpair = self.shared.id,
+                    fes = t.fes.0,
+                    "nvmf: the host terminated the connection"
+                );
+                self.incoming = Incoming::Skip;
+                self.close(Close::Eof);
+            }
+            _ => self.fatal(Fes::INVALID_HEADER_FIELD, 0),
+        }
+    }
+
+    fn on_data(&mut self, offset: u32, bytes: &[u8]) {
+        match self.incoming {
+            Incoming::Capsule(idx) => {
+                let s = &self.slots[idx as usize];
+                if let Some(buf) = &s.buf {
+                    let at = offset as usize;
+                    buf.bytes_mut()[at..at + bytes.len()].copy_from_slice(bytes);
+                }
+            }
+            Incoming::H2C { slot, datao, .. } => {
+                let s = &self.slots[slot as usize];
+                if let Some(buf) = &s.buf {
+                    let at = (datao + offset) as usize;
+                    buf.bytes_mut()[at..at + bytes.len()].copy_from_slice(bytes);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn on_end(&mut self, data_digest: Result<(), ProtoError>) {
+        let inc = std::mem::replace(&mut self.incoming, Incoming::None);
+        match inc {
+            Incoming::IcReq => self.parser.set_session(self.params),
+            Incoming::Capsule(idx) => {
+                if data_digest.is_err() {
+                    self.slots[idx as usize].err = Some(StatusCode::DATA_TRANSFER_ERROR.retryable());
+                }
+                match self.slots[idx as usize].err {
+                    Some(st) => self.complete(idx, st, 0, 0),
+                    None => self.execute(idx),
+                }
+            }
+            Incoming::H2C { slot, len, .. } => {
+                let s = &mut self.slots[slot as usize];
+                s.got += len;
+                if data_digest.is_err() {
+                    s.err = Some(StatusCode::DATA_TRANSFER_ERROR.retryable());
+                }
+                if s.got == s.data_len {
+                    s.state = SlotState::Exec;
+                    match s.err {
+                        Some(st) => self.complete(slot, st, 0, 0),
+                        None => self.data_in(slot),
+                    }
+                }
+            }
+            Incoming::None | Incoming::Skip => {}
         }
     }
 
