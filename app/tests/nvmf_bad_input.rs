@@ -259,16 +259,7 @@ fn hosts_outside_the_allow_list_are_refused() {
     t.ok(&["bdev_malloc_create", "-b", "Malloc1", "8", "512"]);
     t.ok(&["nvmf_create_subsystem", nqn2]);
     t.ok(&["nvmf_subsystem_add_ns", nqn2, "Malloc1"]);
-    t.ok(&[
-        "nvmf_subsystem_add_listener",
-        nqn2,
-        "-t",
-        "tcp",
-        "-a",
-        "127.0.0.1",
-        "-s",
-        &port,
-    ]);
+    listen(&t, nqn2, &port);
     let refused = |who: &str| {
         let mut h = Host::new(addr, false, false, sleep_idle()).unwrap();
         let c = h.connect(0, nqn2, who, 0xFFFF, 0, 31, 0).unwrap();
@@ -298,16 +289,7 @@ fn hosts_outside_the_allow_list_are_refused() {
     assert!(h.connect(0, nqn2, other, 0xFFFF, 0, 31, 0).unwrap().status.is_success());
     // A subsystem reached through a port it does not listen on is refused.
     let port2 = free_port().to_string();
-    t.ok(&[
-        "nvmf_subsystem_add_listener",
-        NQN,
-        "-t",
-        "tcp",
-        "-a",
-        "127.0.0.1",
-        "-s",
-        &port2,
-    ]);
+    listen(&t, NQN, &port2);
     let addr2: SocketAddr = format!("127.0.0.1:{port2}").parse().unwrap();
     let mut h2 = Host::new(addr2, false, false, sleep_idle()).unwrap();
     assert_eq!(

@@ -11,7 +11,7 @@ mod common;
 
 use std::process::Command;
 
-use common::nvmf::free_port;
+use common::nvmf::serve;
 use common::{workspace, Target};
 
 const NQN: &str = "nqn.2016-06.io.keel:lab";
@@ -21,31 +21,7 @@ fn linux_nvme_tcp_host_discovers_connects_verifies_and_disconnects() {
     let lab = workspace().join("../shared/lab/run-in-guest.sh");
     assert!(lab.exists(), "the lab is missing at {}", lab.display());
     let t = Target::start(&[]);
-    let port = free_port().to_string();
-    t.ok(&["bdev_malloc_create", "-b", "Malloc0", "64", "512"]);
-    t.ok(&["nvmf_create_transport", "-t", "TCP"]);
-    t.ok(&["nvmf_create_subsystem", NQN, "-a", "-s", "KEELLAB1", "-d", "Keel lab"]);
-    t.ok(&["nvmf_subsystem_add_ns", NQN, "Malloc0"]);
-    t.ok(&[
-        "nvmf_subsystem_add_listener",
-        NQN,
-        "-t",
-        "tcp",
-        "-a",
-        "127.0.0.1",
-        "-s",
-        &port,
-    ]);
-    t.ok(&[
-        "nvmf_subsystem_add_listener",
-        "discovery",
-        "-t",
-        "tcp",
-        "-a",
-        "127.0.0.1",
-        "-s",
-        &port,
-    ]);
+    let port = serve(&t, NQN, "64", &[], &["-a", "-s", "KEELLAB1", "-d", "Keel lab"]).port();
     let out = tempfile::tempdir().unwrap();
     let script = workspace().join("app/tests/lab/nvmf_linux_host.sh");
     let o = Command::new(&lab)

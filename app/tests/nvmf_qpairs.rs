@@ -16,22 +16,7 @@ use keel_nvmf::testhost::Host;
 #[test]
 fn io_queues_spread_over_both_reactors() {
     let t = Target::start(&["-m", "0x3"]);
-    let port = free_port().to_string();
-    t.ok(&["bdev_malloc_create", "-b", "Malloc0", "32", "512"]);
-    t.ok(&["nvmf_create_transport", "-t", "TCP"]);
-    t.ok(&["nvmf_create_subsystem", NQN, "-a"]);
-    t.ok(&["nvmf_subsystem_add_ns", NQN, "Malloc0"]);
-    t.ok(&[
-        "nvmf_subsystem_add_listener",
-        NQN,
-        "-t",
-        "tcp",
-        "-a",
-        "127.0.0.1",
-        "-s",
-        &port,
-    ]);
-    let addr = format!("127.0.0.1:{port}").parse().unwrap();
+    let addr = serve(&t, NQN, "32", &[], &["-a"]);
     let a = admin_queue(addr, NQN, false, 0);
     let mut queues: Vec<Host> = (1..=3u16)
         .map(|qid| {

@@ -96,16 +96,7 @@ fn nvmf_methods_results_errors_and_save_load() {
     assert_eq!(code, -32602);
     let (code, _) = t.err(&["nvmf_subsystem_remove_host", N2, "nqn.2014-08.org.nvmexpress:uuid:no"]);
     assert_eq!(code, -32602);
-    t.ok(&[
-        "nvmf_subsystem_add_listener",
-        N1,
-        "-t",
-        "tcp",
-        "-a",
-        "127.0.0.1",
-        "-s",
-        &port,
-    ]);
+    listen(&t, N1, &port);
     t.ok(&[
         "nvmf_subsystem_add_listener",
         N2,
@@ -118,16 +109,7 @@ fn nvmf_methods_results_errors_and_save_load() {
         "-f",
         "ipv4",
     ]);
-    t.ok(&[
-        "nvmf_subsystem_add_listener",
-        "discovery",
-        "-t",
-        "tcp",
-        "-a",
-        "127.0.0.1",
-        "-s",
-        &port,
-    ]);
+    listen(&t, "discovery", &port);
     let (code, _) = t.err(&[
         "nvmf_subsystem_add_listener",
         N1,

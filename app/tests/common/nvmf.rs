@@ -27,34 +27,48 @@ pub fn sleep_idle() -> Box<dyn FnMut()> {
 }
 
 /// A target with Malloc0 (32 MiB, 512-byte blocks) as namespace 1 of NQN on 127.0.0.1:port.
+/// `nvmf_subsystem_add_listener NQN -t tcp -a 127.0.0.1 -s PORT` (`discovery` for the
+/// discovery subsystem).
+pub fn listen(t: &Target, nqn: &str, port: &str) {
+    t.ok(&[
+        "nvmf_subsystem_add_listener",
+        nqn,
+        "-t",
+        "tcp",
+        "-a",
+        "127.0.0.1",
+        "-s",
+        port,
+    ]);
+}
+
+/// Serves a new malloc bdev `Malloc0` of `size_mib` MiB (512-byte blocks) as namespace 1 of
+/// subsystem `nqn` (created with `subsystem_args` after the NQN) on a free 127.0.0.1 port,
+/// with the discovery subsystem on the same port; `transport_args` go to
+/// `nvmf_create_transport -t TCP`. Returns the address.
+pub fn serve(t: &Target, nqn: &str, size_mib: &str, transport_args: &[&str], subsystem_args: &[&str]) -> SocketAddr {
+    let port = free_port().to_string();
+    t.ok(&["bdev_malloc_create", "-b", "Malloc0", size_mib, "512"]);
+    t.ok(&[&["nvmf_create_transport", "-t", "TCP"][..], transport_args].concat());
+    t.ok(&[&["nvmf_create_subsystem", nqn][..], subsystem_args].concat());
+    t.ok(&["nvmf_subsystem_add_ns", nqn, "Malloc0"]);
+    listen(t, nqn, &port);
+    listen(t, "discovery", &port);
+    format!("127.0.0.1:{port}").parse().unwrap()
+}
+
+/// keel-tgt serving Malloc0 (32 MiB) as namespace 1 of [`NQN`] (any host, serial KEEL0001,
+/// 8 KiB in-capsule data) on a free port.
 pub fn setup() -> (Target, SocketAddr) {
     let t = Target::start(&[]);
-    let port = free_port().to_string();
-    t.ok(&["bdev_malloc_create", "-b", "Malloc0", "32", "512"]);
-    t.ok(&["nvmf_create_transport", "-t", "TCP", "-c", "8192", "-i", "131072"]);
-    t.ok(&["nvmf_create_subsystem", NQN, "-a", "-s", "KEEL0001", "-d", "Keel test"]);
-    t.ok(&["nvmf_subsystem_add_ns", NQN, "Malloc0"]);
-    t.ok(&[
-        "nvmf_subsystem_add_listener",
+    let addr = serve(
+        &t,
         NQN,
-        "-t",
-        "tcp",
-        "-a",
-        "127.0.0.1",
-        "-s",
-        &port,
-    ]);
-    t.ok(&[
-        "nvmf_subsystem_add_listener",
-        "discovery",
-        "-t",
-        "tcp",
-        "-a",
-        "127.0.0.1",
-        "-s",
-        &port,
-    ]);
-    (t, format!("127.0.0.1:{port}").parse().unwrap())
+        "32",
+        &["-c", "8192", "-i", "131072"],
+        &["-a", "-s", "KEEL0001", "-d", "Keel test"],
+    );
+    (t, addr)
 }
 
 pub fn admin(c: AdminCommand) -> Command {
