@@ -23,7 +23,7 @@ use crate::error::{RpcError, INVALID_PARAMS};
 use crate::table::{method, MethodInfo, Subsystem, Table};
 use crate::{
     bdev_info, bdev_methods, dm_methods, framework, log_methods, md_methods, nbd_disk_methods, nbd_methods,
-    raid_methods, split_methods, ublk_methods,
+    nvmf_methods, raid_methods, split_methods, ublk_methods,
 };
 
 /// Every method file's table, in listing order (see the module docs).
@@ -36,8 +36,9 @@ static TABLES: &[&Table] = &[
     &bdev_methods::TABLE, // serves "bdev"
     &split_methods::TABLE,
     &raid_methods::TABLE,
-    &dm_methods::TABLE,  // serves "dm"
-    &nbd_methods::TABLE, // serves "nbd"
+    &dm_methods::TABLE,   // serves "dm"
+    &nvmf_methods::TABLE, // serves "nvmf"
+    &nbd_methods::TABLE,  // serves "nbd"
     &nbd_disk_methods::TABLE,
     &ublk_methods::TABLE, // serves "ublk"
 ];
@@ -258,7 +259,7 @@ mod tests {
         assert_eq!(fresh, ["bdev"], "nothing loaded yet");
         let listed = subsystems(&reg);
         let order: Vec<&str> = listed.iter().map(|s| s.name).collect();
-        assert_eq!(order, ["bdev", "dm", "nbd", "ublk"]);
+        assert_eq!(order, ["bdev", "dm", "nvmf", "nbd", "ublk"]);
         for (i, s) in listed.iter().enumerate() {
             for d in &s.depends_on {
                 let at = order.iter().position(|n| n == d);
@@ -279,7 +280,7 @@ mod tests {
             let info = listed.iter().find(|i| i.name == s.name()).unwrap();
             assert_eq!(info.depends_on, s.declared.depends_on, "{}", s.name());
         }
-        assert!(find_subsystem("nvmf").is_none());
+        assert!(find_subsystem("ublk").is_none());
     }
 
     /// Runs `method` synchronously (handlers that answer at once) in a framework that is in
@@ -368,7 +369,8 @@ mod tests {
         assert_eq!(
             v,
             json!([{"subsystem": "bdev", "depends_on": []}, {"subsystem": "dm", "depends_on": ["bdev"]},
-                   {"subsystem": "nbd", "depends_on": ["bdev"]}, {"subsystem": "ublk", "depends_on": ["bdev"]}])
+                   {"subsystem": "nvmf", "depends_on": ["bdev"]}, {"subsystem": "nbd", "depends_on": ["bdev"]},
+                   {"subsystem": "ublk", "depends_on": ["bdev"]}])
         );
         assert_eq!(
             call(true, "framework_get_config", json!({"name": "bdev"})).unwrap(),

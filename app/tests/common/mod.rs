@@ -2,6 +2,8 @@
 //! with SPDK's unmodified `spdk-rpc` (installed into `.venv` by `scripts/deps.sh`) or raw bytes.
 #![allow(dead_code)]
 
+pub mod nvmf;
+
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
