@@ -3,8 +3,8 @@
 //! faulty and role-less; md_remove; md_add of a spare → recovery runs to the end; a check finds
 //! no mismatches; sync speed limits and their bounds; frozen/idle; md_stop + md_assemble (by
 //! members, by uuid, idempotent while running). Bad params fail with -32602 (malformed) or md's
-//! errno: -19 unknown array or bdev, -16 an active member removed, -95 what raid0 cannot do,
-//! -22 bad values.
+//! errno: -19 unknown array or bdev, -16 an active member removed or a raid0 member failed, -95
+//! what raid0 cannot do, -22 bad values.
 
 mod common;
 
@@ -197,8 +197,8 @@ fn md_methods_with_good_and_bad_params() {
     // An active member must be failed first: -16. A claimed bdev cannot be added: -16.
     assert_eq!(md_err(&t, &["md_remove", "mir", "M1"]).0, -16);
     assert_eq!(md_err(&t, &["md_add", "mir", "R0"]).0, -16);
-    // raid0 has no redundancy: -95.
-    assert_eq!(md_err(&t, &["md_fail", "str", "R0"]).0, -95);
+    // raid0 has no redundancy: failing a member is -16 (EBUSY, as Linux md), adding one -95.
+    assert_eq!(md_err(&t, &["md_fail", "str", "R0"]).0, -16);
     assert_eq!(md_err(&t, &["md_add", "str", "M2"]).0, -95);
     assert_eq!(md_err(&t, &["md_set_sync_action", "str", "check"]).0, -95);
     // Bad values: -22 naming the parameter.
