@@ -100,7 +100,11 @@ pub fn subsystem_config(reg: &Arc<BdevRegistry>, name: &str) -> Option<Vec<Value
     Some(
         calls
             .iter()
-            .map(|c| json!({"method": c.method, "params": c.params}))
+            .map(|c| match &c.params {
+                // A call without parameters is written as SPDK writes one: no "params".
+                Value::Null => json!({"method": c.method}),
+                p => json!({"method": c.method, "params": p}),
+            })
             .chain(closing.iter().map(|m| json!({ "method": m })))
             .collect(),
     )
