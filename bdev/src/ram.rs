@@ -34,7 +34,9 @@
 //!    the populator's. Where `MADV_COLLAPSE` is missing, khugepaged collapses the advised range
 //!    later on its own.
 //!
-//! Creation still returns at once. The memory budget of the malloc module reserved the whole
+//! Creation still returns at once; [`Ram::settled`] says when the populator is done (keel-perf
+//! waits for that before it measures: the populator's work competes with the reactors for
+//! CPU and memory bandwidth while it runs). The memory budget of the malloc module reserved the whole
 //! size, so populating uses nothing that was not promised. Where the kernel lacks
 //! `MADV_POPULATE_WRITE` the populator stops and the disk is faulted in as written. Dropping the
 //! disk stops its populator (after its current step) before the mapping goes. A whole 2 MiB
@@ -167,6 +169,8 @@ pub(crate) struct Ram {
     pages: Pages,
     /// The background populator (module docs) and its stop flag.
     populator: Option<(Arc<AtomicBool>, JoinHandle<()>)>,
+    /// Set by the populator when it is done (or gave up): nothing more runs in the background.
+    settled: Arc<AtomicBool>,
 }
 
 // SAFETY: `Ram` owns its mapping (nothing else unmaps it) and never hands out references to its
@@ -224,8 +228,18 @@ impl Ram {
         unsafe { libc::madvise(base.cast(), map_len_bytes, libc::MADV_DONTDUMP) };
         let pages = if thp_enabled() { Pages::Huge } else { Pages::Small };
         let stop = Arc::new(AtomicBool::new(false));
-        let populator =
-            spawn_populator(base_addr, map_len_bytes, pages == Pages::Huge, stop.clone()).map(|h| (stop, h));
+        let settled = Arc::new(AtomicBool::new(false));
+        let populator = spawn_populator(
+            base_addr,
+            map_len_bytes,
+            pages == Pages::Huge,
+            stop.clone(),
+            settled.clone(),
+        )
+        .map(|h| (stop, h));
+        if populator.is_none() {
+            settled.store(true, Ordering::Release);
+        }
         Ok(Ram {
             base: NonNull::new(base).expect("mmap returned a non-null address"),
             len_bytes,
@@ -234,7 +248,14 @@ impl Ram {
             streaming_writes: len_bytes > last_level_cache_bytes(),
             pages,
             populator,
+            settled,
         })
+    }
+
+    /// Whether the background populator finished (module docs): from then on nothing of this
+    /// disk runs besides its I/O. Any thread.
+    pub(crate) fn settled(&self) -> bool {
+        self.settled.load(Ordering::Acquire)
     }
 
     /// The page policy the kernel reported at creation.
@@ -347,6 +368,7 @@ fn spawn_populator(
     map_len_bytes: usize,
     huge: bool,
     stop: Arc<AtomicBool>,
+    settled: Arc<AtomicBool>,
 ) -> Option<JoinHandle<()>> {
     // One `madvise` over each 2 MiB step, stopping at the first refusal or when told to.
     let each_step = move |advice: libc::c_int, stop: &AtomicBool| -> io::Result<()> {
@@ -366,6 +388,14 @@ fn spawn_populator(
     std::thread::Builder::new()
         .name("keel-ram-populate".into())
         .spawn(move || {
+            // Tells waiters the background work is over however this ends.
+            struct Settle(Arc<AtomicBool>);
+            impl Drop for Settle {
+                fn drop(&mut self) {
+                    self.0.store(true, Ordering::Release);
+                }
+            }
+            let _settle = Settle(settled);
             if let Err(e) = each_step(libc::MADV_POPULATE_WRITE, &stop) {
                 // EINVAL: a kernel before 5.14; ENOMEM: memory pressure. The rest is faulted in
                 // as written.

@@ -9,7 +9,9 @@
 //! 4. picks the target bdevs (`-T NAME`, else every leaf bdev, i.e. not claimed) and builds the
 //!    jobs: one per bdev, assigned to cores round-robin over the mask, or with `-C` one per
 //!    core per bdev, each on an equal contiguous slice,
-//! 5. with `--prefill`, first writes every target once from start to end ([`prefill`]),
+//! 5. waits until malloc bdevs finished allocating their memory in the background
+//!    ([`keel_bdev::modules::malloc::wait_settled`]), then with `--prefill` first writes every
+//!    target once from start to end ([`prefill`]),
 //! 6. sends each job to its core by message, where the job opens its descriptor and starts
 //!    ([`keel_load::Job::start_with`]); results come back over the `mpsc` channel (control path),
 //! 7. meanwhile prints the one-line progress display each second (only when asked to: the binary
@@ -396,6 +398,14 @@ pub fn run(opts: RunOptions, out: &mut dyn Write, err: &mut dyn Write) -> Result
     }
     if planned.is_empty() {
         return Err(PerfError::NoJobs);
+    }
+    // malloc bdevs allocate their memory in the background after creation; measuring while
+    // that runs would measure it too.
+    if !keel_bdev::modules::malloc::wait_settled(&reg, std::time::Duration::from_secs(120)) {
+        let _ = writeln!(
+            err,
+            "warning: malloc memory still being allocated; the run may be slower at first"
+        );
     }
     if opts.prefill {
         prefill(&cores, &reg, &targets)?;

@@ -75,6 +75,28 @@ pub const MODULE: &str = "malloc";
 /// budget check (module docs) refuses a disk that would leave less.
 pub const HEADROOM_BYTES: u64 = 256 << 20;
 
+/// Waits until every malloc bdev of `reg` finished allocating its memory in the background
+/// (`ram.rs`: the populator), at most `limit`; returns whether they all did. Benchmarks call it
+/// before measuring, so the populators do not compete with the run. Control path, any thread
+/// but a reactor (it sleeps).
+pub fn wait_settled(reg: &BdevRegistry, limit: std::time::Duration) -> bool {
+    let until = std::time::Instant::now() + limit;
+    loop {
+        let all = reg
+            .list()
+            .iter()
+            .filter_map(|b| b.backend_as::<MallocBackend>())
+            .all(|m| m.storage.ram.settled());
+        if all {
+            return true;
+        }
+        if std::time::Instant::now() >= until {
+            return false;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+}
+
 /// A disk's memory and its share of the process's malloc budget, released together when the
 /// last channel or backend holding it drops.
 struct Storage {
