@@ -14,6 +14,7 @@
 //! | `md_fail` | `name`, `bdev` | `true` (the member is faulty) |
 //! | `md_set_sync_action` | `name`, `action` (idle, frozen, resync, recover, check, repair) | `true` |
 //! | `md_set_sync_speed` | `name`, `min_kbs`?, `max_kbs`? (at least one) | `true` |
+//! | `md_set_stripe_cache` | `name`, `entries` (17..32768; raid4/5/6) | `true` |
 //!
 //! Malformed params (unknown keys, wrong types, missing required keys) are -32602 with serde's
 //! description. Operational errors carry the errno of [`MdError::errno`]: -19 unknown array or
@@ -65,6 +66,7 @@ pub(crate) static TABLE: Table = Table {
         method!(md_fail, Runtime),
         method!(md_set_sync_action, Runtime),
         method!(md_set_sync_speed, Runtime),
+        method!(md_set_stripe_cache, Runtime),
     ],
     subsystem: None,
 };
@@ -381,6 +383,25 @@ fn md_set_sync_speed(ctx: &Ctx, params: Option<Value>, reply: Reply) {
     reply(
         reg(ctx)
             .set_sync_speed(&p.name, p.min_kbs, p.max_kbs)
+            .map(|()| json!(true))
+            .map_err(md_error),
+    )
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StripeCacheParams {
+    name: String,
+    entries: u32,
+}
+
+/// `md_set_stripe_cache {name, entries}` → true: Linux's `stripe_cache_size` of a raid4/5/6
+/// array (entries of one page per member; 17..32768, default 256).
+fn md_set_stripe_cache(ctx: &Ctx, params: Option<Value>, reply: Reply) {
+    let p: StripeCacheParams = params!(params, reply);
+    reply(
+        reg(ctx)
+            .set_stripe_cache(&p.name, p.entries)
             .map(|()| json!(true))
             .map_err(md_error),
     )
