@@ -214,6 +214,8 @@ def _add_md_commands(subparsers):
             params["members"] = args.members
         if not params:
             raise SystemExit("md_assemble needs MEMBERs, --uuid or --name")
+        if args.force:
+            params["force"] = True
         print_json(args.client.call("md_assemble", params))
 
     p = subparsers.add_parser(
@@ -223,6 +225,8 @@ def _add_md_commands(subparsers):
     )
     p.add_argument("-n", "--name", help="array name (default: the name in the superblocks)")
     p.add_argument("-u", "--uuid", help="array UUID")
+    p.add_argument("-f", "--force", action="store_true",
+                   help="start a dirty and degraded raid4/5/6 anyway (the write hole)")
     p.add_argument("members", nargs="*", metavar="MEMBER", help="member bdevs")
     p.set_defaults(func=md_assemble)
 

@@ -171,7 +171,8 @@ fn md_methods_with_good_and_bad_params() {
         ("md_set_sync_speed", json!({"name": "mir", "max_kbs": "10"})),
         ("md_assemble", json!({})),
         ("md_assemble", json!({"members": "M0 M1"})),
-        ("md_assemble", json!({"uuid": uuid, "force": true})),
+        ("md_assemble", json!({"uuid": uuid, "force": "yes"})),
+        ("md_assemble", json!({"uuid": uuid, "run": true})),
         ("md_get_arrays", json!({"name": 1})),
     ] {
         assert_eq!(raw_code(&t, method, params.clone()), -32602, "{method} {params}");

@@ -143,4 +143,13 @@ impl Personality for ParityLevel {
     fn detail_layout_text(&self, sb: &Superblock) -> Option<String> {
         self.examine_layout_text(sb)
     }
+
+    /// raid4 and raid5 build by recovery onto the last member (mdadm's rule); raid6 resyncs.
+    fn create_by_recovery(&self) -> bool {
+        self.level != 6
+    }
+
+    fn write_hole(&self) -> bool {
+        true
+    }
 }

@@ -72,10 +72,9 @@
 //! [`Layout::stripe_cache`] / [`Layout::set_stripe_cache`] are how `md_set_stripe_cache` and
 //! `md_get_arrays` reach a level's cache without naming it.
 //!
-//! What the core does not offer yet for those levels: creating a raid5 by recovery onto its
-//! last member (Linux's creation rule; today a create without `assume_clean` resyncs, which
-//! gives the same bytes), and refusing to start a dirty and degraded array without a `force`
-//! flag (the write hole).
+//! [`Personality::create_by_recovery`] (Linux's creation rule) and
+//! [`Personality::write_hole`] (dirty + degraded assembles only with `force`) are the
+//! parity levels' answers to the core's questions at create and assembly.
 
 use std::fmt::Debug;
 use std::sync::Arc;
@@ -199,6 +198,17 @@ pub(crate) trait Personality: Sync + 'static {
     /// mdadm --detail's "Layout" (`md_get_arrays`), if the level has one.
     fn detail_layout_text(&self, _sb: &Superblock) -> Option<String> {
         None
+    }
+    /// Linux's creation rule for raid4/raid5: a create without `assume_clean` builds the array
+    /// by recovery onto its last member (mdadm adds it as a spare), which is faster than a
+    /// resync; other levels resync.
+    fn create_by_recovery(&self) -> bool {
+        false
+    }
+    /// A dirty and degraded array of the level may hold stripes whose parity does not match
+    /// their data (raid4/5/6's write hole): assembly refuses it without `force`.
+    fn write_hole(&self) -> bool {
+        false
     }
 }
 

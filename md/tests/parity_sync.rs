@@ -1,5 +1,6 @@
 //! Sync of the parity levels through the core's engine: a raid5 and a raid6 created without
-//! `assume_clean` over members full of garbage build their parity (every stripe's P — and the
+//! `assume_clean` over members full of garbage build their parity (raid5 by recovery onto its
+//! last member, raid6 by resync, as Linux) (every stripe's P — and the
 //! array's reads after losing two members for raid6 — agree with the data, a check finds 0
 //! mismatches); then parity corrupted behind the array's back is found by `check` (a
 //! non-zero mismatch_cnt, nothing written), fixed by `repair`, and a second check finds 0; the repaired parity
@@ -41,8 +42,11 @@ fn scenario(level: &str, members: usize) {
     .unwrap();
     r.wait_until(60, "initial build", |r| {
         let a = r.array(level);
-        a.sync.action == "idle" && !a.state.contains("active")
+        a.sync.action == "idle" && !a.state.contains("active") && a.members.iter().all(|m| m.state == "in_sync")
     });
+    // Linux's creation rule: raid5 builds by recovery onto its last member, raid6 by resync.
+    let built_by = if level == "raid6" { "resync" } else { "recover" };
+    assert_eq!(r.array(level).sync.last_action, Some(built_by));
     assert_eq!(sync(&r, level, "check"), 0, "after the build");
     let off = r.superblock(&names[0]).data_offset_sectors;
     let component = r.superblock(&names[0]).size_sectors;

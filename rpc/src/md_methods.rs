@@ -5,7 +5,7 @@
 //! | method | params | result |
 //! |---|---|---|
 //! | `md_create` | `name`, `level`, `members`, `chunk_kb`?, `layout`?, `bitmap`?, `assume_clean`?, `uuid`? | the array's name |
-//! | `md_assemble` | `name`?, `uuid`?, `members`? (at least one) | the array's name |
+//! | `md_assemble` | `name`?, `uuid`?, `members`? (at least one), `force`? (start a dirty and degraded raid4/5/6) | the array's name |
 //! | `md_stop` | `name` | `true` (superblocks written, members released) |
 //! | `md_get_arrays` | `name`? | array of `mdadm --detail` objects ([`keel_md::ArrayInfo::to_json`]) |
 //! | `md_examine` | `bdev` | `mdadm --examine`'s facts for one member |
@@ -186,6 +186,8 @@ struct AssembleParams {
     uuid: Option<String>,
     #[serde(default)]
     members: Option<Vec<String>>,
+    #[serde(default)]
+    force: bool,
 }
 
 /// Canonical hex digits of an array UUID in any of mdadm's or the hyphenated forms.
@@ -263,6 +265,7 @@ fn assemble_now(md: Arc<MdRegistry>, p: AssembleParams, reply: Reply) {
         name: p.name.clone(),
         uuid: p.uuid.clone(),
         members: p.members.clone(),
+        force: p.force,
     };
     let md2 = md.clone();
     md.assemble(opts, move |r: Result<String, MdError>| match r {

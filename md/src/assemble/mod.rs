@@ -72,6 +72,10 @@ pub struct AssembleOpts {
     pub uuid: Option<String>,
     /// Member bdevs (any order). Without it every unclaimed bdev is a candidate.
     pub members: Option<Vec<String>>,
+    /// Start a raid4/5/6 that is both dirty and degraded anyway (mdadm's `--force`): its
+    /// parity may not match the data of stripes written when it stopped (the write hole), so
+    /// without it such an array is refused, as Linux refuses it.
+    pub force: bool,
 }
 
 fn check_name(name: &str) -> Result<(), MdError> {
@@ -213,6 +217,8 @@ struct Request {
     uuid: Option<[u8; 16]>,
     /// Members were named (a bad superblock is a refusal, not "not a member").
     named: bool,
+    /// See [`AssembleOpts::force`].
+    force: bool,
 }
 
 /// A candidate's name and what reading its superblock gave.
@@ -338,6 +344,7 @@ impl MdRegistry {
                     name: opts.name.clone(),
                     uuid,
                     named: opts.members.is_some(),
+                    force: opts.force,
                 },
                 names,
             )))
@@ -495,7 +502,7 @@ impl MdRegistry {
             Ok(c) => c,
             Err(e) => return done(Err(e)),
         };
-        match self.prepare(&probes, choice, req.name) {
+        match self.prepare(&probes, choice, req.name, req.force) {
             Ok((pending, None)) => self.finish_start(pending, None, done),
             Ok((pending, Some(bm))) => {
                 let me = self.clone();
@@ -511,6 +518,7 @@ impl MdRegistry {
         probes: &[Probe],
         c: Choice,
         req_name: Option<String>,
+        force: bool,
     ) -> Result<(Pending, Option<BitmapRead>), MdError> {
         let fail = |e: MdError| with_refusals(e, &c.refusals);
         let t = &probes[c.fresh].sb;
@@ -538,6 +546,16 @@ impl MdRegistry {
                     missing_text(&states)
                 ),
             )));
+        }
+        // The write hole (Linux's rule for raid4/5/6): dirty and degraded only with force.
+        let degraded = states.iter().any(|s| *s != SlotState::InSync);
+        if level.write_hole() && level.caps().resync && !t.is_clean() && degraded && !force {
+            return Err(fail(MdError::Busy(format!(
+                "{} {} is dirty and degraded (role {} not in sync): parity may be stale (the write hole); assemble with force to start it anyway",
+                level.name(),
+                Superblock::uuid_text(&t.set_uuid),
+                missing_text(&states)
+            ))));
         }
         let reg = self.bdevs().map_err(fail)?;
         let name = match req_name {
