@@ -196,7 +196,7 @@ def _add_md_commands(subparsers):
     p.add_argument("-n", "--name", required=True, help="array name (and bdev name)")
     p.add_argument("-l", "--level", required=True, help="linear, raid0, raid1, raid4, raid5, raid6 or raid10")
     p.add_argument("-c", "--chunk", type=int, help="chunk size in KiB (raid0, raid4/5/6, raid10; default 512)")
-    p.add_argument("-p", "--layout", help="raid0: original or alternate; raid10: n2, f2, o2 (default n2)")
+    p.add_argument("-p", "--layout", help="raid0: original or alternate; raid5/6: left-symmetric (default), la, ra, rs, parity-first, parity-last, raid6 also the -6 layouts; raid10: n2, f2, o2 (default n2)")
     p.add_argument("-b", "--bitmap", choices=["internal", "none"],
                    help="write-intent bitmap (default: internal for raid1/raid10, none otherwise)")
     p.add_argument("--assume-clean", action="store_true", help="skip the initial resync (raid1, raid10)")
