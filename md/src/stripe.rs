@@ -1107,7 +1107,8 @@ impl Lane for StripeLane {
         }
     }
 
-    /// One-member reads split at chunks (only reads reach the splitter).
+    /// One-member reads split at chunks: only a single-chunk read whose member has another
+    /// block size than the array reaches the splitter ([`LaneCx::forward`] splits it then).
     fn next_piece(&mut self, m: &Members, _op: IoOp, cur: &mut Cursor) -> Piece {
         let l = self.map.locate(cur.next);
         let sectors = l.left_in_chunk.min(cur.end - cur.next);
