@@ -15,8 +15,19 @@ Cases (each run RUNS times, interleaved; medians reported):
      without assume_clean (resync runs under the workload) vs with assume_clean. Linux speed
      semantics: foreground writes make the resync fall back to speed_limit_min (default
      1000 KiB/s), so this measures what the resync costs the foreground at its floor.
+  5. Parity levels (issue 14), keel-perf 1 core: sequential 192 KiB writes at qd 32 on a raid5
+     over 4 malloc (64 KiB chunks: every write one full stripe) vs a raid0 over 3 malloc (the
+     same data members, no parity; the ideal is 1.0 minus the parity cost). SPDK raid5f over 4
+     malloc, 64 KiB strips, 192 KiB writes at qd 32: 3.73 GiB/s on this machine class; the issue
+     aims at >= 1.2x that. 4 KiB random writes on that raid5 (read-modify-write: two reads, two
+     writes each) vs a bare malloc (aim >= 0.25x). 4 KiB random reads at qd 128 on the raid5,
+     on a raid6 over 4 malloc and on that raid6 with two members failed (every read of a lost
+     chunk rebuilt from P and Q) vs a raid0 over 4 malloc (aim >= 0.9x healthy).
+  6. Initial build of a raid5 over 4 malloc (Linux's rule: recovery onto the last member) and
+     resync of a raid6 over 4 malloc, 64 MiB per member, in MiB/s of member data synced, vs
+     memcpy.
 
-Usage: bench/md.py [--runs 3] [--time 5] [--json OUT] [--compare DIR]
+Usage: bench/md.py [--runs 3] [--time 5] [--json OUT] [--compare DIR] [--only SUBSTRING[,SUBSTRING...]]
 With --compare DIR (a directory holding another build's keel-perf and keel-tgt, e.g. of the
 commit before a change), every case of every round also runs with those binaries right after
 this tree's, and both sets of figures and ratios are reported: before/after in one run.
@@ -45,6 +56,35 @@ MALLOC_MEMBER_BLOCKS = 262144 + 2048
 SPDK_RAID0_RATIO = 0.45
 SPDK_RAID1_READ_M = 0.87
 SPDK_RAID1_WRITE_M = 0.43
+SPDK_RAID5F_FULL_STRIPE_GIB_S = 3.73
+# Members of the parity-level arrays: 64 MiB of data each + data_offset (small, so the first
+# touch of malloc memory — the kernel clearing huge pages — stays a small part of a run).
+PARITY_MEMBER_BLOCKS = 16384 + 2048
+
+
+ARRAYS = {"r5": ("raid5", 4), "s3": ("raid0", 3), "s4": ("raid0", 4), "r6": ("raid6", 4), "d6": ("raid6", 4)}
+
+
+def parity_config(name):
+    """One parity-level case's array over its own mallocs (only what the case uses, so the
+    member memory faulted in stays small): raid5/4, raid0/3, raid0/4, raid6/4, or a raid6/4
+    with two members failed (d6)."""
+    if name == "m1":
+        return {"subsystems": [{"subsystem": "bdev", "config": [
+            {"method": "bdev_malloc_create", "params": {"name": "m1", "num_blocks": PARITY_MEMBER_BLOCKS,
+                                                        "block_size": 4096}}]}]}
+    level, n = ARRAYS[name]
+    members = ["%s_%d" % (name, i) for i in range(n)]
+    bdev = [{"method": "bdev_malloc_create", "params": {"name": m, "num_blocks": PARITY_MEMBER_BLOCKS,
+                                                        "block_size": 4096}} for m in members]
+    params = {"name": name, "level": level, "chunk_kb": 64, "members": members}
+    if level != "raid0":
+        params.update({"assume_clean": True, "bitmap": "none"})
+    bdev.append({"method": "md_create", "params": params})
+    if name == "d6":
+        bdev += [{"method": "md_fail", "params": {"name": "d6", "bdev": members[0]}},
+                 {"method": "md_fail", "params": {"name": "d6", "bdev": members[2]}}]
+    return {"subsystems": [{"subsystem": "bdev", "config": bdev}]}
 
 
 def perf_config(extra_md, clean=True):
@@ -63,12 +103,12 @@ def perf_config(extra_md, clean=True):
     return {"subsystems": [{"subsystem": "bdev", "config": bdev}]}
 
 
-def perf(cfg, bdev, workload, qd, t, extra=()):
+def perf(cfg, bdev, workload, qd, t, extra=(), size=4096):
     with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
         json.dump(cfg, f)
         path = f.name
     try:
-        out = subprocess.run([PERF, "--json", path, "-T", bdev, "-w", workload, "-q", str(qd), "-o", "4096",
+        out = subprocess.run([PERF, "--json", path, "-T", bdev, "-w", workload, "-q", str(qd), "-o", str(size),
                               "-t", str(t), "-m", "0x1", "--output-format", "json", *extra],
                              check=True, capture_output=True, text=True).stdout
     finally:
@@ -124,6 +164,29 @@ class Tgt:
         self.p.wait(timeout=30)
 
 
+def parity_build_mib_s(level):
+    """Initial build (raid5: recovery, raid6: resync) of a 4-member array, MiB/s per member."""
+    t = Tgt()
+    try:
+        for i in range(4):
+            t.call("bdev_malloc_create", {"name": "M%d" % i, "num_blocks": PARITY_MEMBER_BLOCKS, "block_size": 4096})
+        want = "recover" if level == "raid5" else "resync"
+        t0 = time.perf_counter()
+        t.call("md_create", {"name": "rs", "level": level, "members": ["M%d" % i for i in range(4)],
+                             "chunk_kb": 64, "bitmap": "none"})
+        t.call("md_set_sync_speed", {"name": "rs", "max_kbs": 10 * 1024 * 1024})
+        while True:
+            a = t.call("md_get_arrays", {"name": "rs"})[0]
+            if a["sync_action"] == "idle" and a.get("last_sync_action") == want:
+                break
+            time.sleep(0.005)
+        dt = time.perf_counter() - t0
+        member = a["size_blocks"] * a["block_size"] / (4 - (1 if level == "raid5" else 2))
+        return member / (1 << 20) / dt
+    finally:
+        t.close()
+
+
 def resync_mib_s():
     t = Tgt()
     try:
@@ -160,6 +223,7 @@ def main():
     ap.add_argument("--time", type=int, default=5)
     ap.add_argument("--json", help="write results here")
     ap.add_argument("--compare", help="directory with another build's keel-perf and keel-tgt, run alternately")
+    ap.add_argument("--only", help="run only the cases whose name contains one of these (comma-separated)")
     a = ap.parse_args()
     subprocess.run(["cargo", "build", "--release", "-q", "-p", "keel-perf", "-p", "keel-app"], cwd=ROOT, check=True)
     global PERF, TGT
@@ -168,6 +232,7 @@ def main():
         builds.append(("compared", os.path.join(a.compare, "keel-perf"), os.path.join(a.compare, "keel-tgt")))
     clean = perf_config([])
     resyncing = perf_config([], clean=False)
+    par = {n: parity_config(n) for n in list(ARRAYS) + ["m1"]}
     cases = [
         ("null randread qd128", lambda: perf(clean, "Null0", "randread", 128, a.time)),
         ("raid0/2 null randread qd128", lambda: perf(clean, "r0", "randread", 128, a.time)),
@@ -179,7 +244,23 @@ def main():
         ("raid1 randrw70 qd32, during resync", lambda: perf(resyncing, "r1", "randrw", 32, a.time, ("-M", "70"))),
         ("resync 1 GiB raid1 (MiB/s)", resync_mib_s),
         ("memcpy 1 GiB (MiB/s)", memcpy_mib_s),
+        ("raid5/4 malloc write 192k qd32 (MiB/s)", lambda: perf(par["r5"], "r5", "write", 32, a.time, size=196608)
+         * 196608 / (1 << 20)),
+        ("raid0/3 malloc write 192k qd32 (MiB/s)", lambda: perf(par["s3"], "s3", "write", 32, a.time, size=196608)
+         * 196608 / (1 << 20)),
+        ("raid5/4 malloc randwrite qd32", lambda: perf(par["r5"], "r5", "randwrite", 32, a.time)),
+        ("raid5/4's member size: malloc randwrite qd32", lambda: perf(par["m1"], "m1", "randwrite", 32, a.time)),
+        ("raid5/4 malloc randread qd128", lambda: perf(par["r5"], "r5", "randread", 128, a.time)),
+        ("raid6/4 malloc randread qd128", lambda: perf(par["r6"], "r6", "randread", 128, a.time)),
+        ("raid6/4 2 failed randread qd128", lambda: perf(par["d6"], "d6", "randread", 128, a.time)),
+        ("raid0/4 malloc randread qd128", lambda: perf(par["s4"], "s4", "randread", 128, a.time)),
+        ("raid5/4 build 64 MiB/member (MiB/s)", lambda: parity_build_mib_s("raid5")),
+        ("raid6/4 resync 64 MiB/member (MiB/s)", lambda: parity_build_mib_s("raid6")),
     ]
+    if a.only:
+        keep = {"malloc randwrite qd32", "memcpy 1 GiB (MiB/s)"}
+        want = a.only.split(",")
+        cases = [c for c in cases if any(w in c[0] for w in want) or c[0] in keep]
     runs = {(label, name): [] for label, _, _ in builds for name, _ in cases}
     for _ in range(a.runs):
         for name, f in cases:
@@ -194,7 +275,21 @@ def main():
          f"SPDK {SPDK_RAID1_WRITE_M} M"),
         ("foreground during resync vs idle", "raid1 randrw70 qd32, during resync", "raid1 randrw70 qd32, idle", ""),
         ("resync vs memcpy", "resync 1 GiB raid1 (MiB/s)", "memcpy 1 GiB (MiB/s)", ""),
+        ("raid5/4 full-stripe write vs raid0/3", "raid5/4 malloc write 192k qd32 (MiB/s)",
+         "raid0/3 malloc write 192k qd32 (MiB/s)", "ideal 1.0 minus parity"),
+        ("raid5/4 randwrite vs malloc", "raid5/4 malloc randwrite qd32",
+         "raid5/4's member size: malloc randwrite qd32", "aim >= 0.25x"),
+        ("raid5/4 randread vs raid0/4", "raid5/4 malloc randread qd128", "raid0/4 malloc randread qd128",
+         "aim >= 0.9x"),
+        ("raid6/4 randread vs raid0/4", "raid6/4 malloc randread qd128", "raid0/4 malloc randread qd128",
+         "aim >= 0.9x"),
+        ("raid6/4 two failed vs raid0/4", "raid6/4 2 failed randread qd128", "raid0/4 malloc randread qd128",
+         "report"),
+        ("raid5 build vs memcpy", "raid5/4 build 64 MiB/member (MiB/s)", "memcpy 1 GiB (MiB/s)", ""),
+        ("raid6 resync vs memcpy", "raid6/4 resync 64 MiB/member (MiB/s)", "memcpy 1 GiB (MiB/s)", ""),
     ]
+    names = {n for n, _ in cases}
+    ratios = [r for r in ratios if r[1] in names and r[2] in names]
     print(f"machine: {machine()}")
     print(f"{a.runs} runs, keel-perf -m 0x1 -t {a.time}, interleaved; medians")
     out = []

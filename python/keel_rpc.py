@@ -8,7 +8,7 @@ Adds Keel's own methods as subcommands. The dm methods come as dmsetup's verbs (
 dm_load, dm_suspend, dm_resume, dm_clear, dm_remove, dm_rename, dm_info, dm_table, dm_status,
 dm_message, dm_deps, dm_ls, dm_targets, dm_wait) printing dmsetup's text formats; the md
 methods as mdadm's (md_create, md_assemble, md_stop, md_get_arrays [--detail], md_examine,
-md_add, md_remove, md_fail, md_set_sync_action, md_set_sync_speed); the NBD server's as
+md_add, md_remove, md_fail, md_set_sync_action, md_set_sync_speed, md_set_stripe_cache); the NBD server's as
 nbd_server_start, nbd_server_stop, nbd_server_get_listeners, nbd_server_add_export,
 nbd_server_remove_export and nbd_server_get_exports.
 """
@@ -196,9 +196,9 @@ def _add_md_commands(subparsers):
         help="mdadm --create: an md array (a bdev named NAME) over MEMBER bdevs in role order",
     )
     p.add_argument("-n", "--name", required=True, help="array name (and bdev name)")
-    p.add_argument("-l", "--level", required=True, help="linear, raid0, raid1 or raid10")
-    p.add_argument("-c", "--chunk", type=int, help="chunk size in KiB (raid0, raid10; default 512)")
-    p.add_argument("-p", "--layout", help="raid0: original or alternate; raid10: n2, f2, o2 (default n2)")
+    p.add_argument("-l", "--level", required=True, help="linear, raid0, raid1, raid4, raid5, raid6 or raid10")
+    p.add_argument("-c", "--chunk", type=int, help="chunk size in KiB (raid0, raid4/5/6, raid10; default 512)")
+    p.add_argument("-p", "--layout", help="raid0: original or alternate; raid5/6: left-symmetric (default), la, ra, rs, parity-first, parity-last, raid6 also the -6 layouts; raid10: n2, f2, o2 (default n2)")
     p.add_argument("-b", "--bitmap", choices=["internal", "none"],
                    help="write-intent bitmap (default: internal for raid1/raid10, none otherwise)")
     p.add_argument("--assume-clean", action="store_true", help="skip the initial resync (raid1, raid10)")
@@ -230,7 +230,7 @@ def _add_md_commands(subparsers):
     p.add_argument("-n", "--name", help="array name (default: the name in the superblocks)")
     p.add_argument("-u", "--uuid", help="array UUID")
     p.add_argument("-f", "--force", action="store_true",
-                   help="start an array that stopped unclean and is degraded (levels with a write hole)")
+                   help="start a dirty and degraded raid4/5/6 anyway (the write hole)")
     p.add_argument("members", nargs="*", metavar="MEMBER", help="member bdevs")
     p.set_defaults(func=md_assemble)
 
@@ -291,6 +291,15 @@ def _add_md_commands(subparsers):
     p.add_argument("--min", type=int, dest="min_kbs", help="KiB/s kept even under foreground I/O")
     p.add_argument("--max", type=int, dest="max_kbs", help="KiB/s never exceeded")
     p.set_defaults(func=md_set_sync_speed)
+
+    def md_set_stripe_cache(args):
+        print_json(args.client.call("md_set_stripe_cache", {"name": args.name, "entries": args.entries}))
+
+    p = subparsers.add_parser("md_set_stripe_cache",
+                              help="echo N > md/stripe_cache_size: raid4/5/6 stripe cache entries (17..32768)")
+    p.add_argument("name", help="array name")
+    p.add_argument("entries", type=int, help="entries (pages per member), Linux's default 256")
+    p.set_defaults(func=md_set_stripe_cache)
 
 
 # ---------------------------------------------------------------------------------------------

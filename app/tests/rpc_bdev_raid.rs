@@ -1,11 +1,11 @@
 //! SPDK's raid RPCs through SPDK's unmodified spdk-rpc, with SPDK's CLI syntax, served by md
-//! arrays: bdev_raid_create of raid0, raid1 and concat; bdev_raid_get_bdevs' shape per category
+//! arrays: bdev_raid_create of raid0, raid1, concat and raid5f (an md raid5, left-asymmetric as
+//! SPDK places raid5f's parity); bdev_raid_get_bdevs' shape per category
 //! (a raid1's initial resync as a `process`); bdev_raid_remove_base_bdev and
 //! bdev_raid_add_base_bdev (rebuild); bdev_raid_delete with and without clear_sb. The arrays are
 //! md arrays (md_get_arrays shows them); a raid10 md array is not an SPDK raid. Errors use SPDK's
 //! codes: -32700/-32603 for undecodable params, -17 duplicate, -19 unknown, -22 bad values,
-//! -16 a claimed base bdev or a raid0 member to remove (md refuses to lose data), -95 what md
-//! cannot do (raid5f).
+//! -16 a claimed base bdev or a raid0 member to remove (md refuses to lose data).
 
 mod common;
 
@@ -59,7 +59,7 @@ fn raw(t: &Target, method: &str, params: Value) -> Value {
 #[test]
 fn bdev_raid_methods_over_md_arrays() {
     let t = Target::start(&[]);
-    for i in 0..13 {
+    for i in 0..16 {
         t.ok(&["bdev_malloc_create", "-b", &format!("Malloc{i}"), "8", "512"]);
     }
     t.ok(&[
@@ -225,13 +225,51 @@ fn bdev_raid_methods_over_md_arrays() {
             "x",
             "-r",
             "5f",
+            "-b",
+            "Malloc13 Malloc14 Malloc15"
+        ]),
+        -22,
+        "raid5f needs a strip size"
+    );
+    assert_eq!(
+        err(&[
+            "bdev_raid_create",
+            "-n",
+            "x",
+            "-r",
+            "5f",
             "-z",
             "64",
             "-b",
-            "Malloc8 Malloc9 Malloc10"
+            "Malloc13 Malloc14"
         ]),
-        -95
+        -22,
+        "raid5f needs 3 base bdevs"
     );
+    // raid5f: an md raid5 in SPDK raid5f's layout.
+    t.ok(&[
+        "bdev_raid_create",
+        "-n",
+        "r5",
+        "-r",
+        "raid5f",
+        "-z",
+        "64",
+        "-b",
+        "Malloc13 Malloc14 Malloc15",
+    ]);
+    let r5 = raid(&t, "r5");
+    assert_eq!(r5["raid_level"], "raid5f", "{r5}");
+    assert_eq!(r5["strip_size_kb"], 64);
+    assert_eq!(r5["num_base_bdevs"], 3);
+    assert_eq!(
+        base_names(&r5),
+        [json!("Malloc13"), json!("Malloc14"), json!("Malloc15")]
+    );
+    let md: Value = serde_json::from_slice(&t.rpc_with(PLUGIN, &["md_get_arrays", "r5"], None).stdout).unwrap();
+    assert_eq!(md[0]["level"], "raid5", "{md}");
+    assert_eq!(md[0]["layout"], "left-asymmetric", "{md}");
+    t.ok(&["bdev_raid_delete", "r5"]);
     let (code, msg) = t.err(&["bdev_raid_create", "-n", "x", "-r", "raid1", "-b", "Malloc0 nope"]);
     assert!(code == -16 || code == -19, "{code} {msg}");
     assert_eq!(

@@ -1,6 +1,6 @@
 //! md arrays survive save_config → restart. On aio bdevs backed by image files: a raid1 made with
 //! md_create, a raid0 made with SPDK's bdev_raid_create, a raid1 over a dm device (array over
-//! dm) and a dm device over the raid0 (dm over array). save_config writes md_assemble (never a
+//! dm), a dm device over the raid0 (dm over array) and a raid6 over four images. save_config writes md_assemble (never a
 //! create) in dependency order. keel-perf loads that file and writes/verifies through the
 //! arrays; the image files then hold its pattern exactly where md's layout puts each array
 //! offset (both mirrors equal). keel-tgt restarted with `-c` — and a fresh keel-tgt given the
@@ -82,7 +82,7 @@ fn arrays(t: &Target) -> Vec<ArrayIdentity> {
 /// every array stops cleanly before the target exits.
 fn teardown(t: &Target) {
     plugin(t, &["dm_remove", "over"]);
-    for a in ["mirror", "stripe", "mdd"] {
+    for a in ["mirror", "stripe", "mdd", "par"] {
         plugin(t, &["md_stop", a]);
     }
     plugin(t, &["dm_remove", "d4"]);
@@ -128,7 +128,7 @@ fn written_headers(area: &[u8]) -> Vec<(u64, u64)> {
 #[test]
 fn md_arrays_come_back_from_saved_config() {
     let keep = tempfile::tempdir().unwrap();
-    let imgs: Vec<PathBuf> = (0..6).map(|i| keep.path().join(format!("f{i}.img"))).collect();
+    let imgs: Vec<PathBuf> = (0..10).map(|i| keep.path().join(format!("f{i}.img"))).collect();
     for img in &imgs {
         std::fs::File::create(img).unwrap().set_len(MEMBER_BYTES).unwrap();
     }
@@ -161,6 +161,23 @@ fn md_arrays_come_back_from_saved_config() {
         &t,
         &["md_create", "-n", "mdd", "-l", "raid1", "--assume-clean", "d4", "F5"],
     );
+    plugin(
+        &t,
+        &[
+            "md_create",
+            "-n",
+            "par",
+            "-l",
+            "raid6",
+            "-c",
+            "64",
+            "--assume-clean",
+            "F6",
+            "F7",
+            "F8",
+            "F9",
+        ],
+    );
     let stripe_sectors = t.json(&["bdev_get_bdevs", "-b", "stripe"])[0]["num_blocks"]
         .as_u64()
         .unwrap();
@@ -176,7 +193,7 @@ fn md_arrays_come_back_from_saved_config() {
     let before = arrays(&t);
     let mdd: Value = serde_json::from_str(&plugin(&t, &["md_get_arrays", "mdd"])).unwrap();
     let mdd_bytes = mdd[0]["size_blocks"].as_u64().unwrap() * mdd[0]["block_size"].as_u64().unwrap();
-    assert_eq!(before.len(), 3);
+    assert_eq!(before.len(), 4);
 
     // save_config: md_assemble for every array, after what it stands on.
     let text = t.ok(&["save_config"]);
@@ -252,7 +269,7 @@ fn md_arrays_come_back_from_saved_config() {
         })
         .collect();
     jobs.sort();
-    assert_eq!(jobs, ["mdd", "mirror", "over"]);
+    assert_eq!(jobs, ["mdd", "mirror", "over", "par"]);
 
     // The pattern sits where md's layout puts it (data_offset is the same on every member here).
     let off = |name: &str| before.iter().find(|a| a.0 == name).unwrap().3 * 512;
@@ -277,10 +294,12 @@ fn md_arrays_come_back_from_saved_config() {
     }
     assert!(stripe_written > 0);
     // Each image's data area, to compare after the restarts.
-    let mut img_offsets: Vec<u64> = ["mirror", "mirror", "stripe", "stripe", "mdd", "mdd"]
-        .iter()
-        .map(|a| off(a))
-        .collect();
+    let mut img_offsets: Vec<u64> = [
+        "mirror", "mirror", "stripe", "stripe", "mdd", "mdd", "par", "par", "par", "par",
+    ]
+    .iter()
+    .map(|a| off(a))
+    .collect();
     img_offsets[4] += D4_SHIFT_BYTES;
     let area_of = |i: usize| data_area(&imgs[i], img_offsets[i], MEMBER_BYTES - img_offsets[i]);
     let snapshot: Vec<Vec<u8>> = (0..imgs.len()).map(area_of).collect();

@@ -29,10 +29,11 @@
 //! - Resync, recovery, check and repair, `sync`: a poller task walking the array in windows
 //!   locked against writes, paced, checkpointed; the level's sync step does each piece.
 //! - The personalities: [`linear`], [`raid0`] (their address math is public for tests and
-//!   tools), `raid1` and [`raid10`]; linear and raid0 share the one-copy data path `striped`,
-//!   raid1 and raid10 the copy levels' lane and sync step `mirror`; [`layout`] has what their
-//!   math shares. Parity levels (raid4/5/6, `shared/design.md` §6) come as further files behind
-//!   the same contracts.
+//!   tools), `raid1`, `raid4`, `raid5`, `raid6` and [`raid10`]; linear and raid0 share the
+//!   one-copy data path `striped`, raid1 and raid10 the copy levels' lane and sync step
+//!   `mirror`, the parity levels the descriptor `parity_level`, the address math `parity_map`,
+//!   the stripe cache `stripe` and the sync step `stripe_sync` (P/Q math from keel-parity);
+//!   [`layout`] has what their math shares.
 #![forbid(unsafe_code)]
 
 pub mod array;
@@ -50,11 +51,18 @@ pub mod layout;
 pub mod linear;
 pub mod meta_io;
 mod mirror;
+mod parity_level;
+mod parity_map;
 mod personality;
 pub mod raid0;
 mod raid1;
 pub mod raid10;
+pub(crate) mod raid4;
+pub(crate) mod raid5;
+pub(crate) mod raid6;
 mod shared;
+mod stripe;
+mod stripe_sync;
 mod striped;
 pub mod superblock;
 mod sync;

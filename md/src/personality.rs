@@ -11,9 +11,10 @@
 //! member channels and forward paths, the splitter (keel-bdev's, with md's policy). It never asks which level it runs: it
 //! asks the level's three objects below, and reads the level's [`Caps`] as data.
 //!
-//! A **personality** is one file per level (`linear.rs`, `raid0.rs`, `raid1.rs`, `raid10.rs`;
-//! raid1 and raid10 share the copy machinery of `mirror.rs`, linear and raid0 the one-copy data
-//! path of `striped.rs`) and one line in [`PERSONALITIES`]. It provides:
+//! A **personality** is one file per level (`linear.rs`, `raid0.rs`, `raid1.rs`, `raid4.rs`,
+//! `raid5.rs`, `raid6.rs`, `raid10.rs`; raid1 and raid10 share the copy machinery of `mirror.rs`,
+//! linear and raid0 the one-copy data path of `striped.rs`, raid4/5/6 the stripe cache of
+//! `stripe.rs`) and one line in [`PERSONALITIES`]. It provides:
 //!
 //! 1. a stateless **descriptor**, [`Personality`] (a `static`, reached as `&'static dyn
 //!    Personality`): the superblock level number, mdadm's names, [`Caps`] (member limits,
@@ -63,37 +64,18 @@
 //! # Adding a level
 //!
 //! A new file implementing [`Personality`] (and its layout, lane and sync step, reusing
-//! `mirror.rs`/`striped.rs` where they fit), and its `static` in [`PERSONALITIES`] (then taken
-//! out of [`NAME_ONLY`]). How raid4/5/6 fit:
+//! `mirror.rs`/`striped.rs`/`stripe.rs` where they fit), and its `static` in [`PERSONALITIES`].
+//! The parity levels show the shape of a level with its own stripe cache: `raid4.rs`,
+//! `raid5.rs`, `raid6.rs` are data ([`crate::parity_level`]'s descriptor), their layout and lane
+//! are `stripe.rs` (own member requests with [`LANE_TAG`], claims shared through the layout,
+//! [`Lane::gate_range`] mapping writes to stripe rows) and their sync step `stripe_sync.rs`.
+//! [`Layout::stripe_cache`] / [`Layout::set_stripe_cache`] are how `md_set_stripe_cache` and
+//! `md_get_arrays` reach a level's cache without naming it.
 //!
-//! * Descriptor: level 4/5/6, mdadm's layout names ([`Personality::parse_layout`]), `Caps`
-//!   with `failures` 1 (raid6: 2), resync, spares and bitmap; `plan` rounds the component to the
-//!   chunk; `start` checks layout, chunk and disk count and builds the layout.
-//! * Layout: `health` is optimal / degraded with up to `failures` missing / failed beyond; no
-//!   route; the stripe cache and whatever the cores share to serialise read-modify-write of a
-//!   stripe live in the layout (it is `Send + Sync` and shared by every core), each core's lane
-//!   reaching the others through it.
-//! * Lane: reads of a healthy chunk are pieces ([`Lane::next_piece`]) or forwarded in place like
-//!   raid0; degraded reads and writes run through the stripe cache with the lane's **own**
-//!   requests ([`LaneCx::submit_own`] with [`LANE_TAG`], completions in [`Lane::own_done`]),
-//!   queued work continued from [`Lane::poll`], dropped on [`Lane::quiesce`]. A write keeps its
-//!   [`WriteTicket`] until its parity is written and ends it on its own core
-//!   ([`Members::end_write`]: gate rows are per core). [`Lane::gate_range`] maps a write to the
-//!   stripe rows it dirties: raid5's sync space is a member's component, as Linux's
-//!   `resync_offset` and bitmap count it.
-//! * Sync step: [`SyncShape::buffers`] asks for one window buffer per member, a piece is a
-//!   stripe range; resync/repair read every member, recompute P (and Q) and write what differs,
-//!   counting it ([`SyncIo::add_mismatches`]); check only counts; recover reads the others and
-//!   writes the targets (one or two); [`SyncShape::recovered_member_sectors`] is the sync
-//!   sector itself (a member's rows).
-//!
-//! The core refuses to start a dirty and degraded array without `force` when the level's
-//! [`Personality::starts_dirty_degraded`] says false (the write hole), refuses `md_fail` of a
-//! member the layout cannot lose ([`Layout::can_lose`], from its health), and both come free
-//! with a level's descriptor and health. What the core does not offer yet and those levels
-//! need, each a small core change: creating an array by recovery onto its last member (raid5's
-//! creation rule; today a create without `assume_clean` resyncs) and the stripe-cache size
-//! setting (`md_set_stripe_cache`).
+//! [`Personality::create_by_recovery`] (Linux's creation rule) and
+//! [`Personality::write_hole`] (dirty + degraded assembles only with `force`) are the
+//! parity levels' answers to the core's questions at create and assembly; every level gets
+//! Linux's `md_fail` refusal for free from its health ([`Layout::can_lose`]).
 
 use std::fmt::Debug;
 use std::sync::Arc;
@@ -104,7 +86,7 @@ use crate::geometry::{Geometry, StartRequest};
 use crate::layout::MemberIdx;
 use crate::superblock::Superblock;
 use crate::sync::{SyncAction, SyncIo};
-use crate::{linear, raid0, raid1, raid10, MdError};
+use crate::{linear, raid0, raid1, raid10, raid4, raid5, raid6, MdError};
 
 pub(crate) use crate::channel::{CoreSetup, MdCore, Members};
 #[allow(unused_imports)] // LANE_TAG: for lanes that own their I/O
@@ -115,15 +97,19 @@ pub(crate) const MAX_MEMBERS: usize = crate::array::ROLE_TABLE_LEN;
 
 /// The personalities of this build, in the order names are listed in messages. The only place
 /// that lists the levels.
-static PERSONALITIES: &[&dyn Personality] = &[&linear::LINEAR, &raid0::RAID0, &raid1::RAID1, &raid10::RAID10];
+static PERSONALITIES: &[&dyn Personality] = &[
+    &linear::LINEAR,
+    &raid0::RAID0,
+    &raid1::RAID1,
+    &raid4::RAID4,
+    &raid5::RAID5,
+    &raid6::RAID6,
+    &raid10::RAID10,
+];
 
 /// md levels this build knows only by name (`md_examine` shows their members; nothing runs
 /// them): level number, mdadm's name, other spellings, members holding parity.
-static NAME_ONLY: &[(i32, &str, &[&str], u64)] = &[
-    (4, "raid4", &["4"], 1),
-    (5, "raid5", &["5"], 1),
-    (6, "raid6", &["6"], 2),
-];
+static NAME_ONLY: &[(i32, &str, &[&str], u64)] = &[];
 
 /// A level's capabilities, as data the core reads instead of asking which level it runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -204,15 +190,6 @@ pub(crate) trait Personality: Sync + 'static {
     /// core picked, checking the level's fields (errors name the field). At create and at
     /// assembly alike.
     fn start(&self, sb: &Superblock, req: &StartRequest) -> Result<Arc<dyn Layout>, MdError>;
-    /// Whether an array that stopped unclean (dirty) may start degraded without `force`.
-    /// True (the default) for the copy levels: every in-sync copy holds the data, the resync
-    /// makes the copies agree. A parity level answers false — the write hole: a stripe written
-    /// in flight may hold parity that matches neither its old nor its new data, so a missing
-    /// member rebuilt from it would be silently wrong (the kernel's "cannot start dirty
-    /// degraded array" unless `start_dirty_degraded`, mdadm's `--force`). Assembly asks.
-    fn starts_dirty_degraded(&self) -> bool {
-        true
-    }
     /// mdadm --examine's "Array Size" in sectors, from one member's superblock.
     fn examine_array_sectors(&self, sb: &Superblock) -> u64;
     /// mdadm --examine's "Layout" line, if the level has one.
@@ -222,6 +199,17 @@ pub(crate) trait Personality: Sync + 'static {
     /// mdadm --detail's "Layout" (`md_get_arrays`), if the level has one.
     fn detail_layout_text(&self, _sb: &Superblock) -> Option<String> {
         None
+    }
+    /// Linux's creation rule for raid4/raid5: a create without `assume_clean` builds the array
+    /// by recovery onto its last member (mdadm adds it as a spare), which is faster than a
+    /// resync; other levels resync.
+    fn create_by_recovery(&self) -> bool {
+        false
+    }
+    /// A dirty and degraded array of the level may hold stripes whose parity does not match
+    /// their data (raid4/5/6's write hole): assembly refuses it without `force`.
+    fn write_hole(&self) -> bool {
+        false
     }
 }
 
@@ -263,6 +251,15 @@ pub(crate) trait Layout: Send + Sync + Debug {
     /// The sync shape: Some exactly for levels with [`Caps::resync`].
     fn sync(&self) -> Option<&dyn SyncShape> {
         None
+    }
+    /// The stripe-cache size in Linux entries (`md_get_arrays`), for levels with one.
+    fn stripe_cache(&self) -> Option<u32> {
+        None
+    }
+    /// `md_set_stripe_cache`: the new size in Linux entries; each core follows it from its
+    /// poller. Control path.
+    fn set_stripe_cache(&self, _entries: u32) -> Result<(), MdError> {
+        Err(MdError::Unsupported("this level has no stripe cache".into()))
     }
 }
 
@@ -489,16 +486,17 @@ mod tests {
         assert_eq!(by_name("10").unwrap().level(), 10);
         assert_eq!(by_name("stripe").unwrap().level(), 0);
         assert_eq!(by_name("-1").unwrap().name(), "linear");
-        let e = by_name("raid5").err().unwrap();
-        assert!(matches!(e, MdError::Unsupported(_)), "{e:?}");
-        assert!(
-            e.to_string().contains("this build has linear, raid0, raid1 and raid10"),
-            "{e}"
-        );
+        assert_eq!(by_name("raid5").unwrap().level(), 5);
+        assert_eq!(by_name("4").unwrap().name(), "raid4");
+        assert_eq!(by_level(6).unwrap().name(), "raid6");
         let e = by_name("raid7").err().unwrap();
         assert!(matches!(e, MdError::InvalidParam { .. }), "{e:?}");
-        assert!(e.to_string().contains("(linear, raid0, raid1, raid10)"), "{e}");
-        assert!(matches!(by_level(6), Err(MdError::Unsupported(m)) if m == "raid6 arrays are not supported yet"));
+        assert!(
+            e.to_string()
+                .contains("(linear, raid0, raid1, raid4, raid5, raid6, raid10)"),
+            "{e}"
+        );
+        assert!(matches!(by_level(7), Err(MdError::Unsupported(m)) if m == "level 7 arrays are not supported yet"));
         assert_eq!(level_name(-1), "linear");
         assert_eq!(level_name(5), "raid5");
         assert_eq!(level_name(10), "raid10");
@@ -522,16 +520,27 @@ mod tests {
     }
 
     #[test]
-    fn examine_sizes_of_levels_known_by_name_only() {
+    fn examine_sizes_and_layouts_of_the_parity_levels() {
         let sb = Superblock {
             level: 6,
             raid_disks: 5,
             size_sectors: 100,
+            layout: 18,
             ..Default::default()
         };
         assert_eq!(examine_array_sectors(&sb), 300);
-        let sb = Superblock { level: 5, ..sb };
+        assert_eq!(examine_layout_text(&sb).as_deref(), Some("left-symmetric-6"));
+        let sb = Superblock {
+            level: 5,
+            layout: 0,
+            ..sb
+        };
+        assert_eq!(examine_array_sectors(&sb), 400);
+        assert_eq!(examine_layout_text(&sb).as_deref(), Some("left-asymmetric"));
+        let sb = Superblock { level: 4, ..sb };
         assert_eq!(examine_array_sectors(&sb), 400);
         assert_eq!(examine_layout_text(&sb), None);
+        let sb = Superblock { level: 7, ..sb };
+        assert_eq!(examine_array_sectors(&sb), 0);
     }
 }

@@ -1,6 +1,6 @@
 //! md_create refuses bad requests with an error naming the problem and leaves nothing claimed
 //! or registered: unknown or claimed or duplicate members, too few members, a bad chunk, an
-//! unsupported level or bitmap, a taken name, members too small; md_stop of an unknown array.
+//! unsupported level, layout (raid6 DDF) or bitmap, a taken name, members too small; md_stop of an unknown array.
 
 mod common;
 
@@ -32,7 +32,17 @@ fn bad_creates_leave_nothing_behind() {
     check(err(opts("a", "raid1", &["M0", "nope"])), -19, "'nope' not found");
     check(err(opts("a", "raid1", &["M0"])), -22, "at least 2 members");
     check(err(opts("a", "raid1", &["M0", "M0"])), -16, "listed twice");
-    check(err(opts("a", "raid5", &["M0", "M1"])), -95, "not supported yet");
+    check(err(opts("a", "raid5", &["M0", "M1"])), -22, "at least 3 members");
+    check(err(opts("a", "raid6", &["M0", "M1", "M2"])), -22, "at least 4 members");
+    let mut o = opts("a", "raid6", &["M0", "M1", "M2", "tiny"]);
+    o.layout = Some("ddf-N-restart".into());
+    check(err(o), -22, "DDF layout");
+    let mut o = opts("a", "raid4", &["M0", "M1", "tiny"]);
+    o.layout = Some("left-symmetric".into());
+    check(err(o), -22, "'layout'");
+    let mut o = opts("a", "raid5", &["M0", "M1", "tiny"]);
+    o.layout = Some("left-symmetric-6".into());
+    check(err(o), -22, "'layout'");
     check(err(opts("a", "raid7", &["M0", "M1"])), -22, "'level'");
     check(err(opts("", "raid1", &["M0", "M1"])), -22, "'name'");
     check(err(opts("a", "raid1", &["M0", "tiny"])), -22, "'tiny' has 2100 sectors");

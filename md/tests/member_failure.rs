@@ -1,9 +1,11 @@
-//! A member failing under a verify workload (raid1 and raid10 near-2 over error bdevs): every
+//! A member failing under a verify workload (raid1, raid10 near-2, raid5 and raid6 over error
+//! bdevs): every
 //! read and write after the failure is injected keeps succeeding (reads retried on another copy,
-//! writes kept by the surviving copies), the member is marked faulty in md_get_arrays and in the
+//! writes kept by the surviving copies; raid5/6: reads rebuilt from parity, writes completed
+//! degraded), the member is marked faulty in md_get_arrays and in the
 //! surviving superblocks (role 0xfffe), the array is degraded, and a verify afterwards still
-//! passes. Then a spare is added: recovery rebuilds onto it under load and a check reports 0
-//! mismatches.
+//! passes (raid6: two members fail, one after the other). Then spares are added: recovery
+//! rebuilds onto them under load and a check reports 0 mismatches.
 
 mod common;
 
@@ -58,6 +60,11 @@ fn finish(r: &Rig, jobs: Vec<JobHandle>, what: &str) {
 }
 
 fn scenario(level: &str, members: usize, layout: Option<&str>) {
+    scenario_failing(level, members, layout, &[1]);
+}
+
+/// `victims`: the roles that fail, one after the other, under the workload.
+fn scenario_failing(level: &str, members: usize, layout: Option<&str>, victims: &[usize]) {
     let r = Rig::new(2);
     let mut names = Vec::new();
     for i in 0..members {
@@ -76,6 +83,7 @@ fn scenario(level: &str, members: usize, layout: Option<&str>) {
         names.push(format!("EE_{m}"));
     }
     r.malloc("S0", 16384, 512);
+    r.malloc("S1", 16384, 512);
     r.create(CreateOpts {
         name: "md".into(),
         level: level.into(),
@@ -89,37 +97,61 @@ fn scenario(level: &str, members: usize, layout: Option<&str>) {
 
     let jobs = start_verify(&r, "md");
     run_ios(&r, &jobs, 2_000);
-    // Member 1 fails every read and write from now on.
-    for io_type in ["read", "write"] {
-        let mut o = InjectOpts::new("EE_M1", io_type, "failure");
-        o.num = Some(u32::MAX);
-        error::inject(&r.reg, &o).unwrap();
+    // Each victim fails every read and write from its turn on.
+    for &v in victims {
+        for io_type in ["read", "write"] {
+            let mut o = InjectOpts::new(&format!("EE_M{v}"), io_type, "failure");
+            o.num = Some(u32::MAX);
+            error::inject(&r.reg, &o).unwrap();
+        }
+        run_ios(&r, &jobs, 4_000);
     }
-    run_ios(&r, &jobs, 4_000);
     let a = r.array("md");
     assert!(a.state.contains("degraded"), "{a:?}");
-    let bad = a.members.iter().find(|m| m.bdev == "EE_M1").unwrap();
-    assert_eq!((bad.state, bad.role), ("faulty", None));
+    for &v in victims {
+        let bad = a.members.iter().find(|m| m.bdev == format!("EE_M{v}")).unwrap();
+        assert_eq!((bad.state, bad.role), ("faulty", None));
+    }
     finish(&r, jobs, "after failure");
     // The survivors' superblocks record it.
-    r.wait_until(5, "faulty role on disk", |r| {
-        r.superblock("M0").dev_roles[1] == ROLE_FAULTY
+    let survivor = (0..members).find(|i| !victims.contains(i)).unwrap();
+    r.wait_until(5, "faulty roles on disk", |r| {
+        let sb = r.superblock(&format!("M{survivor}"));
+        victims.iter().all(|&v| sb.dev_roles[v] == ROLE_FAULTY)
     });
 
-    // Remove the failed member, add a spare: recovery under load, then a check.
-    r.md.remove("md", "EE_M1").unwrap();
-    assert!(r.reg.get("EE_M1").unwrap().claimed_by().is_none());
+    // Remove the failed members, add spares: recovery under load, then a check.
+    for &v in victims {
+        let bdev = format!("EE_M{v}");
+        r.md.remove("md", &bdev).unwrap();
+        assert!(r.reg.get(&bdev).unwrap().claimed_by().is_none());
+    }
     let jobs = start_verify(&r, "md");
     run_ios(&r, &jobs, 1_000);
-    r.add("md", "S0").unwrap();
-    r.wait_until(30, "recovery onto the spare", |r| {
+    for (i, _) in victims.iter().enumerate() {
+        r.add("md", &format!("S{i}")).unwrap();
+    }
+    r.wait_until(60, "recovery onto the spares", |r| {
         let a = r.array("md");
         a.sync.action == "idle" && a.members.iter().all(|m| m.state == "in_sync")
     });
     finish(&r, jobs, "during recovery");
     let a = r.array("md");
     assert!(!a.state.contains("degraded"), "{a:?}");
-    assert_eq!(a.members.iter().find(|m| m.bdev == "S0").unwrap().role, Some(1));
+    let mut roles: Vec<u32> = (0..victims.len())
+        .map(|i| {
+            a.members
+                .iter()
+                .find(|m| m.bdev == format!("S{i}"))
+                .unwrap()
+                .role
+                .unwrap()
+        })
+        .collect();
+    roles.sort_unstable();
+    let mut want: Vec<u32> = victims.iter().map(|&v| v as u32).collect();
+    want.sort_unstable();
+    assert_eq!(roles, want);
     r.md.set_sync_action("md", "check").unwrap();
     r.wait_until(30, "check", |r| {
         let a = r.array("md");
@@ -132,6 +164,16 @@ fn scenario(level: &str, members: usize, layout: Option<&str>) {
 #[test]
 fn raid1_member_failure_then_spare() {
     scenario("raid1", 2, None);
+}
+
+#[test]
+fn raid5_member_failure_then_spare() {
+    scenario("raid5", 4, None);
+}
+
+#[test]
+fn raid6_two_member_failures_then_spares() {
+    scenario_failing("raid6", 5, Some("left-asymmetric"), &[1, 3]);
 }
 
 #[test]

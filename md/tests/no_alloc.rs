@@ -5,7 +5,12 @@
 //! nulls (70 % reads forwarded round-robin, writes fanned out through the write gate) and over
 //! two mallocs under verify, and with an internal write-intent bitmap (once its bit is on disk,
 //! writes pass the gate without the control path), and raid10 near-2 over two nulls (12 KiB on
-//! 4 KiB chunks: split reads, mirrored writes split at every chunk).
+//! 4 KiB chunks: split reads, mirrored writes split at every chunk), raid5 over four nulls
+//! (4 KiB random reads and writes on 4 KiB chunks: partial-stripe writes through the stripe
+//! cache, read-modify-write and reconstruct-write) and over four mallocs under verify with
+//! 12 KiB I/O (full and partial stripes), degraded raid5 (one member failed: reads rebuilt from
+//! parity, writes to the lost chunk into parity only), and raid6 over five nulls with two
+//! members failed (two-block rebuilds).
 //!
 //! Everything runs in one #[test] on one thread so that no other test allocates meanwhile.
 
@@ -28,12 +33,18 @@ struct Case {
     workload: Workload,
     io_size: u64,
     bitmap: bool,
+    /// Members (D0, D1, ...).
+    members: usize,
+    /// Members failed before the job starts.
+    fail: &'static [&'static str],
 }
 
 fn steady_state_allocations(case: &Case) -> u64 {
     let d = TestDriver::new(1);
     let reg = BdevRegistry::new(d.cores());
-    for m in ["D0", "D1"] {
+    let names: Vec<String> = (0..case.members).map(|i| format!("D{i}")).collect();
+    for m in &names {
+        let m = m.as_str();
         if case.malloc {
             malloc::create(&reg, &malloc::MallocOpts::new(m, 8192, 512)).unwrap();
         } else {
@@ -47,7 +58,7 @@ fn steady_state_allocations(case: &Case) -> u64 {
             CreateOpts {
                 name: "md0".into(),
                 level: case.level.into(),
-                members: vec!["D0".into(), "D1".into()],
+                members: names.clone(),
                 chunk_kb: Some(4),
                 assume_clean: true,
                 bitmap: Some(if case.bitmap { "internal" } else { "none" }.into()),
@@ -61,6 +72,13 @@ fn steady_state_allocations(case: &Case) -> u64 {
         "{}: create",
         case.name
     );
+    for m in case.fail {
+        md.fail("md0", m).unwrap();
+    }
+    if !case.fail.is_empty() {
+        let state = md.arrays(Some("md0")).unwrap()[0].state.clone();
+        assert!(state.contains("degraded"), "{}: {state}", case.name);
+    }
     let mut spec = JobSpec::new("md0", case.workload, 32, case.io_size, 0);
     spec.rw_read_percent = 70;
     let job = d.enter(CoreId(0), || {
@@ -101,6 +119,8 @@ fn steady_state_io_through_md_does_not_allocate() {
             workload: Workload::RandRead,
             io_size: 4096,
             bitmap: false,
+            members: 2,
+            fail: &[],
         },
         Case {
             name: "raid0/2 null randrw 12k (split)",
@@ -109,6 +129,8 @@ fn steady_state_io_through_md_does_not_allocate() {
             workload: Workload::RandRw,
             io_size: 12288,
             bitmap: false,
+            members: 2,
+            fail: &[],
         },
         Case {
             name: "linear/2 null randrw 12k",
@@ -117,6 +139,8 @@ fn steady_state_io_through_md_does_not_allocate() {
             workload: Workload::RandRw,
             io_size: 12288,
             bitmap: false,
+            members: 2,
+            fail: &[],
         },
         Case {
             name: "raid10/2 null randrw 12k (split)",
@@ -125,6 +149,8 @@ fn steady_state_io_through_md_does_not_allocate() {
             workload: Workload::RandRw,
             io_size: 12288,
             bitmap: false,
+            members: 2,
+            fail: &[],
         },
         Case {
             name: "raid1/2 null randrw 4k",
@@ -133,6 +159,8 @@ fn steady_state_io_through_md_does_not_allocate() {
             workload: Workload::RandRw,
             io_size: 4096,
             bitmap: false,
+            members: 2,
+            fail: &[],
         },
         Case {
             name: "raid1/2 malloc verify 8k",
@@ -141,6 +169,8 @@ fn steady_state_io_through_md_does_not_allocate() {
             workload: Workload::Verify,
             io_size: 8192,
             bitmap: false,
+            members: 2,
+            fail: &[],
         },
         Case {
             name: "raid1/2 malloc randrw 4k, internal bitmap",
@@ -149,6 +179,48 @@ fn steady_state_io_through_md_does_not_allocate() {
             workload: Workload::RandRw,
             io_size: 4096,
             bitmap: true,
+            members: 2,
+            fail: &[],
+        },
+        Case {
+            name: "raid5/4 null randrw 4k (partial stripes)",
+            level: "raid5",
+            malloc: false,
+            workload: Workload::RandRw,
+            io_size: 4096,
+            bitmap: false,
+            members: 4,
+            fail: &[],
+        },
+        Case {
+            name: "raid5/4 malloc verify 12k",
+            level: "raid5",
+            malloc: true,
+            workload: Workload::Verify,
+            io_size: 12288,
+            bitmap: false,
+            members: 4,
+            fail: &[],
+        },
+        Case {
+            name: "raid5/4 null randrw 4k, degraded",
+            level: "raid5",
+            malloc: false,
+            workload: Workload::RandRw,
+            io_size: 4096,
+            bitmap: false,
+            members: 4,
+            fail: &["D1"],
+        },
+        Case {
+            name: "raid6/5 malloc verify 8k, two members failed",
+            level: "raid6",
+            malloc: true,
+            workload: Workload::Verify,
+            io_size: 8192,
+            bitmap: false,
+            members: 5,
+            fail: &["D0", "D3"],
         },
     ];
     let mut report = Vec::new();

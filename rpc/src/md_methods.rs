@@ -5,7 +5,7 @@
 //! | method | params | result |
 //! |---|---|---|
 //! | `md_create` | `name`, `level`, `members`, `chunk_kb`?, `layout`?, `bitmap`?, `assume_clean`?, `uuid`?, `force`? | the array's name |
-//! | `md_assemble` | `name`?, `uuid`?, `members`? (at least one), `force`? (start dirty and degraded) | the array's name |
+//! | `md_assemble` | `name`?, `uuid`?, `members`? (at least one), `force`? (start a dirty and degraded raid4/5/6) | the array's name |
 //! | `md_stop` | `name` | `true` (superblocks written, members released; -16 while the array is open) |
 //! | `md_get_arrays` | `name`? | array of `mdadm --detail` objects ([`keel_md::ArrayInfo::to_json`]) |
 //! | `md_examine` | `bdev` | `mdadm --examine`'s facts for one member |
@@ -14,6 +14,7 @@
 //! | `md_fail` | `name`, `bdev` | `true` (the member is faulty; -16 if the array could not lose it) |
 //! | `md_set_sync_action` | `name`, `action` (idle, frozen, resync, recover, check, repair) | `true` |
 //! | `md_set_sync_speed` | `name`, `min_kbs`?, `max_kbs`? (at least one) | `true` |
+//! | `md_set_stripe_cache` | `name`, `entries` (17..32768; raid4/5/6) | `true` |
 //!
 //! Malformed params (unknown keys, wrong types, missing required keys) are -32602 with serde's
 //! description. Operational errors carry the errno of [`MdError::errno`]: -19 unknown array or
@@ -67,6 +68,7 @@ pub(crate) static TABLE: Table = Table {
         method!(md_fail, Runtime),
         method!(md_set_sync_action, Runtime),
         method!(md_set_sync_speed, Runtime),
+        method!(md_set_stripe_cache, Runtime),
     ],
     subsystem: None,
 };
@@ -390,6 +392,25 @@ fn md_set_sync_speed(ctx: &Ctx, params: Option<Value>, reply: Reply) {
     reply(
         reg(ctx)
             .set_sync_speed(&p.name, p.min_kbs, p.max_kbs)
+            .map(|()| json!(true))
+            .map_err(md_error),
+    )
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StripeCacheParams {
+    name: String,
+    entries: u32,
+}
+
+/// `md_set_stripe_cache {name, entries}` → true: Linux's `stripe_cache_size` of a raid4/5/6
+/// array (entries of one page per member; 17..32768, default 256).
+fn md_set_stripe_cache(ctx: &Ctx, params: Option<Value>, reply: Reply) {
+    let p: StripeCacheParams = params!(params, reply);
+    reply(
+        reg(ctx)
+            .set_stripe_cache(&p.name, p.entries)
             .map(|()| json!(true))
             .map_err(md_error),
     )

@@ -5,10 +5,13 @@
 //! methods work on it) and an md array of an SPDK level is a raid bdev here. Params, result
 //! shapes and error codes are SPDK's; where the two differ, these are the decisions:
 //!
-//! - **Levels.** `raid0`/`0` → md raid0, `raid1`/`1` → md raid1, `concat` → md linear;
-//!   `raid5f`/`5f` is refused with -95. `bdev_raid_get_bdevs` and the other methods see only md
-//!   arrays of those three levels (raid10 is not an SPDK level: it lives on `md_*` only), and
-//!   report linear as `concat`.
+//! - **Levels.** `raid0`/`0` → md raid0, `raid1`/`1` → md raid1, `concat` → md linear,
+//!   `raid5f`/`5f` → md raid5 in the left-asymmetric layout (SPDK raid5f's placement: parity on
+//!   member `n−1 − stripe mod n`, data in member order around it), at least 3 base bdevs,
+//!   `strip_size_kb` required. Unlike SPDK's raid5f it takes writes of any size (read-modify-
+//!   write), with md's internal bitmap and an initial resync. `bdev_raid_get_bdevs` and the
+//!   other methods see only md arrays of those four levels (raid10, raid4 and raid6 are not SPDK
+//!   levels: they live on `md_*` only), and report linear as `concat` and raid5 as `raid5f`.
 //! - **Metadata.** Every md array has md v1.2 superblocks on its members (that is how it comes
 //!   back after a restart), so `superblock` is accepted either way and always reported `true`;
 //!   the data starts at the members' `data_offset` (shown per base bdev, in blocks).
@@ -74,6 +77,7 @@ fn spdk_level(md_level: &str) -> Option<&'static str> {
         "raid0" => Some("raid0"),
         "raid1" => Some("raid1"),
         "linear" => Some("concat"),
+        "raid5" => Some("raid5f"),
         _ => None,
     }
 }
@@ -134,6 +138,7 @@ fn raid_json(reg: &BdevRegistry, a: &ArrayInfo) -> Option<Value> {
         match level {
             "raid1" => a.size_blocks,
             "raid0" => a.size_blocks / (n.max(1) as u64),
+            "raid5f" => a.size_blocks / (n.max(2) as u64 - 1),
             // concat: each member contributes its data area.
             _ => member
                 .and_then(|m| reg.get(m))
@@ -266,7 +271,7 @@ fn create_opts(p: RaidCreate) -> Result<CreateOpts, RpcError> {
         "raid0" | "0" => "raid0",
         "raid1" | "1" => "raid1",
         "concat" => "linear",
-        "raid5f" | "5f" => return Err(fail(-95, "raid5f is not supported (md levels: raid0, raid1, concat)".into())),
+        "raid5f" | "5f" => "raid5",
         other => {
             return Err(RpcError::new(
                 PARSE_ERROR,
@@ -277,21 +282,27 @@ fn create_opts(p: RaidCreate) -> Result<CreateOpts, RpcError> {
     let strip = p.strip_size_kb.filter(|&s| s != 0);
     let chunk_kb = match (level, strip) {
         ("raid1", Some(s)) => return Err(fail(-22, format!("strip_size_kb {s}: raid1 has no strip size"))),
-        ("raid0", None) => return Err(fail(-22, "strip_size_kb is required for raid0".into())),
+        ("raid0" | "raid5", None) => return Err(fail(-22, format!("strip_size_kb is required for {}", p.raid_level))),
         (_, Some(s)) if !s.is_power_of_two() => {
             return Err(fail(-22, format!("strip_size_kb {s} is not a power of two")))
         }
-        ("raid0", Some(s)) => Some(s),
+        ("raid0" | "raid5", Some(s)) => Some(s),
         _ => None,
     };
+    if level == "raid5" && members.len() < 3 {
+        return Err(fail(
+            -22,
+            format!("raid5f needs at least 3 base bdevs, not {}", members.len()),
+        ));
+    }
     let _ = p.superblock; // md arrays always carry md v1.2 superblocks
     Ok(CreateOpts {
         name: p.name.clone(),
         level: level.into(),
         members,
         chunk_kb,
-        layout: None,
-        bitmap: (level == "raid1").then(|| "internal".to_string()),
+        layout: (level == "raid5").then(|| "left-asymmetric".to_string()),
+        bitmap: matches!(level, "raid1" | "raid5").then(|| "internal".to_string()),
         assume_clean: false,
         uuid: p.uuid,
         // SPDK creates over whatever the base bdevs hold; md_create asks for `force`.
@@ -499,7 +510,8 @@ mod tests {
             ("raid0", Some(0), -22),
             ("raid0", Some(48), -22),
             ("concat", Some(3), -22),
-            ("5f", Some(64), -95),
+            ("5f", Some(64), -22),
+            ("raid5f", None, -22),
             ("raid10", Some(64), PARSE_ERROR),
         ] {
             assert_eq!(
@@ -508,6 +520,11 @@ mod tests {
                 "{level} {strip:?}"
             );
         }
+        let o = req("raid5f", Some(64), json!(["A", "B", "C"])).unwrap();
+        assert_eq!(
+            (o.level.as_str(), o.chunk_kb, o.layout.as_deref(), o.bitmap.as_deref()),
+            ("raid5", Some(64), Some("left-asymmetric"), Some("internal"))
+        );
         assert_eq!(req("raid1", None, json!(["A", ""])).unwrap_err().code, -22);
         assert_eq!(req("raid1", None, json!([1, 2])).unwrap_err().code, PARSE_ERROR);
     }
@@ -521,5 +538,7 @@ mod tests {
         assert_eq!(hyphenated("short"), "short");
         assert_eq!(spdk_level("linear"), Some("concat"));
         assert_eq!(spdk_level("raid10"), None);
+        assert_eq!(spdk_level("raid5"), Some("raid5f"));
+        assert_eq!(spdk_level("raid6"), None);
     }
 }

@@ -21,7 +21,10 @@
 //!
 //! An array of a level with resync created without `assume_clean` starts with
 //! `resync_offset = 0` (and every bitmap bit set): the daemon resyncs it at once, reads of the
-//! part not yet resynced go to the first in-sync copy.
+//! part not yet resynced go to the first in-sync copy. raid4/raid5 follow Linux's creation rule
+//! instead ([`crate::personality::Personality::create_by_recovery`]): clean, the last member
+//! rebuilding from sector 0 (feature RECOVERY_OFFSET), so the daemon's first run is a recovery
+//! onto it.
 
 use std::cell::RefCell;
 use std::rc::Rc;
@@ -365,7 +368,10 @@ impl MdRegistry {
             chunk_sectors,
             layout: layout_word,
         })?;
-        let clean = !caps.resync || o.assume_clean;
+        // Linux's creation rule: raid4/5 build by recovery onto the last member (the array is
+        // clean, that member rebuilding from 0), the other levels with resync by a resync.
+        let by_recovery = caps.resync && !o.assume_clean && pers.create_by_recovery();
+        let clean = !caps.resync || o.assume_clean || by_recovery;
         let bm_space = bm_space_sectors(dev_sectors[0]);
         let bblog_offset = if caps.bitmap { 8 + bm_space as i32 } else { 8 };
         let now = now_secs();
@@ -454,6 +460,10 @@ impl MdRegistry {
             sb.dev_number = i as u32;
             sb.device_uuid = *uuid::Uuid::new_v4().as_bytes();
             sb.data_size_sectors = data_sizes[i];
+            if by_recovery && i == n - 1 {
+                sb.feature_map |= feature::RECOVERY_OFFSET;
+                sb.recovery_offset_sectors = 0;
+            }
             m.sb = sb;
         }
         let mut ops = vec![IoOp::Read, IoOp::Write, IoOp::Flush, IoOp::Reset];
@@ -471,7 +481,15 @@ impl MdRegistry {
             num_blocks: array_sectors / block_sectors,
             caps: IoCaps::of(&ops),
             layout,
-            states: vec![SlotState::InSync; n],
+            states: (0..n)
+                .map(|i| {
+                    if by_recovery && i == n - 1 {
+                        SlotState::Rebuilding
+                    } else {
+                        SlotState::InSync
+                    }
+                })
+                .collect(),
             recovered_sectors: vec![0; n],
             slots: recs.into_iter().map(Some).collect(),
             spares: Vec::new(),

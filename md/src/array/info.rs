@@ -60,6 +60,8 @@ pub struct ArrayInfo {
     pub sync: SyncInfo,
     /// (bitmap chunk KiB, dirty bits) when the array has an internal bitmap.
     pub bitmap: Option<(u64, u64)>,
+    /// raid4/5/6: the stripe cache in Linux entries (`stripe_cache_size`).
+    pub stripe_cache_size: Option<u32>,
 }
 
 impl ArrayInfo {
@@ -97,6 +99,7 @@ impl ArrayInfo {
             "sync_speed_max_kbs": self.sync.speed_max_kbs,
             "mismatch_cnt": self.sync.mismatch_sectors,
             "last_sync_action": self.sync.last_action,
+            "stripe_cache_size": self.stripe_cache_size,
             "bitmap": self.bitmap.map(|(chunk_kb, dirty)| json!({"type": "internal", "chunk_kb": chunk_kb, "dirty_bits": dirty})),
             "members": self.members.iter().map(|m| json!({
                 "bdev": m.bdev,
@@ -204,6 +207,7 @@ impl Array {
                 .intent
                 .as_ref()
                 .map(|i| (i.chunk_sectors() / 2, i.dirty_count())),
+            stripe_cache_size: self.layout.stripe_cache(),
         }
     }
 }

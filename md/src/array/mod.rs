@@ -29,6 +29,7 @@ mod create;
 mod info;
 mod manage;
 mod registry;
+mod stripe_cache;
 
 pub(crate) use create::parse_uuid;
 pub use create::{default_data_offset_sectors, CreateOpts, DEFAULT_CHUNK_KB};

@@ -33,7 +33,7 @@
 //!    MaxSector` on the freshest member means an unclean stop: `dirty`, and the resync restarts
 //!    at `resync_offset` (0: everything; with a bitmap only the dirty chunks). A dirty array
 //!    that is also degraded does not start for a level whose personality says so
-//!    (`starts_dirty_degraded`: the parity levels' write hole, the kernel's "cannot start dirty
+//!    (`write_hole`: the parity levels' write hole, the kernel's "cannot start dirty
 //!    degraded array") unless `force` is given; the copy levels start (every in-sync copy holds
 //!    the data, the resync makes the copies agree).
 //!    [`MdRegistry::start_array`] registers the bdev; if the picture changed (a role missing or
@@ -77,10 +77,9 @@ pub struct AssembleOpts {
     pub uuid: Option<String>,
     /// Member bdevs (any order). Without it every unclaimed bdev is a candidate.
     pub members: Option<Vec<String>>,
-    /// Start an array of a level that refuses to start dirty and degraded
-    /// ([`Personality::starts_dirty_degraded`](crate::personality::Personality::starts_dirty_degraded):
-    /// the parity levels' write hole) anyway, as `mdadm --assemble --force` / the kernel's
-    /// `start_dirty_degraded`.
+    /// Start a raid4/5/6 that is both dirty and degraded anyway (mdadm's `--force`): its
+    /// parity may not match the data of stripes written when it stopped (the write hole), so
+    /// without it such an array is refused, as Linux refuses it.
     pub force: bool,
 }
 
@@ -237,6 +236,7 @@ struct Request {
     uuid: Option<[u8; 16]>,
     /// Members were named (a bad superblock is a refusal, not "not a member").
     named: bool,
+    /// See [`AssembleOpts::force`].
     force: bool,
 }
 
@@ -566,6 +566,16 @@ impl MdRegistry {
                 ),
             )));
         }
+        // The write hole (Linux's rule for raid4/5/6): dirty and degraded only with force.
+        let degraded = states.iter().any(|s| *s != SlotState::InSync);
+        if level.write_hole() && level.caps().resync && !t.is_clean() && degraded && !force {
+            return Err(fail(MdError::Busy(format!(
+                "{} {} is dirty and degraded (role {} not in sync): parity may be stale (the write hole); assemble with force to start it anyway",
+                level.name(),
+                Superblock::uuid_text(&t.set_uuid),
+                missing_text(&states)
+            ))));
+        }
         let reg = self.bdevs().map_err(fail)?;
         let name = match req_name {
             Some(n) => n,
@@ -616,14 +626,6 @@ impl MdRegistry {
         } else {
             (MAX_SECTOR, false)
         };
-        if dirty && !force && !level.starts_dirty_degraded() && states.iter().any(|s| *s != SlotState::InSync) {
-            return Err(fail(MdError::Busy(format!(
-                "{} {} stopped unclean and is degraded (roles {} not in sync): data written in flight may be lost without notice (the write hole); pass force to start it anyway",
-                level.name(),
-                Superblock::uuid_text(&t.set_uuid),
-                missing_text(&states)
-            ))));
-        }
         let n = c.slots.len();
         let active_in_table = (0..n)
             .filter(|&r| t.dev_roles.iter().any(|&v| Role::from_raw(v) == Role::Active(r as u16)))
