@@ -3,7 +3,9 @@
 //! such raid1 (export `lin`) and an md raid10 near-2 over four (export `ten`) — while keel-tgt
 //! is SIGKILLed at a random moment, over and over (at least 20 kill points, seeds printed): the
 //! first kills land in the arrays' initial resync, later ones in the bitmap-guided resyncs
-//! after each unclean restart. Each restart runs `keel-tgt -c` on the config saved
+//! after each unclean restart; every third round fails, removes and re-adds a member of
+//! `mirror` first (the kill lands in its recovery), every third swaps `lin`'s table (load,
+//! suspend, resume) under the writers. Each restart runs `keel-tgt -c` on the config saved
 //! before the first load; the arrays assemble from their superblocks (unclean: they resync),
 //! and every block whose write the client saw acknowledged with FUA, or acknowledged before a
 //! FLUSH whose reply came back, must read back that generation or a later one the client sent.
@@ -223,6 +225,26 @@ fn sh(t: &Target, args: &[&str]) {
     t.plugin(args);
 }
 
+/// U1 leaves `mirror` (md_fail, md_remove once its I/O drained) and comes back as a spare
+/// (md_add): a recovery onto it starts, which the round's kill interrupts or follows.
+fn recover_u1(t: &Target, seed: u64, kill: usize) {
+    sh(t, &["md_fail", "mirror", "U1"]);
+    let until = Instant::now() + Duration::from_secs(10);
+    loop {
+        let o = t.rpc_with(common::PLUGIN, &["md_remove", "mirror", "U1"], None);
+        if o.status.success() {
+            break;
+        }
+        assert!(
+            Instant::now() < until,
+            "seed {seed} kill {kill}: md_remove mirror U1: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    sh(t, &["md_add", "mirror", "U1"]);
+}
+
 #[test]
 fn sigkill_never_loses_acknowledged_writes() {
     let kills: usize = std::env::var("KEEL_CRASH_KILLS")
@@ -247,6 +269,7 @@ fn sigkill_never_loses_acknowledged_writes() {
     }
     let sock = dir.join("nbd.sock");
     let cfg = dir.join("saved.json");
+    let size;
     {
         let t = Target::start(&["-m", "0x3"]);
         for i in 0..FILES {
@@ -271,7 +294,7 @@ fn sigkill_never_loses_acknowledged_writes() {
                 "U7",
             ],
         );
-        let size = t.json(&["bdev_get_bdevs", "-b", "inner"])[0]["num_blocks"]
+        size = t.json(&["bdev_get_bdevs", "-b", "inner"])[0]["num_blocks"]
             .as_u64()
             .unwrap()
             * 8;
@@ -290,6 +313,7 @@ fn sigkill_never_loses_acknowledged_writes() {
     let mut rng = Rng(seed | 1);
     let started = Instant::now();
     let mut total_writes = 0;
+    let (mut recoveries, mut swaps) = (0, 0);
     for kill in 0..kills {
         let rpc_dir = tempfile::tempdir().unwrap();
         let rpc = rpc_dir.path().join("spdk.sock");
@@ -305,6 +329,24 @@ fn sigkill_never_loses_acknowledged_writes() {
                 std::thread::spawn(move || writer(s, e, m, wseed, st))
             })
             .collect();
+        // Every third round the kill lands in a recovery (U1 failed, removed and added back to
+        // `mirror` while the clients write), every third in or after a table swap of `lin`.
+        let action = match kill % 3 {
+            1 => {
+                recover_u1(&t, seed, kill);
+                recoveries += 1;
+                "recovery"
+            }
+            2 => {
+                let table = format!("0 {size} linear inner 0");
+                sh(&t, &["dm_load", "lin", "--table", &table]);
+                sh(&t, &["dm_suspend", "lin"]);
+                sh(&t, &["dm_resume", "lin"]);
+                swaps += 1;
+                "table swap"
+            }
+            _ => "writes",
+        };
         let delay = Duration::from_millis(50 + rng.below(500));
         std::thread::sleep(delay);
         t.child.kill().unwrap();
@@ -316,7 +358,7 @@ fn sigkill_never_loses_acknowledged_writes() {
             total_writes += n;
         }
         println!(
-            "kill {kill}: after {} ms, {total_writes} requests so far",
+            "kill {kill} ({action}): after {} ms, {total_writes} requests so far",
             delay.as_millis()
         );
     }
@@ -329,6 +371,10 @@ fn sigkill_never_loses_acknowledged_writes() {
     assert!(
         total_writes > 200 && written > 100,
         "the clients got work done: {total_writes} requests, {written} blocks"
+    );
+    assert!(
+        recoveries >= kills / 3 && swaps >= kills / 3 - 1,
+        "kill points in recoveries {recoveries}, in table swaps {swaps}"
     );
     let durable = models
         .iter()
