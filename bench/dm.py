@@ -17,7 +17,10 @@ steadier when the shared machine's speed drifts during the script):
   5. dm-striped over 2 null bdevs, 4 KiB chunks, 16 KiB randread (every I/O split into 4
      children: the split path), informational, only with --split
 
-Usage: bench/dm.py [--runs 3] [--time 5] [--json OUT] [--split]
+Usage: bench/dm.py [--runs 3] [--time 5] [--json OUT] [--split] [--compare DIR]
+With --compare DIR (a directory holding another build's keel-perf, e.g. of the commit before a
+change), every case of every round also runs with that binary right after this tree's, and both
+are reported with their ratios: a before/after comparison in one run on one machine state.
 Builds keel-perf in release mode. All bdevs come from one SPDK-format config (subsystems "bdev"
 and "dm"), the one keel-perf and keel-tgt both read.
 """
@@ -60,8 +63,8 @@ def config():
 
 
 
-def keel(cfg_path, bdev, t, io_size=4096):
-    out = subprocess.run([PERF, "--json", cfg_path, "-T", bdev, "-w", "randread", "-q", "128", "-o", str(io_size),
+def keel(cfg_path, bdev, t, io_size=4096, perf=PERF):
+    out = subprocess.run([perf, "--json", cfg_path, "-T", bdev, "-w", "randread", "-q", "128", "-o", str(io_size),
                           "-t", str(t), "-m", "0x1", "--output-format", "json"],
                          check=True, capture_output=True, text=True).stdout
     res = json.loads(out)
@@ -75,6 +78,7 @@ def main():
     ap.add_argument("--time", type=int, default=5)
     ap.add_argument("--json", help="write results here")
     ap.add_argument("--split", action="store_true", help="also run the split-path case")
+    ap.add_argument("--compare", help="directory with another build's keel-perf, run alternately")
     a = ap.parse_args()
     subprocess.run(["cargo", "build", "--release", "-q", "-p", "keel-perf"], cwd=ROOT, check=True)
     cases = [
@@ -89,26 +93,33 @@ def main():
     with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
         json.dump(config(), f)
         cfg_path = f.name
-    runs = {name: [] for name, _, _ in cases}
+    builds = [("this tree", PERF)]
+    if a.compare:
+        builds.append(("compared", os.path.join(a.compare, "keel-perf")))
+    runs = {(label, name): [] for label, _ in builds for name, _, _ in cases}
     try:
         for _ in range(a.runs):
             for name, bdev, size in cases:
-                runs[name].append(keel(cfg_path, bdev, a.time, size))
+                for label, perf in builds:
+                    runs[(label, name)].append(keel(cfg_path, bdev, a.time, size, perf))
     finally:
         os.unlink(cfg_path)
-    base = statistics.median(runs["bare null"])
     print(f"machine: {machine()}")
-    print(f"keel-perf -m 0x1 -q 128 -w randread, {a.runs} runs x {a.time}s each, interleaved; medians\n")
-    print(f"{'case':40} {'IOPS (median)':>14}  {'vs bare null':>12}  {'per round':>9}  runs")
+    print(f"keel-perf -m 0x1 -q 128 -w randread, {a.runs} runs x {a.time}s each, interleaved; medians")
     results = []
-    for name, bdev, size in cases:
-        m = statistics.median(runs[name])
-        ratio = m / base
-        paired = statistics.median(x / n for x, n in zip(runs[name], runs["bare null"]))
-        results.append({"case": name, "bdev": bdev, "io_size": size, "iops": m, "runs": runs[name],
-                        "ratio_vs_bare_null": ratio, "median_round_ratio": paired})
-        shown = ", ".join(f"{r / 1e6:.2f}" for r in runs[name])
-        print(f"{name:40} {m / 1e6:11.2f} M  {ratio:11.3f}x  {paired:8.3f}x  ({shown})")
+    for label, perf in builds:
+        base = statistics.median(runs[(label, "bare null")])
+        print(f"\n[{label}: {perf}]")
+        print(f"{'case':40} {'IOPS (median)':>14}  {'vs bare null':>12}  {'per round':>9}  runs")
+        for name, bdev, size in cases:
+            r = runs[(label, name)]
+            m = statistics.median(r)
+            ratio = m / base
+            paired = statistics.median(x / n for x, n in zip(r, runs[(label, "bare null")]))
+            results.append({"build": label, "binary": perf, "case": name, "bdev": bdev, "io_size": size, "iops": m,
+                            "runs": r, "ratio_vs_bare_null": ratio, "median_round_ratio": paired})
+            shown = ", ".join(f"{x / 1e6:.2f}" for x in r)
+            print(f"{name:40} {m / 1e6:11.2f} M  {ratio:11.3f}x  {paired:8.3f}x  ({shown})")
     print(f"\nreference: SPDK raid0 over 2 null bdevs runs at {SPDK_RAID0_RATIO:.2f}x bare null on this machine class")
     sys.stdout.flush()
     if a.json:

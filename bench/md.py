@@ -16,7 +16,10 @@ Cases (each run RUNS times, interleaved; medians reported):
      semantics: foreground writes make the resync fall back to speed_limit_min (default
      1000 KiB/s), so this measures what the resync costs the foreground at its floor.
 
-Usage: bench/md.py [--runs 3] [--time 5] [--json OUT]
+Usage: bench/md.py [--runs 3] [--time 5] [--json OUT] [--compare DIR]
+With --compare DIR (a directory holding another build's keel-perf and keel-tgt, e.g. of the
+commit before a change), every case of every round also runs with those binaries right after
+this tree's, and both sets of figures and ratios are reported: before/after in one run.
 Builds keel-perf and keel-tgt in release mode; keel-tgt is driven over its RPC socket.
 """
 import argparse
@@ -156,8 +159,13 @@ def main():
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--time", type=int, default=5)
     ap.add_argument("--json", help="write results here")
+    ap.add_argument("--compare", help="directory with another build's keel-perf and keel-tgt, run alternately")
     a = ap.parse_args()
     subprocess.run(["cargo", "build", "--release", "-q", "-p", "keel-perf", "-p", "keel-app"], cwd=ROOT, check=True)
+    global PERF, TGT
+    builds = [("this tree", PERF, TGT)]
+    if a.compare:
+        builds.append(("compared", os.path.join(a.compare, "keel-perf"), os.path.join(a.compare, "keel-tgt")))
     clean = perf_config([])
     resyncing = perf_config([], clean=False)
     cases = [
@@ -172,11 +180,12 @@ def main():
         ("resync 1 GiB raid1 (MiB/s)", resync_mib_s),
         ("memcpy 1 GiB (MiB/s)", memcpy_mib_s),
     ]
-    runs = {name: [] for name, _ in cases}
+    runs = {(label, name): [] for label, _, _ in builds for name, _ in cases}
     for _ in range(a.runs):
         for name, f in cases:
-            runs[name].append(f())
-    med = {name: statistics.median(v) for name, v in runs.items()}
+            for label, perf_bin, tgt_bin in builds:
+                PERF, TGT = perf_bin, tgt_bin
+                runs[(label, name)].append(f())
     ratios = [
         ("raid0/2 null vs null", "raid0/2 null randread qd128", "null randread qd128", "SPDK 0.45x; aim >= 0.75x"),
         ("raid1/2 malloc read vs malloc", "raid1/2 malloc randread qd32", "malloc randread qd32",
@@ -187,21 +196,30 @@ def main():
         ("resync vs memcpy", "resync 1 GiB raid1 (MiB/s)", "memcpy 1 GiB (MiB/s)", ""),
     ]
     print(f"machine: {machine()}")
-    print(f"{a.runs} runs, keel-perf -m 0x1 -t {a.time}, interleaved; medians\n")
-    for name, f in cases:
-        unit = "MiB/s" if "MiB/s" in name else "IOPS"
-        shown = ", ".join(f"{r / 1e6:.3f}" if unit == "IOPS" else f"{r:.0f}" for r in runs[name])
-        v = med[name] / 1e6 if unit == "IOPS" else med[name]
-        print(f"{name:40} {v:10.3f} {'M IOPS' if unit == 'IOPS' else 'MiB/s'}  ({shown})")
-    print()
+    print(f"{a.runs} runs, keel-perf -m 0x1 -t {a.time}, interleaved; medians")
     out = []
-    for label, num, den, note in ratios:
-        r = med[num] / med[den]
-        out.append({"ratio": label, "value": r, "numerator": num, "denominator": den})
-        print(f"{label:40} {r:6.2f}x  {note}")
+    meds = {}
+    for label, perf_bin, tgt_bin in builds:
+        med = {name: statistics.median(runs[(label, name)]) for name, _ in cases}
+        meds[label] = med
+        print(f"\n[{label}: {perf_bin}, {tgt_bin}]")
+        for name, _ in cases:
+            unit = "MiB/s" if "MiB/s" in name else "IOPS"
+            r = runs[(label, name)]
+            shown = ", ".join(f"{x / 1e6:.3f}" if unit == "IOPS" else f"{x:.0f}" for x in r)
+            v = med[name] / 1e6 if unit == "IOPS" else med[name]
+            print(f"{name:40} {v:10.3f} {'M IOPS' if unit == 'IOPS' else 'MiB/s'}  ({shown})")
+        print()
+        for rlabel, num, den, note in ratios:
+            v = med[num] / med[den]
+            paired = statistics.median(x / y for x, y in zip(runs[(label, num)], runs[(label, den)]))
+            out.append({"build": label, "ratio": rlabel, "value": v, "median_round_ratio": paired,
+                        "numerator": num, "denominator": den})
+            print(f"{rlabel:40} {v:6.2f}x  (per round {paired:5.2f}x)  {note}")
     if a.json:
         with open(a.json, "w") as f:
-            json.dump({"machine": machine(), "runs": runs, "medians": med, "ratios": out}, f, indent=2)
+            json.dump({"machine": machine(), "runs": {f"{k[0]}: {k[1]}": v for k, v in runs.items()},
+                       "medians": meds, "ratios": out}, f, indent=2)
 
 
 if __name__ == "__main__":

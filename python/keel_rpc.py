@@ -8,7 +8,9 @@ Adds Keel's own methods as subcommands. The dm methods come as dmsetup's verbs (
 dm_load, dm_suspend, dm_resume, dm_clear, dm_remove, dm_rename, dm_info, dm_table, dm_status,
 dm_message, dm_deps, dm_ls, dm_targets, dm_wait) printing dmsetup's text formats; the md
 methods as mdadm's (md_create, md_assemble, md_stop, md_get_arrays [--detail], md_examine,
-md_add, md_remove, md_fail, md_set_sync_action, md_set_sync_speed).
+md_add, md_remove, md_fail, md_set_sync_action, md_set_sync_speed); the NBD server's as
+nbd_server_start, nbd_server_stop, nbd_server_get_listeners, nbd_server_add_export,
+nbd_server_remove_export and nbd_server_get_exports.
 """
 
 from spdk.rpc.cmd_parser import print_dict, print_json
@@ -32,6 +34,75 @@ def spdk_rpc_plugin_initialize(subparsers):
     p.set_defaults(func=keel_get_pollers)
 
     _add_md_commands(subparsers)
+    _add_nbd_commands(subparsers)
+
+
+# ---------------------------------------------------------------------------------------------
+# The NBD server: nbd_server_* (SPDK's nbd_start_disk & co. attach kernel devices instead).
+
+def _add_nbd_commands(subparsers):
+    def nbd_server_start(args):
+        print_json(args.client.call("nbd_server_start", {"listen": args.listen}))
+
+    p = subparsers.add_parser("nbd_server_start",
+                              help="Listen for NBD clients on HOST[:PORT] (port 10809 by default) or unix:/PATH; "
+                              "prints the address as bound")
+    p.add_argument("listen", nargs="?", default="127.0.0.1:10809",
+                   help="HOST[:PORT] or unix:/PATH (default 127.0.0.1:10809)")
+    p.set_defaults(func=nbd_server_start)
+
+    def nbd_server_stop(args):
+        print_json(args.client.call("nbd_server_stop", {"listen": args.listen}))
+
+    p = subparsers.add_parser("nbd_server_stop",
+                              help="Stop listening on an address; its connections end after their in-flight I/O")
+    p.add_argument("listen", help="the address given to nbd_server_start (or the one it printed)")
+    p.set_defaults(func=nbd_server_stop)
+
+    def nbd_server_get_listeners(args):
+        print_json(args.client.call("nbd_server_get_listeners"))
+
+    p = subparsers.add_parser("nbd_server_get_listeners", help="The addresses the NBD server listens on")
+    p.set_defaults(func=nbd_server_get_listeners)
+
+    def nbd_server_add_export(args):
+        params = {"bdev_name": args.bdev_name}
+        if args.name is not None:
+            params["name"] = args.name
+        if args.description is not None:
+            params["description"] = args.description
+        if args.read_only:
+            params["read_only"] = True
+        print_json(args.client.call("nbd_server_add_export", params))
+
+    p = subparsers.add_parser("nbd_server_add_export",
+                              help="Export a bdev over NBD (it stays held: deleting it fails with EBUSY "
+                              "until the export is removed); prints the export name")
+    p.add_argument("bdev_name", help="the bdev to export")
+    p.add_argument("-n", "--name", help="export name (default: the bdev name)")
+    p.add_argument("-d", "--description", help="description shown to clients")
+    p.add_argument("-r", "--read-only", action="store_true", help="refuse writes (EPERM)")
+    p.set_defaults(func=nbd_server_add_export)
+
+    def nbd_server_remove_export(args):
+        params = {"name": args.name}
+        if args.force:
+            params["force"] = True
+        print_json(args.client.call("nbd_server_remove_export", params))
+
+    p = subparsers.add_parser("nbd_server_remove_export",
+                              help="Remove an export (EBUSY while clients are connected, unless --force, "
+                              "which disconnects them after their in-flight I/O)")
+    p.add_argument("name", help="export name")
+    p.add_argument("-f", "--force", action="store_true", help="disconnect connected clients")
+    p.set_defaults(func=nbd_server_remove_export)
+
+    def nbd_server_get_exports(args):
+        print_json(args.client.call("nbd_server_get_exports"))
+
+    p = subparsers.add_parser("nbd_server_get_exports",
+                              help="Every export: name, bdev, read-only, connections with peer addresses")
+    p.set_defaults(func=nbd_server_get_exports)
 
 
 # ---------------------------------------------------------------------------------------------

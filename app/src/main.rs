@@ -4,15 +4,16 @@
 //! JSON-RPC on a Unix socket (`-r`, default `/var/tmp/spdk.sock`, so `spdk-rpc` with no `-s`
 //! reaches it). With `--wait-for-rpc` it stays in STARTUP until `framework_start_init`.
 //! SIGINT/SIGTERM and `spdk_kill_instance` shut it down cleanly: the RPC socket goes away first,
-//! then the bdev modules stop (`BdevRegistry::fini_modules`), then the md arrays, then the bdevs
-//! are removed topmost first, and every reactor drains and exits.
+//! then the bdev modules stop (`BdevRegistry::fini_modules`: consumers first — exports, then dm,
+//! then md, whose arrays write their final superblocks), then the bdevs are removed topmost
+//! first, and every reactor drains and exits.
 #![forbid(unsafe_code)]
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::mpsc;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use clap::Parser;
 use keel_bdev::BdevRegistry;
@@ -36,6 +37,10 @@ struct Args {
     /// Permission bits of the RPC socket, octal.
     #[arg(long = "rpc-socket-mode", default_value = "600", value_parser = parse_mode)]
     rpc_socket_mode: u32,
+    /// Close an RPC connection that receives nothing for this many seconds while none of its
+    /// calls runs (0 = never), so idle clients cannot hold every connection slot.
+    #[arg(long = "rpc-idle-timeout", value_name = "SECS", default_value_t = keel_rpc::server::DEFAULT_IDLE_TIMEOUT.as_secs())]
+    rpc_idle_timeout: u64,
     /// Stay in STARTUP until the framework_start_init RPC.
     #[arg(long = "wait-for-rpc")]
     wait_for_rpc: bool,
@@ -90,8 +95,11 @@ fn run(args: Args) -> Result<(), String> {
     let registry = BdevRegistry::new(cores.clone());
     // The bdev modules behind the served subsystems (dm), registered before anything uses them.
     keel_rpc::load_modules(&registry);
-    // md members that appear (config, RPC) are examined and their arrays assemble by themselves.
+    // md's module (arrays stop at shutdown); members that appear (config, RPC) are examined and
+    // their arrays assemble by themselves.
     keel_rpc::md_methods::enable_md_auto_assembly(&registry);
+    // The NBD server's subsystem is listed by save_config even before its first export.
+    keel_rpc::nbd_methods::load(&registry);
 
     // Config: entries allowed in STARTUP first, then (after init) the RUNTIME ones, as SPDK's
     // application loader does.
@@ -179,6 +187,7 @@ fn run(args: Args) -> Result<(), String> {
                 &ServerOpts {
                     path: args.rpc_socket.clone(),
                     mode: args.rpc_socket_mode,
+                    idle_timeout: (args.rpc_idle_timeout > 0).then(|| Duration::from_secs(args.rpc_idle_timeout)),
                 },
                 dispatch,
             ) {
@@ -221,20 +230,17 @@ fn run(args: Args) -> Result<(), String> {
     if let Some(s) = server {
         s.stop();
     }
-    // Stop the modules, then the md arrays, then remove the bdevs, dependents first, so every
-    // layer lets go of its base and every channel and poller is released on its own core before
-    // the reactors stop.
+    // Stop the modules, then remove the bdevs, dependents first, so every layer lets go of its
+    // base and every channel and poller is released on its own core before the reactors stop.
     drop(ctx);
     let (done_tx, done_rx) = mpsc::channel();
     let _ = cores.run_on(main_core, move || {
         let reg2 = registry.clone();
-        // Modules first, consumers before providers (the latest subsystem first). Then md arrays
-        // (md is not a module yet): their daemons write the final (clean) superblocks while the
-        // members — dm devices among them — are still there.
-        registry.fini_modules(move || {
-            let reg3 = reg2.clone();
-            keel_rpc::md_methods::stop_all_md_arrays(&reg2, move || remove_all(reg3, done_tx));
-        });
+        // Consumers before providers: the latest subsystem first (exports, then dm, which runs
+        // nothing to stop), then the "bdev" modules, latest created first — md's daemons write
+        // the final (clean) superblocks while the members, dm devices among them, are still
+        // there.
+        registry.fini_modules(move || remove_all(reg2, done_tx));
     });
     if done_rx.recv_timeout(std::time::Duration::from_secs(10)).is_err() {
         tracing::warn!("bdev removal did not finish in 10 s; stopping anyway");

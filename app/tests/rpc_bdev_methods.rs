@@ -133,7 +133,13 @@ fn file_backed_bdevs_aio_and_uring() {
     assert_eq!(u[0]["num_blocks"], 1024);
     assert_eq!(u[0]["product_name"], "URING bdev");
     assert_eq!(u[0]["driver_specific"]["uring"]["filename"], img_s);
-    assert_eq!(t.ok(&["bdev_aio_create", img_s, "A0", "512"]).trim(), "A0");
+    // One bdev per file (each takes the file's lock): the aio bdev gets its own image.
+    let img2 = t.dir.path().join("disk2.img");
+    std::fs::write(&img2, vec![0u8; 4 << 20]).unwrap();
+    assert_eq!(
+        t.ok(&["bdev_aio_create", img2.to_str().unwrap(), "A0", "512"]).trim(),
+        "A0"
+    );
     let a = t.json(&["bdev_get_bdevs", "-b", "A0"]);
     assert_eq!(a[0]["product_name"], "AIO disk");
     assert_eq!(a[0]["num_blocks"], 8192);

@@ -86,7 +86,9 @@ fn save_config_restart_gives_the_identical_stack() {
         "restart from save_config must rebuild the identical stack"
     );
     assert_eq!(t2.ok(&["save_config"]), saved);
-    // load_config into a fresh running target gives the same stack too.
+    // load_config into a fresh running target gives the same stack too (once t2 let go of the
+    // file behind U0: one target per file).
+    assert!(t2.stop().success());
     let t3 = Target::start(&[]);
     let o = t3.rpc_with(&[], &["load_config", "-j", cfg.to_str().unwrap()], None);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));

@@ -91,10 +91,26 @@ pub struct BdevInfo {
 }
 
 impl BdevInfo {
-    /// Size in bytes.
+    /// Size in bytes. Never overflows: [`crate::BdevRegistry::register`] refuses a bdev whose
+    /// size does not fit a u64 ([`size_bytes_checked`]).
     pub fn size_bytes(&self) -> u64 {
         self.num_blocks * self.block_size as u64
     }
+}
+
+/// `num_blocks × block_size` in bytes, or an error naming `num_blocks` when the product does
+/// not fit a u64 (`bdev_null_create` with num_blocks 2^63 and 512-byte blocks). The one size
+/// check of every create: [`crate::BdevRegistry::register`] makes it for every bdev any module
+/// registers, so byte offsets and sizes computed from a registered bdev cannot overflow; a
+/// module that needs the byte count before it registers (to allocate, to check a file) calls
+/// it first. Pure; any thread.
+pub fn size_bytes_checked(num_blocks: u64, block_size: u32) -> Result<u64, BdevError> {
+    num_blocks.checked_mul(block_size as u64).ok_or_else(|| {
+        BdevError::invalid(
+            "num_blocks",
+            format!("{num_blocks} blocks of {block_size} bytes is more than the 2^64 bytes a bdev can address"),
+        )
+    })
 }
 
 /// The RPC call that recreates a bdev (an entry of save_config).
@@ -129,6 +145,15 @@ pub trait BdevBackend: Any + Send + Sync {
     /// bdev. Control path (main core, save_config).
     fn bases(&self) -> Vec<String> {
         Vec::new()
+    }
+
+    /// Whether this bdev goes away by itself when a base of it ([`BdevBackend::bases`]) is
+    /// removed: true for the stacking layers (passthru, delay, error), which unregister with
+    /// their base as SPDK's do; false for bdevs that stay (a dm device keeps failing I/O to a
+    /// lost base, an md array degrades). A delete follows these cascades to find every bdev it
+    /// would take along ([`crate::BdevRegistry::check_removable`]). Control path.
+    fn removed_with_base(&self) -> bool {
+        false
     }
 
     /// Called once after the bdev was unregistered and every channel was told to abort: release
@@ -273,6 +298,8 @@ pub struct Bdev {
     pub(crate) claim: Mutex<Option<(u64, String)>>,
     pub(crate) openers: Mutex<Vec<Opener>>,
     pub(crate) aliases: Mutex<Vec<String>>,
+    /// Holds ([`Descriptor::hold`]): descriptor id and holder, e.g. `nbd export 'disk0'`.
+    pub(crate) holds: Mutex<Vec<(u64, String)>>,
 }
 
 static NEXT_DESC: AtomicU64 = AtomicU64::new(1);
@@ -311,6 +338,7 @@ impl Bdev {
             claim: Mutex::new(None),
             openers: Mutex::new(Vec::new()),
             aliases: Mutex::new(Vec::new()),
+            holds: Mutex::new(Vec::new()),
         })
     }
 
@@ -345,6 +373,13 @@ impl Bdev {
     /// Module claiming the bdev, if any.
     pub fn claimed_by(&self) -> Option<String> {
         self.claim.lock().unwrap().as_ref().map(|(_, m)| m.clone())
+    }
+
+    /// Who holds the bdev ([`Descriptor::hold`]), in the order they took their holds. While
+    /// this is not empty the module delete methods refuse to delete the bdev
+    /// ([`BdevError::Held`]). Any thread.
+    pub fn holders(&self) -> Vec<String> {
+        self.holds.lock().unwrap().iter().map(|(_, h)| h.clone()).collect()
     }
 
     /// Whether hot removal started.
@@ -482,6 +517,16 @@ impl Descriptor {
         Ok(())
     }
 
+    /// Holds the bdev for `holder` (a user that serves it to the outside, e.g. an NBD export)
+    /// until this descriptor drops: the delete methods of the bdev modules then refuse to delete
+    /// it with [`BdevError::Held`] (EBUSY) naming the holder, so the holder must let go first.
+    /// Unlike a [`Descriptor::claim`] a hold is not exclusive (several holders, other openers and
+    /// a claim may coexist), and it does not stop hot removal ([`crate::BdevRegistry::unregister`]),
+    /// which a holder learns of through its descriptor's event. Control path, any thread.
+    pub fn hold(&self, holder: impl Into<String>) {
+        self.bdev.holds.lock().unwrap().push((self.id, holder.into()));
+    }
+
     /// This core's channel for submitting I/O. Called on a reactor; the first call on a core
     /// creates the module's channel there.
     pub fn channel(&self) -> Channel {
@@ -505,6 +550,7 @@ impl Drop for Descriptor {
             *claim = None;
         }
         drop(claim);
+        self.bdev.holds.lock().unwrap().retain(|(id, _)| *id != self.id);
         self.bdev.openers.lock().unwrap().retain(|o| o.id != self.id);
     }
 }

@@ -10,8 +10,13 @@ pub enum BdevError {
     Claimed { name: String, module: String },
     #[error("bdev '{name}' has writers open; cannot claim it for '{module}'")]
     HasWriters { name: String, module: String },
+    /// A delete refused because something must not lose the bdev (`holders.rs`); EBUSY.
+    #[error("bdev '{name}' is in use by {holders}: Device or resource busy")]
+    InUse { name: String, holders: String },
     #[error("bdev '{0}' is being removed")]
     Removed(String),
+    #[error("bdev '{name}' is in use by {}; remove that first", holders.join(", "))]
+    Held { name: String, holders: Vec<String> },
     /// The machine cannot hold what was asked for (a malloc bdev larger than the memory left).
     #[error("{0}")]
     NoMemory(String),
@@ -48,7 +53,9 @@ impl BdevError {
             BdevError::NotFound(_) => -libc::ENODEV,
             BdevError::Exists(_) => -libc::EEXIST,
             BdevError::Claimed { .. } | BdevError::HasWriters { .. } => -libc::EPERM,
+            BdevError::InUse { .. } => -libc::EBUSY,
             BdevError::Removed(_) => -libc::ENODEV,
+            BdevError::Held { .. } => -libc::EBUSY,
             BdevError::InvalidParam { .. } => -libc::EINVAL,
             BdevError::NoMemory(_) => -libc::ENOMEM,
             BdevError::Io { source, .. } => -source.raw_os_error().unwrap_or(libc::EIO),

@@ -16,6 +16,12 @@
 //! latest subsystem among theirs — without knowing any module. A module reaches its own backend
 //! behind a bdev with [`Bdev::backend_as`]. The design essay is in `module.rs`.
 //!
+//! A layer over other bdevs forwards requests in place along [`ForwardPath`]s or publishes its
+//! mapping as a [`Route`] (`forward.rs`: passthru, dm, md). One with per-core state of its own
+//! keeps it in a [`LayerCore`] (the state, its completion queue and the poller draining it:
+//! `layer.rs`; dm and md), and cuts what it cannot forward into children with a [`Splitter`]
+//! driven by its [`SplitPolicy`] (`split.rs`); chunks round-robin over legs are a [`Striping`].
+//!
 //! # Using a bdev
 //!
 //! 1. [`BdevRegistry::open`] gives a [`Descriptor`] (read-only or writable); a module stacking
@@ -39,7 +45,9 @@ mod bdev;
 pub mod buf;
 mod error;
 mod forward;
+mod holders;
 mod io;
+mod layer;
 mod module;
 pub mod modules;
 mod ram;
@@ -50,8 +58,8 @@ mod striping;
 pub mod tokens;
 
 pub use bdev::{
-    BackendChannel, Bdev, BdevBackend, BdevChannel, BdevEvent, BdevInfo, BdevParams, Channel, ChannelCx, ConfigCall,
-    Descriptor, IoCaps,
+    size_bytes_checked, BackendChannel, Bdev, BdevBackend, BdevChannel, BdevEvent, BdevInfo, BdevParams, Channel,
+    ChannelCx, ConfigCall, Descriptor, IoCaps,
 };
 pub use buf::{BufPool, DmaBuf};
 pub use error::BdevError;
@@ -60,6 +68,7 @@ pub use io::{
     slice_iovs, zero_iovs, CompletionQueue, IoBox, IoOp, IoPool, IoRequest, IoStatus, IoVec, SgList, Submit, MAX_DEPTH,
     MAX_IOVS,
 };
+pub use layer::{LayerCore, LayerHandle, LayerState};
 pub use module::{
     BdevModule, ConfigEntry, ConfigPlan, ExamineToken, ModuleDone, Subsystem, SubsystemConfig, SubsystemInfo,
 };

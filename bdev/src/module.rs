@@ -7,7 +7,7 @@
 //! *registry*: dm's table of mapped devices, md's arrays and its examine-on-appear table, an
 //! NVMe driver's controllers, an export's connections. A [`BdevModule`] is that state: one value
 //! per [`BdevRegistry`], of the module's own type, built by [`BdevModule::init`] and reached
-//! with [`BdevRegistry::module`]. Besides how to build it, it tells the registry five things;
+//! with [`BdevRegistry::module`]. Besides how to build it, it tells the registry six things;
 //! all but the name have defaults, so a module implements only what it has:
 //!
 //! * [`BdevModule::name`] — the module name its bdevs carry in [`crate::BdevInfo::module`];
@@ -17,7 +17,9 @@
 //! * [`BdevModule::fini`] — stop what it runs, at shutdown;
 //! * [`BdevModule::config`] — its module-level save_config calls (those that are not one
 //!   bdev's own [`crate::BdevBackend::config`]: a dm table, an NVMe controller attach, an NBD
-//!   export).
+//!   export);
+//! * [`BdevModule::holds`] — which of its objects need a bdev and must not lose it (a dm table
+//!   naming it): deletes of that bdev are refused, naming them (`holders.rs`).
 //!
 //! # Init: created on first use
 //!
@@ -47,9 +49,9 @@
 //! of [`BdevRegistry::examines_in_flight`] from the moment of registration until it drops, so
 //! `bdev_wait_for_examine` answers only after every examination finished: a module that reads
 //! metadata later moves the token into that work (typically a message to the main core) and
-//! drops it when done; a module with nothing to do drops it at once. The closures of
-//! [`BdevRegistry::add_examiner`] (md's auto-assembly until it becomes a module) run after the
-//! modules and count themselves with `examine_begin`/`examine_end`.
+//! drops it when done; a module with nothing to do drops it at once. md's examine-on-appear is
+//! such a hook: it reads the new bdev's superblock on the main core, holding the token until
+//! the assembly (or re-add) it starts is done.
 //!
 //! # Fini
 //!
@@ -169,6 +171,18 @@ pub trait BdevModule: Any + Send + Sync {
     /// [`BdevRegistry::fini_modules`].
     fn fini(&self, done: ModuleDone) {
         done.done();
+    }
+
+    /// What of this module needs `bdev` and must not lose it — a dm table (live or staged)
+    /// that names it: one description per holder, naming it (`dm device 'x' (live table)`). A
+    /// delete of `bdev`, or of a bdev whose removal would take it along, is refused with EBUSY
+    /// naming these holders while any is listed ([`BdevRegistry::check_removable`]); the
+    /// descriptions also name the holders in other "busy" errors ([`BdevRegistry::holders`]).
+    /// Default: nothing (a module whose objects survive the loss, such as an md array that
+    /// degrades, holds nothing here). Called on the main core.
+    fn holds(&self, bdev: &Arc<Bdev>) -> Vec<String> {
+        let _ = bdev;
+        Vec::new()
     }
 
     /// The module-level calls of save_config (not the per-bdev [`crate::BdevBackend::config`]
@@ -980,7 +994,7 @@ mod tests {
         assert_eq!(n.load(Ordering::SeqCst), 2);
         drop(a);
         assert_eq!(n.load(Ordering::SeqCst), 1);
-        n.store(0, Ordering::SeqCst); // an unpaired examine_end elsewhere
+        n.store(0, Ordering::SeqCst); // a count lowered behind the tokens' backs
         drop(b);
         assert_eq!(n.load(Ordering::SeqCst), 0);
     }

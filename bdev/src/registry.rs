@@ -6,14 +6,11 @@
 //! Layers that recognise their own metadata on a bdev (md's superblock, later partitions or
 //! lvol stores) look at every bdev that registers. A [`crate::BdevModule`] does it in its
 //! [`crate::BdevModule::examine`] hook, which [`BdevRegistry::register`] calls after every
-//! successful registration with an [`ExamineToken`] counting the examination until it drops.
-//! The older form, still used by md's auto-assembly, is an *examiner* closure registered with
-//! [`BdevRegistry::add_examiner`], called with the new bdev's name after the modules. Both run
-//! on the registering thread and outside the registry's lock (so they may call back into the
-//! registry), and must return quickly: they record the bdev and do their reading later
-//! (typically by message to the main core). A closure examiner holds
-//! [`BdevRegistry::examine_begin`] / [`BdevRegistry::examine_end`] while that work is under way.
-//! Either way `bdev_wait_for_examine` can wait until [`BdevRegistry::examines_in_flight`] is 0.
+//! successful registration with an [`ExamineToken`] counting the examination until it drops. The
+//! hook runs on the registering thread and outside the registry's lock (so it may call back into
+//! the registry), and must return quickly: it records the bdev and does its reading later
+//! (typically by message to the main core), keeping the token until that work is done.
+//! `bdev_wait_for_examine` can wait until [`BdevRegistry::examines_in_flight`] is 0.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -32,17 +29,11 @@ use crate::{
 pub struct BdevRegistry {
     cores: Cores,
     bdevs: Mutex<Vec<Arc<Bdev>>>,
-    /// Called with every newly registered bdev's name (see the module docs).
-    examiners: Mutex<Vec<Examiner>>,
-    /// Examinations started and not yet finished ([`BdevRegistry::examine_begin`], and every
-    /// live [`ExamineToken`], which shares the counter).
+    /// Examinations started and not yet finished: every live [`ExamineToken`] counts one.
     examines_in_flight: Arc<AtomicUsize>,
     /// This registry's modules, in creation order ([`BdevRegistry::module`]).
     modules: Mutex<ModuleTable>,
 }
-
-/// An examiner: called with a newly registered bdev's name, on the registering thread.
-pub type Examiner = Arc<dyn Fn(&str) + Send + Sync>;
 
 /// Longest bdev name accepted (SPDK has no hard limit; this keeps names printable in reports).
 const MAX_NAME_LEN: usize = 255;
@@ -53,7 +44,6 @@ impl BdevRegistry {
         Arc::new(BdevRegistry {
             cores,
             bdevs: Mutex::new(Vec::new()),
-            examiners: Mutex::new(Vec::new()),
             examines_in_flight: Arc::new(AtomicUsize::new(0)),
             modules: Mutex::new(ModuleTable::default()),
         })
@@ -65,7 +55,8 @@ impl BdevRegistry {
     }
 
     /// Registers a bdev built by a module. Fails on an empty or duplicate name/UUID, a block size
-    /// that is not a power of two ≥ 512 (or 520.. for md formats: not supported), or zero blocks.
+    /// that is not a power of two ≥ 512 (or 520.. for md formats: not supported), zero blocks,
+    /// or a size whose byte count does not fit a u64 ([`crate::size_bytes_checked`]).
     pub fn register(&self, params: BdevParams, backend: Arc<dyn BdevBackend>) -> Result<Arc<Bdev>, BdevError> {
         validate_name(&params.name)?;
         if params.block_size < 512 || !params.block_size.is_power_of_two() {
@@ -77,6 +68,7 @@ impl BdevRegistry {
         if params.num_blocks == 0 {
             return Err(BdevError::invalid("num_blocks", "must be greater than 0"));
         }
+        crate::size_bytes_checked(params.num_blocks, params.block_size)?;
         let uuid = params.uuid.unwrap_or_else(Uuid::new_v4);
         let mut bdevs = self.bdevs.lock().unwrap();
         for b in bdevs.iter() {
@@ -101,7 +93,7 @@ impl BdevRegistry {
         bdevs.push(bdev.clone());
         tracing::debug!(name = bdev.name(), "bdev registered");
         drop(bdevs);
-        self.run_examiners(&bdev);
+        self.examine(&bdev);
         Ok(bdev)
     }
 
@@ -201,30 +193,6 @@ impl BdevRegistry {
 }
 
 impl BdevRegistry {
-    /// Adds an examiner: from now on it is called with the name of every bdev that registers
-    /// successfully, on the registering thread (any thread; usually the main core), after the
-    /// bdev is visible in the registry and outside the registry's lock. Bdevs registered before
-    /// the call are not examined. Examiners are never removed (they live as long as the
-    /// registry); one that only holds weak references to its owner becomes a no-op when the
-    /// owner goes. Any thread.
-    pub fn add_examiner(&self, f: Examiner) {
-        self.examiners.lock().unwrap().push(f);
-    }
-
-    /// An examination (reading metadata, and what it starts) begins; pair it with
-    /// [`BdevRegistry::examine_end`]. Any thread.
-    pub fn examine_begin(&self) {
-        self.examines_in_flight.fetch_add(1, Ordering::SeqCst);
-    }
-
-    /// An examination begun with [`BdevRegistry::examine_begin`] finished. Any thread; an
-    /// unpaired call is ignored (the count never goes below 0).
-    pub fn examine_end(&self) {
-        let _ = self
-            .examines_in_flight
-            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1));
-    }
-
     /// Examinations in flight: `bdev_wait_for_examine` answers once this is 0. Any thread.
     pub fn examines_in_flight(&self) -> usize {
         self.examines_in_flight.load(Ordering::SeqCst)
@@ -237,15 +205,11 @@ impl BdevRegistry {
         ExamineToken::begin(&self.examines_in_flight)
     }
 
-    /// Shows `bdev` to every module's examine hook, then to every examiner closure (snapshots of
-    /// both lists, so either may load a module or add an examiner).
-    fn run_examiners(&self, bdev: &Arc<Bdev>) {
+    /// Shows `bdev` to every loaded module's examine hook, each with its token (a snapshot of
+    /// the modules, so a hook may load another module).
+    fn examine(&self, bdev: &Arc<Bdev>) {
         for m in self.modules_snapshot() {
             m.examine(bdev, self.examine_token());
-        }
-        let examiners: Vec<Examiner> = self.examiners.lock().unwrap().clone();
-        for f in examiners {
-            f(bdev.name());
         }
     }
 }
@@ -322,7 +286,7 @@ impl BdevRegistry {
         fini_next(self.cores.clone(), stack, Box::new(done));
     }
 
-    fn modules_snapshot(&self) -> Vec<Arc<dyn BdevModule>> {
+    pub(crate) fn modules_snapshot(&self) -> Vec<Arc<dyn BdevModule>> {
         self.modules.lock().unwrap_or_else(|e| e.into_inner()).all()
     }
 }
@@ -362,54 +326,56 @@ fn validate_name(name: &str) -> Result<(), BdevError> {
 }
 
 #[cfg(test)]
-mod examiner_tests {
-    use std::sync::atomic::{AtomicUsize, Ordering};
-    use std::sync::{Arc, Mutex};
+mod examine_tests {
+    use std::sync::{Arc, Mutex, Weak};
 
     use keel_reactor::TestDriver;
 
     use crate::modules::null::{self, NullOpts};
-    use crate::BdevRegistry;
+    use crate::{Bdev, BdevModule, BdevRegistry, ExamineToken};
+
+    /// A module that looks every bdev it examines up in its registry: that would deadlock if the
+    /// registry still held its lock, and finds nothing if the bdev were not visible yet.
+    struct Lookup {
+        reg: Weak<BdevRegistry>,
+        seen: Mutex<Vec<(String, bool)>>,
+    }
+
+    impl BdevModule for Lookup {
+        fn init(reg: &Arc<BdevRegistry>) -> Arc<Lookup> {
+            Arc::new(Lookup {
+                reg: Arc::downgrade(reg),
+                seen: Mutex::new(Vec::new()),
+            })
+        }
+
+        fn name(&self) -> &'static str {
+            "lookup"
+        }
+
+        fn examine(&self, bdev: &Arc<Bdev>, token: ExamineToken) {
+            let reg = self.reg.upgrade().expect("the registry examines");
+            let found = reg.get(bdev.name()).is_some_and(|b| Arc::ptr_eq(&b, bdev)) && !reg.list().is_empty();
+            assert_eq!(reg.examines_in_flight(), 1, "this examination is counted");
+            self.seen.lock().unwrap().push((bdev.name().to_string(), found));
+            drop(token);
+        }
+    }
 
     #[test]
-    fn examiners_see_every_registration_outside_the_lock() {
+    fn examine_sees_every_later_registration_outside_the_lock() {
         let d = TestDriver::new(1);
         let reg = BdevRegistry::new(d.cores());
         null::create(&reg, &NullOpts::new("before", 8, 512)).unwrap();
-        let seen = Arc::new(Mutex::new(Vec::new()));
-        let (s2, r2) = (seen.clone(), Arc::downgrade(&reg));
-        reg.add_examiner(Arc::new(move |name: &str| {
-            // The registry is usable here: the bdev is visible and no lock is held.
-            let found = r2.upgrade().and_then(|r| r.get(name)).is_some();
-            s2.lock().unwrap().push((name.to_string(), found));
-        }));
+        let m = reg.module::<Lookup>();
         null::create(&reg, &NullOpts::new("n1", 8, 512)).unwrap();
         assert!(null::create(&reg, &NullOpts::new("n1", 8, 512)).is_err());
         null::create(&reg, &NullOpts::new("n2", 8, 512)).unwrap();
         assert_eq!(
-            *seen.lock().unwrap(),
+            *m.seen.lock().unwrap(),
             [("n1".to_string(), true), ("n2".to_string(), true)],
-            "only successful registrations after add_examiner"
+            "only successful registrations after the module was loaded"
         );
-    }
-
-    #[test]
-    fn examine_counter_never_underflows() {
-        let d = TestDriver::new(1);
-        let reg = BdevRegistry::new(d.cores());
-        let calls = Arc::new(AtomicUsize::new(0));
-        let c2 = calls.clone();
-        reg.add_examiner(Arc::new(move |_: &str| {
-            c2.fetch_add(1, Ordering::SeqCst);
-        }));
-        assert_eq!(reg.examines_in_flight(), 0);
-        reg.examine_begin();
-        reg.examine_begin();
-        assert_eq!(reg.examines_in_flight(), 2);
-        reg.examine_end();
-        reg.examine_end();
-        reg.examine_end();
-        assert_eq!(reg.examines_in_flight(), 0);
-        assert_eq!(calls.load(Ordering::SeqCst), 0);
+        assert_eq!(reg.examines_in_flight(), 0, "dropped tokens end their examinations");
     }
 }

@@ -67,10 +67,10 @@
 //! * **Fan-out** (flush and reset to every device or member): the cursor is legs, one unit each;
 //!   a leg without a base is answered (`Step::Answered`), `Unsupported` can be mapped to success
 //!   in `child_done`.
-//! * **Mirror** (md's writes to every copy): each copy of a piece is a step of 0 units but the
-//!   last, the copy counter in the policy's parent data; a copy that cannot be written is
-//!   answered with 0 units and marks the parent degraded there; `finish` settles the status and
-//!   ends the write gate. A layer with an admission gate checks [`Splitter::can_accept`] before
+//! * **Mirror** (md's writes to every copy): each copy of a piece is a step of 0 units, the copy
+//!   counter in the policy's parent data, and a last step answered without a child moves the
+//!   cursor past the piece; a copy that cannot be written is answered with 0 units and marks
+//!   the parent degraded there; `finish` settles the status and ends the write gate. A layer with an admission gate checks [`Splitter::can_accept`] before
 //!   admitting, so an admitted request is never handed back.
 //! * **Retry elsewhere** (md's reads): `child_done` re-prepares a failed child for another copy
 //!   and answers [`ChildDone::Resend`].
@@ -287,7 +287,7 @@ fn fold(slot: &mut IoStatus, status: IoStatus) {
 
 /// Sends `io` to `base` through the policy: refused ones wait in `retry`, ones that cannot go
 /// anywhere complete with `Removed` on `cq`.
-#[inline]
+#[inline(always)]
 fn send<Po: SplitPolicy>(
     policy: &mut Po,
     retry: &mut VecDeque<(IoBox, BaseId)>,

@@ -374,8 +374,9 @@ fn auto_detected_block_size_is_512_for_files() {
     // SPDK's choice for files; a filesystem needing more for O_DIRECT raises it.
     assert!(b.info().block_size >= 512 && b.info().block_size.is_power_of_two());
     assert_eq!(b.info().num_blocks, (MIB + 100) / b.info().block_size as u64);
-    // block_size 0 means auto-detect too.
-    let b0 = uring::create(&reg, &uring_opts(&path, "U1", Some(0))).unwrap();
+    // block_size 0 means auto-detect too (on a second file: one bdev per file).
+    let path1 = make_file(dir.path(), "disk1", MIB + 100);
+    let b0 = uring::create(&reg, &uring_opts(&path1, "U1", Some(0))).unwrap();
     assert_eq!(b0.info().block_size, b.info().block_size);
 }
 
@@ -789,9 +790,10 @@ fn delete_removes_only_its_own_module() {
     let d = TestDriver::new(1);
     let dir = tempfile::tempdir().unwrap();
     let path = make_file(dir.path(), "disk", MIB);
+    let path_a = make_file(dir.path(), "disk_a", MIB);
     let reg = BdevRegistry::new(d.cores());
     uring::create(&reg, &uring_opts(&path, "U0", None)).unwrap();
-    uring::create_aio(&reg, &aio_opts(&path, "A0", false, false)).unwrap();
+    uring::create_aio(&reg, &aio_opts(&path_a, "A0", false, false)).unwrap();
     assert!(matches!(
         uring::delete_aio(&reg, "U0", || {}),
         Err(BdevError::NotFound(_))

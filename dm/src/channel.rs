@@ -3,13 +3,14 @@
 //! # Shape
 //!
 //! Each mapped device has an [`IoDevice`]`<DmCore>`; the dm bdev's backend channel on a core
-//! ([`DmChannel`]) holds that core's [`DmCore`]. A `DmCore` owns, behind one `RefCell` that only
-//! its own core touches:
+//! ([`DmChannel`]) holds that core's [`DmCore`]. A `DmCore` is keel-bdev's layer scaffold
+//! ([`LayerCore`]: the state behind one `RefCell` that only its own core touches, the
+//! completion queue, the poller draining it) around dm's state ([`LayerState`] for
+//! `CoreState`), which holds:
 //!
 //! * a **table snapshot** ([`CoreTable`]): the live [`Table`] (`Arc`, immutable) plus what this
 //!   core needs around it — the base bdevs' [`Channel`]s on this core, target starts in blocks
 //!   for the lookup, per-target xorshift states and delay FIFOs;
-//! * a completion queue and one poller that drains it;
 //! * a [`Splitter`] (keel-bdev's split engine: the child pool with dm's per-child state, the
 //!   parent slots, the pending and retry queues, all preallocated) and, apart from it, the
 //!   running state it is driven with (`Run`: the snapshot, the mode flags, the held queue).
@@ -90,7 +91,6 @@
 //! a new table. Otherwise a removed base's I/O
 //! fails (`Failed`: the dm device itself is not removed).
 
-use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -98,10 +98,10 @@ use std::sync::{Arc, Mutex};
 
 use keel_bdev::{
     slice_iovs, zero_iovs, BackendChannel, BaseId, ChannelCx, ChannelStats, ChildDone, Children, CompletionQueue,
-    ForwardCtx, ForwardPath, IoBox, IoOp, IoRequest, IoStatus, Leg, Parent, Route, RouteHandle, Sent, SplitPolicy,
-    Splitter, Step, Striping, Submit,
+    ForwardCtx, ForwardPath, IoBox, IoOp, IoRequest, IoStatus, LayerCore, LayerHandle, LayerState, Leg, Parent, Route,
+    RouteHandle, Sent, SplitPolicy, Splitter, Step, Striping, Submit,
 };
-use keel_reactor::{current, ticks, CoreId, Cores, IoChannel, PollStatus, PollerHandle};
+use keel_reactor::{ticks, CoreId, Cores, IoChannel};
 
 use crate::table::Table;
 use crate::target::{Layout, Map, MapCx, Piece, Target, SECTOR_BYTES};
@@ -768,32 +768,7 @@ impl CoreState {
         }
     }
 
-    /// Entry of every request (`BackendChannel::submit`). The hot path — device running, a
-    /// range inside one chunk of a direct linear or striped target — is straight-line here and
-    /// forwards the request in place; everything else goes to [`CoreState::submit_general`].
-    #[inline(always)]
-    fn submit(&mut self, mut io: IoBox, cq: &CompletionQueue) -> Submit {
-        if self.run.fast && io.op.needs_range() {
-            if let Some(t) = self.run.table.as_ref() {
-                if let Some((dev, sector)) = t.map_direct(io.offset_blocks, io.num_blocks) {
-                    let d = &t.devs[dev as usize];
-                    let orig = io.offset_blocks;
-                    io.offset_blocks = sector >> d.sector_shift;
-                    // In place: a success goes straight up; failures come back to `on_complete`.
-                    return match d.path.forward(io, orig) {
-                        Submit::Accepted => Submit::Accepted,
-                        Submit::Requeue(mut io) => {
-                            io.offset_blocks = orig;
-                            Submit::Requeue(io)
-                        }
-                    };
-                }
-            }
-        }
-        self.submit_general(io, cq)
-    }
-
-    /// Every request the hot path of [`CoreState::submit`] does not take.
+    /// Every request the hot path of `submit` does not take.
     #[inline(never)]
     fn submit_general(&mut self, io: IoBox, cq: &CompletionQueue) -> Submit {
         if self.run.fast {
@@ -929,29 +904,6 @@ impl CoreState {
         self.fwd.inflight() + self.split.parents_in_flight() as u64
     }
 
-    /// One completion from a base bdev.
-    #[inline]
-    fn on_complete(&mut self, mut io: IoBox, cq: &CompletionQueue) {
-        if io.depth() == 0 {
-            // One of the splitter's children.
-            return self.split.child_done(io, &mut self.run, cq);
-        }
-        // A forwarded request that failed (forwarded successes never come here; the offset is
-        // the caller's again), or a held piece released to its base (its word has the caller's
-        // offset): complete it upward.
-        let word = *io.layer_word();
-        if word & HELD_PIECE != 0 {
-            io.offset_blocks = word & !HELD_PIECE;
-        }
-        self.fwd.end();
-        let status = io.status();
-        if status == IoStatus::Success {
-            io.complete(status);
-        } else {
-            self.direct_failed(io, status);
-        }
-    }
-
     #[cold]
     fn direct_failed(&mut self, io: IoBox, status: IoStatus) {
         if let Some(t) = self.run.table.as_ref() {
@@ -1048,28 +1000,71 @@ fn base_gone(status: IoStatus) -> bool {
     matches!(status, IoStatus::Removed | IoStatus::Aborted)
 }
 
-/// State shared by a core's channel and its poller.
-struct Inner {
-    st: RefCell<CoreState>,
-    cq: CompletionQueue,
-}
+/// dm's per-core state in keel-bdev's layer scaffold: the requests from above, the completions
+/// from below, and the poller's step.
+impl LayerState for CoreState {
+    /// Entry of every request (`BackendChannel::submit`). The hot path — device running, a
+    /// range inside one chunk of a direct linear or striped target — is straight-line here and
+    /// forwards the request in place; everything else goes to [`CoreState::submit_general`].
+    #[inline(always)]
+    fn submit(&mut self, mut io: IoBox, cq: &CompletionQueue) -> Submit {
+        if self.run.fast && io.op.needs_range() {
+            if let Some(t) = self.run.table.as_ref() {
+                if let Some((dev, sector)) = t.map_direct(io.offset_blocks, io.num_blocks) {
+                    let d = &t.devs[dev as usize];
+                    let orig = io.offset_blocks;
+                    io.offset_blocks = sector >> d.sector_shift;
+                    // In place: a success goes straight up; failures come back to `complete`.
+                    return match d.path.forward(io, orig) {
+                        Submit::Accepted => Submit::Accepted,
+                        Submit::Requeue(mut io) => {
+                            io.offset_blocks = orig;
+                            Submit::Requeue(io)
+                        }
+                    };
+                }
+            }
+        }
+        self.submit_general(io, cq)
+    }
 
-impl Inner {
-    fn poll(&self) -> usize {
-        let mut guard = self.st.borrow_mut();
-        let st = &mut *guard;
-        let cq = &self.cq;
-        let mut n = cq.drain_now(|io| st.on_complete(io, cq));
-        if !st.split.is_idle() {
-            n += st.poll_split(cq);
+    /// One completion from a base bdev.
+    #[inline]
+    fn complete(&mut self, mut io: IoBox, cq: &CompletionQueue) {
+        if io.depth() == 0 {
+            // One of the splitter's children.
+            return self.split.child_done(io, &mut self.run, cq);
         }
-        if st.run.fifo_len > 0 {
-            n += st.release_due(&self.cq, false);
+        // A forwarded request that failed (forwarded successes never come here; the offset is
+        // the caller's again), or a held piece released to its base (its word has the caller's
+        // offset): complete it upward.
+        let word = *io.layer_word();
+        if word & HELD_PIECE != 0 {
+            io.offset_blocks = word & !HELD_PIECE;
         }
-        if !st.run.held.is_empty() && !st.run.suspended && !st.run.dead {
-            n += st.run_held(&self.cq);
+        self.fwd.end();
+        let status = io.status();
+        if status == IoStatus::Success {
+            io.complete(status);
+        } else {
+            self.direct_failed(io, status);
         }
-        if st.drain.is_some() && st.check_drain() {
+    }
+
+    /// The splitter's queues, delay pieces whose time came, held requests once the device runs
+    /// again, and the drain.
+    fn poll(&mut self, cq: &CompletionQueue) -> usize {
+        let mut n = 0;
+        if !self.split.is_idle() {
+            n += self.poll_split(cq);
+        }
+        if self.run.fifo_len > 0 {
+            n += self.release_due(cq, false);
+        }
+        if !self.run.held.is_empty() && !self.run.suspended && !self.run.dead {
+            n += self.run_held(cq);
+        }
+        if self.drain.is_some() && self.check_drain() {
             n += 1;
         }
         n
@@ -1079,38 +1074,30 @@ impl Inner {
 /// A mapped device's state on one core: the value of its [`IoDevice`] channel. Built by the
 /// factory on the core that first does I/O to the device; visited by the control path.
 pub(crate) struct DmCore {
-    inner: Rc<Inner>,
-    _poller: PollerHandle,
+    layer: LayerCore<CoreState>,
 }
 
 impl DmCore {
     /// Builds the core's state from what the control path published. Called on `core` by the
     /// device's `IoDevice` factory.
     pub(crate) fn new(core: CoreId, published: &Mutex<Published>, name: &str) -> DmCore {
-        let cq = CompletionQueue::with_capacity(CQ_CAPACITY);
-        let st = {
+        let layer = LayerCore::new(format!("dm_{name}"), CQ_CAPACITY, |cq| {
             let p = published.lock().unwrap_or_else(|e| e.into_inner());
             CoreState::new(core, &p, ForwardCtx::new(cq.clone()))
-        };
-        let inner = Rc::new(Inner {
-            st: RefCell::new(st),
-            cq,
         });
-        let i2 = inner.clone();
-        let poller = current().register_poller(format!("dm_{name}"), move || PollStatus::from_work(i2.poll() > 0));
-        DmCore { inner, _poller: poller }
+        DmCore { layer }
     }
 
     /// Suspend visit: hold new I/O, release delay FIFOs, join the drain if I/O is in flight.
     pub(crate) fn suspend(&self, noflush: bool, ticket: &Arc<DrainTicket>) {
-        let mut st = self.inner.st.borrow_mut();
+        let mut st = self.layer.state();
         st.run.suspended = true;
         st.run.noflush = noflush;
         if let Some(t) = st.run.table.as_mut() {
             t.holding = false;
         }
         if st.run.fifo_len > 0 {
-            st.release_due(&self.inner.cq, true);
+            st.release_due(self.layer.cq(), true);
         }
         st.refresh_fast();
         if st.inflight() > 0 {
@@ -1123,7 +1110,7 @@ impl DmCore {
 
     /// Drain visit without suspending (remove): join the drain if I/O is in flight.
     pub(crate) fn drain(&self, ticket: &Arc<DrainTicket>) {
-        let mut st = self.inner.st.borrow_mut();
+        let mut st = self.layer.state();
         if st.inflight() > 0 {
             ticket.add();
             if let Some(old) = st.drain.replace(ticket.clone()) {
@@ -1135,7 +1122,7 @@ impl DmCore {
     /// Resume visit: install `table` if it is not the live one, run again (held I/O is
     /// re-issued by the poller).
     pub(crate) fn resume(&self, table: Option<&Arc<Table>>) {
-        let mut st = self.inner.st.borrow_mut();
+        let mut st = self.layer.state();
         if let Some(tb) = table {
             let same = st.live.as_ref().is_some_and(|t| Arc::ptr_eq(t, tb));
             if !same {
@@ -1154,7 +1141,7 @@ impl DmCore {
 
     /// Remove: the device is gone — fail held I/O, fail new I/O.
     pub(crate) fn kill(&self) {
-        let mut st = self.inner.st.borrow_mut();
+        let mut st = self.layer.state();
         st.run.dead = true;
         st.abort_held();
         st.refresh_fast();
@@ -1162,7 +1149,7 @@ impl DmCore {
 
     /// Remove, after the drain: drop the snapshot (and with it this core's base channels).
     pub(crate) fn drop_table(&self) {
-        let mut st = self.inner.st.borrow_mut();
+        let mut st = self.layer.state();
         st.run.dead = true;
         st.live = None;
         st.run.table = None;
@@ -1174,7 +1161,7 @@ impl DmCore {
     /// bdev registered again (rename, new geometry) binds its new channel; the old one's route is
     /// turned off first. Called on the core, from the bdev channel's construction.
     pub(crate) fn bind(&self, cx: &ChannelCx) {
-        let mut st = self.inner.st.borrow_mut();
+        let mut st = self.layer.state();
         if let Some(old) = st.bound.take() {
             old.route.set(Route::off());
         }
@@ -1190,7 +1177,7 @@ impl DmCore {
 impl Drop for DmCore {
     fn drop(&mut self) {
         // Nothing held is lost when the last user closes: held requests complete as aborted.
-        if let Ok(mut st) = self.inner.st.try_borrow_mut() {
+        if let Some(mut st) = self.layer.try_state() {
             st.abort_held();
         }
     }
@@ -1199,7 +1186,7 @@ impl Drop for DmCore {
 /// The dm bdev's backend channel on one core: a handle on the core's [`DmCore`].
 pub(crate) struct DmChannel {
     /// The core's state, held directly: one pointer less on the hot path.
-    inner: Rc<Inner>,
+    layer: LayerHandle<CoreState>,
     core: IoChannel<DmCore>,
     /// Set while dm itself unregisters this bdev to re-register it (rename, resize): the abort
     /// that unregistration sends must not kill the device's state.
@@ -1211,7 +1198,7 @@ impl DmChannel {
     pub(crate) fn new(core: IoChannel<DmCore>, internal: Arc<AtomicBool>, cx: &ChannelCx) -> DmChannel {
         core.bind(cx);
         DmChannel {
-            inner: core.inner.clone(),
+            layer: core.layer.handle(),
             core,
             internal,
         }
@@ -1221,7 +1208,7 @@ impl DmChannel {
 impl BackendChannel for DmChannel {
     #[inline]
     fn submit(&self, io: IoBox) -> Submit {
-        self.inner.st.borrow_mut().submit(io, &self.inner.cq)
+        self.layer.submit(io)
     }
 
     fn abort_all(&self) {

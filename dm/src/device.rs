@@ -33,14 +33,29 @@
 //!   just runs again. The event counter does not move (spec §6). A closed bdev is also
 //!   re-registered when the new table supports other ops; an open one keeps its ops and a piece
 //!   the new table cannot serve fails (`Unsupported`) per I/O.
-//! * **remove**: EBUSY while the bdev is open unless `force`. Unregisters the bdev (new I/O fails,
-//!   held I/O is aborted), waits for in-flight I/O, drops every core's snapshot, then the tables
-//!   (releasing the claims), and forgets the device.
+//!   A staged table that names a bdev removed since it was loaded is refused (ENODEV) and
+//!   nothing changes — checked before the suspend and again right before the swap.
+//! * **remove**: EBUSY while the bdev is open unless `force`, the message naming who holds it
+//!   ([`BdevRegistry::holders`]); even with `force`, EBUSY while another table names the
+//!   device's bdev (or a layer over it that would go with it). Unregisters the bdev (new I/O
+//!   fails, held I/O is aborted), waits for in-flight I/O, drops every core's snapshot, then the
+//!   tables (releasing the claims), and forgets the device.
 //! * **rename / set_uuid** raise an event; a rename re-registers the bdev under the new name and
 //!   so needs it closed.
 //!
-//! A base bdev that is hot-removed under a table is not cascaded: the mapped device stays (as in
-//! Linux), I/O to the missing base fails, and a new table can be swapped in to replace it.
+//! # Bases: deletes refused, hot removal survived
+//!
+//! A bdev that a live or staged table names is *held*: as a [`BdevModule`], dm lists those
+//! devices in [`BdevModule::holds`], and every module's delete refuses (EBUSY, naming the
+//! devices) to remove such a bdev or one whose removal would take it along (a malloc under a
+//! passthru a table names) — as Linux refuses to remove a disk dm holds. So a table never names
+//! a bdev a user deleted, and save_config always reloads.
+//!
+//! A base bdev that is hot-removed anyway (the disk vanished) is not cascaded: the mapped device
+//! stays (as in Linux), I/O to the missing base fails, and a new table can be swapped in to
+//! replace it; a staged table naming it cannot be resumed. save_config then writes the live
+//! table with `error` targets where the lost bdev was ([`Table::config_text`]: the I/O that
+//! fails now fails after a reload) and leaves the unresumable staged table out.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -387,6 +402,30 @@ impl BdevModule for DmRegistry {
     fn config(&self, reg: &BdevRegistry) -> Vec<ConfigEntry> {
         self.config_entries(reg)
     }
+
+    /// The devices whose live or staged table names `bdev`: a delete of it is refused while
+    /// one does (a table naming a deleted bdev could neither be resumed nor loaded from
+    /// save_config again).
+    fn holds(&self, bdev: &Arc<Bdev>) -> Vec<String> {
+        self.devices()
+            .iter()
+            .filter_map(|d| {
+                let st = d.state();
+                if st.removed {
+                    return None;
+                }
+                let live = st.live.as_ref().is_some_and(|t| t.names_bdev(bdev));
+                let staged = st.inactive.as_ref().is_some_and(|t| t.names_bdev(bdev));
+                let which = match (live, staged) {
+                    (true, true) => "live and staged tables",
+                    (true, false) => "live table",
+                    (false, true) => "staged table",
+                    (false, false) => return None,
+                };
+                Some(format!("dm device '{}' ({which})", st.name))
+            })
+            .collect()
+    }
 }
 
 fn validate_name(param: &'static str, name: &str) -> Result<(), DmError> {
@@ -409,6 +448,21 @@ fn validate_name(param: &'static str, name: &str) -> Result<(), DmError> {
         ));
     }
     Ok(())
+}
+
+/// A claim error's text with who holds the bdev, when that is known.
+fn with_holders(reg: &BdevRegistry, bdev: &Arc<Bdev>, e: &BdevError) -> String {
+    let holders = reg.holders(bdev);
+    if holders.is_empty() {
+        e.to_string()
+    } else {
+        format!("{e} (held by {})", holders.join(", "))
+    }
+}
+
+/// `'a', 'b'`: names for a message.
+fn quoted(names: &[String]) -> String {
+    names.iter().map(|n| format!("'{n}'")).collect::<Vec<_>>().join(", ")
 }
 
 fn validate_uuid(uuid: &str) -> Result<(), DmError> {
@@ -510,14 +564,14 @@ impl DmRegistry {
                             "a bdev under dm tables was removed: their I/O to it fails until new tables replace it"
                         );
                     })
-                    .map_err(|e| {
-                        let errno = match e {
-                            BdevError::Claimed { .. } | BdevError::HasWriters { .. } => libc::EBUSY,
-                            _ => libc::EINVAL,
-                        };
-                        (e.to_string(), errno)
+                    .map_err(|e| match e {
+                        BdevError::Claimed { .. } | BdevError::HasWriters { .. } => {
+                            (with_holders(&reg, &bdev, &e), libc::EBUSY)
+                        }
+                        _ => (e.to_string(), libc::EINVAL),
                     })?;
-                desc.claim(MODULE).map_err(|e| (e.to_string(), libc::EBUSY))?;
+                desc.claim(MODULE)
+                    .map_err(|e| (with_holders(&reg, &bdev, &e), libc::EBUSY))?;
                 let c = Arc::new(Claim { desc });
                 self.inner().claims.push(Arc::downgrade(&c));
                 c
@@ -763,6 +817,13 @@ impl DmRegistry {
             }
             return self.run_again(dev, None, guard, done);
         };
+        let gone = table.removed_deps();
+        if !gone.is_empty() {
+            return done(Err(DmError::BaseRemoved {
+                device: name,
+                bdevs: quoted(&gone),
+            }));
+        }
         let regeom = match &bdev {
             None => true,
             Some(b) => b.info().block_size != table.block_size || b.info().num_blocks != table.num_blocks(),
@@ -791,6 +852,17 @@ impl DmRegistry {
         let me = self.clone();
         let dev2 = dev.clone();
         let swap = move || {
+            // A bdev the table names may have gone while the device drained: then the old table
+            // stays live, the device runs again and the resume fails.
+            let gone = table.removed_deps();
+            if !gone.is_empty() {
+                let device = dev2.state().name.clone();
+                let err = DmError::BaseRemoved {
+                    device,
+                    bdevs: quoted(&gone),
+                };
+                return me.run_again(dev2, None, guard, Box::new(move |_| done(Err(err))));
+            }
             {
                 let mut st = dev2.state();
                 if st.inactive.as_ref().is_some_and(|t| Arc::ptr_eq(t, &table)) {
@@ -901,20 +973,33 @@ impl DmRegistry {
             if removed {
                 return done(Err(DmError::NotFound(name)));
             }
-            if let Some(b) = &bdev {
-                if !force && b.open_count() > 0 {
-                    return done(Err(DmError::Busy(format!(
-                        "dm device '{name}' is open ({} descriptors)",
-                        b.open_count()
-                    ))));
-                }
-            }
-            dev2.state().removed = true;
-            dev2.published().dead = true;
             let reg = match me.bdevs() {
                 Ok(r) => r,
                 Err(e) => return done(Err(e)),
             };
+            if let Some(b) = &bdev {
+                if !force && b.open_count() > 0 {
+                    let holders = reg.holders(b);
+                    let by = if holders.is_empty() {
+                        String::new()
+                    } else {
+                        format!(": held by {}", holders.join(", "))
+                    };
+                    return done(Err(DmError::Busy(format!(
+                        "dm device '{name}' is open ({} descriptors){by}",
+                        b.open_count()
+                    ))));
+                }
+                // Even forced, a device another table names stays (Linux keeps a held device
+                // too): that table could never be loaded again.
+                if force && reg.get(b.name()).is_some_and(|x| Arc::ptr_eq(&x, b)) {
+                    if let Err(e) = reg.check_removable(b.name()) {
+                        return done(Err(e.into()));
+                    }
+                }
+            }
+            dev2.state().removed = true;
+            dev2.published().dead = true;
             match (bdev, backend) {
                 (Some(b), Some(be)) if reg.get(b.name()).is_some_and(|x| Arc::ptr_eq(&x, &b)) => {
                     be.by_dm.store(true, Ordering::Release);
@@ -1196,20 +1281,32 @@ impl DmRegistry {
             .filter(|d| !d.state().removed)
             .map(|d| {
                 let st = d.state();
-                let deps = |t: &Option<Arc<Table>>| t.as_ref().map(|t| t.deps()).unwrap_or_default();
+                let deps = |t: &Option<Arc<Table>>| t.as_ref().map(|t| t.present_deps()).unwrap_or_default();
+                // A staged table naming a removed bdev can never be resumed: it is not saved.
+                let inactive = st.inactive.as_ref().filter(|t| {
+                    let gone = t.removed_deps();
+                    if !gone.is_empty() {
+                        tracing::warn!(
+                            device = %st.name,
+                            removed = %quoted(&gone),
+                            "save_config: leaving out a staged table that names removed bdevs"
+                        );
+                    }
+                    gone.is_empty()
+                });
                 (
                     d.id,
                     crate::config::DevSnapshot {
                         name: st.name.clone(),
                         uuid: st.uuid.clone(),
-                        live: st.live.as_ref().map(|t| (t.table_text(), t.readonly)),
-                        inactive: st.inactive.as_ref().map(|t| (t.table_text(), t.readonly)),
+                        live: st.live.as_ref().map(|t| (t.config_text(), t.readonly)),
+                        inactive: inactive.map(|t| (t.table_text(), t.readonly)),
                         suspended: st.suspended,
                         bdev_uuid: st.bdev_uuid,
                         minor: d.minor,
                         bdev: st.bdev.as_ref().map(|b| b.name().to_string()),
                         live_deps: deps(&st.live),
-                        inactive_deps: deps(&st.inactive),
+                        inactive_deps: deps(&inactive.cloned()),
                     },
                 )
             })

@@ -35,6 +35,9 @@ pub enum DmError {
     /// `wait` gave up (ETIMEDOUT).
     #[error("timed out waiting for an event on dm device '{0}'")]
     TimedOut(String),
+    /// A table to make live names bdevs that were removed after it was loaded (ENODEV).
+    #[error("dm device '{device}': its table names bdev(s) {bdevs} that were removed; load a table without them")]
+    BaseRemoved { device: String, bdevs: String },
     /// The bdev layer refused something (its own errno).
     #[error(transparent)]
     Bdev(#[from] BdevError),
@@ -49,6 +52,7 @@ impl DmError {
             DmError::Invalid { .. } | DmError::EmptyTable | DmError::Message(_) => -libc::EINVAL,
             DmError::Table { errno, .. } => -errno.abs(),
             DmError::TimedOut(_) => -libc::ETIMEDOUT,
+            DmError::BaseRemoved { .. } => -libc::ENODEV,
             DmError::Bdev(e) => e.errno(),
         }
     }

@@ -57,7 +57,15 @@
 //! `"dm"`. As in Linux (where all mapped devices share one holder), the claim is shared by every
 //! dm table that names the bdev — two devices over one disk are fine, an md array or a passthru
 //! over it is not — and released when the last table naming it is destroyed (clear, swap,
-//! remove).
+//! remove). A bdev a table names is *held*: deleting it (or a bdev whose removal would take it
+//! along) is refused with EBUSY naming the devices (`device.rs`, via the bdev registry's
+//! `check_removable`), so save_config never saves a table naming a deleted bdev.
+//!
+//! # Fuzzing
+//!
+//! [`fuzz::fuzz_one`] runs arbitrary bytes through table parsing, building, rendering and
+//! mapping; the `dm_table` cargo-fuzz target calls it and `tests/fuzz_corpus.rs` replays its
+//! corpus (`fuzz/corpus/dm_table/`) with random and mutated inputs in the normal test run.
 #![forbid(unsafe_code)]
 
 mod channel;
@@ -65,6 +73,7 @@ mod config;
 mod device;
 mod error;
 mod events;
+pub mod fuzz;
 pub mod table;
 pub mod target;
 pub mod targets;

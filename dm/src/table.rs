@@ -6,7 +6,7 @@
 //!    (`<start> <length> <type> <args…>`, whitespace-separated, backslash escapes the next
 //!    character, blank lines and `#` comments skipped), decimal numbers with no junk, length > 0,
 //!    the first target at 0 and each one starting where the previous ended ("Gap in table" for a
-//!    hole or an overlap), a known target type.
+//!    hole or an overlap), a known target type, and a table end whose byte count fits a u64.
 //! 2. [`build`] — the constructors parse each line's arguments (resolving and claiming bdevs
 //!    through a [`DevSource`]), then the device-level rules: the logical block size is the largest
 //!    of the named bdevs' (512 without any); every target's start and length, and every device
@@ -148,7 +148,14 @@ pub fn parse(text: &str) -> Result<Vec<LineSpec>, DmError> {
         }
         next_start = start
             .checked_add(len)
-            .ok_or_else(|| table_err(line, format!("field 2 <num_sectors> '{}'", w[1]), "table end overflows"))?;
+            .filter(|end| end.checked_mul(SECTOR_BYTES).is_some())
+            .ok_or_else(|| {
+                table_err(
+                    line,
+                    format!("field 2 <num_sectors> '{}'", w[1]),
+                    "table end overflows: a device is at most 2^64 bytes",
+                )
+            })?;
         specs.push(LineSpec {
             line,
             start_sectors: start,
@@ -178,6 +185,17 @@ impl TableDev {
             geometry,
             claim: None,
         }
+    }
+
+    /// Whether the bdev behind this device was removed (hot removal) after the table named it.
+    /// Never for a detached device.
+    pub fn is_removed(&self) -> bool {
+        self.claim.as_ref().is_some_and(|c| c.desc.bdev().is_removed())
+    }
+
+    /// Whether this device is `bdev` (the very bdev, not one that took its name later).
+    pub(crate) fn is_bdev(&self, bdev: &Arc<keel_bdev::Bdev>) -> bool {
+        self.claim.as_ref().is_some_and(|c| Arc::ptr_eq(c.desc.bdev(), bdev))
     }
 
     /// The bdev's current name (the table's word when no bdev is behind it).
@@ -397,10 +415,25 @@ pub fn build(
 
 struct Names<'a>(&'a [TableDev]);
 
+/// Device names as table text writes them: a backslash or whitespace in a name is escaped with
+/// a backslash, so that [`parse`] reads the same name back (a bdev named `a\b` would otherwise
+/// come back as `ab` from save_config).
 impl DevNames for Names<'_> {
     fn name(&self, dev: DevIndex) -> String {
-        self.0[dev as usize].current_name()
+        escape_word(&self.0[dev as usize].current_name())
     }
+}
+
+/// `word` with `\` and whitespace escaped by a backslash (the inverse of `words`).
+fn escape_word(word: &str) -> String {
+    let mut out = String::with_capacity(word.len());
+    for c in word.chars() {
+        if c == '\\' || c.is_whitespace() {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
 }
 
 impl Table {
@@ -421,6 +454,60 @@ impl Table {
     /// after the type when the args are empty, as dmsetup prints), each ending in a newline.
     pub fn table_text(&self) -> String {
         self.text(|t, n, out| t.table_args(n, out))
+    }
+
+    /// The TABLE form for save_config: as [`Table::table_text`], except that a target mapping
+    /// onto a bdev that was removed is written as an `error` target of the same extent — the
+    /// I/O it fails now, it fails after a reload too, and the table loads without the missing
+    /// bdev.
+    pub fn config_text(&self) -> String {
+        let names = Names(&self.devs);
+        let mut out = String::new();
+        for l in &self.lines {
+            let lost = l
+                .target
+                .extents()
+                .iter()
+                .any(|x| self.devs[x.dev as usize].is_removed());
+            if lost {
+                let _ = write!(out, "{} {} error ", l.start_sectors, l.len_sectors);
+            } else {
+                let _ = write!(out, "{} {} {} ", l.start_sectors, l.len_sectors, l.ttype.name);
+                l.target.table_args(&names, &mut out);
+            }
+            out.push('\n');
+        }
+        out
+    }
+
+    /// The bdevs this table names that were removed after it was built (current names), each
+    /// once: a table with any cannot become live.
+    pub fn removed_deps(&self) -> Vec<String> {
+        let mut v: Vec<String> = Vec::new();
+        for d in self.devs.iter().filter(|d| d.is_removed()) {
+            let n = d.current_name();
+            if !v.contains(&n) {
+                v.push(n);
+            }
+        }
+        v
+    }
+
+    /// The bdevs the table uses that are still there (current names), each once.
+    pub fn present_deps(&self) -> Vec<String> {
+        let mut v: Vec<String> = Vec::new();
+        for d in self.devs.iter().filter(|d| !d.is_removed()) {
+            let n = d.current_name();
+            if !v.contains(&n) {
+                v.push(n);
+            }
+        }
+        v
+    }
+
+    /// Whether the table names `bdev`.
+    pub(crate) fn names_bdev(&self, bdev: &Arc<keel_bdev::Bdev>) -> bool {
+        self.devs.iter().any(|d| d.is_bdev(bdev))
     }
 
     /// The same in the INFO form (`dmsetup status`).
@@ -470,6 +557,9 @@ mod tests {
     fn words_honour_escapes() {
         assert_eq!(words("  0 8  linear a\\ b  3 "), vec!["0", "8", "linear", "a b", "3"]);
         assert_eq!(words("x\\\\y"), vec!["x\\y"]);
+        for name in ["a b", "x\\y", "tab\there", "plain", "#x", "\\"] {
+            assert_eq!(words(&escape_word(name)), vec![name.to_string()], "{name}");
+        }
     }
 
     #[test]

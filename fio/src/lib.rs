@@ -57,8 +57,9 @@
 //! - Only fio 3.33 (x86_64 layout of Debian bookworm's build).
 //! - Visits over every core (dm table swaps, bdev removal) reach only the cores fio job threads
 //!   hold; unattached cores have no reactor and are passed by.
-//! - `verify_async` is not supported: fio's verify threads would read buffers the engine's
-//!   job thread may be filling at the same time.
+//! - `verify_async` works: fio gives an I/O unit to its verify threads only after the engine
+//!   completed it and does not reuse it before the check ended, and the engine touches a
+//!   buffer only between its unit's submit and completion (`tests/verify_async.rs`).
 #![deny(unsafe_code)]
 
 mod abi;

@@ -811,7 +811,8 @@ impl Engine {
             self.start_tick = now;
             progress.start_tick.store(now.max(1), Ordering::Relaxed);
             if self.spec.run_time_us > 0 {
-                let dur = (self.spec.run_time_us as u128 * ticks_per_sec() as u128 / 1_000_000) as u64;
+                let dur = u64::try_from(self.spec.run_time_us as u128 * ticks_per_sec() as u128 / 1_000_000)
+                    .unwrap_or(u64::MAX);
                 self.end_tick = now.saturating_add(dur);
             }
             if self.reset_io.is_some() {

@@ -3,32 +3,37 @@
 //!
 //! # Shape
 //!
-//! Each array has an [`IoDevice`](keel_reactor::IoDevice)`<MdCore>`: its value on a core ([`MdCore`]) is built by the
-//! layout's factory ([`Layout::core`]), which makes the level's lane and calls
+//! Each array has an [`IoDevice`](keel_reactor::IoDevice)`<MdCore>`: its value on a core
+//! ([`MdCore`]) is built by the layout's factory ([`Layout::core`]), which makes the level's
+//! lane and calls
 //! [`MdCore::new`]`::<L>` — everything below is monomorphised over the lane type `L`. The core's
-//! state, behind one `RefCell` only that core touches, holds:
+//! state lives in keel-bdev's layer scaffold ([`LayerCore`]: behind one `RefCell` only that core
+//! touches, with the completion queue and the poller draining it; the state is its
+//! [`LayerState`]) and holds:
 //!
 //! * [`Members`]: the members' [`Channel`]s on this core (one per role, `None` while the role has
 //!   no member) and a [`ForwardPath`] to each (built once the array bdev's channel on this core
 //!   binds it, [`MdCore::bind`]), a [`ForwardCtx`] counting what is below, the geometry and the
 //!   state shared with the control path ([`Shared`]: slot states, resync checkpoint, the write
 //!   gate);
-//! * the split engine ([`crate::split`]) with its preallocated pools;
+//! * the array's splitter on this core (keel-bdev's `Splitter`, driven with md's policy from
+//!   [`crate::lane`]: the lane's pieces, the members as bases) with its preallocated pools;
 //! * the queue of writes the write gate held;
 //! * the lane.
 //!
-//! One completion queue, drained by one poller per core, gets every member completion; the
-//! poller then runs the split engine's queues, the held writes, and the lane's own step. The
-//! control path reaches a core's state only through `for_each_channel` visits
-//! ([`MdCore::refresh_members`], [`MdCore::kill`]).
+//! The scaffold's completion queue, drained by its poller (`md_<name>`), gets every member
+//! completion; the poller then runs the splitter's queues (refused children, parents waiting
+//! for children), the held writes, and the lane's own step. The control path reaches a core's
+//! state only through `for_each_channel` visits ([`MdCore::refresh_members`],
+//! [`MdCore::kill`]).
 //!
 //! # A request
 //!
 //! The bdev layer calls the array bdev's backend channel ([`MdCore::backend`] made it: it holds
 //! the core's state directly), one dynamic call; from there every call is static. In order:
 //! the lane's [`Lane::fast`] (raid0's shift-only in-place forward; a no-op elsewhere); a dead
-//! array fails the request `Aborted`; flush and reset fan out to the members through the split
-//! engine; on levels with a write gate ([`crate::personality::Caps::resync`]) writes, unmaps and
+//! array fails the request `Aborted`; flush and reset fan out to the members through the
+//! splitter; on levels with a write gate ([`crate::personality::Caps::resync`]) writes, unmaps and
 //! write-zeroes pass it ([`crate::shared::WriteGate::admit`]: dirty mark, sync window, bitmap) —
 //! a held write waits in the held queue, in order, and is admitted again from the poller — and
 //! reach the lane with their [`WriteTicket`]; everything else reaches [`Lane::submit`] directly.
@@ -46,22 +51,21 @@
 //!
 //! After the core's state exists nothing here allocates or locks.
 
-use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::rc::Rc;
 use std::sync::Arc;
 
 use keel_bdev::{
     BackendChannel, Channel, ChannelCx, ChannelStats, CompletionQueue, ForwardCtx, ForwardPath, IoBox, IoOp, IoStatus,
-    Route, RouteHandle, Submit,
+    LayerCore, LayerHandle, LayerState, Route, RouteHandle, Submit,
 };
-use keel_reactor::{current, IoChannel, PollStatus, PollerHandle};
+use keel_reactor::IoChannel;
 
 use crate::geometry::Geometry;
+use crate::lane::{fan_out, splitter, LaneCx, MdSplitter, Policy, WriteTicket, LANE_TAG};
 use crate::layout::MemberIdx;
 use crate::personality::{Lane, Layout};
 use crate::shared::{Admit, Shared, SlotState};
-use crate::split::{LaneCx, Splitter, WriteTicket, LANE_TAG};
 
 /// Initial capacity of the held queue.
 const QUEUE_CAPACITY: usize = 256;
@@ -215,45 +219,17 @@ pub(crate) struct CoreSetup {
 struct CoreState<L> {
     lane: L,
     m: Members,
-    split: Splitter,
+    split: MdSplitter,
     held: VecDeque<IoBox>,
     gated: bool,
     layout: Arc<dyn Layout>,
 }
 
 impl<L: Lane> CoreState<L> {
-    /// Entry of every request (range and op already validated by the bdev layer).
-    #[inline]
-    fn submit(&mut self, io: IoBox, cq: &CompletionQueue) -> Submit {
-        let io = match self.lane.fast(&self.m, io) {
-            Ok(s) => return s,
-            Err(io) => io,
-        };
-        if self.m.dead {
-            io.complete(IoStatus::Aborted);
-            return Submit::Accepted;
-        }
-        match io.op {
-            IoOp::Flush | IoOp::Reset => {
-                let n = self.m.chans.len() as u64;
-                self.split.accept(&mut self.lane, &self.m, io, true, 0, n, None, cq)
-            }
-            IoOp::Write | IoOp::Unmap | IoOp::WriteZeroes if self.gated => self.write(io, cq),
-            _ => {
-                let mut cx = LaneCx {
-                    m: &self.m,
-                    split: &mut self.split,
-                    cq,
-                };
-                self.lane.submit(&mut cx, io, None)
-            }
-        }
-    }
-
     /// A write on a gated level: through the gate (or behind the writes it holds).
     #[inline]
     fn write(&mut self, io: IoBox, cq: &CompletionQueue) -> Submit {
-        if !self.split.has_room() {
+        if !self.split.can_accept() {
             return Submit::Requeue(io);
         }
         if !self.held.is_empty() {
@@ -284,34 +260,6 @@ impl<L: Lane> CoreState<L> {
         self.lane.submit(&mut cx, io, Some(ticket))
     }
 
-    /// One completion from a member.
-    #[inline]
-    fn on_complete(&mut self, mut io: IoBox, cq: &CompletionQueue) {
-        if io.depth() == 0 {
-            if io.tag & LANE_TAG != 0 {
-                self.m.fwd.end();
-                let mut cx = LaneCx {
-                    m: &self.m,
-                    split: &mut self.split,
-                    cq,
-                };
-                return self.lane.own_done(&mut cx, io);
-            }
-            return self.split.child_done(&mut self.lane, &self.m, io, cq);
-        }
-        // A forwarded request that failed (forwarded successes never come here).
-        let word = *io.layer_word();
-        let member = MemberIdx((word >> MEMBER_SHIFT) as u16);
-        self.m.fwd.end();
-        io.offset_blocks = word & OFFSET_MASK;
-        let mut cx = LaneCx {
-            m: &self.m,
-            split: &mut self.split,
-            cq,
-        };
-        self.lane.forward_failed(&mut cx, io, member);
-    }
-
     /// Admits held writes in order while the gate lets them through.
     fn run_held(&mut self, cq: &CompletionQueue) -> usize {
         let mut n = 0;
@@ -322,7 +270,7 @@ impl<L: Lane> CoreState<L> {
                 n += 1;
                 continue;
             }
-            if !self.split.has_room() {
+            if !self.split.can_accept() {
                 break;
             }
             let bs = self.m.geo.block_shift;
@@ -368,32 +316,95 @@ impl<L: Lane> CoreState<L> {
     }
 }
 
-struct Inner<L> {
-    st: RefCell<CoreState<L>>,
-    cq: CompletionQueue,
-}
+/// md's per-core state in keel-bdev's layer scaffold: the requests from above, the member
+/// completions, and the poller's step.
+impl<L: Lane> LayerState for CoreState<L> {
+    /// Entry of every request (range and op already validated by the bdev layer).
+    #[inline]
+    fn submit(&mut self, io: IoBox, cq: &CompletionQueue) -> Submit {
+        let io = match self.lane.fast(&self.m, io) {
+            Ok(s) => return s,
+            Err(io) => io,
+        };
+        if self.m.dead {
+            io.complete(IoStatus::Aborted);
+            return Submit::Accepted;
+        }
+        match io.op {
+            IoOp::Flush | IoOp::Reset => {
+                let roles = self.m.chans.len() as u64;
+                let policy = Policy {
+                    lane: &mut self.lane,
+                    m: &self.m,
+                };
+                fan_out(&mut self.split, policy, io, roles, cq)
+            }
+            IoOp::Write | IoOp::Unmap | IoOp::WriteZeroes if self.gated => self.write(io, cq),
+            _ => {
+                let mut cx = LaneCx {
+                    m: &self.m,
+                    split: &mut self.split,
+                    cq,
+                };
+                self.lane.submit(&mut cx, io, None)
+            }
+        }
+    }
 
-impl<L: Lane> Inner<L> {
-    fn poll(&self) -> usize {
-        let mut guard = self.st.borrow_mut();
-        let st = &mut *guard;
-        let cq = &self.cq;
-        let mut n = cq.drain_now(|io| st.on_complete(io, cq));
-        if st.split.has_queued() {
-            n += st.split.run_retry(&st.m, cq);
-            n += st.split.run_pending(&mut st.lane, &st.m, cq);
+    /// One completion from a member.
+    #[inline]
+    fn complete(&mut self, mut io: IoBox, cq: &CompletionQueue) {
+        if io.depth() == 0 {
+            if io.tag & LANE_TAG != 0 {
+                self.m.fwd.end();
+                let mut cx = LaneCx {
+                    m: &self.m,
+                    split: &mut self.split,
+                    cq,
+                };
+                return self.lane.own_done(&mut cx, io);
+            }
+            let mut policy = Policy {
+                lane: &mut self.lane,
+                m: &self.m,
+            };
+            return self.split.child_done(io, &mut policy, cq);
         }
-        if !st.held.is_empty() {
-            n += st.run_held(cq);
-        }
+        // A forwarded request that failed (forwarded successes never come here).
+        let word = *io.layer_word();
+        let member = MemberIdx((word >> MEMBER_SHIFT) as u16);
+        self.m.fwd.end();
+        io.offset_blocks = word & OFFSET_MASK;
         let mut cx = LaneCx {
-            m: &st.m,
-            split: &mut st.split,
+            m: &self.m,
+            split: &mut self.split,
             cq,
         };
-        n += st.lane.poll(&mut cx);
-        if !st.m.retired.is_empty() && st.m.fwd.inflight() == 0 {
-            st.m.retired.clear();
+        self.lane.forward_failed(&mut cx, io, member);
+    }
+
+    /// The splitter's queues, the held writes, the lane's own step, and replaced member
+    /// channels once nothing is in flight.
+    fn poll(&mut self, cq: &CompletionQueue) -> usize {
+        let mut n = 0;
+        if !self.split.is_idle() {
+            let mut policy = Policy {
+                lane: &mut self.lane,
+                m: &self.m,
+            };
+            n += self.split.poll(&mut policy, cq);
+        }
+        if !self.held.is_empty() {
+            n += self.run_held(cq);
+        }
+        let mut cx = LaneCx {
+            m: &self.m,
+            split: &mut self.split,
+            cq,
+        };
+        n += self.lane.poll(&mut cx);
+        if !self.m.retired.is_empty() && self.m.fwd.inflight() == 0 {
+            self.m.retired.clear();
             n += 1;
         }
         n
@@ -408,11 +419,11 @@ trait CoreOps {
     fn backend(&self, core: IoChannel<MdCore>) -> Box<dyn BackendChannel>;
 }
 
-struct Handle<L>(Rc<Inner<L>>);
+struct Handle<L: Lane>(LayerCore<CoreState<L>>);
 
 impl<L: Lane> CoreOps for Handle<L> {
     fn refresh_members(&self, ids: &[u64], open: &dyn Fn(usize) -> Option<Channel>) {
-        let mut st = self.0.st.borrow_mut();
+        let mut st = self.0.state();
         for (r, &id) in ids.iter().enumerate() {
             if st.m.ids[r] == id {
                 continue;
@@ -428,14 +439,14 @@ impl<L: Lane> CoreOps for Handle<L> {
     }
 
     fn kill(&self) {
-        let mut st = self.0.st.borrow_mut();
+        let mut st = self.0.state();
         st.m.dead = true;
         st.lane.quiesce();
         st.publish_route();
     }
 
     fn bind(&self, cx: &ChannelCx) {
-        let mut st = self.0.st.borrow_mut();
+        let mut st = self.0.state();
         if let Some((_, old)) = st.m.bound.take() {
             old.set(Route::off());
         }
@@ -446,7 +457,7 @@ impl<L: Lane> CoreOps for Handle<L> {
     fn backend(&self, core: IoChannel<MdCore>) -> Box<dyn BackendChannel> {
         Box::new(MdChannel {
             core,
-            inner: self.0.clone(),
+            layer: self.0.handle(),
         })
     }
 }
@@ -455,7 +466,6 @@ impl<L: Lane> CoreOps for Handle<L> {
 /// channel. Built by the array's `IoDevice` factory on the core that first does I/O to it.
 pub(crate) struct MdCore {
     ops: Box<dyn CoreOps>,
-    _poller: PollerHandle,
 }
 
 impl MdCore {
@@ -471,12 +481,10 @@ impl MdCore {
             members,
             gated,
         } = setup;
-        let cq = CompletionQueue::with_capacity(CQ_CAPACITY);
-        let fwd = ForwardCtx::new(cq.clone());
         shared.gate.row(core);
         let roles = members.len();
         let (ids, chans) = members.into_iter().unzip();
-        let st = CoreState {
+        let layer = LayerCore::new(format!("md_{name}"), CQ_CAPACITY, |cq| CoreState {
             lane,
             m: Members {
                 geo: layout.geometry().clone(),
@@ -487,23 +495,16 @@ impl MdCore {
                 bound: None,
                 ids,
                 retired: Vec::new(),
-                fwd,
+                fwd: ForwardCtx::new(cq.clone()),
                 dead: false,
             },
-            split: Splitter::new(),
+            split: splitter(),
             held: VecDeque::with_capacity(QUEUE_CAPACITY),
             gated,
             layout,
-        };
-        let inner = Rc::new(Inner {
-            st: RefCell::new(st),
-            cq,
         });
-        let i2 = inner.clone();
-        let poller = current().register_poller(format!("md_{name}"), move || PollStatus::from_work(i2.poll() > 0));
         MdCore {
-            ops: Box::new(Handle(inner)),
-            _poller: poller,
+            ops: Box::new(Handle(layer)),
         }
     }
 
@@ -538,14 +539,13 @@ impl MdCore {
 struct MdChannel<L> {
     core: IoChannel<MdCore>,
     /// The core's state, held directly (one pointer hop less per I/O).
-    inner: Rc<Inner<L>>,
+    layer: LayerHandle<CoreState<L>>,
 }
 
 impl<L: Lane> BackendChannel for MdChannel<L> {
     #[inline]
     fn submit(&self, io: IoBox) -> Submit {
-        let inner = &*self.inner;
-        inner.st.borrow_mut().submit(io, &inner.cq)
+        self.layer.submit(io)
     }
 
     fn abort_all(&self) {
@@ -558,7 +558,8 @@ mod tests {
     //! The core around a lane that owns its member I/O (the shape a stripe cache takes): reads
     //! become the lane's own requests from a pool of two, parents beyond that wait in the lane's
     //! queue and go out from its poll step, and a kill aborts what still waits. Writes use the
-    //! split engine, so both kinds share the core's completion queue.
+    //! splitter, so both kinds share the core's completion queue. And the splitter's pieces over
+    //! members that are absent or go away while a child waits to be sent again.
 
     use std::collections::VecDeque;
 
@@ -824,6 +825,170 @@ mod tests {
             drop(ch);
             drop(desc);
             drop(member);
+        });
+    }
+
+    /// Two roles, pieces of 8 sectors alternating between them.
+    #[derive(Debug)]
+    struct PairLayout {
+        geo: Arc<Geometry>,
+    }
+
+    impl Layout for PairLayout {
+        fn geometry(&self) -> &Arc<Geometry> {
+            &self.geo
+        }
+
+        fn health(&self, _live: &dyn Fn(MemberIdx) -> bool) -> Health {
+            Health::Optimal
+        }
+
+        fn core(self: Arc<Self>, setup: CoreSetup) -> MdCore {
+            MdCore::new(setup, PairLane)
+        }
+    }
+
+    struct PairLane;
+
+    impl Lane for PairLane {
+        fn submit(&mut self, cx: &mut LaneCx<'_>, io: IoBox, ticket: Option<WriteTicket>) -> Submit {
+            let start = io.offset_blocks;
+            let end = start + io.num_blocks;
+            cx.split(self, io, start, end, ticket)
+        }
+
+        fn next_piece(&mut self, _m: &Members, _op: IoOp, cur: &mut Cursor) -> Piece {
+            let array_sector = cur.next;
+            let sectors = (8 - array_sector % 8).min(cur.end - cur.next);
+            cur.next += sectors;
+            Piece::Child {
+                member: MemberIdx((array_sector / 8 % 2) as u16),
+                member_sector: array_sector,
+                array_sector,
+                sectors,
+            }
+        }
+    }
+
+    /// A member that refuses every request (its queue is always full).
+    struct Refusing;
+
+    impl BackendChannel for Refusing {
+        fn submit(&self, io: IoBox) -> Submit {
+            Submit::Requeue(io)
+        }
+
+        fn abort_all(&self) {}
+    }
+
+    impl BdevBackend for Refusing {
+        fn create_channel(&self, _cx: &ChannelCx) -> Box<dyn BackendChannel> {
+            Box::new(Refusing)
+        }
+
+        fn config(&self, _info: &BdevInfo) -> Option<ConfigCall> {
+            None
+        }
+    }
+
+    fn params(name: &str) -> BdevParams {
+        BdevParams {
+            name: name.into(),
+            uuid: None,
+            product_name: "test",
+            module: "test",
+            block_size: 512,
+            num_blocks: BLOCKS,
+            caps: IoCaps::of(&[IoOp::Read, IoOp::Write, IoOp::Flush]),
+            optimal_io_boundary_blocks: 0,
+        }
+    }
+
+    #[test]
+    fn pieces_on_absent_or_departed_members_fail_their_parent_through_the_queue() {
+        let d = TestDriver::new(1);
+        let reg = BdevRegistry::new(d.cores());
+        reg.register(params("R0"), Arc::new(Refusing)).unwrap();
+        malloc::create(&reg, &malloc::MallocOpts::new("M1", BLOCKS, 512)).unwrap();
+        let shared = Arc::new(Shared::new(&[SlotState::InSync; 2], u64::MAX, true, None));
+        let layout: Arc<dyn Layout> = Arc::new(PairLayout {
+            geo: Arc::new(Geometry {
+                size_sectors: BLOCKS,
+                data_offset_sectors: 0,
+                block_shift: 0,
+                member_shifts: vec![0, 0],
+            }),
+        });
+        let r0 = Arc::new(reg.open("R0", true, |_| {}).unwrap());
+        let m1 = Arc::new(reg.open("M1", true, |_| {}).unwrap());
+        let (l2, s2, a, b) = (layout.clone(), shared.clone(), r0.clone(), m1.clone());
+        let dev = Arc::new(IoDevice::new("md_pair".to_string(), move |core: CoreId| {
+            l2.clone().core(CoreSetup {
+                name: "pair".into(),
+                core: core.0,
+                layout: l2.clone(),
+                shared: s2.clone(),
+                members: vec![(1, Some(a.channel())), (2, Some(b.channel()))],
+                gated: false,
+            })
+        }));
+        reg.register(params("pair"), Arc::new(OwnBackend { dev: dev.clone() }))
+            .unwrap();
+        let cq = CompletionQueue::with_capacity(64);
+        let (desc, ch) = d.enter(MAIN, || {
+            let desc = reg.open("pair", true, |_| {}).unwrap();
+            let ch = desc.channel();
+            (desc, ch)
+        });
+        let buf = DmaBuf::new(16 * 512);
+        let write = |block: u64, blocks: u64| {
+            let mut io = IoRequest::new_boxed();
+            io.iovs.push(IoVec::whole(buf.clone()));
+            io.prepare(IoOp::Write, block, blocks);
+            io
+        };
+        let wait_one = |d: &TestDriver| {
+            let mut got = None;
+            assert!(d.run_until(100_000, || {
+                got = cq.pop().map(|io| io.status());
+                got.is_some()
+            }));
+            got.unwrap()
+        };
+        // A piece on role 1 alone: it goes to M1 and succeeds.
+        d.enter(MAIN, || {
+            assert!(matches!(ch.submit(write(8, 8), &cq), Submit::Accepted))
+        });
+        assert_eq!(wait_one(&d), IoStatus::Success);
+        // A write over both roles while R0 refuses: its first piece waits to be sent again, the
+        // second is written; nothing completes while R0 keeps refusing.
+        d.enter(MAIN, || {
+            assert!(matches!(ch.submit(write(0, 16), &cq), Submit::Accepted))
+        });
+        d.run_until_idle(50);
+        assert!(cq.pop().is_none(), "the parent waits for its refused piece");
+        // Role 0 loses its member on this core with the child still waiting: the child cannot go
+        // anywhere, comes back `Removed` through the core's queue, and fails its parent.
+        d.enter(MAIN, || {
+            dev.for_each_channel(|c: &MdCore| c.refresh_members(&[0, 2], |_| None), || {})
+        });
+        assert_eq!(wait_one(&d), IoStatus::Failed);
+        // Role 0 absent: its pieces are answered without a child and fail the parent; the flush
+        // goes to role 1 only.
+        d.enter(MAIN, || {
+            assert!(matches!(ch.submit(write(4, 8), &cq), Submit::Accepted))
+        });
+        assert_eq!(wait_one(&d), IoStatus::Failed);
+        d.enter(MAIN, || {
+            let mut io = IoRequest::new_boxed();
+            io.prepare(IoOp::Flush, 0, 0);
+            assert!(matches!(ch.submit(io, &cq), Submit::Accepted));
+        });
+        assert_eq!(wait_one(&d), IoStatus::Success);
+        d.enter(MAIN, move || {
+            drop(ch);
+            drop(desc);
+            drop((r0, m1));
         });
     }
 }

@@ -9,14 +9,18 @@
 //! - Formats: [`superblock`] (the v1.x superblock, fixed-size little-endian with its checksum and
 //!   the kernel's load checks) and [`bitmap`] (the bitmap header and bit math); [`meta_io`] and
 //!   [`examine`] read and write metadata through the bdev layer (`md_examine`).
-//! - The array core, [`array`](mod@array): [`MdRegistry`] creates, assembles and stops arrays, adds, fails and
-//!   removes members and drives sync actions; each array's state shared with every core is in
-//!   the private `shared` module (member slot states, resync checkpoint, the write gate: dirty
+//! - The array core, [`array`](mod@array): [`MdRegistry`] creates, assembles and stops arrays,
+//!   adds, fails and removes members and drives sync actions. It is md's bdev module
+//!   ([`keel_bdev::BdevModule`]): one per bdev registry, owned by it
+//!   (`reg.module::<MdRegistry>()`, no process-wide map), examining new bdevs for
+//!   examine-on-appear and stopping every array at the registry's `fini_modules`; an array bdev
+//!   names its members as its bases, so save_config recreates it after them. Each array's state
+//!   shared with every core is in the private `shared` module (member slot states, resync checkpoint, the write gate: dirty
 //!   marking, the sync window barrier, the bitmap), its level-independent geometry in `geometry`.
 //!   Assembly (`assemble`): classify members from their superblocks, start, examine-on-appear.
 //! - The per-core data path, `channel`: the core around a level's lane (dead arrays, flush and
-//!   reset fan-out, the write gate, in-place forwarding, routes), with the split engine in
-//!   `split`.
+//!   reset fan-out, the write gate, in-place forwarding, routes); what a lane works with and
+//!   md's policy for keel-bdev's splitter (one engine for every layer that splits) in `lane`.
 //! - The control poller, `daemon` (one per array, main reactor): superblock writes, dirty/clean
 //!   marking (safe mode), member failure and spare activation, the bitmap's disk side
 //!   (`intent`), and sync runs.
@@ -38,6 +42,7 @@ mod error;
 pub mod examine;
 mod geometry;
 mod intent;
+mod lane;
 pub mod layout;
 pub mod linear;
 pub mod meta_io;
@@ -47,7 +52,6 @@ pub mod raid0;
 mod raid1;
 pub mod raid10;
 mod shared;
-mod split;
 mod striped;
 pub mod superblock;
 mod sync;

@@ -3,12 +3,12 @@
 //!
 //! # Who is who
 //!
-//! The **array core** (`array`, `assemble`, `daemon`, `shared`, `intent`, `channel`, `split`,
+//! The **array core** (`array`, `assemble`, `daemon`, `shared`, `intent`, `channel`, `lane`,
 //! `sync`) owns everything an array has whatever its level: the members and their descriptors,
 //! the slot states (in sync, rebuilding from a checkpoint, faulty, missing), spares, the
 //! superblocks and their events, the write-intent bitmap, the write gate (dirty marking, the sync
 //! window barrier, the bitmap bits), the sync windows, checkpoints and speed limits, the per-core
-//! member channels and forward paths, the split engine. It never asks which level it runs: it
+//! member channels and forward paths, the splitter (keel-bdev's, with md's policy). It never asks which level it runs: it
 //! asks the level's three objects below, and reads the level's [`Caps`] as data.
 //!
 //! A **personality** is one file per level (`linear.rs`, `raid0.rs`, `raid1.rs`, `raid10.rs`;
@@ -47,12 +47,12 @@
 //!   [`MdCore::new`], monomorphised over the lane: one dynamic call per request (the bdev layer's
 //!   `BackendChannel::submit`), as before, and none inside. The core's state serialises the lane's
 //!   calls (one `RefCell` per core, never borrowed across a poll); everything a lane is handed —
-//!   the member channels ([`Members`]), the split engine ([`LaneCx`]) — belongs to the core.
+//!   the member channels ([`Members`]), the splitter ([`LaneCx`]) — belongs to the core.
 //! * Per request, on the submitting core: the core answers dead arrays, fans flush and reset
 //!   out, and passes writes (write, unmap, write-zeroes) of levels with [`Caps::resync`] through
 //!   the write gate **before** the lane sees them: a write reaches [`Lane::submit`] with a
 //!   [`WriteTicket`] (dirty mark on disk, outside the sync window, bitmap bits set), which the
-//!   lane hands to the split engine with the request (the engine ends it when the parent
+//!   lane hands to the splitter with the request (md's policy ends it when the parent
 //!   completes, telling the gate whether every copy took the write). Only [`Lane::fast`] runs
 //!   before all that (raid0's shift-only in-place forward); it must check `Members::dead`.
 //! * Main reactor, per sync run: the daemon starts a run only for layouts with a [`SyncShape`];
@@ -105,7 +105,7 @@ use crate::{linear, raid0, raid1, raid10, MdError};
 
 pub(crate) use crate::channel::{CoreSetup, MdCore, Members};
 #[allow(unused_imports)] // LANE_TAG: for lanes that own their I/O
-pub(crate) use crate::split::{Cursor, FailedChild, LaneCx, Piece, Verdict, WriteTicket, LANE_TAG};
+pub(crate) use crate::lane::{Cursor, FailedChild, LaneCx, Piece, Verdict, WriteTicket, LANE_TAG};
 
 /// Most members of any array: the role table mdadm's 1.x superblocks make room for.
 pub(crate) const MAX_MEMBERS: usize = crate::array::ROLE_TABLE_LEN;
@@ -246,7 +246,7 @@ pub(crate) trait Layout: Send + Sync + Debug {
 }
 
 /// A layout's channel on one core (module docs). Every method runs on that core, inside the
-/// core's state; the core owns the members, the split engine and the completion queue, the lane
+/// core's state; the core owns the members, the splitter and the completion queue, the lane
 /// only what it maps with.
 pub(crate) trait Lane: Sized + 'static {
     /// The sync-space range (see [`SyncShape`]) a write of array sectors `[start, end)` touches:
@@ -265,9 +265,11 @@ pub(crate) trait Lane: Sized + 'static {
     /// reads). Forwards in place, splits, or completes the request; a ticket goes on with the
     /// request into [`LaneCx::split`].
     fn submit(&mut self, cx: &mut LaneCx<'_>, io: IoBox, ticket: Option<WriteTicket>) -> Submit;
-    /// The split engine asks for the next piece of a parent of `op` at `cur` (a read or write
-    /// the lane split; flush and reset fan out without the lane). The lane moves `cur` past
-    /// what it returns.
+    /// The splitter asks for the next piece of a parent of `op` at `cur` (a read or write the
+    /// lane split; flush and reset fan out without the lane). The lane moves `cur` past
+    /// what it returns. A piece that needs a child while the pool is empty is asked for again
+    /// later (from the same cursor), so what the lane changes besides `cur` (a read rotation)
+    /// must be harmless to repeat.
     fn next_piece(&mut self, m: &Members, op: IoOp, cur: &mut Cursor) -> Piece;
     /// A child failed (not `Aborted`): what it means for its parent.
     fn child_failed(&mut self, _m: &Members, _child: &FailedChild) -> Verdict {

@@ -1,17 +1,21 @@
 //! raid0: striping in zones over members of possibly different sizes
 //! (`shared/specs/md-personalities.md` §3), both multi-zone layouts. No redundancy, every member
-//! needed. The data path is `striped`'s; a one-zone raid0 over a power-of-two number of
-//! members is mapped with shifts (`Pow2Stripe`), and one of up to [`keel_bdev::ROUTE_LEGS`]
-//! members publishes a striped [`Route`] while every member is present.
+//! needed. Each zone is a [`Striping`] (keel-bdev's round-robin arithmetic, the one routes and
+//! dm-striped use: shifts and masks for a power of two of members, a multiply by a reciprocal
+//! otherwise) of the chunk over the zone's members; the "original" layout turns a zone's leg
+//! by the zone's first chunk. The data path is `striped`'s; a one-zone raid0 over members of
+//! the array's block size is mapped in the lane's fast step before anything else, and one of
+//! up to [`keel_bdev::ROUTE_LEGS`] members publishes a striped [`Route`] while every member is
+//! present.
 
 use std::sync::Arc;
 
-use keel_bdev::{ForwardPath, IoCaps, Leg, Route};
+use keel_bdev::{ForwardPath, IoCaps, Leg, Route, Striping};
 
 use crate::geometry::{Geometry, StartRequest};
 use crate::layout::{check_chunk, MemberIdx, Place};
 use crate::personality::{Caps, Layout, Personality, PlanRequest, SbShape, MAX_MEMBERS};
-use crate::striped::{Pow2Stripe, StripeMap, StripedLayout};
+use crate::striped::{OneZone, StripeMap, StripedLayout};
 use crate::superblock::{feature, Superblock};
 use crate::MdError;
 
@@ -158,13 +162,18 @@ struct Zone {
     /// Member sector where the zone starts on each of its members.
     dev_start: u64,
     members: Vec<MemberIdx>,
+    /// The chunk over the zone's members, zone sectors to (leg, sector from `dev_start`).
+    striping: Striping,
+    /// What the layout adds to a leg (modulo the members): "original" counts chunks from the
+    /// array's start, so its legs turn by the zone's first chunk; "alternate" from the zone's.
+    rotate: usize,
 }
 
 /// raid0 over members of possibly different sizes.
 #[derive(Debug, Clone)]
 pub struct Raid0 {
     chunk_sectors: u64,
-    layout: Raid0Layout,
+    /// The zones in array order; the layout is in their rotations.
     zones: Vec<Zone>,
 }
 
@@ -192,21 +201,25 @@ impl Raid0 {
                 .filter(|&i| rounded[i] > dev_start)
                 .map(|i| MemberIdx(i as u16))
                 .collect();
-            let len = (size - dev_start) * members.len() as u64;
+            let legs = members.len() as u64;
+            let len = (size - dev_start) * legs;
+            let striping = Striping::new(chunk_sectors, legs).expect("a power-of-two chunk over members");
+            let rotate = match layout {
+                Raid0Layout::Original => ((array_start / chunk_sectors) % legs) as usize,
+                Raid0Layout::Alternate => 0,
+            };
             zones.push(Zone {
                 start: array_start,
                 end: array_start + len,
                 dev_start,
                 members,
+                striping,
+                rotate,
             });
             array_start += len;
             dev_start = size;
         }
-        Ok(Raid0 {
-            chunk_sectors,
-            layout,
-            zones,
-        })
+        Ok(Raid0 { chunk_sectors, zones })
     }
 
     /// Array size in sectors.
@@ -214,24 +227,16 @@ impl Raid0 {
         self.zones.last().map(|z| z.end).unwrap_or(0)
     }
 
-    /// For one zone over every member in role order: (log2 chunk sectors, members) — chunk `c`
-    /// is chunk `c / members` of member `c % members` (both layouts agree on one zone).
-    pub fn single_zone(&self) -> Option<(u32, usize)> {
+    /// For one zone over every member in role order: its striping, in sectors — chunk `c` is
+    /// chunk `c / members` of member `c % members` (both layouts agree on one zone).
+    pub fn single_zone(&self) -> Option<Striping> {
         match self.zones.as_slice() {
             [z] if z.start == 0 && z.dev_start == 0 => {
                 let in_order = z.members.iter().enumerate().all(|(i, m)| m.0 as usize == i);
-                in_order.then(|| (self.chunk_sectors.trailing_zeros(), z.members.len()))
+                in_order.then_some(z.striping)
             }
             _ => None,
         }
-    }
-
-    /// [`Raid0::single_zone`] over a power-of-two number of members: (log2 chunk sectors, log2
-    /// members), the shape a data path can map with shifts alone.
-    pub fn pow2_single_zone(&self) -> Option<(u32, u32)> {
-        self.single_zone()
-            .filter(|(_, n)| n.is_power_of_two())
-            .map(|(chunk_shift, n)| (chunk_shift, n.trailing_zeros()))
     }
 
     /// Number of zones.
@@ -240,7 +245,8 @@ impl Raid0 {
     }
 
     /// The place of `array_sector` and the sectors left in its chunk. On the I/O path: the
-    /// chunk is a power of two (shifts and masks), and so is the member count of most zones.
+    /// zone's [`Striping`] places it (zones start at chunk boundaries, so a chunk of the zone is
+    /// a chunk of the array), the layout's rotation picks the member.
     #[inline]
     pub fn map(&self, array_sector: u64) -> (Place, u64) {
         let z = if self.zones.len() == 1 {
@@ -248,29 +254,18 @@ impl Raid0 {
         } else {
             &self.zones[self.zones.partition_point(|z| z.end <= array_sector)]
         };
-        let chunk = self.chunk_sectors;
-        let shift = chunk.trailing_zeros();
-        let zsect = array_sector - z.start;
-        let chunk_off = array_sector & (chunk - 1);
-        let zchunk = zsect >> shift;
-        let nb = z.members.len() as u64;
-        let pick = match self.layout {
-            Raid0Layout::Original => array_sector >> shift,
-            Raid0Layout::Alternate => zchunk,
-        };
-        let (idx, row) = if nb.is_power_of_two() {
-            let s = nb.trailing_zeros();
-            (pick & (nb - 1), zchunk >> s)
-        } else {
-            (pick % nb, zchunk / nb)
-        };
-        let sector = z.dev_start + (row << shift) + chunk_off;
+        let p = z.striping.locate(array_sector - z.start);
+        // Both below the zone's member count: one conditional subtraction is the modulo.
+        let mut idx = p.leg + z.rotate;
+        if idx >= z.members.len() {
+            idx -= z.members.len();
+        }
         (
             Place {
-                member: z.members[idx as usize],
-                sector,
+                member: z.members[idx],
+                sector: z.dev_start + p.offset_blocks,
             },
-            chunk - chunk_off,
+            p.left_blocks,
         )
     }
 }
@@ -281,14 +276,13 @@ impl StripeMap for Raid0 {
         Raid0::map(self, array_sector)
     }
 
-    fn pow2(&self, geo: &Geometry) -> Option<Pow2Stripe> {
+    fn one_zone(&self, geo: &Geometry) -> Option<OneZone> {
         if !geo.uniform_blocks() {
             return None;
         }
-        self.pow2_single_zone().map(|(chunk_shift, members_shift)| Pow2Stripe {
+        self.single_zone().map(|striping| OneZone {
+            striping,
             block_shift: geo.block_shift,
-            chunk_shift,
-            members_shift,
             data_offset_sectors: geo.data_offset_sectors,
         })
     }
@@ -296,7 +290,7 @@ impl StripeMap for Raid0 {
     /// A one-zone raid0 (of up to `ROUTE_LEGS` members, all of the array's block size) while
     /// every member has a path on this core.
     fn route(&self, geo: &Geometry, paths: &[Option<ForwardPath>]) -> Option<Route> {
-        let (chunk_shift, _) = self.single_zone()?;
+        let chunk_shift = self.single_zone()?.chunk_shift();
         if !geo.uniform_blocks() || chunk_shift < geo.block_shift {
             return None;
         }

@@ -4,15 +4,15 @@
 //!
 //! A request that stays on one member (inside one chunk for raid0) is forwarded **in place**
 //! when that member has the array's block size ([`LaneCx::forward`]); anything else is split
-//! at member/chunk boundaries. A map that reduces to shifts ([`Pow2Stripe`]: raid0 of one zone
-//! over a power-of-two number of members with the array's block size) is mapped in
-//! [`Lane::fast`] before anything else, and a map may publish a [`Route`] so the bdev layer
-//! forwards without calling the array at all.
+//! at member/chunk boundaries. A map that is one striping over every member ([`OneZone`]: raid0
+//! of one zone, members of the array's block size) is mapped in [`Lane::fast`] before anything
+//! else, and a map may publish a [`Route`] so the bdev layer forwards without calling the array
+//! at all.
 
 use std::fmt::Debug;
 use std::sync::Arc;
 
-use keel_bdev::{ForwardPath, IoBox, IoOp, Route, Submit};
+use keel_bdev::{ForwardPath, IoBox, IoOp, Route, Striping, Submit};
 
 use crate::channel::{forward_in_place, Members};
 use crate::geometry::Geometry;
@@ -24,8 +24,8 @@ pub(crate) trait StripeMap: Send + Sync + Debug + 'static {
     /// The place of `array_sector` and the sectors left on that member (or in that chunk) from
     /// there.
     fn map(&self, array_sector: u64) -> (Place, u64);
-    /// The shift-only form of the map over `geo`, if it has one.
-    fn pow2(&self, _geo: &Geometry) -> Option<Pow2Stripe> {
+    /// The map as one striping over every member in role order, over `geo`, if it is one.
+    fn one_zone(&self, _geo: &Geometry) -> Option<OneZone> {
         None
     }
     /// The route over `paths` (see [`Layout::route`]).
@@ -38,13 +38,12 @@ pub(crate) trait StripeMap: Send + Sync + Debug + 'static {
     }
 }
 
-/// Chunk `c` of the array is chunk `c >> members_shift` of member `c & (members - 1)`, every
-/// member with the array's block size: mapped with shifts and masks.
+/// The array is one [`Striping`] (in sectors) over every member in role order, every member
+/// with the array's block size: chunk `c` is chunk `c / members` of member `c % members`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct Pow2Stripe {
+pub(crate) struct OneZone {
+    pub striping: Striping,
     pub block_shift: u32,
-    pub chunk_shift: u32,
-    pub members_shift: u32,
     pub data_offset_sectors: u64,
 }
 
@@ -86,7 +85,7 @@ impl<M: StripeMap> Layout for StripedLayout<M> {
     }
 
     fn core(self: Arc<Self>, setup: CoreSetup) -> MdCore {
-        let fast = self.map.pow2(&self.geo);
+        let fast = self.map.one_zone(&self.geo);
         MdCore::new(setup, StripedLane { layout: self, fast })
     }
 }
@@ -94,23 +93,21 @@ impl<M: StripeMap> Layout for StripedLayout<M> {
 /// A one-copy layout's lane on one core.
 pub(crate) struct StripedLane<M> {
     layout: Arc<StripedLayout<M>>,
-    fast: Option<Pow2Stripe>,
+    fast: Option<OneZone>,
 }
 
 impl<M: StripeMap> Lane for StripedLane<M> {
     #[inline(always)]
     fn fast(&mut self, m: &Members, io: IoBox) -> Result<Submit, IoBox> {
-        if let Some(f) = self.fast {
+        if let Some(f) = &self.fast {
             if !m.dead() && !matches!(io.op, IoOp::Flush | IoOp::Reset) {
                 let start = io.offset_blocks << f.block_shift;
                 let len = io.num_blocks << f.block_shift;
-                let chunk = start >> f.chunk_shift;
-                let off = start & ((1 << f.chunk_shift) - 1);
-                if off + len <= 1 << f.chunk_shift {
-                    let member = MemberIdx((chunk & ((1 << f.members_shift) - 1)) as u16);
-                    let member_sector = ((chunk >> f.members_shift) << f.chunk_shift) + off;
+                let p = f.striping.locate(start);
+                if len <= p.left_blocks {
+                    let member = MemberIdx(p.leg as u16);
                     if let Some(path) = m.path(member) {
-                        let at = (f.data_offset_sectors + member_sector) >> f.block_shift;
+                        let at = (f.data_offset_sectors + p.offset_blocks) >> f.block_shift;
                         return Ok(forward_in_place(path, io, member, at));
                     }
                 }

@@ -6,6 +6,8 @@
 //! append to the caller's `Vec`; decoders borrow from the caller's buffer and return the number
 //! of bytes the message took. Decoders never panic on short or bad input.
 
+use std::io::{Read, Write};
+
 use crate::consts::*;
 use crate::error::NbdError;
 use crate::reply::Extent;
@@ -330,4 +332,232 @@ fn need(buf: &[u8], len: usize) -> Result<&[u8], NbdError> {
         need_bytes: len,
         have_bytes: buf.len(),
     })
+}
+
+/// A minimal blocking NBD client over any byte stream: fixed-newstyle negotiation ending in
+/// `GO`, requests, and their replies (simple, or structured chunks gathered until `DONE`).
+///
+/// For tests and tools (the crash test, the bad-input scenarios), never for the data path: it
+/// allocates per request and blocks on its stream. Owned by the calling thread.
+pub struct BlockingClient<S: Read + Write> {
+    /// The stream (reach it for raw bytes, timeouts or shutdown).
+    pub stream: S,
+    /// The export's size.
+    pub size_bytes: u64,
+    /// The transmission flags the server sent.
+    pub transmission_flags: u16,
+    /// Structured replies were negotiated.
+    pub structured: bool,
+    /// Data length of every READ in flight, by cookie (simple replies do not carry it).
+    reads: std::collections::HashMap<u64, u64>,
+    next_cookie: u64,
+}
+
+/// One complete reply, as [`BlockingClient::reply`] returns it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Reply {
+    /// The request's cookie.
+    pub cookie: u64,
+    /// 0 or the errno.
+    pub error: u32,
+    /// A READ's data (empty otherwise, or on error).
+    pub data: Vec<u8>,
+}
+
+fn io_err(what: impl std::fmt::Display) -> std::io::Error {
+    std::io::Error::new(std::io::ErrorKind::InvalidData, what.to_string())
+}
+
+impl<S: Read + Write> BlockingClient<S> {
+    /// Negotiates on `stream`: client flags `FIXED_NEWSTYLE | NO_ZEROES`, `STRUCTURED_REPLY`
+    /// if `structured`, then `GO(export, [BLOCK_SIZE])`. An option error is `InvalidData`.
+    pub fn connect(mut stream: S, export: &str, structured: bool) -> std::io::Result<Self> {
+        let mut g = [0u8; GREETING_LEN];
+        stream.read_exact(&mut g)?;
+        decode_greeting(&g).map_err(io_err)?;
+        let mut out = Vec::new();
+        encode_client_flags(&mut out, FLAG_C_FIXED_NEWSTYLE | FLAG_C_NO_ZEROES);
+        if structured {
+            encode_option(&mut out, OPT_STRUCTURED_REPLY, &[]);
+        }
+        encode_info_request(&mut out, OPT_GO, export, &[INFO_BLOCK_SIZE]);
+        stream.write_all(&out)?;
+        let mut client = BlockingClient {
+            stream,
+            size_bytes: 0,
+            transmission_flags: 0,
+            structured,
+            reads: std::collections::HashMap::new(),
+            next_cookie: 1,
+        };
+        loop {
+            let (option, reply_type, data) = client.option_reply()?;
+            if reply_type & REP_FLAG_ERROR != 0 {
+                return Err(io_err(format!(
+                    "option {option} refused with {reply_type:#x}: {}",
+                    String::from_utf8_lossy(&data)
+                )));
+            }
+            match (option, reply_type) {
+                (OPT_GO, REP_INFO) => {
+                    if let Ok(Info::Export { size_bytes, flags }) = decode_info(&data) {
+                        client.size_bytes = size_bytes;
+                        client.transmission_flags = flags;
+                    }
+                }
+                (OPT_GO, REP_ACK) => return Ok(client),
+                _ => {}
+            }
+        }
+    }
+
+    /// A client already in transmission with simple replies (no negotiation: a socketpair to a
+    /// server started that way, as the kernel client's).
+    pub fn in_transmission(stream: S) -> Self {
+        BlockingClient {
+            stream,
+            size_bytes: 0,
+            transmission_flags: 0,
+            structured: false,
+            reads: std::collections::HashMap::new(),
+            next_cookie: 1,
+        }
+    }
+
+    fn option_reply(&mut self) -> std::io::Result<(u32, u32, Vec<u8>)> {
+        let mut h = [0u8; OPTION_REPLY_HEADER_LEN];
+        self.stream.read_exact(&mut h)?;
+        if be64(&h, 0) != OPTION_REPLY_MAGIC {
+            return Err(io_err("bad option reply magic"));
+        }
+        let len = be32(&h, 16) as usize;
+        let mut data = vec![0u8; len];
+        self.stream.read_exact(&mut data)?;
+        Ok((be32(&h, 8), be32(&h, 12), data))
+    }
+
+    /// Sends one compact request (with `payload` after it, for a WRITE) and returns its cookie.
+    pub fn send(
+        &mut self,
+        flags: u16,
+        command: u16,
+        offset_bytes: u64,
+        length: u32,
+        payload: &[u8],
+    ) -> std::io::Result<u64> {
+        let cookie = self.next_cookie;
+        self.next_cookie += 1;
+        let mut h = [0u8; COMPACT_REQUEST_LEN];
+        crate::request::RequestHeader {
+            flags,
+            command,
+            cookie,
+            offset_bytes,
+            length: u64::from(length),
+        }
+        .encode(false, &mut h)
+        .map_err(io_err)?;
+        if command == CMD_READ {
+            self.reads.insert(cookie, u64::from(length));
+        }
+        let mut msg = Vec::with_capacity(h.len() + payload.len());
+        msg.extend_from_slice(&h);
+        msg.extend_from_slice(payload);
+        self.stream.write_all(&msg)?;
+        Ok(cookie)
+    }
+
+    /// Reads the next complete reply (all chunks of it up to `DONE`).
+    pub fn reply(&mut self) -> std::io::Result<Reply> {
+        let mut magic = [0u8; 4];
+        self.stream.read_exact(&mut magic)?;
+        let hlen = match be32(&magic, 0) {
+            SIMPLE_REPLY_MAGIC => SIMPLE_REPLY_LEN,
+            STRUCTURED_REPLY_MAGIC => STRUCTURED_REPLY_HEADER_LEN,
+            other => return Err(io_err(format!("bad reply magic {other:#x}"))),
+        };
+        let mut h = vec![0u8; hlen];
+        h[..4].copy_from_slice(&magic);
+        self.stream.read_exact(&mut h[4..])?;
+        let (header, _) = decode_reply_header(&h).map_err(io_err)?;
+        match header {
+            ReplyHeader::Simple { error, cookie } => {
+                let len = self.reads.remove(&cookie).unwrap_or(0);
+                let mut data = Vec::new();
+                if error == 0 && len > 0 {
+                    data = vec![0u8; len as usize];
+                    self.stream.read_exact(&mut data)?;
+                }
+                Ok(Reply { cookie, error, data })
+            }
+            ReplyHeader::Chunk {
+                flags,
+                kind,
+                cookie,
+                payload_bytes,
+                ..
+            } => {
+                let mut reply = Reply {
+                    cookie,
+                    error: 0,
+                    data: Vec::new(),
+                };
+                let (mut flags, mut kind, mut payload_bytes) = (flags, kind, payload_bytes);
+                loop {
+                    let mut payload = vec![0u8; payload_bytes as usize];
+                    self.stream.read_exact(&mut payload)?;
+                    match decode_chunk_payload(kind, &payload).map_err(io_err)? {
+                        ChunkPayload::OffsetData { data, .. } => reply.data.extend_from_slice(data),
+                        ChunkPayload::Error { errno, .. } => reply.error = errno,
+                        _ => {}
+                    }
+                    if flags & REPLY_FLAG_DONE != 0 {
+                        self.reads.remove(&cookie);
+                        return Ok(reply);
+                    }
+                    let mut h = [0u8; STRUCTURED_REPLY_HEADER_LEN];
+                    self.stream.read_exact(&mut h)?;
+                    match decode_reply_header(&h).map_err(io_err)? {
+                        (
+                            ReplyHeader::Chunk {
+                                flags: f,
+                                kind: k,
+                                cookie: c,
+                                payload_bytes: p,
+                                ..
+                            },
+                            _,
+                        ) if c == cookie => (flags, kind, payload_bytes) = (f, k, p),
+                        _ => return Err(io_err("interleaved chunks are not supported by this client")),
+                    }
+                }
+            }
+        }
+    }
+
+    /// WRITE (with `FUA` if asked); returns the reply's errno.
+    pub fn write(&mut self, offset_bytes: u64, data: &[u8], fua: bool) -> std::io::Result<u32> {
+        let flags = if fua { CMD_FLAG_FUA } else { 0 };
+        self.send(flags, CMD_WRITE, offset_bytes, data.len() as u32, data)?;
+        Ok(self.reply()?.error)
+    }
+
+    /// READ; `Err(errno)` inside when the server refused.
+    pub fn read(&mut self, offset_bytes: u64, len: u32) -> std::io::Result<Result<Vec<u8>, u32>> {
+        self.send(0, CMD_READ, offset_bytes, len, &[])?;
+        let r = self.reply()?;
+        Ok(if r.error == 0 { Ok(r.data) } else { Err(r.error) })
+    }
+
+    /// FLUSH; returns the reply's errno.
+    pub fn flush(&mut self) -> std::io::Result<u32> {
+        self.send(0, CMD_FLUSH, 0, 0, &[])?;
+        Ok(self.reply()?.error)
+    }
+
+    /// Sends `DISC` and gives the stream back (the server closes after its replies).
+    pub fn disconnect(mut self) -> std::io::Result<S> {
+        self.send(0, CMD_DISC, 0, 0, &[])?;
+        Ok(self.stream)
+    }
 }

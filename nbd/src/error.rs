@@ -106,9 +106,45 @@ impl Errno {
 }
 
 /// Errors of the crate's API (not of the peer's protocol, which end in an error reply or a
-/// [`CloseReason`]).
+/// [`CloseReason`]): the protocol core's encoders and the server's control path
+/// ([`crate::server`]). [`NbdError::errno`] gives the negative errno the RPC edge reports.
 #[derive(Clone, Debug, PartialEq, Eq, Error)]
 pub enum NbdError {
+    /// No export, listener or bdev of that name (ENODEV).
+    #[error("{0}")]
+    NotFound(String),
+    /// An export or listener of that name exists already (EEXIST).
+    #[error("{0}")]
+    Exists(String),
+    /// In use: an export with connections, a bdev held or claimed by someone else (EBUSY).
+    #[error("{0}")]
+    Busy(String),
+    /// A control-path parameter Keel does not accept (EINVAL).
+    #[error("invalid parameter '{param}': {reason}")]
+    InvalidParam {
+        /// The parameter's name.
+        param: &'static str,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// An operating-system call of the control path failed (bind, listen).
+    #[error("{context}: {message}")]
+    Os {
+        /// What was being done.
+        context: String,
+        /// The OS error number (positive).
+        errno: i32,
+        /// The OS error's text.
+        message: String,
+    },
+    /// The bdev layer refused (open, hold).
+    #[error("{message}")]
+    Bdev {
+        /// The bdev error's negative errno.
+        errno: i32,
+        /// Its text.
+        message: String,
+    },
     /// A caller-provided output buffer is too small for what must be encoded.
     #[error("buffer too small: need {need_bytes} bytes, have {have_bytes}")]
     BufferTooSmall {
@@ -159,4 +195,45 @@ pub enum NbdError {
         /// What is wrong with it.
         why: &'static str,
     },
+}
+
+impl NbdError {
+    /// The negative errno of the error at the RPC edge (SPDK style): -19 not found, -17 exists,
+    /// -16 busy, -22 invalid, the OS's or bdev layer's own number otherwise.
+    pub fn errno(&self) -> i32 {
+        match self {
+            NbdError::NotFound(_) => -19,
+            NbdError::Exists(_) => -17,
+            NbdError::Busy(_) => -16,
+            NbdError::Os { errno, .. } => -errno.abs(),
+            NbdError::Bdev { errno, .. } => *errno,
+            _ => -22,
+        }
+    }
+
+    /// Wraps an OS error with what was being done.
+    pub fn os(context: impl Into<String>, e: &std::io::Error) -> NbdError {
+        NbdError::Os {
+            context: context.into(),
+            errno: e.raw_os_error().unwrap_or(5),
+            message: e.to_string(),
+        }
+    }
+
+    /// Shorthand for [`NbdError::InvalidParam`].
+    pub fn invalid(param: &'static str, reason: impl Into<String>) -> NbdError {
+        NbdError::InvalidParam {
+            param,
+            reason: reason.into(),
+        }
+    }
+}
+
+impl From<keel_bdev::BdevError> for NbdError {
+    fn from(e: keel_bdev::BdevError) -> NbdError {
+        NbdError::Bdev {
+            errno: e.errno(),
+            message: e.to_string(),
+        }
+    }
 }

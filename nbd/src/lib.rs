@@ -1,10 +1,12 @@
-//! Keel's NBD protocol core (`shared/design.md` §8, `shared/specs/nbd-ublk.md` Part A): the
-//! server's side of the Network Block Device protocol as pure functions over bytes.
+//! Keel's NBD export (`shared/design.md` §8, `shared/specs/nbd-ublk.md` Part A): the server's
+//! side of the Network Block Device protocol, in two layers.
 //!
-//! No sockets, no threads, no bdevs: the NBD server (a later step) owns the non-blocking
-//! sockets on each connection's reactor and calls into this crate between polls, passing its
-//! own buffers. Everything here is deterministic, allocation-free on the transmission path and
-//! fuzzed.
+//! * The **protocol core** — pure functions over bytes: no sockets, no threads, no bdevs. It is
+//!   deterministic, allocation-free on the transmission path and fuzzed.
+//! * The **server** ([`server`]) — a bdev module that exports bdevs: listeners polled on the
+//!   main reactor, each connection owned by one reactor and polled there over a non-blocking
+//!   socket, calling into the core between polls with its own buffers. It is what
+//!   `nbd_server_*` (keel-rpc) drives.
 //!
 //! # Pieces
 //!
@@ -17,8 +19,9 @@
 //! | [`reply`] | [`ReplyEncoder`]: simple replies, structured and extended chunks, into caller buffers | the server, per completion |
 //! | [`client`] | the client's half (option encoders, reply decoders) | tests, fuzzing, in-process clients |
 //! | [`fuzz`] | [`fuzz::fuzz_one`], the body of the `nbd_proto` fuzz target | `fuzz/`, `tests/fuzz_corpus.rs` |
+//! | [`server`] | [`NbdServer`]: listeners, exports (each holding its bdev), connections; the design essay of the data path is in `server/conn.rs` | keel-rpc's `nbd_server_*`, keel-tgt |
 //!
-//! # A connection's life, as the server will drive it
+//! # A connection's life, as the server drives it
 //!
 //! ```text
 //! accept ──► Handshake::new(catalog, config, &mut out)        greeting into `out`
@@ -49,6 +52,7 @@ pub mod fuzz;
 pub mod handshake;
 pub mod reply;
 pub mod request;
+pub mod server;
 mod wire;
 
 pub use error::{CloseReason, Errno, NbdError};
@@ -56,3 +60,4 @@ pub use export::{BlockSizes, Capabilities, ExportCatalog, ExportInfo};
 pub use handshake::{Entry, Fed, Handshake, HandshakeConfig, MetaContextId, Outcome, Session, BASE_ALLOCATION_ID};
 pub use reply::{Extent, ReplyEncoder, ReplyMode};
 pub use request::{Command, CommandFlags, Decoded, Rejection, Request, RequestDecoder, RequestHeader};
+pub use server::{ConnStatus, ExportOpts, ExportStatus, NbdServer, ServerConfig};

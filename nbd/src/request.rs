@@ -17,7 +17,9 @@
 //! 1. magic (close); announced payload beyond what may be drained (close);
 //! 2. command known (`EINVAL`); `DISC` is accepted whatever else it carries — it has no reply;
 //! 3. flags known and valid for the command and the negotiated features (`EINVAL`);
-//!    `PAYLOAD_LEN` exactly when extended headers carry a `WRITE` payload;
+//!    `PAYLOAD_LEN` only with extended headers, and there only on `WRITE` (where it is
+//!    redundant: a `WRITE`'s length is always its payload's, and qemu 10 does not set the flag)
+//!    or on a command that would take a payload (none is offered: `EINVAL`, payload drained);
 //! 4. write-side command on a read-only export (`EPERM`);
 //! 5. command advertised (`FLUSH`, `TRIM`, `WRITE_ZEROES`; `BLOCK_STATUS` needs chunked replies
 //!    and a selected context) (`EINVAL`). `CACHE` is accepted unadvertised, as clients send it;
@@ -340,13 +342,9 @@ impl RequestDecoder {
     /// Validates a header already split into fields.
     pub fn validate(&self, h: &RequestHeader) -> Decoded {
         let flags = CommandFlags(h.flags);
-        let payload = if self.extended {
-            if flags.payload_len() {
-                h.length
-            } else {
-                0
-            }
-        } else if h.command == CMD_WRITE {
+        // A WRITE's length is its payload's; under extended headers PAYLOAD_LEN says the same
+        // of any other command (which Keel then refuses after draining the payload).
+        let payload = if h.command == CMD_WRITE || (self.extended && flags.payload_len()) {
             h.length
         } else {
             0
@@ -395,9 +393,6 @@ impl RequestDecoder {
         }
         if flags.payload_len() && !self.extended {
             return reject(Inval, "PAYLOAD_LEN needs extended headers");
-        }
-        if self.extended && command == Write && !flags.payload_len() {
-            return reject(Inval, "WRITE without PAYLOAD_LEN");
         }
         if self.extended && command != Write && flags.payload_len() {
             return reject(Inval, "this command takes no payload");

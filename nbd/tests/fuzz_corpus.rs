@@ -301,7 +301,8 @@ fn seeds() -> Vec<(&'static str, Vec<u8>, Ends)> {
         .opt(OPT_EXTENDED_HEADERS, &[])
         .info(OPT_GO, "disk", &[]);
     let c = c
-        .req(true, 0, CMD_WRITE, 1, 0, 512) // WRITE without PAYLOAD_LEN
+        .req(true, 0, CMD_WRITE, 1, 0, 512) // WRITE without PAYLOAD_LEN (as qemu sends it)
+        .raw(&[7; 512])
         .req(true, CMD_FLAG_PAYLOAD_LEN, CMD_READ, 2, 0, 8)
         .raw(&[1; 8])
         .req(true, 0, CMD_TRIM, 3, 0, 1 << 20)

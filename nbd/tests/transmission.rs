@@ -346,15 +346,21 @@ fn extended_headers_requests() {
     let s = extended();
     let dec = RequestDecoder::new(&s);
     assert_eq!(dec.header_len(), 32);
-    // WRITE needs PAYLOAD_LEN.
+    // A WRITE's length is its payload, with PAYLOAD_LEN (redundant) or without (qemu 10).
     let w = request(&s, CMD_FLAG_PAYLOAD_LEN | CMD_FLAG_FUA, CMD_WRITE, 0, 4096);
     assert_eq!((w.payload_bytes, w.flags.fua()), (4096, true));
-    let r = rejected(&s, 0, CMD_WRITE, 0, 4096);
+    let w = request(&s, CMD_FLAG_FUA, CMD_WRITE, 4096, 4096);
+    assert_eq!((w.payload_bytes, w.length_bytes), (4096, 4096));
+    let r = rejected(&s, 0, CMD_WRITE, 1 << 30, 4096);
     assert_eq!(
         (r.errno, r.discard_bytes),
-        (Errno::Inval, 0),
-        "no PAYLOAD_LEN: no payload follows"
+        (Errno::NoSpc, 4096),
+        "past the end: the payload is drained all the same"
     );
+    assert!(matches!(
+        decode(&s, 0, CMD_WRITE, 0, (1 << 20) + 1),
+        Decoded::Close(CloseReason::PayloadTooLarge { .. })
+    ));
     // PAYLOAD_LEN on another command: EINVAL, but the payload is consumed.
     let r = rejected(&s, CMD_FLAG_PAYLOAD_LEN, CMD_READ, 0, 512);
     assert_eq!((r.errno, r.discard_bytes), (Errno::Inval, 512));

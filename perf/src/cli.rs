@@ -60,7 +60,7 @@ struct Cli {
     /// unmap, write_zeroes [default: randread]
     #[arg(short = 'w', long = "workload", value_name = "TYPE")]
     workload: Option<String>,
-    /// Run time in seconds, > 0 [default: 3]
+    /// Run time in seconds, 1..2147483647 [default: 3]
     #[arg(short = 't', long = "time", value_name = "SECS")]
     time: Option<String>,
     /// Read percentage (0-100) for rw/randrw; required for them
@@ -105,6 +105,22 @@ pub enum CliAction {
     Run(Box<RunOptions>),
     /// Print this text on stdout and exit 0 (`--help`, `--version`).
     Print(String),
+}
+
+/// The longest `-t` and `-S`, in seconds: bdevperf keeps them in a C `int`, so this is its
+/// limit too (about 68 years). Larger values would overflow the deadline's arithmetic.
+pub const MAX_SECS: u64 = i32::MAX as u64;
+
+/// A positive number of seconds for `param`, at most [`MAX_SECS`].
+fn parse_secs(param: &'static str, what: &str, text: &str) -> Result<u64, PerfError> {
+    let v = parse_positive(param, what, text)?;
+    if v > MAX_SECS {
+        return Err(PerfError::invalid(
+            param,
+            format!("{what} must be at most {MAX_SECS} (got '{text}')"),
+        ));
+    }
+    Ok(v)
 }
 
 fn parse_positive(param: &'static str, what: &str, text: &str) -> Result<u64, PerfError> {
@@ -155,7 +171,7 @@ pub fn parse_args(
         None => d.io_size_bytes,
     };
     let run_time_secs = match &cli.time {
-        Some(t) => parse_positive("-t", "run time in seconds", t)?,
+        Some(t) => parse_secs("-t", "run time in seconds", t)?,
         None => d.run_time_secs,
     };
     let rw_read_percent =
@@ -190,7 +206,7 @@ pub fn parse_args(
     let periodic_secs = cli
         .periodic
         .as_deref()
-        .map(|s| parse_positive("-S", "report period in seconds", s))
+        .map(|s| parse_secs("-S", "report period in seconds", s))
         .transpose()?;
     let bdevs = match cli.config {
         Some(p) => BdevSetup::ConfigFile(p),
@@ -305,6 +321,9 @@ mod tests {
         for (args, want) in [
             (&["-q", "0"][..], "-q"),
             (&["-t", "0"][..], "-t"),
+            (&["-t", "18446744073709551615"][..], "-t"),
+            (&["-t", "2147483648"][..], "at most 2147483647"),
+            (&["-S", "18446744073709551615"][..], "-S"),
             (&["-w", "bogus"][..], "unknown workload 'bogus'"),
             (&["-w", "rw"][..], "-M"),
             (&["-M", "101", "-w", "rw"][..], "-M"),

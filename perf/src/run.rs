@@ -255,6 +255,16 @@ pub fn run(opts: RunOptions, out: &mut dyn Write, err: &mut dyn Write) -> Result
     if opts.run_time_secs == 0 {
         return Err(PerfError::invalid("-t", "run time must be greater than 0 seconds"));
     }
+    if opts.run_time_secs > crate::cli::MAX_SECS || opts.periodic_secs.is_some_and(|p| p > crate::cli::MAX_SECS) {
+        return Err(PerfError::invalid(
+            if opts.run_time_secs > crate::cli::MAX_SECS {
+                "-t"
+            } else {
+                "-S"
+            },
+            format!("at most {} seconds", crate::cli::MAX_SECS),
+        ));
+    }
     if opts.rw_read_percent > 100 {
         return Err(PerfError::invalid("-M", "read percentage must be within 0..100"));
     }

@@ -48,17 +48,31 @@ pub(crate) static TABLE: Table = Table {
     }),
 };
 
-fn reply_with(reply: Reply, r: Result<Value, BdevError>) {
-    reply(r.map_err(RpcError::from))
+/// The RPC error of a bdev-layer error. A base that is taken (claimed, or open for writing by
+/// someone else) is named with who holds it ([`BdevRegistry::holders`]): "bdev 'M0' is claimed by
+/// module 'dm' (held by dm device 'x' (live table))".
+fn rpc_error(reg: &BdevRegistry, e: BdevError) -> RpcError {
+    let holders = match &e {
+        BdevError::Claimed { name, .. } | BdevError::HasWriters { name, .. } => {
+            reg.get(name).map(|b| reg.holders(&b)).unwrap_or_default()
+        }
+        _ => Vec::new(),
+    };
+    let mut err = RpcError::from(e);
+    if !holders.is_empty() {
+        err.message = format!("{} (held by {})", err.message, holders.join(", "));
+    }
+    err
 }
 
 fn create_with<T: DeserializeOwned>(
+    ctx: &Ctx,
     params: Option<Value>,
     reply: Reply,
     f: impl FnOnce(&T) -> Result<Value, BdevError>,
 ) {
     match decode_internal::<T>(params) {
-        Ok(opts) => reply_with(reply, f(&opts)),
+        Ok(opts) => reply(f(&opts).map_err(|e| rpc_error(&ctx.registry, e))),
         Err(e) => reply(Err(e)),
     }
 }
@@ -87,13 +101,13 @@ fn delete_with(params: Option<Value>, reply: Reply, ctx: &Ctx, f: DeleteFn) {
     );
     if let Err(e) = r {
         if let Some(reply) = slot.lock().unwrap().take() {
-            reply(Err(e.into()))
+            reply(Err(rpc_error(&ctx.registry, e)))
         }
     }
 }
 
 fn bdev_malloc_create(ctx: &Ctx, params: Option<Value>, reply: Reply) {
-    create_with(params, reply, |o: &malloc::MallocOpts| {
+    create_with(ctx, params, reply, |o: &malloc::MallocOpts| {
         malloc::create(&ctx.registry, o).map(|b| json!(b.name()))
     })
 }
@@ -101,7 +115,7 @@ fn bdev_malloc_delete(ctx: &Ctx, params: Option<Value>, reply: Reply) {
     delete_with(params, reply, ctx, malloc::delete)
 }
 fn bdev_null_create(ctx: &Ctx, params: Option<Value>, reply: Reply) {
-    create_with(params, reply, |o: &null::NullOpts| {
+    create_with(ctx, params, reply, |o: &null::NullOpts| {
         null::create(&ctx.registry, o).map(|b| json!(b.name()))
     })
 }
@@ -109,7 +123,7 @@ fn bdev_null_delete(ctx: &Ctx, params: Option<Value>, reply: Reply) {
     delete_with(params, reply, ctx, null::delete)
 }
 fn bdev_uring_create(ctx: &Ctx, params: Option<Value>, reply: Reply) {
-    create_with(params, reply, |o: &uring::UringOpts| {
+    create_with(ctx, params, reply, |o: &uring::UringOpts| {
         uring::create(&ctx.registry, o).map(|b| json!(b.name()))
     })
 }
@@ -117,7 +131,7 @@ fn bdev_uring_delete(ctx: &Ctx, params: Option<Value>, reply: Reply) {
     delete_with(params, reply, ctx, uring::delete)
 }
 fn bdev_aio_create(ctx: &Ctx, params: Option<Value>, reply: Reply) {
-    create_with(params, reply, |o: &uring::AioOpts| {
+    create_with(ctx, params, reply, |o: &uring::AioOpts| {
         uring::create_aio(&ctx.registry, o).map(|b| json!(b.name()))
     })
 }
@@ -126,7 +140,7 @@ fn bdev_aio_delete(ctx: &Ctx, params: Option<Value>, reply: Reply) {
 }
 fn bdev_error_create(ctx: &Ctx, params: Option<Value>, reply: Reply) {
     // SPDK answers `true` here, not the name.
-    create_with(params, reply, |o: &error::ErrorOpts| {
+    create_with(ctx, params, reply, |o: &error::ErrorOpts| {
         error::create(&ctx.registry, o).map(|_| json!(true))
     })
 }
@@ -134,12 +148,12 @@ fn bdev_error_delete(ctx: &Ctx, params: Option<Value>, reply: Reply) {
     delete_with(params, reply, ctx, error::delete)
 }
 fn bdev_error_inject_error(ctx: &Ctx, params: Option<Value>, reply: Reply) {
-    create_with(params, reply, |o: &error::InjectOpts| {
+    create_with(ctx, params, reply, |o: &error::InjectOpts| {
         error::inject(&ctx.registry, o).map(|_| json!(true))
     })
 }
 fn bdev_delay_create(ctx: &Ctx, params: Option<Value>, reply: Reply) {
-    create_with(params, reply, |o: &delay::DelayOpts| {
+    create_with(ctx, params, reply, |o: &delay::DelayOpts| {
         delay::create(&ctx.registry, o).map(|b| json!(b.name()))
     })
 }
@@ -155,13 +169,13 @@ struct DelayUpdate {
 }
 
 fn bdev_delay_update_latency(ctx: &Ctx, params: Option<Value>, reply: Reply) {
-    create_with(params, reply, |o: &DelayUpdate| {
+    create_with(ctx, params, reply, |o: &DelayUpdate| {
         delay::update_latency(&ctx.registry, &o.delay_bdev_name, &o.latency_type, o.latency_us).map(|_| json!(true))
     })
 }
 
 fn bdev_passthru_create(ctx: &Ctx, params: Option<Value>, reply: Reply) {
-    create_with(params, reply, |o: &passthru::PassthruOpts| {
+    create_with(ctx, params, reply, |o: &passthru::PassthruOpts| {
         passthru::create(&ctx.registry, o).map(|b| json!(b.name()))
     })
 }

@@ -92,11 +92,60 @@ fn strip_comments(text: &str) -> Result<String, RpcError> {
     Ok(out)
 }
 
+/// The largest configuration file read: SPDK configurations of thousands of bdevs take a few
+/// MiB; anything larger is a mistake (`--json /dev/zero`) and is refused after reading at most
+/// this much, rather than read until memory runs out.
+pub const MAX_CONFIG_BYTES: u64 = 64 << 20;
+
+/// Reads a configuration file, at most [`MAX_CONFIG_BYTES`]: a regular file over the limit is
+/// refused from its size, anything else (a pipe, a character device) after reading one byte
+/// past it. Directories and non-UTF-8 text are refused with the reason.
+fn read_bounded(path: &Path) -> Result<String, RpcError> {
+    use std::io::Read;
+    let cannot = |e: std::io::Error| bad(format!("cannot read config file {}: {e}", path.display()));
+    let too_large = |what: String| {
+        bad(format!(
+            "config file {} is too large: {what}; the limit is {} MiB",
+            path.display(),
+            MAX_CONFIG_BYTES >> 20
+        ))
+    };
+    let file = std::fs::File::open(path).map_err(cannot)?;
+    let meta = file.metadata().map_err(cannot)?;
+    if meta.is_dir() {
+        return Err(bad(format!(
+            "cannot read config file {}: it is a directory",
+            path.display()
+        )));
+    }
+    if meta.is_file() && meta.len() > MAX_CONFIG_BYTES {
+        return Err(too_large(format!("{} bytes", meta.len())));
+    }
+    let mut bytes = Vec::new();
+    file.take(MAX_CONFIG_BYTES + 1)
+        .read_to_end(&mut bytes)
+        .map_err(cannot)?;
+    if bytes.len() as u64 > MAX_CONFIG_BYTES {
+        let kind = if meta.file_type().is_file() {
+            "it grew past the limit while being read"
+        } else {
+            "it is not a regular file and gave more than the limit"
+        };
+        return Err(too_large(kind.to_string()));
+    }
+    String::from_utf8(bytes).map_err(|e| {
+        bad(format!(
+            "config file {} is not UTF-8 text (invalid byte at offset {})",
+            path.display(),
+            e.utf8_error().valid_up_to()
+        ))
+    })
+}
+
 impl ConfigFile {
-    /// Reads and parses a file.
+    /// Reads (at most [`MAX_CONFIG_BYTES`]) and parses a file. Any thread.
     pub fn from_path(path: &Path) -> Result<ConfigFile, RpcError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| bad(format!("cannot read config file {}: {e}", path.display())))?;
+        let text = read_bounded(path)?;
         ConfigFile::parse(&text).map_err(|e| bad(format!("config file {}: {}", path.display(), e.message)))
     }
 
@@ -207,7 +256,7 @@ fn step(ctx: Ctx, mut calls: std::vec::IntoIter<ConfigCall>, done: Done) {
     let core = current().core();
     let cores = current().cores().clone();
     let ctx2 = ctx.clone();
-    (m.handler)(
+    m.call(
         &ctx,
         call.params.clone(),
         Box::new(move |r| match r {

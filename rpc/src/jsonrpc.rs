@@ -3,14 +3,21 @@
 //! can be fuzzed.
 //!
 //! * Framing is by JSON value boundaries, never by newlines: [`Framer`] buffers bytes and yields
-//!   each complete top-level value; whitespace between values is skipped; an incomplete value
-//!   waits for more bytes; a syntax error is fatal for the connection (SPDK answers -32700 and
-//!   closes, since there is no point to resynchronise at).
+//!   each complete top-level value as its exact text; whitespace between values is skipped; an
+//!   incomplete value waits for more bytes; a syntax error is fatal for the connection (SPDK
+//!   answers -32700 and closes, since there is no point to resynchronise at). A value larger
+//!   than [`MAX_REQUEST_BYTES`] is fatal too, however it was chunked: refused as soon as the
+//!   incomplete part is over the limit, or when it completes in one read.
 //! * [`parse_request`] checks one envelope strictly (allowed keys, `jsonrpc == "2.0"`, string
 //!   `method`, object/array/null `params`, string/number/null `id`).
-//! * [`encode`] writes SPDK's compact envelope with ASCII-only output (non-ASCII escaped as
-//!   `\uXXXX`, because rpc.py decodes each 4 KiB chunk separately) and a trailing newline.
+//! * [`response_text`] writes SPDK's compact envelope with ASCII-only output (non-ASCII escaped
+//!   as `\uXXXX`, because rpc.py decodes each 4 KiB chunk separately). A numeric id is echoed
+//!   with the exact text it came with ([`id_text`]): ids beyond i64/u64 or written as `1.50`
+//!   would not survive a round trip through a JSON number. [`encode`] adds the trailing newline
+//!   to a value.
 
+use serde::Deserialize;
+use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
 use crate::error::{RpcError, INVALID_REQUEST, PARSE_ERROR};
@@ -19,12 +26,29 @@ use crate::error::{RpcError, INVALID_REQUEST, PARSE_ERROR};
 pub const MAX_REQUEST_BYTES: usize = 256 * 1024;
 
 /// Outcome of feeding bytes to a [`Framer`].
-#[derive(Debug, PartialEq)]
+#[derive(Debug)]
 pub enum Frame {
-    /// A complete top-level JSON value.
-    Value(Value),
+    /// A complete top-level JSON value, as the exact text received (valid JSON).
+    Value(Box<RawValue>),
     /// Malformed JSON or an oversized request: answer with this error, then close.
     Fatal(RpcError),
+}
+
+impl Frame {
+    /// The frame's value parsed (`None` for a fatal frame). Tests and diagnostics.
+    pub fn value(&self) -> Option<Value> {
+        match self {
+            Frame::Value(raw) => serde_json::from_str(raw.get()).ok(),
+            Frame::Fatal(_) => None,
+        }
+    }
+}
+
+fn too_large() -> RpcError {
+    RpcError::new(
+        PARSE_ERROR,
+        format!("Parse error: request larger than {MAX_REQUEST_BYTES} bytes"),
+    )
 }
 
 /// Splits a byte stream into top-level JSON values. One per connection.
@@ -55,20 +79,21 @@ impl Framer {
             self.buf.clear();
             return None;
         }
-        let mut it = serde_json::Deserializer::from_slice(&self.buf[start..]).into_iter::<Value>();
+        let mut it = serde_json::Deserializer::from_slice(&self.buf[start..]).into_iter::<Box<RawValue>>();
         match it.next() {
             Some(Ok(v)) => {
-                let used = start + it.byte_offset();
-                self.buf.drain(..used);
+                let len = it.byte_offset();
+                self.buf.drain(..start + len);
+                if len > MAX_REQUEST_BYTES {
+                    self.buf.clear();
+                    return Some(Frame::Fatal(too_large()));
+                }
                 Some(Frame::Value(v))
             }
             Some(Err(e)) if e.is_eof() => {
-                if self.buf.len() > MAX_REQUEST_BYTES {
+                if self.buf.len() - start > MAX_REQUEST_BYTES {
                     self.buf.clear();
-                    return Some(Frame::Fatal(RpcError::new(
-                        PARSE_ERROR,
-                        "Parse error: request too large",
-                    )));
+                    return Some(Frame::Fatal(too_large()));
                 }
                 None
             }
@@ -142,10 +167,96 @@ pub fn response(id: Option<Value>, result: Result<Value, RpcError>) -> Value {
     Value::Object(m)
 }
 
+/// The exact text to echo for a request's id: the wire text of a numeric id (`raw`, when it is
+/// one plain JSON number token), else the id's compact ASCII JSON (`null` without one).
+pub fn id_text(id: Option<&Value>, raw: Option<&str>) -> String {
+    match (id, raw.map(str::trim)) {
+        (Some(Value::Number(_)), Some(raw)) if is_number_token(raw) => raw.to_string(),
+        (Some(v), _) => compact(v),
+        (None, _) => "null".to_string(),
+    }
+}
+
+/// Whether `t` is one JSON number token (`-`? int frac? exp?), nothing else.
+fn is_number_token(t: &str) -> bool {
+    let b = t.as_bytes();
+    let mut i = 0;
+    if b.first() == Some(&b'-') {
+        i += 1;
+    }
+    let digits = |i: &mut usize| {
+        let s = *i;
+        while *i < b.len() && b[*i].is_ascii_digit() {
+            *i += 1;
+        }
+        *i > s
+    };
+    if !digits(&mut i) {
+        return false;
+    }
+    if b.get(i) == Some(&b'.') {
+        i += 1;
+        if !digits(&mut i) {
+            return false;
+        }
+    }
+    if matches!(b.get(i), Some(b'e' | b'E')) {
+        i += 1;
+        if matches!(b.get(i), Some(b'+' | b'-')) {
+            i += 1;
+        }
+        if !digits(&mut i) {
+            return false;
+        }
+    }
+    i == b.len()
+}
+
+/// The raw text of an object's `id` member, if `raw` is an object with one (a duplicated key
+/// gives `None`: the parsed value then decides).
+pub fn raw_id(raw: &RawValue) -> Option<&str> {
+    #[derive(Deserialize)]
+    struct IdProbe<'a> {
+        #[serde(borrow, default)]
+        id: Option<&'a RawValue>,
+    }
+    serde_json::from_str::<IdProbe>(raw.get()).ok()?.id.map(RawValue::get)
+}
+
+/// One response object as compact ASCII text (no newline), with `id_text` (from [`id_text`])
+/// written verbatim as its id.
+pub fn response_text(id_text: &str, result: Result<Value, RpcError>) -> String {
+    let mut out = String::with_capacity(64);
+    out.push_str("{\"jsonrpc\":\"2.0\",\"id\":");
+    out.push_str(id_text);
+    match result {
+        Ok(v) => {
+            out.push_str(",\"result\":");
+            out.push_str(&compact(&v));
+        }
+        Err(e) => {
+            let mut err = Map::new();
+            err.insert("code".into(), Value::from(e.code));
+            err.insert("message".into(), Value::String(e.message));
+            out.push_str(",\"error\":");
+            out.push_str(&compact(&Value::Object(err)));
+        }
+    }
+    out.push('}');
+    out
+}
+
 /// Compact, ASCII-only text of `v` plus `\n`.
 pub fn encode(v: &Value) -> String {
+    let mut out = compact(v);
+    out.push('\n');
+    out
+}
+
+/// Compact, ASCII-only text of `v`.
+fn compact(v: &Value) -> String {
     let text = serde_json::to_string(v).expect("a Value always serialises");
-    let mut out = String::with_capacity(text.len() + 1);
+    let mut out = String::with_capacity(text.len());
     for c in text.chars() {
         if c.is_ascii() {
             out.push(c);
@@ -157,7 +268,6 @@ pub fn encode(v: &Value) -> String {
             }
         }
     }
-    out.push('\n');
     out
 }
 
@@ -166,18 +276,23 @@ mod tests {
     use super::*;
     use serde_json::json;
 
+    /// The next frame's parsed value; `Some(None)` for a fatal frame.
+    fn next(f: &mut Framer) -> Option<Option<Value>> {
+        f.next_frame().map(|fr| fr.value())
+    }
+
     #[test]
     fn frames_by_value_boundaries() {
         let mut f = Framer::default();
         f.push(b"  {\"method\":\n \"a\"");
-        assert_eq!(f.next_frame(), None);
+        assert_eq!(next(&mut f), None);
         f.push(b", \"id\": 1}{\"method\":\"b\"} [1");
-        assert_eq!(f.next_frame(), Some(Frame::Value(json!({"method": "a", "id": 1}))));
-        assert_eq!(f.next_frame(), Some(Frame::Value(json!({"method": "b"}))));
-        assert_eq!(f.next_frame(), None);
+        assert_eq!(next(&mut f), Some(Some(json!({"method": "a", "id": 1}))));
+        assert_eq!(next(&mut f), Some(Some(json!({"method": "b"}))));
+        assert_eq!(next(&mut f), None);
         f.push(b"]\n");
-        assert_eq!(f.next_frame(), Some(Frame::Value(json!([1]))));
-        assert_eq!(f.next_frame(), None);
+        assert_eq!(next(&mut f), Some(Some(json!([1]))));
+        assert_eq!(next(&mut f), None);
         assert_eq!(f.pending(), 0);
     }
 
@@ -190,6 +305,69 @@ mod tests {
         f.push(b"[");
         f.push(&vec![b' '; MAX_REQUEST_BYTES + 1]);
         assert!(matches!(f.next_frame(), Some(Frame::Fatal(_))));
+    }
+
+    /// A complete request over the limit is refused whether it arrives in one read or many;
+    /// one at the limit passes either way.
+    #[test]
+    fn the_size_limit_does_not_depend_on_chunking() {
+        let request = |len: usize| {
+            let head = b"{\"method\":\"m\",\"params\":{\"p\":\"";
+            let tail = b"\"}}";
+            let mut v = head.to_vec();
+            v.resize(len - tail.len(), b'x');
+            v.extend_from_slice(tail);
+            v
+        };
+        for (len, ok) in [(MAX_REQUEST_BYTES, true), (MAX_REQUEST_BYTES + 1, false)] {
+            let bytes = request(len);
+            for chunk in [bytes.len(), 64 * 1024, 4096, 1000] {
+                let mut f = Framer::default();
+                let mut got = None;
+                for piece in bytes.chunks(chunk) {
+                    f.push(piece);
+                    if let Some(fr) = f.next_frame() {
+                        got = Some(fr);
+                        break;
+                    }
+                }
+                match got {
+                    Some(Frame::Value(_)) => assert!(ok, "{len} bytes in chunks of {chunk} accepted"),
+                    Some(Frame::Fatal(e)) => {
+                        assert!(!ok, "{len} bytes in chunks of {chunk} refused: {e}");
+                        assert!(e.message.contains("larger than"), "{}", e.message);
+                    }
+                    None => panic!("{len} bytes in chunks of {chunk}: no frame"),
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn numeric_ids_are_echoed_verbatim() {
+        for raw in [
+            "1",
+            "-9223372036854775809",
+            "18446744073709551616",
+            "123456789012345678901234567890",
+            "1.50",
+            "-0",
+        ] {
+            let text = format!("{{\"method\":\"m\",\"id\": {raw} }}");
+            let rv: Box<RawValue> = serde_json::from_str(&text).unwrap();
+            let v: Value = serde_json::from_str(&text).unwrap();
+            let req = parse_request(v).unwrap();
+            let id = id_text(req.id.as_ref(), raw_id(&rv));
+            assert_eq!(id, raw);
+            let out = response_text(&id, Ok(json!(true)));
+            assert_eq!(out, format!("{{\"jsonrpc\":\"2.0\",\"id\":{raw},\"result\":true}}"));
+        }
+        assert_eq!(id_text(Some(&json!("\u{e9}")), Some("\"\u{e9}\"")), "\"\\u00e9\"");
+        assert_eq!(id_text(None, None), "null");
+        assert_eq!(id_text(Some(&json!(5)), Some("5 ,")), "5");
+        for bad in ["", "-", "1.", ".5", "1e", "01x", "1 2"] {
+            assert!(!is_number_token(bad), "{bad}");
+        }
     }
 
     #[test]
@@ -220,6 +398,10 @@ mod tests {
     fn encodes_compact_ascii_with_newline() {
         let r = response(Some(json!(1)), Ok(json!({"n": "Malloc\u{e9}\u{1f600}"})));
         let s = encode(&r);
+        assert_eq!(
+            format!("{}\n", response_text("1", Ok(json!({"n": "Malloc\u{e9}\u{1f600}"})))),
+            s
+        );
         assert_eq!(
             s,
             "{\"jsonrpc\":\"2.0\",\"id\":1,\"result\":{\"n\":\"Malloc\\u00e9\\ud83d\\ude00\"}}\n"

@@ -15,10 +15,12 @@
 //! Imports go one way, from the leaves up; no module imports one that imports it:
 //!
 //! 1. Leaves: `error` ([`RpcError`] and the JSON-RPC codes); importing only the error type,
-//!    `decode` (`decode`, `decode_with`, `no_params` and the `params!` macro that decodes or
-//!    answers the error) and `context` ([`Ctx`], [`Reply`], [`Framework`]); `retry` (waiting
-//!    on the main reactor without blocking it); and `table` ([`MethodInfo`], [`Phase`],
-//!    [`Subsystem`] and a file's `Table`), which uses `context` for the handler's signature.
+//!    `decode` (`decode`, `decode_with`, `no_params`, `refuse_positional` and the `params!`
+//!    macro that decodes or answers the error) and `context` ([`Ctx`], [`Reply`],
+//!    [`Framework`]); `retry` (waiting on the main reactor without blocking it); and `table`
+//!    ([`MethodInfo`], [`Phase`], [`Subsystem`] and a file's `Table`), which uses `context` for
+//!    the handler's signature and `decode` for the one check every call passes
+//!    ([`MethodInfo::call`]: params are objects).
 //! 2. Method files, each declaring `pub(crate) static TABLE: Table` next to its handlers:
 //!    [`framework`], `bdev_methods` (the bdev modules; serves `"bdev"`), `bdev_info`,
 //!    `raid_methods`, [`md_methods`] and [`dm_methods`] (serves `"dm"`). `raid_methods` serves
@@ -41,9 +43,8 @@
 //! of them — `framework_get_config` answers with a subsystem's part, plus the closing calls of
 //! the table that serves it (`bdev_wait_for_examine` for `"bdev"`). SPDK's `save_config`
 //! (client side) asks both. Nothing here knows which module stacks on which: a passthru over a
-//! dm device lands in `"dm"` because its backend names its base. (One exception until md adopts
-//! the module facility: md arrays do not name their members yet, and
-//! `md_methods::place_arrays_after_members` moves an array over a later bdev after it.)
+//! dm device lands in `"dm"` because its backend names its base, and an md array over a dm
+//! device because it names its members.
 //!
 //! A table serving a subsystem names the module's declaration and how to load the module into a
 //! registry ([`registry::load_modules`]: keel-tgt does at start-up, the describing methods do
@@ -92,6 +93,7 @@ mod error;
 pub mod framework;
 pub mod jsonrpc;
 pub mod md_methods;
+pub mod nbd_methods;
 mod raid_methods;
 pub mod registry;
 mod retry;

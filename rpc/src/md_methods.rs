@@ -37,8 +37,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use keel_bdev::{BdevModule, BdevRegistry, ConfigCall, ConfigPlan};
-use keel_dm::DmRegistry;
+use keel_bdev::BdevRegistry;
 use keel_md::examine::{examine, level_name, Examine};
 use keel_md::superblock::{feature, Superblock};
 use keel_md::MdError;
@@ -80,83 +79,35 @@ pub(crate) fn md_error(e: MdError) -> RpcError {
     RpcError::from_errno(e.errno(), e.to_string())
 }
 
+/// Refuses an array name that could not be a device name, as dm refuses its device names: one
+/// with a `/`, `.` or `..`, or with whitespace or control characters (-22, naming the
+/// parameter). md_create, md_assemble and bdev_raid_create check it before md sees the name.
+pub(crate) fn check_md_name(param: &str, name: &str) -> Result<(), RpcError> {
+    let bad = |why: &str| {
+        Err(RpcError::from_errno(
+            -libc::EINVAL,
+            format!("invalid parameter '{param}': '{name}': {why}"),
+        ))
+    };
+    if name.contains('/') || name == "." || name == ".." {
+        return bad("an md array name cannot contain '/' or be . or ..");
+    }
+    if name.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return bad("an md array name cannot contain whitespace or control characters");
+    }
+    Ok(())
+}
+
 fn reg(ctx: &Ctx) -> Arc<MdRegistry> {
     MdRegistry::of(&ctx.registry)
 }
 
-/// Turns on examination of new bdevs: a bdev whose md superblock names an array is claimed and
+/// Loads md's bdev module into `registry` (so shutdown's `fini_modules` stops the arrays) and
+/// turns on examination of new bdevs: a bdev whose md superblock names an array is claimed and
 /// the array assembles once enough members are there (`keel_md`'s assembly). keel-tgt calls this
 /// once at startup, before loading its configuration.
 pub fn enable_md_auto_assembly(registry: &Arc<BdevRegistry>) {
     MdRegistry::enable_auto_assembly(registry);
-}
-
-/// Stops every md array of `registry` (final superblocks written, members released); `done`
-/// runs on the main core afterwards. keel-tgt's shutdown calls this before removing bdevs.
-/// Called on the main core.
-pub fn stop_all_md_arrays(registry: &Arc<BdevRegistry>, done: impl FnOnce() + Send + 'static) {
-    MdRegistry::of(registry).stop_all(done);
-}
-
-/// save_config's place of md arrays, until md adopts the bdev module facility. An array's bdev
-/// does not yet name its members as [`keel_bdev::BdevBackend::bases`], so the registry's plan
-/// leaves every `md_assemble` where the array's module puts it (`"bdev"`), even for an array
-/// over a mapped device, which `"dm"` creates later. This moves each call that comes before a
-/// bdev it needs — an array's members added to what every bdev and dm entry already declares —
-/// to just after the call creating the last of them, then the calls that need what moved, until
-/// nothing moves. Without md arrays over later bdevs nothing moves. Called on the main reactor
-/// by `framework_get_config`. Goes when md's array bdevs declare their members as bases.
-pub(crate) fn place_arrays_after_members(reg: &Arc<BdevRegistry>, plan: &mut ConfigPlan) {
-    let arrays = MdRegistry::of(reg).arrays(None).unwrap_or_default();
-    if arrays.is_empty() {
-        return;
-    }
-    // Every call with what it provides and needs: the bdevs' own and dm's module calls.
-    let mut items: Vec<(ConfigCall, Vec<String>, Vec<String>)> = Vec::new();
-    for b in reg.list() {
-        let Some(call) = b.backend().config(b.info()) else {
-            continue;
-        };
-        let mut needs = b.backend().bases();
-        if let Some(a) = arrays.iter().find(|a| a.name == b.name()) {
-            needs.extend(a.members.iter().map(|m| m.bdev.clone()));
-        }
-        items.push((call, vec![b.name().to_string()], needs));
-    }
-    if let Some(dm) = reg.loaded_module::<DmRegistry>() {
-        items.extend(dm.config(reg).into_iter().map(|e| (e.call, e.provides, e.needs)));
-    }
-    let at = |plan: &ConfigPlan, call: &ConfigCall| -> Option<(usize, usize)> {
-        plan.subsystems
-            .iter()
-            .enumerate()
-            .find_map(|(s, sub)| sub.calls.iter().position(|c| c == call).map(|i| (s, i)))
-    };
-    // Each pass moves calls strictly later; a chain of n calls settles within n passes.
-    for _ in 0..=items.len() {
-        let mut moved = false;
-        for (call, _, needs) in &items {
-            let Some(from) = at(plan, call) else { continue };
-            let last_need = needs
-                .iter()
-                .filter_map(|n| items.iter().find(|(_, provides, _)| provides.contains(n)))
-                .filter_map(|(c, _, _)| at(plan, c))
-                .max();
-            let Some((s, mut i)) = last_need.filter(|&l| l > from) else {
-                continue;
-            };
-            let c = plan.subsystems[from.0].calls.remove(from.1);
-            if from.0 == s {
-                i -= 1;
-            }
-            plan.subsystems[s].calls.insert(i + 1, c);
-            moved = true;
-        }
-        if !moved {
-            return;
-        }
-    }
-    tracing::warn!("save_config: md arrays and the bdevs they need name each other in a cycle");
 }
 
 #[derive(Deserialize)]
@@ -207,6 +158,9 @@ struct MemberParams {
 /// the array bdev's name.
 fn md_create(ctx: &Ctx, params: Option<Value>, reply: Reply) {
     let p: CreateParams = params!(params, reply);
+    if let Err(e) = check_md_name("name", &p.name) {
+        return reply(Err(e));
+    }
     let name = p.name.clone();
     let opts = CreateOpts {
         name: p.name,
@@ -264,6 +218,9 @@ fn md_assemble(ctx: &Ctx, params: Option<Value>, reply: Reply) {
         return reply(Err(RpcError::invalid_params(
             "Invalid parameters: give at least one of name, uuid and members",
         )));
+    }
+    if let Some(Err(e)) = p.name.as_deref().map(|n| check_md_name("name", n)) {
+        return reply(Err(e));
     }
     let md = reg(ctx);
     let bdevs = ctx.registry.clone();

@@ -248,6 +248,7 @@ struct RaidCreate {
 fn create_opts(p: RaidCreate) -> Result<CreateOpts, RpcError> {
     let fail =
         |errno: i32, why: String| RpcError::from_errno(errno, format!("Failed to create RAID bdev {}: {why}", p.name));
+    crate::md_methods::check_md_name("name", &p.name)?;
     let members: Vec<String> = match &p.base_bdevs {
         BaseBdevs::List(v) => v.clone(),
         BaseBdevs::Text(s) => s.split_whitespace().map(str::to_string).collect(),

@@ -21,7 +21,7 @@ use crate::context::{Ctx, Reply};
 use crate::decode::{no_params, params};
 use crate::error::{RpcError, INVALID_PARAMS};
 use crate::table::{method, MethodInfo, Subsystem, Table};
-use crate::{bdev_info, bdev_methods, dm_methods, framework, md_methods, raid_methods};
+use crate::{bdev_info, bdev_methods, dm_methods, framework, md_methods, nbd_methods, raid_methods};
 
 /// Every method file's table, in listing order (see the module docs).
 static TABLES: &[&Table] = &[
@@ -31,7 +31,8 @@ static TABLES: &[&Table] = &[
     &bdev_info::TABLE,
     &bdev_methods::TABLE, // serves "bdev"
     &raid_methods::TABLE,
-    &dm_methods::TABLE, // serves "dm"
+    &dm_methods::TABLE,  // serves "dm"
+    &nbd_methods::TABLE, // serves "nbd"
 ];
 
 /// The methods that describe the registry.
@@ -85,8 +86,7 @@ pub fn subsystems(reg: &Arc<BdevRegistry>) -> Vec<SubsystemInfo> {
 /// calls. Called on the main reactor.
 pub fn subsystem_config(reg: &Arc<BdevRegistry>, name: &str) -> Option<Vec<Value>> {
     load_modules(reg);
-    let mut plan = reg.config_plan();
-    md_methods::place_arrays_after_members(reg, &mut plan);
+    let plan = reg.config_plan();
     let calls = plan.calls(name)?;
     let closing = find_subsystem(name).map_or(&[][..], |s| s.closing);
     Some(
@@ -117,7 +117,7 @@ pub fn call_method(ctx: &Ctx, method: &str, params: Option<Value>, reply: Reply)
             "Method may only be called after framework is initialized using framework_start_init RPC.",
         )));
     }
-    (m.handler)(ctx, params, reply)
+    m.call(ctx, params, reply)
 }
 
 #[derive(Deserialize, Default)]
@@ -251,7 +251,7 @@ mod tests {
         assert_eq!(fresh, ["bdev"], "nothing loaded yet");
         let listed = subsystems(&reg);
         let order: Vec<&str> = listed.iter().map(|s| s.name).collect();
-        assert_eq!(order, ["bdev", "dm"]);
+        assert_eq!(order, ["bdev", "dm", "nbd"]);
         for (i, s) in listed.iter().enumerate() {
             for d in &s.depends_on {
                 let at = order.iter().position(|n| n == d);
@@ -352,7 +352,8 @@ mod tests {
         let v = call(true, "framework_get_subsystems", json!({})).unwrap();
         assert_eq!(
             v,
-            json!([{"subsystem": "bdev", "depends_on": []}, {"subsystem": "dm", "depends_on": ["bdev"]}])
+            json!([{"subsystem": "bdev", "depends_on": []}, {"subsystem": "dm", "depends_on": ["bdev"]},
+                   {"subsystem": "nbd", "depends_on": ["bdev"]}])
         );
         assert_eq!(
             call(true, "framework_get_config", json!({"name": "bdev"})).unwrap(),

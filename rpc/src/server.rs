@@ -7,6 +7,18 @@
 //! main reactor by message, runs the handler there and returns the reply over a channel — and
 //! requests of one connection are answered in order.
 //!
+//! # Connections
+//!
+//! At most [`MAX_CONNECTIONS`] are served at once (SPDK's limit). One more is not dropped
+//! without a word: a single refusal thread reads its first request (for at most
+//! [`REFUSAL_READ`]) and answers it with -16 (EBUSY) "too many RPC connections", id echoed,
+//! then closes it; while that thread is behind by [`REFUSAL_BACKLOG`] connections, further ones
+//! are closed at once. A connection that holds no request — nothing received for
+//! [`ServerOpts::idle_timeout`] while no call of it is running — is closed, so idle clients
+//! cannot keep everyone else out (a call that takes long, such as `dm_wait`, is never cut: the
+//! clock runs only while the connection waits for bytes). A request is at most
+//! [`crate::jsonrpc::MAX_REQUEST_BYTES`] however it is chunked (the framer's rule).
+//!
 //! Housekeeping follows SPDK: an exclusive lock on `<path>.lock` decides ownership, so a socket
 //! left behind by a dead process is replaced while a live server's socket is never stolen. The
 //! socket is created owner-only (0600 unless configured) inside a private temporary directory and
@@ -21,15 +33,29 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
+use serde_json::value::RawValue;
 use serde_json::Value;
 
 use crate::error::{RpcError, INTERNAL_ERROR, INVALID_REQUEST};
-use crate::jsonrpc::{encode, parse_request, response, Frame, Framer, Request};
+use crate::jsonrpc::{encode, id_text, parse_request, raw_id, response, response_text, Frame, Framer, Request};
 
-/// SPDK's limit of simultaneous connections; more are accepted and closed at once.
+/// SPDK's limit of simultaneous connections; one more is answered with an error and closed
+/// (module docs).
 pub const MAX_CONNECTIONS: usize = 64;
+
+/// How long the refusal thread waits for the first request of a connection over the limit
+/// before it answers with a null id.
+pub const REFUSAL_READ: Duration = Duration::from_secs(1);
+
+/// Connections over the limit that may wait for the refusal thread; more are closed at once.
+pub const REFUSAL_BACKLOG: usize = 64;
+
+/// Default [`ServerOpts::idle_timeout`]: long enough for any interactive client between two
+/// calls on one connection (rpc.py opens one per call), short enough that 64 forgotten
+/// connections free their slots within a minute.
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Runs one request and calls the reply function exactly once, from any thread.
 pub type Dispatch = Arc<dyn Fn(Request, Box<dyn FnOnce(Result<Value, RpcError>) + Send>) + Send + Sync>;
@@ -40,14 +66,18 @@ pub struct ServerOpts {
     pub path: PathBuf,
     /// Permission bits of the socket file (default 0o600).
     pub mode: u32,
+    /// A connection that receives nothing for this long while none of its calls runs is closed
+    /// ([`DEFAULT_IDLE_TIMEOUT`]; `None` = never).
+    pub idle_timeout: Option<Duration>,
 }
 
 impl ServerOpts {
-    /// Owner-only socket at `path`.
+    /// Owner-only socket at `path`, idle connections closed after [`DEFAULT_IDLE_TIMEOUT`].
     pub fn new(path: impl Into<PathBuf>) -> ServerOpts {
         ServerOpts {
             path: path.into(),
             mode: 0o600,
+            idle_timeout: Some(DEFAULT_IDLE_TIMEOUT),
         }
     }
 }
@@ -98,9 +128,10 @@ impl RpcServer {
         let listener = bind_private(&path, opts.mode)?;
         let stopping = Arc::new(AtomicBool::new(false));
         let st = stopping.clone();
+        let idle = opts.idle_timeout;
         let acceptor = std::thread::Builder::new()
             .name("rpc_accept".into())
-            .spawn(move || accept_loop(listener, dispatch, st))
+            .spawn(move || accept_loop(listener, dispatch, st, idle))
             .map_err(io_err("cannot start RPC thread".into()))?;
         Ok(RpcServer {
             path,
@@ -167,8 +198,9 @@ fn bind_private(path: &Path, mode: u32) -> Result<UnixListener, RpcError> {
     result
 }
 
-fn accept_loop(listener: UnixListener, dispatch: Dispatch, stopping: Arc<AtomicBool>) {
+fn accept_loop(listener: UnixListener, dispatch: Dispatch, stopping: Arc<AtomicBool>, idle: Option<Duration>) {
     let live = Arc::new(AtomicUsize::new(0));
+    let refusals = start_refusals();
     for conn in listener.incoming() {
         if stopping.load(Ordering::SeqCst) {
             break;
@@ -176,13 +208,16 @@ fn accept_loop(listener: UnixListener, dispatch: Dispatch, stopping: Arc<AtomicB
         let Ok(stream) = conn else { continue };
         if live.load(Ordering::SeqCst) >= MAX_CONNECTIONS {
             tracing::warn!("RPC connection refused: {MAX_CONNECTIONS} already open");
-            drop(stream);
+            // The refusal thread answers it; if it is that far behind, close at once.
+            if let Some(tx) = &refusals {
+                let _ = tx.try_send(stream);
+            }
             continue;
         }
         live.fetch_add(1, Ordering::SeqCst);
         let (d, l, st) = (dispatch.clone(), live.clone(), stopping.clone());
         let spawned = std::thread::Builder::new().name("rpc_conn".into()).spawn(move || {
-            serve_connection(stream, &d, &st);
+            serve_connection(stream, &d, &st, idle);
             l.fetch_sub(1, Ordering::SeqCst);
         });
         if spawned.is_err() {
@@ -191,13 +226,75 @@ fn accept_loop(listener: UnixListener, dispatch: Dispatch, stopping: Arc<AtomicB
     }
 }
 
+/// The thread that answers connections over the limit (module docs). `None` if it cannot
+/// start (connections over the limit are then closed without an answer).
+fn start_refusals() -> Option<mpsc::SyncSender<UnixStream>> {
+    let (tx, rx) = mpsc::sync_channel::<UnixStream>(REFUSAL_BACKLOG);
+    std::thread::Builder::new()
+        .name("rpc_refuse".into())
+        .spawn(move || {
+            for stream in rx {
+                refuse(stream);
+            }
+        })
+        .ok()?;
+    Some(tx)
+}
+
+/// The error a connection over the limit gets.
+fn too_many() -> RpcError {
+    RpcError::new(
+        -libc::EBUSY,
+        format!(
+            "Device or resource busy: too many RPC connections ({MAX_CONNECTIONS} open; idle ones are closed after a while), try again later"
+        ),
+    )
+}
+
+/// Reads the first request of `stream` (for at most [`REFUSAL_READ`]), answers every call in
+/// it with [`too_many`] (or one null-id error if none came) and closes.
+fn refuse(mut stream: UnixStream) {
+    let busy: Dispatch = Arc::new(|_req: Request, reply| reply(Err(too_many())));
+    let deadline = Instant::now() + REFUSAL_READ;
+    let _ = stream.set_read_timeout(Some(Duration::from_millis(100)));
+    let mut framer = Framer::default();
+    let mut buf = [0u8; 16 * 1024];
+    let out = loop {
+        if let Some(frame) = framer.next_frame() {
+            break match frame {
+                Frame::Value(v) => handle_frame(&v, &busy),
+                Frame::Fatal(e) => Some(encode(&response(None, Err(e)))),
+            };
+        }
+        if Instant::now() >= deadline {
+            break Some(encode(&response(None, Err(too_many()))));
+        }
+        match stream.read(&mut buf) {
+            Ok(0) => break Some(encode(&response(None, Err(too_many())))),
+            Ok(n) => framer.push(&buf[..n]),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    ErrorKind::WouldBlock | ErrorKind::TimedOut | ErrorKind::Interrupted
+                ) => {}
+            Err(_) => break None,
+        }
+    };
+    if let Some(text) = out {
+        let _ = stream.set_write_timeout(Some(REFUSAL_READ));
+        let _ = stream.write_all(text.as_bytes());
+    }
+}
+
 /// How long a connection thread waits in one read before re-checking for shutdown.
 const READ_TICK: Duration = Duration::from_millis(200);
 
-fn serve_connection(mut stream: UnixStream, dispatch: &Dispatch, stopping: &AtomicBool) {
+fn serve_connection(mut stream: UnixStream, dispatch: &Dispatch, stopping: &AtomicBool, idle: Option<Duration>) {
     let _ = stream.set_read_timeout(Some(READ_TICK));
     let mut framer = Framer::default();
     let mut buf = vec![0u8; 64 * 1024];
+    // When the connection last received bytes or finished a call.
+    let mut active_at = Instant::now();
     loop {
         while let Some(frame) = framer.next_frame() {
             match frame {
@@ -206,7 +303,9 @@ fn serve_connection(mut stream: UnixStream, dispatch: &Dispatch, stopping: &Atom
                     return;
                 }
                 Frame::Value(v) => {
-                    if let Some(out) = handle_value(v, dispatch) {
+                    let out = handle_frame(&v, dispatch);
+                    active_at = Instant::now();
+                    if let Some(out) = out {
                         if stream.write_all(out.as_bytes()).is_err() {
                             return;
                         }
@@ -217,9 +316,19 @@ fn serve_connection(mut stream: UnixStream, dispatch: &Dispatch, stopping: &Atom
         if stopping.load(Ordering::SeqCst) {
             return;
         }
+        if idle.is_some_and(|t| active_at.elapsed() >= t) {
+            tracing::debug!(
+                pending_bytes = framer.pending(),
+                "closing an idle RPC connection (it holds no request)"
+            );
+            return;
+        }
         match stream.read(&mut buf) {
             Ok(0) => return, // peer closed (half-close included: nothing more will come)
-            Ok(n) => framer.push(&buf[..n]),
+            Ok(n) => {
+                framer.push(&buf[..n]);
+                active_at = Instant::now();
+            }
             Err(e)
                 if matches!(
                     e.kind(),
@@ -231,9 +340,11 @@ fn serve_connection(mut stream: UnixStream, dispatch: &Dispatch, stopping: &Atom
 }
 
 /// Runs one request synchronously through `dispatch`; `None` for a successful notification.
-fn call(req: Request, dispatch: &Dispatch) -> Option<Value> {
+/// `raw_id` is the id's wire text (echoed verbatim when numeric).
+fn call(req: Request, raw_id: Option<&str>, dispatch: &Dispatch) -> Option<String> {
     let (tx, rx) = mpsc::channel();
-    let id = req.id.clone();
+    let id = id_text(req.id.as_ref(), raw_id);
+    let notification = req.id.is_none();
     dispatch(req, Box::new(move |r| drop(tx.send(r))));
     let result = rx.recv().unwrap_or_else(|_| {
         Err(RpcError::new(
@@ -241,35 +352,51 @@ fn call(req: Request, dispatch: &Dispatch) -> Option<Value> {
             "Internal error: handler dropped the call",
         ))
     });
-    match (&id, &result) {
-        (None, Ok(_)) => None,
-        _ => Some(response(id, result)),
+    if notification && result.is_ok() {
+        return None;
+    }
+    Some(response_text(&id, result))
+}
+
+/// The response text (no newline) for one request object, if any.
+fn handle_one(raw: &RawValue, dispatch: &Dispatch) -> Option<String> {
+    let v: Value = match serde_json::from_str(raw.get()) {
+        Ok(v) => v,
+        Err(_) => {
+            return Some(response_text(
+                "null",
+                Err(RpcError::new(INVALID_REQUEST, "Invalid request")),
+            ))
+        }
+    };
+    let raw_id = raw_id(raw);
+    match parse_request(v) {
+        Ok(req) => call(req, raw_id, dispatch),
+        Err((id, e)) => Some(response_text(&id_text(id.as_ref(), raw_id), Err(e))),
     }
 }
 
 /// The text to send for one top-level value (single request or batch), if any.
-pub fn handle_value(v: Value, dispatch: &Dispatch) -> Option<String> {
-    match v {
-        Value::Array(items) => {
-            if items.is_empty() {
-                return Some(encode(&response(
-                    None,
-                    Err(RpcError::new(INVALID_REQUEST, "Invalid request")),
-                )));
-            }
-            let out: Vec<Value> = items
-                .into_iter()
-                .filter_map(|item| match parse_request(item) {
-                    Ok(req) => call(req, dispatch),
-                    Err((id, e)) => Some(response(id, Err(e))),
-                })
-                .collect();
-            (!out.is_empty()).then(|| encode(&Value::Array(out)))
+pub fn handle_frame(raw: &RawValue, dispatch: &Dispatch) -> Option<String> {
+    let text = raw.get();
+    if text.starts_with('[') {
+        let items: Vec<&RawValue> = serde_json::from_str(text).unwrap_or_default();
+        if items.is_empty() {
+            return Some(encode(&response(
+                None,
+                Err(RpcError::new(INVALID_REQUEST, "Invalid request")),
+            )));
         }
-        other => match parse_request(other) {
-            Ok(req) => call(req, dispatch).map(|r| encode(&r)),
-            Err((id, e)) => Some(encode(&response(id, Err(e)))),
-        },
+        let out: Vec<String> = items
+            .into_iter()
+            .filter_map(|item| handle_one(item, dispatch))
+            .collect();
+        (!out.is_empty()).then(|| format!("[{}]\n", out.join(",")))
+    } else {
+        handle_one(raw, dispatch).map(|mut s| {
+            s.push('\n');
+            s
+        })
     }
 }
 
@@ -293,7 +420,7 @@ pub fn fuzz_one(data: &[u8]) {
         while let Some(frame) = f.next_frame() {
             let out = match frame {
                 Frame::Fatal(e) => Some(encode(&response(None, Err(e)))),
-                Frame::Value(v) => handle_value(v, &dispatch),
+                Frame::Value(v) => handle_frame(&v, &dispatch),
             };
             if let Some(text) = out {
                 assert!(text.is_ascii(), "non-ASCII response");

@@ -1,7 +1,7 @@
 //! How a method file describes itself: a [`Table`] of [`MethodInfo`] entries, each with the
 //! [`Phase`]s it may run in, and optionally the save_config [`Subsystem`] the file serves.
 //!
-//! Uses only the leaf [`crate::context`]; the method files build their tables from these types
+//! Uses only the leaves [`crate::context`] and `decode`; the method files build their tables from these types
 //! and the registry ([`crate::registry`]) lists the tables.
 
 use std::sync::Arc;
@@ -10,6 +10,7 @@ use keel_bdev::{BdevModule, BdevRegistry};
 use serde_json::Value;
 
 use crate::context::{Ctx, Reply};
+use crate::decode::refuse_positional;
 
 /// A method handler. Runs on the main reactor; owns `params` and calls the [`Reply`] exactly
 /// once, now or later.
@@ -52,6 +53,20 @@ pub struct MethodInfo {
     pub name: &'static str,
     pub handler: Handler,
     pub phase: Phase,
+}
+
+impl MethodInfo {
+    /// Runs the handler on `params` — the one way the server ([`crate::call_method`]) and
+    /// configuration files ([`crate::config`]) call a method. Positional (array) params are
+    /// refused here for every method, before the handler, with SPDK's -32603
+    /// "spdk_json_decode_object failed" (`decode.rs`). Called on the main reactor; `reply` is
+    /// called once.
+    pub fn call(&self, ctx: &Ctx, params: Option<Value>, reply: Reply) {
+        if let Err(e) = refuse_positional(&params) {
+            return reply(Err(e));
+        }
+        (self.handler)(ctx, params, reply)
+    }
 }
 
 /// The table entry of handler `$f` (the wire name is the function's name) for phase `$phase`

@@ -168,3 +168,93 @@ pub fn parse_error(text: &str) -> Option<(i64, String)> {
     let v = de.next()?.ok()?;
     Some((v["code"].as_i64()?, v["message"].as_str()?.to_string()))
 }
+
+// ---------------------------------------------------------------------------------------------
+// NBD exports: the peers (qemu-io, qemu-img, nbdinfo, nbdcopy, fio's nbd engine) and the plugin.
+
+/// The plugin's global options for `rpc_with`.
+pub const PLUGIN: &[&str] = &["--plugin", "keel_rpc"];
+
+/// A third-party program a test talks to, found on PATH. Missing → the test fails with the
+/// set-up hint (it must not skip).
+pub fn peer(name: &str) -> PathBuf {
+    let found = std::env::var_os("PATH")
+        .into_iter()
+        .flat_map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
+        .map(|d| d.join(name))
+        .find(|p| p.is_file());
+    found.unwrap_or_else(|| panic!("{name} not found: run scripts/deps.sh (scripts/test.sh does)"))
+}
+
+/// Runs a peer with `args`; returns its output (not checked).
+pub fn run_peer(name: &str, args: &[&str]) -> Output {
+    Command::new(peer(name))
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {name}: {e}"))
+}
+
+/// stdout of a peer run that must succeed.
+pub fn peer_ok(name: &str, args: &[&str]) -> String {
+    let o = run_peer(name, args);
+    assert!(
+        o.status.success(),
+        "{name} {args:?} failed ({}): {}{}",
+        o.status,
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+impl Target {
+    /// JSON result of a plugin command that must succeed.
+    pub fn plugin(&self, args: &[&str]) -> serde_json::Value {
+        let o = self.rpc_with(PLUGIN, args, None);
+        let out = String::from_utf8_lossy(&o.stdout).into_owned();
+        assert!(
+            o.status.success(),
+            "{args:?} failed: {out}{}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        if out.trim().is_empty() {
+            return serde_json::Value::Null;
+        }
+        // spdk-rpc prints a string result bare.
+        serde_json::from_str(&out).unwrap_or_else(|_| serde_json::Value::String(out.trim().to_string()))
+    }
+
+    /// (code, message) of a plugin command that must fail.
+    pub fn plugin_err(&self, args: &[&str]) -> (i64, String) {
+        let o = self.rpc_with(PLUGIN, args, None);
+        let all = format!(
+            "{}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        );
+        assert!(!o.status.success(), "{args:?} unexpectedly succeeded: {all}");
+        parse_error(&all).unwrap_or_else(|| panic!("no JSON-RPC error in output of {args:?}: {all}"))
+    }
+
+    /// Starts the NBD server on a free TCP port of 127.0.0.1 and on a Unix socket in the
+    /// target's directory; returns (`127.0.0.1:PORT`, the socket's path).
+    pub fn nbd_listen(&self) -> (String, PathBuf) {
+        let tcp = self.plugin(&["nbd_server_start", "127.0.0.1:0"]);
+        let tcp = tcp.as_str().expect("the bound address").to_string();
+        let path = self.dir.path().join("nbd.sock");
+        let unix = format!("unix:{}", path.display());
+        assert_eq!(self.plugin(&["nbd_server_start", &unix]), serde_json::json!(unix));
+        (tcp, path)
+    }
+}
+
+/// `nbd://HOST:PORT/NAME`.
+pub fn nbd_url(tcp: &str, name: &str) -> String {
+    format!("nbd://{tcp}/{name}")
+}
+
+/// `nbd+unix:///NAME?socket=PATH`.
+pub fn nbd_unix_url(path: &Path, name: &str) -> String {
+    format!("nbd+unix:///{name}?socket={}", path.display())
+}

@@ -185,6 +185,11 @@ impl<L: Layer> BdevBackend for StackBackend<L> {
         vec![self.link.base_name.clone()]
     }
 
+    /// A layer unregisters itself when its base goes (the hot-removal cascade above).
+    fn removed_with_base(&self) -> bool {
+        true
+    }
+
     fn on_unregister(&self) {
         self.release_base();
     }

@@ -2,6 +2,23 @@
 //! ends of an array's life: starting it (the end of create and of assembly: the bdev named after
 //! the array and its daemon are registered) and stopping it.
 //!
+//! # md as a bdev module
+//!
+//! [`MdRegistry`] is md's [`BdevModule`]: the bdev registry owns it, builds it on first use
+//! ([`MdRegistry::of`], i.e. `reg.module::<MdRegistry>()`) and keeps it as long as it lives; the
+//! md registry keeps only a `Weak` of the bdev registry. As a module it
+//!
+//! * examines every bdev that registers ([`BdevModule::examine`]): examine-on-appear, once
+//!   [`MdRegistry::enable_auto_assembly`] turned it on (`assemble/appear.rs`; its table of
+//!   members seen is module state, next to the arrays);
+//! * stops every array at shutdown ([`BdevModule::fini`], [`crate::array`]'s stop below), so the
+//!   members get their final superblocks while they are still there: md is in the `"bdev"`
+//!   subsystem, whose modules stop after those of later subsystems (exports, dm);
+//! * has no module-level save_config calls: each array bdev saves its own `md_assemble`
+//!   ([`BdevBackend::config`]) and names its members as its bases ([`BdevBackend::bases`]), so
+//!   the registry's plan recreates it after them, in the latest subsystem any of them is in (an
+//!   array over a dm device in `"dm"`).
+//!
 //! # Start
 //!
 //! `MdRegistry::start_array` takes a finished plan: it builds the array's shared state (slot
@@ -19,11 +36,15 @@
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 
-use keel_bdev::{BackendChannel, BdevBackend, BdevInfo, BdevParams, BdevRegistry, ChannelCx, ConfigCall};
+use keel_bdev::{
+    BackendChannel, Bdev, BdevBackend, BdevInfo, BdevModule, BdevParams, BdevRegistry, ChannelCx, ConfigCall,
+    ExamineToken, ModuleDone,
+};
 use keel_reactor::{CoreId, IoDevice};
 use serde_json::{json, Value};
 
 use super::{Array, ArrayInfo, Ctl, StartPlan, SyncRequest, DEFAULT_SPEED_MAX_KBS, DEFAULT_SPEED_MIN_KBS, MODULE};
+use crate::assemble::AutoState;
 use crate::channel::{CoreSetup, MdCore};
 use crate::intent::Intent;
 use crate::shared::Shared;
@@ -34,6 +55,19 @@ use crate::MdError;
 /// The array bdev's backend.
 struct MdBackend {
     array: Arc<Array>,
+}
+
+impl MdBackend {
+    /// The bdevs the array holds: its members in role order, then its spares.
+    fn member_names(&self) -> Vec<String> {
+        let ctl = self.array.ctl();
+        ctl.slots
+            .iter()
+            .flatten()
+            .chain(ctl.spares.iter())
+            .map(|m| m.name.clone())
+            .collect()
+    }
 }
 
 impl BdevBackend for MdBackend {
@@ -54,14 +88,7 @@ impl BdevBackend for MdBackend {
     /// Arrays come back through `md_assemble` by UUID (never `md_create`, which would write
     /// fresh superblocks over the data).
     fn config(&self, _info: &BdevInfo) -> Option<ConfigCall> {
-        let ctl = self.array.ctl();
-        let members: Vec<String> = ctl
-            .slots
-            .iter()
-            .flatten()
-            .chain(ctl.spares.iter())
-            .map(|m| m.name.clone())
-            .collect();
+        let members = self.member_names();
         Some(ConfigCall {
             method: "md_assemble",
             params: json!({
@@ -71,37 +98,60 @@ impl BdevBackend for MdBackend {
             }),
         })
     }
+
+    /// The members and spares: save_config assembles the array after them (and in the latest
+    /// subsystem any of them is in).
+    fn bases(&self) -> Vec<String> {
+        self.member_names()
+    }
 }
 
-/// The md arrays of one bdev registry. `Send + Sync`; control path only.
+/// The md arrays of one bdev registry: md's module state, owned by that registry and reached
+/// with [`MdRegistry::of`] (`reg.module::<MdRegistry>()`). `Send + Sync`; control path only.
 pub struct MdRegistry {
     pub(crate) bdevs: Weak<BdevRegistry>,
     pub(crate) arrays: Mutex<Vec<Arc<Array>>>,
     /// Names being created or assembled (so two concurrent starts of one name cannot both pass).
     pub(crate) creating: Mutex<Vec<String>>,
+    /// Examine-on-appear: whether it is on, the members it saw (`assemble/appear.rs`).
+    pub(crate) auto: Mutex<AutoState>,
+    pub(crate) me: Weak<MdRegistry>,
 }
 
-type Registries = Mutex<Vec<(Weak<BdevRegistry>, Arc<MdRegistry>)>>;
-static REGISTRIES: Registries = Mutex::new(Vec::new());
-
-impl MdRegistry {
-    /// The md registry of `bdevs`, created on first use. Any thread.
-    pub fn of(bdevs: &Arc<BdevRegistry>) -> Arc<MdRegistry> {
-        let mut map = REGISTRIES.lock().unwrap_or_else(|e| e.into_inner());
-        map.retain(|(w, _)| w.strong_count() > 0);
-        if let Some((_, r)) = map
-            .iter()
-            .find(|(w, _)| w.upgrade().is_some_and(|b| Arc::ptr_eq(&b, bdevs)))
-        {
-            return r.clone();
-        }
-        let r = Arc::new(MdRegistry {
+/// md as a bdev module: the registry's one [`MdRegistry`] (see the module docs).
+impl BdevModule for MdRegistry {
+    /// No arrays yet, examine-on-appear off (state only: nothing starts before the first call).
+    fn init(bdevs: &Arc<BdevRegistry>) -> Arc<MdRegistry> {
+        Arc::new_cyclic(|me| MdRegistry {
             bdevs: Arc::downgrade(bdevs),
             arrays: Mutex::new(Vec::new()),
             creating: Mutex::new(Vec::new()),
-        });
-        map.push((Arc::downgrade(bdevs), r.clone()));
-        r
+            auto: Mutex::new(AutoState::default()),
+            me: me.clone(),
+        })
+    }
+
+    fn name(&self) -> &'static str {
+        MODULE
+    }
+
+    /// Examine-on-appear, when enabled: the superblock is read on the main reactor, holding
+    /// `token` until what it started (an assembly, a re-add) is done.
+    fn examine(&self, bdev: &Arc<Bdev>, token: ExamineToken) {
+        self.examine_appeared(bdev, token);
+    }
+
+    /// Stops every array (final superblocks written, members released), then `done`.
+    fn fini(&self, done: ModuleDone) {
+        self.stop_all(move || done.done());
+    }
+}
+
+impl MdRegistry {
+    /// The md registry of `bdevs`, created on first use: `bdevs.module::<MdRegistry>()`. Any
+    /// thread.
+    pub fn of(bdevs: &Arc<BdevRegistry>) -> Arc<MdRegistry> {
+        bdevs.module::<MdRegistry>()
     }
 
     pub(crate) fn bdevs(&self) -> Result<Arc<BdevRegistry>, MdError> {
@@ -280,9 +330,9 @@ impl MdRegistry {
         }
     }
 
-    /// Stops every array (shutdown). Called on the main reactor; `done` runs there once every
-    /// array's members have their final superblocks and are released.
-    pub fn stop_all(self: &Arc<Self>, done: impl FnOnce() + Send + 'static) {
+    /// Stops every array (shutdown: [`BdevModule::fini`]). Called on the main reactor; `done`
+    /// runs there once every array's members have their final superblocks and are released.
+    fn stop_all(&self, done: impl FnOnce() + Send + 'static) {
         let arrays: Vec<Arc<Array>> = self.arrays.lock().unwrap_or_else(|e| e.into_inner()).clone();
         let left = Arc::new(std::sync::atomic::AtomicUsize::new(arrays.len() + 1));
         type Once = Mutex<Option<Box<dyn FnOnce() + Send>>>;

@@ -1,19 +1,21 @@
 //! Examine on appear (`mdadm --incremental`, done by udev on Linux).
 //!
-//! [`MdRegistry::enable_auto_assembly`] registers an examiner with the bdev registry
-//! ([`BdevRegistry::add_examiner`]). For every bdev that registers later (not claimed, not an
-//! md array) it reads the superblock on the main reactor, holding the registry's
-//! examine-in-flight count ([`BdevRegistry::examine_begin`]) until everything it started is
-//! done. A member of a running array that misses a role (of a level with spares) is re-added to it
-//! ([`MdRegistry::add`]). Otherwise the member is remembered in a per-registry table (array
-//! uuid → members and their superblocks); as soon as every role that the freshest recorded
-//! superblock lists as active has a fresh holder in the table, the array is assembled with
-//! those members (name from set_name). A failed automatic assembly is logged and keeps the
-//! table, so a later bdev can complete it. Nothing is claimed until assembly.
+//! md's module hook [`keel_bdev::BdevModule::examine`] sees every bdev that registers; once
+//! [`MdRegistry::enable_auto_assembly`] turned examine-on-appear on, it hands each one (by
+//! message, with the registry's [`ExamineToken`]) to the main reactor, which reads the
+//! superblock of those that are not claimed and not md arrays. The token counts the
+//! examination in the registry's examine-in-flight count (`bdev_wait_for_examine`) until
+//! everything it started is done. A member of a running array that misses a role (of a level
+//! with spares) is re-added to it ([`MdRegistry::add`]). Otherwise the member is remembered in
+//! the module's table ([`AutoState`]: array uuid → members and their superblocks); as soon as
+//! every role that the freshest recorded superblock lists as active has a fresh holder in the
+//! table, the array is assembled with those members (name from set_name). A failed automatic
+//! assembly is logged and keeps the table, so a later bdev can complete it. Nothing is claimed
+//! until assembly.
 
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, MutexGuard};
 
-use keel_bdev::BdevRegistry;
+use keel_bdev::{Bdev, BdevRegistry, ExamineToken};
 
 use super::classify::{is_fresh, table_role};
 use super::AssembleOpts;
@@ -28,9 +30,10 @@ struct Examined {
     sb: Superblock,
 }
 
-/// Per md registry: whether the examiner is installed, and what it saw.
+/// What examine-on-appear keeps per md registry (a field of [`MdRegistry`], md's module state):
+/// whether it is on, and what it saw.
 #[derive(Default)]
-struct AutoState {
+pub(crate) struct AutoState {
     enabled: bool,
     /// Array uuid → members seen (one entry per bdev name).
     table: Vec<([u8; 16], Vec<Examined>)>,
@@ -38,42 +41,16 @@ struct AutoState {
     assembling: Vec<[u8; 16]>,
 }
 
-type AutoStates = Mutex<Vec<(Weak<MdRegistry>, Arc<Mutex<AutoState>>)>>;
-static AUTO: AutoStates = Mutex::new(Vec::new());
-
-fn auto_state(md: &Arc<MdRegistry>) -> Arc<Mutex<AutoState>> {
-    let mut all = AUTO.lock().unwrap_or_else(|e| e.into_inner());
-    all.retain(|(w, _)| w.strong_count() > 0);
-    if let Some((_, s)) = all
-        .iter()
-        .find(|(w, _)| w.upgrade().is_some_and(|m| Arc::ptr_eq(&m, md)))
-    {
-        return s.clone();
+impl MdRegistry {
+    fn auto_state(&self) -> MutexGuard<'_, AutoState> {
+        self.auto.lock().unwrap_or_else(|e| e.into_inner())
     }
-    let s = Arc::new(Mutex::new(AutoState::default()));
-    all.push((Arc::downgrade(md), s.clone()));
-    s
-}
-
-/// The auto state of `md` if it has one (never creates it).
-fn existing_auto_state(md: &MdRegistry) -> Option<Arc<Mutex<AutoState>>> {
-    let all = AUTO.lock().unwrap_or_else(|e| e.into_inner());
-    all.iter()
-        .find(|(w, _)| std::ptr::eq(w.as_ptr(), md))
-        .map(|(_, s)| s.clone())
-}
-
-fn lock(s: &Mutex<AutoState>) -> std::sync::MutexGuard<'_, AutoState> {
-    s.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// Bdev names examine-on-appear recorded for array `uuid`.
 pub(super) fn examined_members(md: &MdRegistry, uuid: &[u8; 16]) -> Vec<String> {
-    let Some(st) = existing_auto_state(md) else {
-        return Vec::new();
-    };
-    let st = lock(&st);
-    st.table
+    md.auto_state()
+        .table
         .iter()
         .find(|(u, _)| u == uuid)
         .map(|(_, v)| v.iter().map(|e| e.bdev.clone()).collect())
@@ -82,9 +59,7 @@ pub(super) fn examined_members(md: &MdRegistry, uuid: &[u8; 16]) -> Vec<String> 
 
 /// Drops what examine-on-appear recorded for array `uuid` (it is running now).
 pub(super) fn forget_examined(md: &MdRegistry, uuid: &[u8; 16]) {
-    if let Some(st) = existing_auto_state(md) {
-        lock(&st).table.retain(|(u, _)| u != uuid);
-    }
+    md.auto_state().table.retain(|(u, _)| u != uuid);
 }
 
 /// Whether the recorded members complete their array: every role that the freshest recorded
@@ -111,64 +86,50 @@ fn complete(entries: &[Examined]) -> bool {
         })
 }
 
-/// Holds one examine-in-flight count of the bdev registry until dropped.
-struct ExamineToken(Arc<BdevRegistry>);
-
-impl Drop for ExamineToken {
-    fn drop(&mut self) {
-        self.0.examine_end();
-    }
-}
-
 impl MdRegistry {
     /// Examine-on-appear (module docs): from now on every bdev that registers in `reg` is
     /// examined for an md superblock, and arrays assemble (or members re-add) by themselves.
-    /// Idempotent; bdevs registered before the first call are not examined (assemble them with
-    /// `md_assemble`). Any thread; the examination itself runs on the main reactor.
+    /// Loads md's module into `reg` if it was not. Idempotent; bdevs registered before the first
+    /// call are not examined (assemble them with `md_assemble`). Any thread; the examination
+    /// itself runs on the main reactor.
     pub fn enable_auto_assembly(reg: &Arc<BdevRegistry>) {
-        let md = MdRegistry::of(reg);
-        let st = auto_state(&md);
-        {
-            let mut s = lock(&st);
-            if s.enabled {
-                return;
-            }
-            s.enabled = true;
-        }
-        let (wreg, wmd) = (Arc::downgrade(reg), Arc::downgrade(&md));
-        reg.add_examiner(Arc::new(move |name: &str| {
-            let (Some(reg), Some(md)) = (wreg.upgrade(), wmd.upgrade()) else {
-                return;
-            };
-            reg.examine_begin();
-            let token = ExamineToken(reg.clone());
-            let name = name.to_string();
-            let main = reg.cores().main_core();
-            // Always by message, even on the main core: the registering module is still on its
-            // stack and may not expect a reader of its new bdev yet.
-            if let Err(e) = reg.cores().run_on(main, move || md.examine_appeared(token, name)) {
-                tracing::warn!(error = %e, "md: cannot examine a new bdev");
-            }
-        }));
+        MdRegistry::of(reg).auto_state().enabled = true;
     }
 
-    /// Main reactor: examines the new bdev `name`.
-    fn examine_appeared(self: Arc<Self>, token: ExamineToken, name: String) {
-        let reg = token.0.clone();
+    /// md's examine hook: `bdev` registered. With examine-on-appear on, hands it to the main
+    /// reactor with `token`; otherwise drops `token` at once. Called on the registering thread.
+    pub(crate) fn examine_appeared(&self, bdev: &Arc<Bdev>, token: ExamineToken) {
+        if !self.auto_state().enabled {
+            return;
+        }
+        let (Some(reg), Some(md)) = (self.bdevs.upgrade(), self.me.upgrade()) else {
+            return;
+        };
+        let name = bdev.name().to_string();
+        let cores = reg.cores().clone();
+        // Always by message, even on the main core: the registering module is still on its
+        // stack and may not expect a reader of its new bdev yet.
+        if let Err(e) = cores.run_on(cores.main_core(), move || md.examine_new(reg, token, name)) {
+            tracing::warn!(error = %e, "md: cannot examine a new bdev");
+        }
+    }
+
+    /// Main reactor: examines the new bdev `name` of `reg`.
+    fn examine_new(self: Arc<Self>, reg: Arc<BdevRegistry>, token: ExamineToken, name: String) {
         match reg.get(&name) {
             Some(b) if b.claimed_by().is_none() && b.info().module != MODULE && !b.is_removed() => {}
             _ => return,
         }
         let me = self.clone();
-        let n2 = name.clone();
-        crate::examine::examine(&reg, &n2, move |r| match r {
-            Ok(ex) => me.examined(token, name, ex.sb),
+        let (n2, r2) = (name.clone(), reg.clone());
+        crate::examine::examine(&r2, &n2, move |r| match r {
+            Ok(ex) => me.examined(reg, token, name, ex.sb),
             Err(e) => tracing::debug!(bdev = %name, error = %e, "md examine: no md member"),
         });
     }
 
-    /// Main reactor: bdev `name` holds `sb`.
-    fn examined(self: Arc<Self>, token: ExamineToken, name: String, sb: Superblock) {
+    /// Main reactor: bdev `name` of `reg` holds `sb`.
+    fn examined(self: Arc<Self>, reg: Arc<BdevRegistry>, token: ExamineToken, name: String, sb: Superblock) {
         let uuid = sb.set_uuid;
         let running = self
             .arrays
@@ -196,9 +157,8 @@ impl MdRegistry {
             });
             return;
         }
-        let st = auto_state(&self);
         let members = {
-            let mut s = lock(&st);
+            let mut s = self.auto_state();
             let pos = match s.table.iter().position(|(u, _)| *u == uuid) {
                 Some(p) => p,
                 None => {
@@ -210,7 +170,6 @@ impl MdRegistry {
             entries.retain(|e| e.bdev != name);
             entries.push(Examined { bdev: name.clone(), sb });
             // Forget members whose bdev went away or was taken meanwhile.
-            let reg = token.0.clone();
             entries.retain(|e| reg.get(&e.bdev).is_some_and(|b| b.claimed_by().is_none()));
             if s.assembling.contains(&uuid) || !complete(&s.table[pos].1) {
                 None
@@ -229,8 +188,9 @@ impl MdRegistry {
             uuid: Some(Superblock::uuid_text(&uuid)),
             members: Some(members),
         };
+        let me = self.clone();
         self.assemble(opts, move |r| {
-            lock(&st).assembling.retain(|u| *u != uuid);
+            me.auto_state().assembling.retain(|u| *u != uuid);
             match r {
                 Ok(n) => tracing::info!(array = %n, "md examine: array assembled automatically"),
                 Err(e) => tracing::warn!(uuid = %Superblock::uuid_text(&uuid), error = %e, "md examine: automatic assembly failed"),

@@ -58,6 +58,7 @@ use crate::personality::{Health, Layout};
 use crate::shared::SlotState;
 use crate::superblock::{feature, Role, Superblock, BLOCK_BYTES, MAX_SECTOR};
 use crate::MdError;
+pub(crate) use appear::AutoState;
 use appear::{examined_members, forget_examined};
 use classify::{classify, name_from_set_name, refuse, with_refusals, Choice, Probe, Rebuild};
 

@@ -160,3 +160,4 @@ impl Client {
 
 /// The standard client flags (fixed newstyle + no zeroes), as every listed client sends.
 pub const FLAGS: u32 = FLAG_C_FIXED_NEWSTYLE | FLAG_C_NO_ZEROES;
+pub mod pipe;

@@ -44,6 +44,33 @@
 //!   requests are in flight yields the core (`sched_yield`), so the workers sharing it make
 //!   progress instead of waiting for the reactor's time slice to end.
 //!
+//! # One writer per file: the lock
+//!
+//! `open_file` takes an advisory `flock` on the file (or block device node) right after
+//! opening it: `LOCK_EX` for a writable bdev, `LOCK_SH` for aio's `readonly: true` (SPDK's aio
+//! parameter; several read-only bdevs may share a file, nobody writes under them), both
+//! non-blocking. A lock that is taken refuses the create (EBUSY) naming the holder: the pid and
+//! command from `/proc/locks` for another process, the bdev for this one. So two keel-tgt, or
+//! keel-tgt and a fio process running the Keel engine, or two bdevs of one process, never write
+//! one md member at once (the split brain of issue 13).
+//!
+//! Why `flock` and not fcntl locks: classic POSIX (`F_SETLK`) locks belong to the process, so a
+//! second bdev of the same keel-tgt would get the lock too, and closing *any* fd of the file
+//! drops them. `flock` and OFD (`F_OFD_SETLK`) locks both belong to the open file description:
+//! they conflict between two opens even within one process, and go away exactly when the last
+//! fd of that description closes, and a killed process releases them at once. The backend and
+//! every channel share one `Arc<LockedFile>`; when the last of them drops — every ring has
+//! returned every request by then — it unlocks explicitly before closing, because a ring's
+//! registered-file table keeps the description alive until the kernel's asynchronous ring
+//! teardown, and the next bdev over the file must not wait for that. A process that dies
+//! cannot unlock that way, so a create that finds the lock held only by processes that exited
+//! waits for the kernel to drop it (at most `DEAD_HOLDER_WAIT_MS`) instead of refusing: a
+//! restart right after a SIGKILL gets its files back.
+//! Of the two, only `flock` tells who holds it: `/proc/locks` records the pid of a `FLOCK`
+//! holder, while OFD locks show pid -1 there and in `F_OFD_GETLK`. (The lock is advisory: tools
+//! that do not lock, such as `dd` or mdadm's `--examine`, still read and write the file; and
+//! `flock` does not see fcntl locks, such as QEMU's image locks.)
+//!
 //! # Hot removal and teardown
 //!
 //! `abort_all` marks the channel removing and queues one `IORING_OP_ASYNC_CANCEL` matching any
@@ -58,10 +85,10 @@
 use std::cell::RefCell;
 use std::fs::{File, OpenOptions};
 use std::io::{self, Seek, SeekFrom};
-use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
+use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
 use std::os::unix::io::{AsRawFd, RawFd};
 use std::rc::Rc;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use io_uring::{opcode, squeue, types};
 use keel_reactor::{CoreId, PollStatus, PollerHandle};
@@ -92,7 +119,10 @@ const DRAIN_WAIT_SEC: u64 = 1;
 
 /// A file opened for a file bdev (by `open_file`), with what was learnt about it.
 pub(super) struct Opened {
-    pub(super) file: File,
+    /// Open, and locked (module docs).
+    pub(super) file: LockedFile,
+    /// Names this bdev as the lock's holder in this process while the backend lives.
+    pub(super) lock: LockNote,
     /// Opened with `O_DIRECT`.
     pub(super) direct: bool,
     pub(super) size_bytes: u64,
@@ -101,9 +131,10 @@ pub(super) struct Opened {
 }
 
 /// Opens `filename` (read-only when `readonly`) with `O_DIRECT` where the filesystem allows it,
-/// and finds its size and the smallest block size it takes (module docs of `uring`). Called on
-/// the control path (create).
-pub(super) fn open_file(filename: &str, readonly: bool) -> Result<Opened, BdevError> {
+/// locks it for bdev `bdev` (exclusive, or shared when `readonly`; refused naming the holder
+/// when taken), and finds its size and the smallest block size it takes (module docs of
+/// `uring`). Called on the control path (create).
+pub(super) fn open_file(filename: &str, readonly: bool, bdev: &str) -> Result<Opened, BdevError> {
     let open = |direct: bool| {
         let mut o = OpenOptions::new();
         o.read(true).write(!readonly);
@@ -125,6 +156,13 @@ pub(super) fn open_file(filename: &str, readonly: bool) -> Result<Opened, BdevEr
         .metadata()
         .map_err(|e| BdevError::io(format!("cannot stat '{filename}'"), e))?;
     let ft = meta.file_type();
+    if !ft.is_block_device() && !ft.is_file() {
+        return Err(BdevError::invalid(
+            "filename",
+            format!("'{filename}' is neither a regular file nor a block device"),
+        ));
+    }
+    let lock = lock_file(&file, filename, readonly, bdev, (meta.dev(), meta.ino()))?;
     let (size_bytes, min_block_size) = if ft.is_block_device() {
         let size = (&file)
             .seek(SeekFrom::End(0))
@@ -132,25 +170,198 @@ pub(super) fn open_file(filename: &str, readonly: bool) -> Result<Opened, BdevEr
         let lbs = logical_block_size(file.as_raw_fd())
             .map_err(|e| BdevError::io(format!("cannot get the logical block size of '{filename}'"), e))?;
         (size, Some(lbs))
-    } else if ft.is_file() {
+    } else {
         let align = if direct {
             dio_offset_align(file.as_raw_fd())
         } else {
             None
         };
         (meta.len(), align)
-    } else {
-        return Err(BdevError::invalid(
-            "filename",
-            format!("'{filename}' is neither a regular file nor a block device"),
-        ));
     };
     Ok(Opened {
-        file,
+        file: LockedFile(file),
+        lock,
         direct,
         size_bytes,
         min_block_size,
     })
+}
+
+/// A file bdev's open file, locked by `open_file`. Shared (`Arc`) by the backend and every
+/// channel; dropping the last reference unlocks it, then closes it (module docs). Only dropped
+/// once no request of it is in the kernel: a channel that cannot wait for its ring leaks its
+/// reference instead.
+pub(super) struct LockedFile(File);
+
+impl AsRawFd for LockedFile {
+    fn as_raw_fd(&self) -> RawFd {
+        self.0.as_raw_fd()
+    }
+}
+
+impl Drop for LockedFile {
+    fn drop(&mut self) {
+        // SAFETY: flock on the fd this value owns, which is still open.
+        unsafe { libc::flock(self.0.as_raw_fd(), libc::LOCK_UN) };
+    }
+}
+
+/// The bdevs of this process holding a file lock, by the file's (device, inode): what a
+/// refusal names when the holder is this process. Control path only.
+static LOCAL_HOLDERS: Mutex<Vec<((u64, u64), String)>> = Mutex::new(Vec::new());
+
+/// This process's note that bdev `name` holds the lock of a file; removed when dropped (the
+/// backend drops it; the lock itself goes with the last fd).
+pub(super) struct LockNote {
+    key: (u64, u64),
+    bdev: String,
+}
+
+impl Drop for LockNote {
+    fn drop(&mut self) {
+        let mut v = LOCAL_HOLDERS.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(i) = v.iter().position(|(k, b)| *k == self.key && *b == self.bdev) {
+            v.remove(i);
+        }
+    }
+}
+
+/// How long a create waits for a lock whose every holder has exited: the kernel drops a dead
+/// process's `flock` only when the last reference to its open file goes, and an io_uring that
+/// registered the file keeps one until its asynchronous teardown ends (usually within
+/// milliseconds). A restart right after a crash waits for that instead of failing.
+const DEAD_HOLDER_WAIT_MS: u64 = 2_000;
+
+/// Takes the file's `flock` (module docs): shared for a read-only bdev, else exclusive. Never
+/// waits for a live holder: a taken lock is refused with EBUSY naming the holder. A lock held
+/// only by processes that exited is waited for, at most [`DEAD_HOLDER_WAIT_MS`].
+fn lock_file(file: &File, filename: &str, shared: bool, bdev: &str, key: (u64, u64)) -> Result<LockNote, BdevError> {
+    let op = if shared { libc::LOCK_SH } else { libc::LOCK_EX } | libc::LOCK_NB;
+    let started = std::time::Instant::now();
+    loop {
+        // SAFETY: flock on an fd this function borrows (open for the call's duration).
+        let rc = unsafe { libc::flock(file.as_raw_fd(), op) };
+        if rc == 0 {
+            break;
+        }
+        let e = io::Error::last_os_error();
+        match e.raw_os_error() {
+            Some(libc::EINTR) => continue,
+            Some(libc::EWOULDBLOCK) => {
+                if holders_all_exited(key) && started.elapsed() < std::time::Duration::from_millis(DEAD_HOLDER_WAIT_MS)
+                {
+                    std::thread::sleep(std::time::Duration::from_millis(5));
+                    continue;
+                }
+                let holder = lock_holder(key);
+                let wanted = if shared { "shared (read-only)" } else { "exclusive" };
+                return Err(BdevError::io(
+                    format!("cannot take an {wanted} lock on '{filename}': it is in use by {holder}"),
+                    io::Error::from_raw_os_error(libc::EBUSY),
+                ));
+            }
+            _ => return Err(BdevError::io(format!("cannot lock '{filename}'"), e)),
+        }
+    }
+    LOCAL_HOLDERS
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .push((key, bdev.to_string()));
+    Ok(LockNote {
+        key,
+        bdev: bdev.to_string(),
+    })
+}
+
+/// Whether the `flock`s on `key` listed in `/proc/locks` all belong to processes that exited
+/// (false when none is listed: then nobody knows).
+fn holders_all_exited(key: (u64, u64)) -> bool {
+    let text = std::fs::read_to_string("/proc/locks").unwrap_or_default();
+    let holders = flock_holders(&text, key);
+    !holders.is_empty()
+        && holders
+            .iter()
+            .all(|(pid, _, _)| !std::path::Path::new(&format!("/proc/{pid}")).exists())
+}
+
+/// Who holds the `flock` of the file with (device, inode) `key`: this process's bdev, or a
+/// process from `/proc/locks` (pid and command), described for a message.
+fn lock_holder(key: (u64, u64)) -> String {
+    let me = std::process::id();
+    let text = std::fs::read_to_string("/proc/locks").unwrap_or_default();
+    let mut holders: Vec<(u32, &'static str)> = Vec::new();
+    for (pid, mode, exact) in flock_holders(&text, key) {
+        if exact || holders.is_empty() {
+            holders.push((pid, mode));
+        }
+    }
+    let local: Vec<String> = LOCAL_HOLDERS
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .iter()
+        .filter(|(k, _)| *k == key)
+        .map(|(_, b)| format!("bdev '{b}' of this process"))
+        .collect();
+    let mut out: Vec<String> = Vec::new();
+    for (pid, mode) in holders {
+        if pid == me {
+            if local.is_empty() {
+                out.push(format!("this process ({mode} lock)"));
+            }
+            continue;
+        }
+        let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+        let comm = comm.trim();
+        if comm.is_empty() {
+            out.push(format!("pid {pid} ({mode} lock)"));
+        } else {
+            out.push(format!("pid {pid} ({comm}, {mode} lock)"));
+        }
+    }
+    out.extend(local);
+    if out.is_empty() {
+        return "another open file (the holder is not listed in /proc/locks)".to_string();
+    }
+    out.dedup();
+    out.join(", ")
+}
+
+/// The `FLOCK` entries of `/proc/locks` text on the file `key` (device, inode): (pid, "shared"
+/// or "exclusive", whether the device matched too). Lines look like
+/// `1: FLOCK  ADVISORY  WRITE 21419 fe:00:6833690 0 EOF` (device major:minor in hex); waiters
+/// (`1: -> FLOCK ...`) are skipped. The inode alone also matches (with `false`): on stacked
+/// filesystems the device a lock is listed under may differ from what `stat` reports.
+fn flock_holders(text: &str, key: (u64, u64)) -> Vec<(u32, &'static str, bool)> {
+    let (dev, ino) = key;
+    let (major, minor) = (libc::major(dev) as u64, libc::minor(dev) as u64);
+    let mut out = Vec::new();
+    for line in text.lines() {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        if f.len() < 6 || f[1] != "FLOCK" {
+            continue;
+        }
+        let mode = match f[3] {
+            "WRITE" => "exclusive",
+            "READ" => "shared",
+            _ => continue,
+        };
+        let Ok(pid) = f[4].parse::<u32>() else { continue };
+        let mut parts = f[5].split(':');
+        let (Some(ma), Some(mi), Some(i)) = (parts.next(), parts.next(), parts.next()) else {
+            continue;
+        };
+        let (Ok(ma), Ok(mi), Ok(i)) = (
+            u64::from_str_radix(ma, 16),
+            u64::from_str_radix(mi, 16),
+            i.parse::<u64>(),
+        ) else {
+            continue;
+        };
+        if i == ino {
+            out.push((pid, mode, ma == major && mi == minor));
+        }
+    }
+    out
 }
 
 /// `BLKSSZGET`: the logical block size of a block device.
@@ -186,7 +397,12 @@ fn dio_offset_align(fd: RawFd) -> Option<u32> {
 pub(super) struct FileBackend {
     pub(super) flavor: Flavor,
     pub(super) filename: String,
-    pub(super) file: Arc<File>,
+    /// The open, locked file; taken at unregistration so that the backend no longer keeps it
+    /// open (the channels still hold it until the kernel returned their last request).
+    pub(super) file: Mutex<Option<Arc<LockedFile>>>,
+    /// This process's record of the file lock (for refusals naming this bdev); dropped with
+    /// the file at unregistration.
+    pub(super) lock: Mutex<Option<LockNote>>,
     pub(super) block_size: u32,
     pub(super) block_size_override: bool,
     pub(super) direct: bool,
@@ -197,10 +413,11 @@ pub(super) struct FileBackend {
 
 impl BdevBackend for FileBackend {
     fn create_channel(&self, cx: &ChannelCx) -> Box<dyn BackendChannel> {
+        let file = self.file.lock().unwrap_or_else(|e| e.into_inner()).clone();
         Box::new(UringChannel::new(
             &self.name,
             cx.core(),
-            self.file.clone(),
+            file,
             self.block_size,
             self.direct,
             self.inline_data,
@@ -254,7 +471,11 @@ impl BdevBackend for FileBackend {
         })
     }
 
+    /// Lets go of the file: once the channels are gone too, the fd closes and the lock is
+    /// free for a new bdev over the file.
     fn on_unregister(&self) {
+        self.file.lock().unwrap_or_else(|e| e.into_inner()).take();
+        self.lock.lock().unwrap_or_else(|e| e.into_inner()).take();
         tracing::debug!(
             name = self.name,
             filename = self.filename,
@@ -298,7 +519,7 @@ struct ChanState {
     name: Rc<str>,
     ring: Option<FileRing>,
     /// Keeps the fd open while the ring may use it.
-    file: Option<Arc<File>>,
+    file: Option<Arc<LockedFile>>,
     block_shift: u32,
     /// Requests in flight, by the token their SQE carries.
     tokens: TokenQueue<InFlight, Iovecs>,
@@ -329,7 +550,7 @@ macro_rules! with_target {
 }
 
 impl ChanState {
-    fn new(name: &str, file: Option<Arc<File>>, ring: Option<FileRing>, block_size: u32) -> ChanState {
+    fn new(name: &str, file: Option<Arc<LockedFile>>, ring: Option<FileRing>, block_size: u32) -> ChanState {
         ChanState {
             name: Rc::from(name),
             ring,
@@ -555,9 +776,13 @@ impl ChanState {
         self.file = None;
     }
 
-    /// Last resort when the ring cannot be waited on: never free memory the kernel may write.
+    /// Last resort when the ring cannot be waited on: never free memory the kernel may write,
+    /// and keep the file locked (nobody else may write it while our requests may still land).
     fn leak_in_flight(&mut self) {
         self.tokens.leak();
+        if let Some(f) = self.file.take() {
+            std::mem::forget(f);
+        }
         if let Some(r) = self.ring.take() {
             std::mem::forget(r);
         }
@@ -652,7 +877,7 @@ const RAMFS_MAGIC: u64 = 0x8584_58f6;
 
 /// Whether `file` lives on a memory-only filesystem ([`TMPFS_MAGIC`], [`RAMFS_MAGIC`]): its
 /// buffered reads and writes are then done inline by the channel (module docs). Control path.
-pub(super) fn memory_backed(file: &File) -> bool {
+pub(super) fn memory_backed(file: &impl AsRawFd) -> bool {
     // SAFETY: `statfs` is a plain C struct for which all-zero bytes are a valid value.
     let mut st: libc::statfs = unsafe { std::mem::zeroed() };
     // SAFETY: a live fd and a live, writable statfs buffer.
@@ -721,16 +946,24 @@ struct UringChannel {
 
 impl UringChannel {
     /// Called on `core` (a reactor): creates the ring, registers the file, starts the poller.
+    /// Without a file (a channel made after the bdev was unregistered) every I/O fails.
     /// `direct`: the file is open with `O_DIRECT`; `inline_data`: reads and writes are done
     /// inline (module docs).
     fn new(
         name: &str,
         core: CoreId,
-        file: Arc<File>,
+        file: Option<Arc<LockedFile>>,
         block_size: u32,
         direct: bool,
         inline_data: bool,
     ) -> UringChannel {
+        let Some(file) = file else {
+            let state = Rc::new(RefCell::new(ChanState::new(name, None, None, block_size)));
+            let st2 = state.clone();
+            let poller =
+                keel_reactor::current().register_poller(format!("uring_poll_{name}"), move || st2.borrow_mut().poll());
+            return UringChannel { state, poller };
+        };
         let fd = file.as_raw_fd();
         let ring = match Ring::new(RING_DEPTH) {
             Ok(ring) => {
@@ -793,6 +1026,23 @@ impl Drop for UringChannel {
 mod tests {
     use super::*;
     use crate::{CompletionQueue, DmaBuf, IoVec};
+
+    #[test]
+    fn proc_locks_lines_name_the_holder() {
+        let dev = libc::makedev(0xfe, 0);
+        let text = "1: FLOCK  ADVISORY  WRITE 21419 fe:00:6833690 0 EOF\n\
+                    2: FLOCK  ADVISORY  READ 77 fe:00:10133507 0 EOF\n\
+                    2: -> FLOCK  ADVISORY  WRITE 78 fe:00:10133507 0 EOF\n\
+                    3: OFDLCK ADVISORY  WRITE -1 fe:00:6833690 0 EOF\n\
+                    4: FLOCK  ADVISORY  READ 90 08:01:10133507 0 EOF\n\
+                    garbage\n";
+        assert_eq!(flock_holders(text, (dev, 6833690)), vec![(21419, "exclusive", true)]);
+        assert_eq!(
+            flock_holders(text, (dev, 10133507)),
+            vec![(77, "shared", true), (90, "shared", false)]
+        );
+        assert!(flock_holders(text, (dev, 1)).is_empty());
+    }
 
     #[test]
     fn channel_without_ring_fails_io_instead_of_panicking() {

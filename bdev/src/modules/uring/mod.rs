@@ -11,13 +11,15 @@
 //! # Opening
 //!
 //! The file is opened once, at create time, `O_RDWR` (aio `readonly`: `O_RDONLY`) with
-//! `O_DIRECT`. A filesystem that refuses `O_DIRECT` (EINVAL) gets buffered I/O and a warning.
+//! `O_DIRECT`, and locked: an exclusive `flock`, or a shared one for aio `readonly` — a file
+//! another bdev or process holds is refused, naming the holder (`file.rs` explains the lock). A filesystem that refuses `O_DIRECT` (EINVAL) gets buffered I/O and a warning.
 //! The block size is the `block_size` parameter if given (a power of two ≥ 512 and, with
 //! `O_DIRECT`, not below the device's logical block size), else auto-detected: `BLKSSZGET` for a
 //! block device; for a regular file 512 as SPDK does, raised to the filesystem's direct-I/O
 //! offset alignment (`statx` `STATX_DIOALIGN`) when that is larger. The size is the file size
 //! rounded down to whole blocks. The fd is shared (`Arc<File>`) by the backend and every
-//! channel, so it stays open as long as any ring may still use it.
+//! channel, so it stays open as long as any ring may still use it; the backend lets go of it
+//! when the bdev is unregistered, so the file (and its lock) closes with the last channel.
 //!
 //! # Parts
 //!
@@ -211,7 +213,7 @@ fn create_flavor(
     if reg.get(name).is_some() {
         return Err(BdevError::Exists(name.to_string()));
     }
-    let opened = open_file(filename, flavor.readonly())?;
+    let opened = open_file(filename, flavor.readonly(), name)?;
     let block_size = match block_size_param {
         Some(bs) => {
             if let Some(min) = opened.min_block_size.filter(|&m| opened.direct && bs < m) {
@@ -250,7 +252,8 @@ fn create_flavor(
     let backend = FileBackend {
         flavor,
         filename: filename.to_string(),
-        file: Arc::new(opened.file),
+        file: std::sync::Mutex::new(Some(Arc::new(opened.file))),
+        lock: std::sync::Mutex::new(Some(opened.lock)),
         block_size,
         block_size_override: block_size_param.is_some(),
         direct: opened.direct,
