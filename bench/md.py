@@ -16,7 +16,8 @@ Cases (each run RUNS times, interleaved; medians reported):
      semantics: foreground writes make the resync fall back to speed_limit_min (default
      1000 KiB/s), so this measures what the resync costs the foreground at its floor.
 
-Usage: bench/md.py [--runs 3] [--time 5] [--json OUT] [--compare DIR]
+Usage: bench/md.py [--runs 3] [--time 5] [--json OUT] [--compare DIR] [--only CASE,CASE]
+The malloc and raid1 read/write cases run keel-perf with --prefill (fresh RAM disks map lazily).
 With --compare DIR (a directory holding another build's keel-perf and keel-tgt, e.g. of the
 commit before a change), every case of every round also runs with those binaries right after
 this tree's, and both sets of figures and ratios are reported: before/after in one run.
@@ -45,6 +46,11 @@ MALLOC_MEMBER_BLOCKS = 262144 + 2048
 SPDK_RAID0_RATIO = 0.45
 SPDK_RAID1_READ_M = 0.87
 SPDK_RAID1_WRITE_M = 0.43
+
+
+# malloc bdevs map their memory as it is first written (bdev/src/ram.rs): without a prefill a
+# read would hit the zero page and a write would measure page faults.
+PREFILL = ("--prefill",)
 
 
 def perf_config(extra_md, clean=True):
@@ -160,6 +166,7 @@ def main():
     ap.add_argument("--time", type=int, default=5)
     ap.add_argument("--json", help="write results here")
     ap.add_argument("--compare", help="directory with another build's keel-perf and keel-tgt, run alternately")
+    ap.add_argument("--only", help="comma-separated case names to run (ratios of cases not run are skipped)")
     a = ap.parse_args()
     subprocess.run(["cargo", "build", "--release", "-q", "-p", "keel-perf", "-p", "keel-app"], cwd=ROOT, check=True)
     global PERF, TGT
@@ -171,15 +178,18 @@ def main():
     cases = [
         ("null randread qd128", lambda: perf(clean, "Null0", "randread", 128, a.time)),
         ("raid0/2 null randread qd128", lambda: perf(clean, "r0", "randread", 128, a.time)),
-        ("malloc randread qd32", lambda: perf(clean, "Malloc0", "randread", 32, a.time)),
-        ("raid1/2 malloc randread qd32", lambda: perf(clean, "r1", "randread", 32, a.time)),
-        ("malloc randwrite qd32", lambda: perf(clean, "Malloc0", "randwrite", 32, a.time)),
-        ("raid1/2 malloc randwrite qd32", lambda: perf(clean, "r1", "randwrite", 32, a.time)),
+        ("malloc randread qd32", lambda: perf(clean, "Malloc0", "randread", 32, a.time, PREFILL)),
+        ("raid1/2 malloc randread qd32", lambda: perf(clean, "r1", "randread", 32, a.time, PREFILL)),
+        ("malloc randwrite qd32", lambda: perf(clean, "Malloc0", "randwrite", 32, a.time, PREFILL)),
+        ("raid1/2 malloc randwrite qd32", lambda: perf(clean, "r1", "randwrite", 32, a.time, PREFILL)),
         ("raid1 randrw70 qd32, idle", lambda: perf(clean, "r1", "randrw", 32, a.time, ("-M", "70"))),
         ("raid1 randrw70 qd32, during resync", lambda: perf(resyncing, "r1", "randrw", 32, a.time, ("-M", "70"))),
         ("resync 1 GiB raid1 (MiB/s)", resync_mib_s),
         ("memcpy 1 GiB (MiB/s)", memcpy_mib_s),
     ]
+    if a.only:
+        keep = set(a.only.split(","))
+        cases = [c for c in cases if c[0] in keep]
     runs = {(label, name): [] for label, _, _ in builds for name, _ in cases}
     for _ in range(a.runs):
         for name, f in cases:
@@ -211,6 +221,8 @@ def main():
             print(f"{name:40} {v:10.3f} {'M IOPS' if unit == 'IOPS' else 'MiB/s'}  ({shown})")
         print()
         for rlabel, num, den, note in ratios:
+            if num not in med or den not in med:
+                continue
             v = med[num] / med[den]
             paired = statistics.median(x / y for x, y in zip(runs[(label, num)], runs[(label, den)]))
             out.append({"build": label, "ratio": rlabel, "value": v, "median_round_ratio": paired,
