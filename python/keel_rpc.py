@@ -187,6 +187,8 @@ def _add_md_commands(subparsers):
             params["assume_clean"] = True
         if args.uuid is not None:
             params["uuid"] = args.uuid
+        if args.force:
+            params["force"] = True
         print_json(args.client.call("md_create", params))
 
     p = subparsers.add_parser(
@@ -201,6 +203,8 @@ def _add_md_commands(subparsers):
                    help="write-intent bitmap (default: internal for raid1/raid10, none otherwise)")
     p.add_argument("--assume-clean", action="store_true", help="skip the initial resync (raid1, raid10)")
     p.add_argument("-u", "--uuid", help="array UUID (random when absent)")
+    p.add_argument("-f", "--force", action="store_true",
+                   help="create over members that already carry an md superblock (refused otherwise)")
     p.add_argument("members", nargs="+", metavar="MEMBER", help="member bdevs")
     p.set_defaults(func=md_create)
 
@@ -214,6 +218,8 @@ def _add_md_commands(subparsers):
             params["members"] = args.members
         if not params:
             raise SystemExit("md_assemble needs MEMBERs, --uuid or --name")
+        if args.force:
+            params["force"] = True
         print_json(args.client.call("md_assemble", params))
 
     p = subparsers.add_parser(
@@ -223,6 +229,8 @@ def _add_md_commands(subparsers):
     )
     p.add_argument("-n", "--name", help="array name (default: the name in the superblocks)")
     p.add_argument("-u", "--uuid", help="array UUID")
+    p.add_argument("-f", "--force", action="store_true",
+                   help="start an array that stopped unclean and is degraded (levels with a write hole)")
     p.add_argument("members", nargs="*", metavar="MEMBER", help="member bdevs")
     p.set_defaults(func=md_assemble)
 

@@ -44,8 +44,13 @@ struct Args {
     /// Stay in STARTUP until the framework_start_init RPC.
     #[arg(long = "wait-for-rpc")]
     wait_for_rpc: bool,
-    /// Log level: error, warn, info, debug or trace (RUST_LOG overrides).
-    #[arg(short = 'L', long = "log-level", default_value = "info")]
+    /// Log level: error, warn, info, debug or trace (RUST_LOG overrides; the last -L wins).
+    #[arg(
+        short = 'L',
+        long = "log-level",
+        default_value = "info",
+        overrides_with = "log_level"
+    )]
     log_level: String,
     /// Do not pin reactor threads to their cores.
     #[arg(long = "no-pin")]
@@ -67,13 +72,26 @@ enum Event {
 
 fn main() -> ExitCode {
     let args = Args::parse();
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&args.log_level));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+    // Reloadable, so the log_* methods can change it at run time (keel_rpc::log_methods).
+    let (filter, reload) = tracing_subscriber::reload::Layer::new(filter);
+    tracing_subscriber::registry()
+        .with(filter)
+        .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))
         .init();
-    match run(args) {
+    let initial = keel_rpc::log_methods::SpdkLevel::from_tracing(&args.log_level)
+        .unwrap_or(keel_rpc::log_methods::SpdkLevel::Notice);
+    let log = keel_rpc::log_methods::LogControl::new(
+        initial,
+        Box::new(move |directive| {
+            let f = tracing_subscriber::EnvFilter::try_new(directive).map_err(|e| e.to_string())?;
+            reload.reload(f).map_err(|e| e.to_string())
+        }),
+    );
+    match run(args, log) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("keel-tgt: {e}");
@@ -82,7 +100,7 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(args: Args) -> Result<(), String> {
+fn run(args: Args, log: keel_rpc::log_methods::LogControl) -> Result<(), String> {
     let started = Instant::now();
     let mask = CoreMask::parse(&args.cpumask).map_err(|e| e.to_string())?;
     let config = match &args.config {
@@ -136,6 +154,7 @@ fn run(args: Args) -> Result<(), String> {
             let _ = kill_tx.send(Event::Shutdown(format!("spdk_kill_instance {sig}")));
         }),
     );
+    fw.set_log_control(log);
     let ctx = Ctx {
         registry: registry.clone(),
         fw: fw.clone(),

@@ -1,5 +1,6 @@
 //! md_examine through spdk-rpc's plugin agrees with Debian's mdadm --examine on the same member
-//! image; corrupt or missing superblocks are refused with the reason.
+//! image; corrupt or missing superblocks are refused with the reason, and so is a hostile one
+//! with a valid checksum (raid_disks 0xFFFFFFFF), without stalling the target.
 
 mod common;
 
@@ -104,4 +105,22 @@ fn md_examine_agrees_with_mdadm() {
         "{}",
         String::from_utf8_lossy(&o.stdout)
     );
+
+    // raid_disks 0xFFFFFFFF with a valid checksum once spun the main reactor (four billion
+    // array-state slots) and stopped every RPC: now a clear refusal, and the target answers.
+    let hostile = Superblock {
+        raid_disks: 0xFFFF_FFFF,
+        ..raid10_member()
+    };
+    data[4096..8192].copy_from_slice(&hostile.encode());
+    let img = t.dir.path().join("hostile.img");
+    std::fs::write(&img, &data).unwrap();
+    t.ok(&["bdev_aio_create", img.to_str().unwrap(), "H0", "512"]);
+    let o = t.rpc_with(&["--plugin", "keel_rpc"], &["md_examine", "H0"], None);
+    let err = String::from_utf8_lossy(&o.stdout).to_string() + &String::from_utf8_lossy(&o.stderr);
+    assert!(
+        !o.status.success() && err.contains("raid_disks") && err.contains("-22"),
+        "{err}"
+    );
+    assert_eq!(t.json(&["bdev_get_bdevs", "-b", "H0"])[0]["name"], "H0");
 }

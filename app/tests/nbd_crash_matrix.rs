@@ -1,11 +1,15 @@
 //! Crash matrix through the front door: NBD clients write verifiable patterns into keel-tgt —
-//! an md raid1 over two uring bdevs on files (export `mirror`) and a dm linear over a second
-//! such raid1 (export `lin`) — while keel-tgt is SIGKILLed at a random moment, over and over
-//! (at least 20 kill points, seeds printed). Each restart runs `keel-tgt -c` on the config saved
+//! an md raid1 over two uring bdevs on files (export `mirror`), a dm linear over a second
+//! such raid1 (export `lin`) and an md raid10 near-2 over four (export `ten`) — while keel-tgt
+//! is SIGKILLed at a random moment, over and over (at least 20 kill points, seeds printed): the
+//! first kills land in the arrays' initial resync, later ones in the bitmap-guided resyncs
+//! after each unclean restart. Each restart runs `keel-tgt -c` on the config saved
 //! before the first load; the arrays assemble from their superblocks (unclean: they resync),
 //! and every block whose write the client saw acknowledged with FUA, or acknowledged before a
 //! FLUSH whose reply came back, must read back that generation or a later one the client sent.
-//! A block never reads as something no client wrote there.
+//! A block never reads as something no client wrote there. At the end, once the resyncs are
+//! done and keel-tgt stopped cleanly, every array's copies compare equal byte for byte on the
+//! member files and `mdadm --examine` agrees with Keel's superblock on every member.
 //!
 //! Each 4 KiB block carries (export, block, generation) in a header and a body derived from
 //! them, so a stale, torn or misplaced block is told from a good one. `KEEL_CRASH_SEED=N` replays
@@ -27,7 +31,9 @@ const BLOCK: usize = 4096;
 /// Blocks each client writes into (the first 16 MiB of each export).
 const BLOCKS: u64 = 4096;
 const MAGIC: u64 = 0x4b45_454c_4e42_4431; // "KEELNBD1"
-const EXPORTS: [&str; 2] = ["mirror", "lin"];
+const EXPORTS: [&str; 3] = ["mirror", "lin", "ten"];
+/// Member files: u0/u1 the raid1 `mirror`, u2/u3 the raid1 under `lin`, u4..u7 the raid10 `ten`.
+const FILES: usize = 8;
 
 /// xorshift64*.
 struct Rng(u64);
@@ -235,7 +241,7 @@ fn sigkill_never_loses_acknowledged_writes() {
     println!("crash matrix seed {seed} (KEEL_CRASH_SEED={seed} replays it), {kills} kill points");
     let keep = tempfile::tempdir().unwrap();
     let dir = keep.path();
-    for i in 0..4 {
+    for i in 0..FILES {
         let f = std::fs::File::create(dir.join(format!("u{i}.img"))).unwrap();
         f.set_len(24 << 20).unwrap();
     }
@@ -243,12 +249,28 @@ fn sigkill_never_loses_acknowledged_writes() {
     let cfg = dir.join("saved.json");
     {
         let t = Target::start(&["-m", "0x3"]);
-        for i in 0..4 {
+        for i in 0..FILES {
             let f = dir.join(format!("u{i}.img"));
             t.ok(&["bdev_uring_create", f.to_str().unwrap(), &format!("U{i}"), "4096"]);
         }
         sh(&t, &["md_create", "-n", "mirror", "-l", "raid1", "U0", "U1"]);
         sh(&t, &["md_create", "-n", "inner", "-l", "raid1", "U2", "U3"]);
+        sh(
+            &t,
+            &[
+                "md_create",
+                "-n",
+                "ten",
+                "-l",
+                "raid10",
+                "-c",
+                "64",
+                "U4",
+                "U5",
+                "U6",
+                "U7",
+            ],
+        );
         let size = t.json(&["bdev_get_bdevs", "-b", "inner"])[0]["num_blocks"]
             .as_u64()
             .unwrap()
@@ -260,10 +282,11 @@ fn sigkill_never_loses_acknowledged_writes() {
         sh(&t, &["nbd_server_start", &format!("unix:{}", sock.display())]);
         sh(&t, &["nbd_server_add_export", "mirror"]);
         sh(&t, &["nbd_server_add_export", "lin"]);
+        sh(&t, &["nbd_server_add_export", "ten"]);
         std::fs::write(&cfg, t.ok(&["save_config"])).unwrap();
         assert!(t.stop().success());
     }
-    let mut models = [Model::new(), Model::new()];
+    let mut models = [Model::new(), Model::new(), Model::new()];
     let mut rng = Rng(seed | 1);
     let started = Instant::now();
     let mut total_writes = 0;
@@ -271,11 +294,11 @@ fn sigkill_never_loses_acknowledged_writes() {
         let rpc_dir = tempfile::tempdir().unwrap();
         let rpc = rpc_dir.path().join("spdk.sock");
         let mut t = Target::start_at(rpc_dir, rpc, &["-m", "0x3", "-c", cfg.to_str().unwrap()]);
-        for e in 0..2u32 {
+        for e in 0..EXPORTS.len() as u32 {
             verify(&sock, e, &models[e as usize], seed, kill);
         }
         let stop = Arc::new(AtomicBool::new(false));
-        let writers: Vec<_> = (0..2u32)
+        let writers: Vec<_> = (0..EXPORTS.len() as u32)
             .map(|e| {
                 let (s, m, st) = (sock.clone(), models[e as usize].clone(), stop.clone());
                 let wseed = rng.next();
@@ -300,7 +323,7 @@ fn sigkill_never_loses_acknowledged_writes() {
     // A last clean start: everything acknowledged durable is there, and the arrays are whole.
     let mut t = Target::start(&["-m", "0x3", "-c", cfg.to_str().unwrap()]);
     let mut written = 0;
-    for e in 0..2u32 {
+    for e in 0..EXPORTS.len() as u32 {
         written += verify(&sock, e, &models[e as usize], seed, kills);
     }
     assert!(
@@ -316,6 +339,78 @@ fn sigkill_never_loses_acknowledged_writes() {
         "crash matrix: {kills} kills, {total_writes} requests, {durable} blocks durable, {:.1} s",
         started.elapsed().as_secs_f64()
     );
+    // The bitmap-guided resyncs end; a clean stop writes clean superblocks.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let arrays = t.plugin(&["md_get_arrays"]);
+        let busy: Vec<String> = arrays
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|a| a["sync_action"] != "idle" || a["state"].as_str().unwrap().contains("degraded"))
+            .map(|a| a.to_string())
+            .collect();
+        if busy.is_empty() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "seed {seed}: arrays did not settle: {busy:?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
     let _ = t.rpc(&["spdk_kill_instance", "SIGTERM"]);
     common::wait_exit(&mut t.child, Duration::from_secs(20)).expect("keel-tgt exits");
+    members_agree(dir, seed);
+}
+
+/// After the clean stop: the copies of every array compare equal over the data area (raid1
+/// pairs, and raid10 near-2 over four, whose members pair the same way), and mdadm --examine
+/// agrees with Keel's superblock on every member (uuid, events, clean state, role).
+fn members_agree(dir: &Path, seed: u64) {
+    use keel_md::superblock::{Superblock, V1_2_SUPER_OFFSET_SECTORS};
+    use std::os::unix::fs::FileExt;
+    let read = |i: usize, at: u64, len: u64| {
+        let f = std::fs::File::open(dir.join(format!("u{i}.img"))).unwrap();
+        let mut b = vec![0u8; len as usize];
+        f.read_exact_at(&mut b, at).unwrap();
+        b
+    };
+    let sbs: Vec<Superblock> = (0..FILES)
+        .map(|i| Superblock::decode(&read(i, 4096, 4096), V1_2_SUPER_OFFSET_SECTORS).unwrap())
+        .collect();
+    for (a, b) in [(0, 1), (2, 3), (4, 5), (6, 7)] {
+        let (sa, sb) = (&sbs[a], &sbs[b]);
+        assert_eq!(
+            (sa.set_uuid, sa.events),
+            (sb.set_uuid, sb.events),
+            "seed {seed}: u{a} u{b}"
+        );
+        assert!(
+            sa.is_clean() && sb.is_clean(),
+            "seed {seed}: u{a}/u{b} not clean after a clean stop"
+        );
+        let off = sa.data_offset_sectors * 512;
+        let len = sa.size_sectors.min(sa.data_size_sectors) * 512;
+        assert!(
+            read(a, off, len) == read(b, off, len),
+            "seed {seed}: the copies on u{a} and u{b} differ"
+        );
+    }
+    for (i, sb) in sbs.iter().enumerate() {
+        let m = keel_testkit::mdadm_run(&["--examine"], &dir.join(format!("u{i}.img")));
+        let f = |l: &str| keel_testkit::mdadm_field(&m, l).to_string();
+        assert_eq!(
+            f("Array UUID"),
+            Superblock::uuid_text(&sb.set_uuid),
+            "seed {seed}: u{i}"
+        );
+        assert_eq!(f("Events"), sb.events.to_string(), "seed {seed}: u{i}");
+        assert_eq!(f("State"), "clean", "seed {seed}: u{i}");
+        let role = match sb.own_role() {
+            keel_md::superblock::Role::Active(r) => format!("Active device {r}"),
+            other => format!("{other:?}"),
+        };
+        assert_eq!(f("Device Role"), role, "seed {seed}: u{i}");
+    }
 }

@@ -4,7 +4,8 @@
 //! bdev_raid_add_base_bdev (rebuild); bdev_raid_delete with and without clear_sb. The arrays are
 //! md arrays (md_get_arrays shows them); a raid10 md array is not an SPDK raid. Errors use SPDK's
 //! codes: -32700/-32603 for undecodable params, -17 duplicate, -19 unknown, -22 bad values,
-//! -16 a claimed base bdev, -95 what md cannot do (raid5f, removing a raid0 member).
+//! -16 a claimed base bdev or a raid0 member to remove (md refuses to lose data), -95 what md
+//! cannot do (raid5f).
 
 mod common;
 
@@ -243,7 +244,7 @@ fn bdev_raid_methods_over_md_arrays() {
     assert_eq!(err(&["bdev_raid_remove_base_bdev", "Malloc8"]), -19, "a raid10 member");
     assert_eq!(
         err(&["bdev_raid_remove_base_bdev", "Malloc0"]),
-        -95,
+        -16,
         "raid0 has no redundancy"
     );
     assert_eq!(err(&["bdev_raid_add_base_bdev", "nope", "Malloc3"]), -19);

@@ -117,7 +117,7 @@ fn layers_over_mapped_devices_save_where_their_bases_are() {
         .iter()
         .map(|s| s["subsystem"].as_str().unwrap())
         .collect();
-    assert_eq!(subs, ["bdev", "dm", "nbd"]);
+    assert_eq!(subs, ["bdev", "dm", "nvmf", "nbd", "ublk"]);
     assert_eq!(
         calls(&v, "bdev"),
         [

@@ -276,7 +276,7 @@ fn save_config_rebuilds_mapped_devices_in_dependency_order() {
         .iter()
         .map(|s| s["subsystem"].as_str().unwrap())
         .collect();
-    assert_eq!(subs, vec!["bdev", "dm", "nbd"]);
+    assert_eq!(subs, vec!["bdev", "dm", "nvmf", "nbd", "ublk"]);
     let dm_methods: Vec<String> = v["subsystems"][1]["config"]
         .as_array()
         .unwrap()

@@ -3,8 +3,8 @@
 //! faulty and role-less; md_remove; md_add of a spare → recovery runs to the end; a check finds
 //! no mismatches; sync speed limits and their bounds; frozen/idle; md_stop + md_assemble (by
 //! members, by uuid, idempotent while running). Bad params fail with -32602 (malformed) or md's
-//! errno: -19 unknown array or bdev, -16 an active member removed, -95 what raid0 cannot do,
-//! -22 bad values.
+//! errno: -19 unknown array or bdev, -16 an active member removed or a raid0 member failed, -95
+//! what raid0 cannot do, -22 bad values.
 
 mod common;
 
@@ -171,7 +171,8 @@ fn md_methods_with_good_and_bad_params() {
         ("md_set_sync_speed", json!({"name": "mir", "max_kbs": "10"})),
         ("md_assemble", json!({})),
         ("md_assemble", json!({"members": "M0 M1"})),
-        ("md_assemble", json!({"uuid": uuid, "force": true})),
+        ("md_assemble", json!({"uuid": uuid, "force": "yes"})),
+        ("md_assemble", json!({"uuid": uuid, "run": true})),
         ("md_get_arrays", json!({"name": 1})),
     ] {
         assert_eq!(raw_code(&t, method, params.clone()), -32602, "{method} {params}");
@@ -197,8 +198,8 @@ fn md_methods_with_good_and_bad_params() {
     // An active member must be failed first: -16. A claimed bdev cannot be added: -16.
     assert_eq!(md_err(&t, &["md_remove", "mir", "M1"]).0, -16);
     assert_eq!(md_err(&t, &["md_add", "mir", "R0"]).0, -16);
-    // raid0 has no redundancy: -95.
-    assert_eq!(md_err(&t, &["md_fail", "str", "R0"]).0, -95);
+    // raid0 has no redundancy: failing a member is -16 (EBUSY, as Linux md), adding one -95.
+    assert_eq!(md_err(&t, &["md_fail", "str", "R0"]).0, -16);
     assert_eq!(md_err(&t, &["md_add", "str", "M2"]).0, -95);
     assert_eq!(md_err(&t, &["md_set_sync_action", "str", "check"]).0, -95);
     // Bad values: -22 naming the parameter.
@@ -273,6 +274,22 @@ fn md_methods_with_good_and_bad_params() {
     // Spare removal releases it.
     md(&t, &["md_remove", "mir", "M1"]);
     assert!(!members(&array(&t, "mir")).iter().any(|m| m.0 == "M1"));
+
+    // An open array does not stop (-16, naming the holder): a dm table over it.
+    md(&t, &["dm_create", "over", "--table", "0 64 linear mir 0"]);
+    let (code, msg) = md_err(&t, &["md_stop", "mir"]);
+    assert_eq!(code, -16, "{msg}");
+    assert!(msg.contains("dm device 'over'"), "{msg}");
+    assert_eq!(array(&t, "mir")["name"], "mir", "still running");
+    md(&t, &["dm_remove", "over"]);
+    // md_create over members that carry a superblock (M1, removed above): -16 without force.
+    t.ok(&["bdev_malloc_create", "-b", "F0", "8", "512"]);
+    let (code, msg) = md_err(&t, &["md_create", "-n", "fresh", "-l", "raid1", "F0", "M1"]);
+    assert_eq!(code, -16, "{msg}");
+    assert!(
+        msg.contains("'M1' holds a v1.2 superblock") && msg.contains("force"),
+        "{msg}"
+    );
 
     // Stop, then assemble: by members, idempotently by uuid while running, by uuid alone.
     md(&t, &["md_stop", "mir"]);

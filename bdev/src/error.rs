@@ -17,6 +17,12 @@ pub enum BdevError {
     Removed(String),
     #[error("bdev '{name}' is in use by {}; remove that first", holders.join(", "))]
     Held { name: String, holders: Vec<String> },
+    /// A module configuration exists already for this object (a split of the same base); EEXIST.
+    #[error("{0} already exists")]
+    AlreadyConfigured(String),
+    /// No module configuration for this object (a split delete of an unsplit base); ENOENT.
+    #[error("{0} not found")]
+    NotConfigured(String),
     /// The machine cannot hold what was asked for (a malloc bdev larger than the memory left).
     #[error("{0}")]
     NoMemory(String),
@@ -58,6 +64,8 @@ impl BdevError {
             BdevError::Held { .. } => -libc::EBUSY,
             BdevError::InvalidParam { .. } => -libc::EINVAL,
             BdevError::NoMemory(_) => -libc::ENOMEM,
+            BdevError::AlreadyConfigured(_) => -libc::EEXIST,
+            BdevError::NotConfigured(_) => -libc::ENOENT,
             BdevError::Io { source, .. } => -source.raw_os_error().unwrap_or(libc::EIO),
         }
     }

@@ -15,7 +15,9 @@
 //! older device depend on a newer one (a topological order, ties broken by bdev registration
 //! order, devices without a bdev last in creation order); a staged table comes right after its
 //! device's create and after what it names; suspends close the subsystem
-//! ([`ConfigEntry::last`]): nothing may do I/O to a suspended device after it.
+//! ([`ConfigEntry::last`]): nothing may do I/O to a suspended device after it. They are preceded
+//! by a `bdev_wait_for_examine`, so no examination's read of a device being loaded is held by
+//! its suspend (the load would wait for that read forever).
 
 use serde_json::{json, Map as JsonMap, Value};
 use uuid::Uuid;
@@ -188,6 +190,18 @@ impl DmRegistry {
                     }
                 }
             }
+        }
+        // Examinations of the devices just created (md reading a device for a superblock) must
+        // finish before any is suspended, or their reads would be held until a resume that a
+        // loading configuration never sends — and the load would wait for them forever.
+        if devs.iter().any(|d| d.suspended) {
+            entries.push(
+                ConfigEntry::new(ConfigCall {
+                    method: "bdev_wait_for_examine",
+                    params: Value::Null,
+                })
+                .last(),
+            );
         }
         for d in devs.iter().filter(|d| d.suspended) {
             entries.push(

@@ -91,6 +91,7 @@ fn the_save_config_plan_places_dm_calls_and_the_layers_around_them() {
             "dm_load a",
             "dm_create s",
             "dm_create n",
+            "bdev_wait_for_examine ",
             "dm_suspend s"
         ]
     );

@@ -378,6 +378,7 @@ fn run(args: Args) -> Result<(), String> {
                         name: Some(args.name.clone()),
                         uuid: None,
                         members: Some(names),
+                        force: false,
                     };
                     md.assemble(opts, move |r| up(r.map_err(|e| format!("md assemble: {e}"))));
                 }

@@ -42,9 +42,10 @@ fn u64_at(b: &[u8], o: usize) -> u64 {
 }
 
 impl BitmapHeader {
-    /// Number of bits (chunks): `ceil(sync_size * 512 / chunk)`.
+    /// Number of bits (chunks): `ceil(sync_size * 512 / chunk)`. Saturates (a decoded header
+    /// never needs it: [`BitmapHeader::decode`] bounds `sync_size`).
     pub fn bits(&self) -> u64 {
-        (self.sync_size_sectors * 512).div_ceil(self.chunk_bytes as u64)
+        (self.sync_size_sectors.saturating_mul(512)).div_ceil(self.chunk_bytes.max(1) as u64)
     }
 
     /// Sectors of sync space per bit.
@@ -115,6 +116,16 @@ impl BitmapHeader {
             return Err(MdError::bad(
                 "bitmap chunksize",
                 format!("{} is not a power of two ≥ 512", h.chunk_bytes),
+            ));
+        }
+        if h.sync_size_sectors > crate::superblock::MAX_FIELD_SECTORS {
+            return Err(MdError::bad(
+                "bitmap sync_size",
+                format!(
+                    "{} sectors exceeds {}",
+                    h.sync_size_sectors,
+                    crate::superblock::MAX_FIELD_SECTORS
+                ),
             ));
         }
         if h.daemon_sleep_s == 0 {
@@ -212,6 +223,22 @@ mod tests {
         let mut b = good;
         b[52..56].copy_from_slice(&3000u32.to_le_bytes());
         assert!(BitmapHeader::decode(&b, &UUID).is_err(), "chunk not a power of two");
+        // A sync_size whose byte count overflows u64 is refused, not wrapped into a small bitmap.
+        let mut b = good;
+        b[40..48].copy_from_slice(&u64::MAX.to_le_bytes());
+        assert!(matches!(
+            BitmapHeader::decode(&b, &UUID),
+            Err(MdError::BadSuperblock {
+                field: "bitmap sync_size",
+                ..
+            })
+        ));
+        let h = BitmapHeader {
+            sync_size_sectors: u64::MAX,
+            chunk_bytes: 512,
+            ..example()
+        };
+        assert_eq!(h.bits(), u64::MAX.div_ceil(512), "saturates");
     }
 
     proptest! {

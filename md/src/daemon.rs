@@ -10,7 +10,8 @@
 //!    members and answer;
 //! 3. member failures (a core marked a slot faulty, or the member bdev is going away): the member
 //!    moves to the faulty list, every core drops its channel, the superblocks record it
-//!    (role 0xfffe); a spare, if any, takes the role as `Rebuilding`;
+//!    (role 0xfffe), a running sync stops (it resumes over the new member set); a spare, if
+//!    any, takes the role as `Rebuilding` once no sync runs;
 //! 4. dirty marking: a writer found the superblocks clean → write them "active" (resync_offset
 //!    0), then open the write gate; after [`SAFE_MODE_MS`] without writes, close the gate and
 //!    write them clean again (resync_offset = the resync checkpoint), as Linux's safe mode;
@@ -349,11 +350,13 @@ impl Daemon {
             } else {
                 ctl.faulty.push(m);
             }
-            // A failing recovery target ends the run.
-            if let Some((SyncAction::Recover, targets, h)) = &self.sync {
-                if targets.contains(&MemberIdx(r as u16)) {
-                    h.stop();
-                }
+        }
+        // A run over a member that left ends: its channels are the old members', and a late
+        // failure of one would be charged to the role — to whoever holds it next. It resumes
+        // (resync from its checkpoint, recovery onto what rebuilds) once it has ended.
+        if !faulty.is_empty() {
+            if let Some((_, _, h)) = &self.sync {
+                h.stop();
             }
         }
         let states = shared.states();
@@ -368,11 +371,14 @@ impl Daemon {
         true
     }
 
-    /// Moves spares into missing roles (as Rebuilding).
+    /// Moves spares into missing roles (as Rebuilding). Not while a sync run is under way: its
+    /// member set is fixed, and what it still has in flight to a role's old member must not be
+    /// charged to the spare.
     fn activate_spares(&mut self) -> bool {
         let array = self.array.clone();
         let mut ctl = array.ctl();
-        if ctl.failed
+        if self.sync.is_some()
+            || ctl.failed
             || ctl.spares.is_empty()
             || !self.array.personality.caps().spares
             || ctl.request == SyncRequest::Frozen
@@ -486,7 +492,7 @@ impl Daemon {
         let events = {
             let ctl = self.array.ctl();
             if !self.sb_inflight && (ctl.sb_needed || self.open_gate_after) {
-                ctl.events + 1
+                ctl.events.saturating_add(1)
             } else {
                 ctl.events
             }
@@ -593,13 +599,15 @@ impl Daemon {
             return false;
         }
         if let Some(disk) = &self.disk {
-            if disk.events_on_disk() < ctl.events + 1 {
+            if disk.events_on_disk() < ctl.events.saturating_add(1) {
                 // The bitmap header with the new count goes first (see `bitmap`).
                 return false;
             }
         }
         ctl.sb_needed = false;
-        ctl.events += 1;
+        // Never wraps: decoding refuses events above `MAX_EVENTS` (2^32 updates below
+        // u64::MAX), so this saturates only in theory.
+        ctl.events = ctl.events.saturating_add(1);
         let mut targets: Vec<MetaTarget> = Vec::new();
         let mut whos = Vec::new();
         let active = self.sb_active;

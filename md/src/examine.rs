@@ -32,20 +32,24 @@ impl Examine {
     }
 
     /// mdadm's "Array State": per slot 'A' (one holder), '.' (none), 'R' (two: replacing).
+    /// One pass over the role table; `raid_disks` is bounded by the decoder
+    /// ([`crate::superblock::MAX_DEV_LIMIT`]), so the text is at most 1920 characters.
     pub fn array_state(&self) -> String {
-        (0..self.sb.raid_disks)
-            .map(|slot| {
-                let n = self
-                    .sb
-                    .dev_roles
-                    .iter()
-                    .filter(|&&r| Role::from_raw(r) == Role::Active(slot as u16))
-                    .count();
-                match n {
-                    0 => '.',
-                    1 => 'A',
-                    _ => 'R',
+        let slots = self.sb.raid_disks.min(crate::superblock::MAX_DEV_LIMIT) as usize;
+        let mut holders = vec![0u8; slots];
+        for &r in &self.sb.dev_roles {
+            if let Role::Active(slot) = Role::from_raw(r) {
+                if let Some(n) = holders.get_mut(slot as usize) {
+                    *n = n.saturating_add(1);
                 }
+            }
+        }
+        holders
+            .iter()
+            .map(|n| match n {
+                0 => '.',
+                1 => 'A',
+                _ => 'R',
             })
             .collect()
     }

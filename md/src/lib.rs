@@ -8,7 +8,9 @@
 //!
 //! - Formats: [`superblock`] (the v1.x superblock, fixed-size little-endian with its checksum and
 //!   the kernel's load checks) and [`bitmap`] (the bitmap header and bit math); [`meta_io`] and
-//!   [`examine`] read and write metadata through the bdev layer (`md_examine`).
+//!   [`examine`] read and write metadata through the bdev layer (`md_examine`); [`fuzz`] is the
+//!   md_superblock fuzz target's body (decoders, examine, assembly's decision on hostile
+//!   metadata).
 //! - The array core, [`array`](mod@array): [`MdRegistry`] creates, assembles and stops arrays,
 //!   adds, fails and removes members and drives sync actions. It is md's bdev module
 //!   ([`keel_bdev::BdevModule`]): one per bdev registry, owned by it
@@ -40,6 +42,7 @@ mod channel;
 mod daemon;
 mod error;
 pub mod examine;
+pub mod fuzz;
 mod geometry;
 mod intent;
 mod lane;

@@ -87,10 +87,13 @@
 //!   writes the targets (one or two); [`SyncShape::recovered_member_sectors`] is the sync
 //!   sector itself (a member's rows).
 //!
-//! What the core does not offer yet and those levels need, each a small core change: creating
-//! an array by recovery onto its last member (raid5's creation rule; today a create without
-//! `assume_clean` resyncs), refusing to start a dirty and degraded array without a `force` flag
-//! (the write hole), and the stripe-cache size setting (`md_set_stripe_cache`).
+//! The core refuses to start a dirty and degraded array without `force` when the level's
+//! [`Personality::starts_dirty_degraded`] says false (the write hole), refuses `md_fail` of a
+//! member the layout cannot lose ([`Layout::can_lose`], from its health), and both come free
+//! with a level's descriptor and health. What the core does not offer yet and those levels
+//! need, each a small core change: creating an array by recovery onto its last member (raid5's
+//! creation rule; today a create without `assume_clean` resyncs) and the stripe-cache size
+//! setting (`md_set_stripe_cache`).
 
 use std::fmt::Debug;
 use std::sync::Arc;
@@ -201,6 +204,15 @@ pub(crate) trait Personality: Sync + 'static {
     /// core picked, checking the level's fields (errors name the field). At create and at
     /// assembly alike.
     fn start(&self, sb: &Superblock, req: &StartRequest) -> Result<Arc<dyn Layout>, MdError>;
+    /// Whether an array that stopped unclean (dirty) may start degraded without `force`.
+    /// True (the default) for the copy levels: every in-sync copy holds the data, the resync
+    /// makes the copies agree. A parity level answers false — the write hole: a stripe written
+    /// in flight may hold parity that matches neither its old nor its new data, so a missing
+    /// member rebuilt from it would be silently wrong (the kernel's "cannot start dirty
+    /// degraded array" unless `start_dirty_degraded`, mdadm's `--force`). Assembly asks.
+    fn starts_dirty_degraded(&self) -> bool {
+        true
+    }
     /// mdadm --examine's "Array Size" in sectors, from one member's superblock.
     fn examine_array_sectors(&self, sb: &Superblock) -> u64;
     /// mdadm --examine's "Layout" line, if the level has one.
@@ -226,6 +238,15 @@ pub(crate) trait Layout: Send + Sync + Debug {
     /// The array's health when the members `live` says (per role) work. Control path, and the
     /// data path after a degraded write.
     fn health(&self, live: &dyn Fn(MemberIdx) -> bool) -> Health;
+    /// Whether the array still holds every sector once role `member` is lost as well, with the
+    /// roles `live` says working: what `md_fail` asks before it fails a member (Linux md
+    /// refuses with EBUSY to fail the last in-sync copy of any data, and any member of a level
+    /// without redundancy). Control path. The default answers from [`Layout::health`] over the
+    /// live set without `member`, so a level gets the rule from its health alone; a level
+    /// overrides it only if it knows better.
+    fn can_lose(&self, live: &dyn Fn(MemberIdx) -> bool, member: MemberIdx) -> bool {
+        self.health(&|m| m != member && live(m)) != Health::Failed
+    }
     /// The bdev's optimal I/O boundary in sectors (0: none).
     fn optimal_io_boundary_sectors(&self) -> u64 {
         0

@@ -20,6 +20,15 @@ pub const V1_2_SUPER_OFFSET_SECTORS: u64 = 8;
 pub const MAX_DEV_LIMIT: u32 = 1920;
 /// `resync_offset` of a clean array.
 pub const MAX_SECTOR: u64 = u64::MAX;
+/// Most sectors any size or offset field may say (2^52 sectors, 2 EiB): far above any member,
+/// and low enough that a size times [`MAX_DEV_LIMIT`] members, or times 512 bytes, stays in a
+/// `u64`. Decoding refuses more, so no arithmetic on decoded fields can overflow.
+pub const MAX_FIELD_SECTORS: u64 = 1 << 52;
+/// Highest `events` a superblock may carry. Each superblock update adds one; beyond this the
+/// counter could not advance for another 2^32 updates (27 years at one every 200 ms) and would
+/// have to wrap, which would make every member look older than a stale one. Decoding refuses
+/// more, and the array core never writes more.
+pub const MAX_EVENTS: u64 = u64::MAX - (1 << 32);
 
 /// feature_map bits (spec §3).
 pub mod feature {
@@ -338,6 +347,33 @@ impl Superblock {
                 "bad-block log flagged but absent or larger than 4 KiB",
             ));
         }
+        // Every field that sizes a loop, an allocation or a product is bounded here, before
+        // anything (examine's text, assembly, a personality) uses it.
+        let raid_disks = u32_at(buf, off::RAID_DISKS);
+        if raid_disks == 0 || raid_disks > MAX_DEV_LIMIT {
+            return Err(MdError::bad(
+                "raid_disks",
+                format!("{raid_disks}, outside 1..={MAX_DEV_LIMIT}"),
+            ));
+        }
+        for (field, o) in [
+            ("size", off::SIZE),
+            ("data_offset", off::DATA_OFFSET),
+            ("data_size", off::DATA_SIZE),
+            ("super_offset", off::SUPER_OFFSET),
+        ] {
+            let v = u64_at(buf, o);
+            if v > MAX_FIELD_SECTORS {
+                return Err(MdError::bad(field, format!("{v} sectors exceeds {MAX_FIELD_SECTORS}")));
+            }
+        }
+        let events = u64_at(buf, off::EVENTS);
+        if events > MAX_EVENTS {
+            return Err(MdError::bad(
+                "events",
+                format!("{events} exceeds {MAX_EVENTS}: the counter could not advance without wrapping"),
+            ));
+        }
         let name_raw = &buf[off::SET_NAME..off::SET_NAME + 32];
         let name_len = name_raw.iter().position(|&b| b == 0).unwrap_or(32);
         let sb = Superblock {
@@ -349,7 +385,7 @@ impl Superblock {
             layout: u32_at(buf, off::LAYOUT),
             size_sectors: u64_at(buf, off::SIZE),
             chunk_sectors: u32_at(buf, off::CHUNK),
-            raid_disks: u32_at(buf, off::RAID_DISKS),
+            raid_disks,
             bitmap_offset_sectors: i32_at(buf, off::BITMAP_OFFSET),
             new_level: u32_at(buf, off::NEW_LEVEL),
             reshape_position: u64_at(buf, off::RESHAPE_POSITION),
@@ -369,7 +405,7 @@ impl Superblock {
             bblog_size,
             bblog_offset,
             utime: u64_at(buf, off::UTIME),
-            events: u64_at(buf, off::EVENTS),
+            events,
             resync_offset: u64_at(buf, off::RESYNC_OFFSET),
             dev_roles: (0..max_dev as usize)
                 .map(|i| u16_at(buf, off::DEV_ROLES + 2 * i))
@@ -564,6 +600,46 @@ mod tests {
         ));
     }
 
+    /// Fields that size loops, strings, allocations or products are bounded at decode, with a
+    /// valid checksum: raid_disks 0xFFFFFFFF once spun md_examine's array_state forever.
+    #[test]
+    fn sizing_fields_are_bounded_before_use() {
+        let fix = |mut b: [u8; BLOCK_BYTES]| {
+            let c = checksum(&b);
+            put32(&mut b, off::SB_CSUM, c);
+            b
+        };
+        let good = example(0).encode();
+        let cases: [(usize, u64, bool, &str); 8] = [
+            (off::RAID_DISKS, 0xFFFF_FFFF, false, "raid_disks"),
+            (off::RAID_DISKS, 0, false, "raid_disks"),
+            (off::RAID_DISKS, MAX_DEV_LIMIT as u64 + 1, false, "raid_disks"),
+            (off::SIZE, u64::MAX, true, "size"),
+            (off::DATA_SIZE, MAX_FIELD_SECTORS + 1, true, "data_size"),
+            (off::DATA_OFFSET, u64::MAX - 7, true, "data_offset"),
+            (off::EVENTS, u64::MAX, true, "events"),
+            (off::EVENTS, MAX_EVENTS + 1, true, "events"),
+        ];
+        for (o, v, wide, field) in cases {
+            let mut b = good;
+            if wide {
+                put64(&mut b, o, v);
+            } else {
+                put32(&mut b, o, v as u32);
+            }
+            match Superblock::decode(&fix(b), 8) {
+                Err(MdError::BadSuperblock { field: f, reason }) => assert_eq!(f, field, "{reason}"),
+                other => panic!("{field} = {v:#x}: {other:?}"),
+            }
+        }
+        let mut b = good;
+        put32(&mut b, off::RAID_DISKS, MAX_DEV_LIMIT);
+        put64(&mut b, off::EVENTS, MAX_EVENTS);
+        put64(&mut b, off::DATA_SIZE, MAX_FIELD_SECTORS);
+        let sb = Superblock::decode(&fix(b), 8).unwrap();
+        assert_eq!((sb.raid_disks, sb.events), (MAX_DEV_LIMIT, MAX_EVENTS));
+    }
+
     #[test]
     fn every_covered_byte_is_protected() {
         let good = example(0).encode();
@@ -587,7 +663,7 @@ mod tests {
 
     proptest! {
         #[test]
-        fn round_trips(events: u64, level in prop::sample::select(vec![-1i32, 0, 1, 4, 5, 6, 10]), raid_disks in 1u32..64,
+        fn round_trips(events in 0..=MAX_EVENTS, level in prop::sample::select(vec![-1i32, 0, 1, 4, 5, 6, 10]), raid_disks in 1u32..64,
                        roles in prop::collection::vec(any::<u16>(), 1..200), name in "[a-z0-9:]{0,32}",
                        dev_number in 0u32..200, resync: u64) {
             let mut sb = example(0);

@@ -179,6 +179,7 @@ fn members_of_two_arrays() {
         uuid: Some(uuid_b),
         name: Some("bee".into()),
         members: Some(vec!["B1".into()]),
+        force: false,
     };
     assert_eq!(r.assemble(again).unwrap(), "bee");
     r.stop("a1").unwrap();

@@ -418,6 +418,7 @@ impl Rig {
             name: None,
             uuid: None,
             members: Some(members.iter().map(|s| s.to_string()).collect()),
+            force: false,
         };
         self.d.enter(MAIN, || {
             self.md.assemble(opts, move |r| {

@@ -49,6 +49,7 @@ fn interrupted_resync_resumes_from_checkpoint() {
         name: None,
         uuid: None,
         members: Some(vec!["M0".into(), "M1".into()]),
+        force: false,
     })
     .unwrap();
     // Slow again, to look at where it starts.

@@ -20,6 +20,7 @@
 //! | [`client`] | the client's half (option encoders, reply decoders) | tests, fuzzing, in-process clients |
 //! | [`fuzz`] | [`fuzz::fuzz_one`], the body of the `nbd_proto` fuzz target | `fuzz/`, `tests/fuzz_corpus.rs` |
 //! | [`server`] | [`NbdServer`]: listeners, exports (each holding its bdev), connections; the design essay of the data path is in `server/conn.rs` | keel-rpc's `nbd_server_*`, keel-tgt |
+//! | `server/disk.rs` | kernel disks: a bdev as the kernel's `/dev/nbdX` over a socketpair ([`NbdServer::start_disk`]) | keel-rpc's `nbd_start_disk` / `nbd_stop_disk` / `nbd_get_disks` |
 //!
 //! # A connection's life, as the server drives it
 //!
@@ -41,7 +42,12 @@
 //! by default) and refused before it is read, the handshake's output is flow-controlled, and
 //! request payloads are either received into the server's own buffers (≤ the advertised
 //! maximum), drained (bounded) or answered by closing the connection.
-#![forbid(unsafe_code)]
+//!
+//! # Unsafe
+//!
+//! None, except the kernel disks' ioctls (`server/disk/ioctl.rs`: by-value arguments only,
+//! each call with its `// SAFETY:` note); every other module is checked by `deny(unsafe_code)`.
+#![deny(unsafe_code)]
 #![warn(missing_docs)]
 
 pub mod client;
@@ -60,4 +66,4 @@ pub use export::{BlockSizes, Capabilities, ExportCatalog, ExportInfo};
 pub use handshake::{Entry, Fed, Handshake, HandshakeConfig, MetaContextId, Outcome, Session, BASE_ALLOCATION_ID};
 pub use reply::{Extent, ReplyEncoder, ReplyMode};
 pub use request::{Command, CommandFlags, Decoded, Rejection, Request, RequestDecoder, RequestHeader};
-pub use server::{ConnStatus, ExportOpts, ExportStatus, NbdServer, ServerConfig};
+pub use server::{ConnStatus, DiskStatus, ExportOpts, ExportStatus, NbdServer, ServerConfig};

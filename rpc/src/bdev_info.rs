@@ -16,7 +16,11 @@ use crate::table::{method, Table};
 
 /// The bdev queries.
 pub(crate) static TABLE: Table = Table {
-    methods: &[method!(bdev_get_bdevs, Runtime), method!(bdev_get_iostat, Runtime)],
+    methods: &[
+        method!(bdev_get_bdevs, Runtime),
+        method!(bdev_get_iostat, Runtime),
+        method!(bdev_reset_iostat, Runtime),
+    ],
     subsystem: None,
 };
 
@@ -236,4 +240,50 @@ fn gather(mut left: Vec<Arc<Bdev>>, mut acc: Vec<Value>, reset: StatsReset, repl
         acc.push(Value::Object(stat_json(Some(&name), &s)));
         gather(left, acc, reset, reply)
     });
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ResetIostat {
+    #[serde(default)]
+    name: Option<String>,
+    #[serde(default)]
+    mode: Option<String>,
+}
+
+/// SPDK's `bdev_reset_iostat {name?, mode?}`: zeroes the statistics of one bdev (or every bdev)
+/// on every core — `mode` "all" (the default), "maxmin" (the latency extremes), "error" (the
+/// error counters) or "none"; answers
+/// `true` once every core did it.
+fn bdev_reset_iostat(ctx: &Ctx, params: Option<Value>, reply: Reply) {
+    let p: ResetIostat = params!(params, INTERNAL_ERROR, reply);
+    let reset = match p.mode.as_deref() {
+        None | Some("all") => StatsReset::All,
+        Some("maxmin") => StatsReset::MaxMin,
+        Some("error") => StatsReset::Errors,
+        Some("none") => StatsReset::None,
+        Some(other) => {
+            return reply(Err(RpcError::new(
+                INTERNAL_ERROR,
+                format!("spdk_json_decode_object failed: invalid mode '{other}' (all, maxmin, error or none)"),
+            )))
+        }
+    };
+    let bdevs: Vec<Arc<Bdev>> = match &p.name {
+        None => ctx.registry.list(),
+        Some(n) => match ctx.registry.get(n) {
+            Some(b) => vec![b],
+            None => return reply(Err(RpcError::from_errno(-19, "No such device"))),
+        },
+    };
+    reset_each(bdevs, reset, reply);
+}
+
+/// Resets each bdev's statistics one after the other (each a round over the cores).
+fn reset_each(mut left: Vec<Arc<Bdev>>, reset: StatsReset, reply: Reply) {
+    if left.is_empty() {
+        return reply(Ok(json!(true)));
+    }
+    let b = left.remove(0);
+    b.collect_stats(reset, move |_| reset_each(left, reset, reply));
 }

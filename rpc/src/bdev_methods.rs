@@ -38,6 +38,8 @@ pub(crate) static TABLE: Table = Table {
         method!(bdev_passthru_create, Runtime),
         method!(bdev_passthru_delete, Runtime),
         method!(bdev_wait_for_examine, Runtime),
+        method!(bdev_examine, Runtime),
+        method!(bdev_set_options, Startup),
     ],
     // Every bdev's own constructor call, in the order the registry's save_config plan gives;
     // configurations end the subsystem waiting for examinations (md's auto-assembly), as SPDK's.
@@ -208,4 +210,69 @@ fn bdev_wait_for_examine(ctx: &Ctx, params: Option<Value>, reply: Reply) {
         }
         true
     });
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ExamineParams {
+    name: String,
+}
+
+/// SPDK's `bdev_examine {name}`: asks the modules to examine a bdev when automatic examination
+/// is off. Keel always examines every bdev as it registers (md's auto-assembly, split
+/// configurations), so — as SPDK answers while `bdev_auto_examine` is on — a manual examine is
+/// refused (-EINVAL) with the reason; an unknown bdev is -ENODEV.
+fn bdev_examine(ctx: &Ctx, params: Option<Value>, reply: Reply) {
+    let p: ExamineParams = params!(params, reply);
+    if ctx.registry.get(&p.name).is_none() {
+        return reply(Err(RpcError::from_errno(-19, format!("bdev '{}' not found", p.name))));
+    }
+    reply(Err(RpcError::from_errno(
+        -22,
+        "Manual examine is not allowed if auto examine is enabled (Keel always examines bdevs as they register)",
+    )))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BdevOptions {
+    #[serde(default)]
+    bdev_io_pool_size: Option<u32>,
+    #[serde(default)]
+    bdev_io_cache_size: Option<u32>,
+    #[serde(default)]
+    bdev_auto_examine: Option<bool>,
+    #[serde(default)]
+    iobuf_small_cache_size: Option<u32>,
+    #[serde(default)]
+    iobuf_large_cache_size: Option<u32>,
+}
+
+/// SPDK's `bdev_set_options` (STARTUP only, as SPDK). Keel has no global bdev_io pool or iobuf
+/// caches — every job, export and layer owns request pools sized at channel creation — so the
+/// sizes are checked as SPDK checks them (a cache of at least one entry, a pool that can fill
+/// it) and accepted with nothing to apply; `bdev_auto_examine: false` is refused, because Keel
+/// always examines (md's auto-assembly depends on it).
+fn bdev_set_options(_ctx: &Ctx, params: Option<Value>, reply: Reply) {
+    let p: BdevOptions = params!(params, reply);
+    if p.bdev_auto_examine == Some(false) {
+        return reply(Err(RpcError::from_errno(
+            -22,
+            "bdev_auto_examine false is not supported: Keel always examines bdevs as they register",
+        )));
+    }
+    if p.bdev_io_pool_size == Some(0) || p.bdev_io_cache_size == Some(0) {
+        return reply(Err(RpcError::from_errno(
+            -22,
+            "bdev_io_pool_size and bdev_io_cache_size must be at least 1",
+        )));
+    }
+    tracing::info!(
+        pool = ?p.bdev_io_pool_size,
+        cache = ?p.bdev_io_cache_size,
+        small = ?p.iobuf_small_cache_size,
+        large = ?p.iobuf_large_cache_size,
+        "bdev_set_options: Keel has no global bdev_io pool or iobuf caches; nothing to apply"
+    );
+    reply(Ok(json!(true)))
 }

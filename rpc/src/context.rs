@@ -5,12 +5,13 @@
 //! can depend on it.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use keel_bdev::BdevRegistry;
 use serde_json::{json, Value};
 
 use crate::error::RpcError;
+use crate::log_methods::LogControl;
 
 /// What handlers work on. Owned by the application; handlers run on the main reactor.
 #[derive(Clone)]
@@ -42,6 +43,8 @@ pub struct Framework {
     start_init: Mutex<Option<StartInit>>,
     init_waiters: Mutex<Vec<Reply>>,
     kill: Box<dyn Fn(&str) + Send + Sync>,
+    /// The application's log control, if it gave one (`log_methods.rs`).
+    log: OnceLock<LogControl>,
 }
 
 impl Framework {
@@ -52,6 +55,7 @@ impl Framework {
             start_init: Mutex::new(None),
             init_waiters: Mutex::new(Vec::new()),
             kill: Box::new(|_| {}),
+            log: OnceLock::new(),
         })
     }
 
@@ -63,6 +67,7 @@ impl Framework {
             start_init: Mutex::new(Some(start_init)),
             init_waiters: Mutex::new(Vec::new()),
             kill,
+            log: OnceLock::new(),
         })
     }
 
@@ -78,6 +83,17 @@ impl Framework {
         for w in std::mem::take(&mut *self.init_waiters.lock().unwrap()) {
             w(Ok(json!(true)));
         }
+    }
+
+    /// Gives the log methods the application's log control. The first call wins (later ones
+    /// are ignored). Called once by the application, before serving.
+    pub fn set_log_control(&self, control: LogControl) {
+        let _ = self.log.set(control);
+    }
+
+    /// The application's log control, if it gave one.
+    pub(crate) fn log(&self) -> Option<&LogControl> {
+        self.log.get()
     }
 
     /// Runs the kill hook given at construction with a signal name.

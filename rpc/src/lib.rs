@@ -23,7 +23,9 @@
 //!    ([`MethodInfo::call`]: params are objects).
 //! 2. Method files, each declaring `pub(crate) static TABLE: Table` next to its handlers:
 //!    [`framework`], `bdev_methods` (the bdev modules; serves `"bdev"`), `bdev_info`,
-//!    `raid_methods`, [`md_methods`] and [`dm_methods`] (serves `"dm"`). `raid_methods` serves
+//!    `raid_methods`, [`md_methods`], [`dm_methods`] (serves `"dm"`), [`nbd_methods`] (serves
+//!    `"nbd"`), [`nbd_disk_methods`] (kernel `/dev/nbdX`, in `"nbd"`) and `ublk_methods`
+//!    (serves `"ublk"`). `raid_methods` serves
 //!    SPDK's raid verbs with md's member removal from `md_methods`; no other method file imports
 //!    another.
 //! 3. [`registry`]: the list of tables, in a declared order that is the order of
@@ -92,13 +94,18 @@ pub mod dm_methods;
 mod error;
 pub mod framework;
 pub mod jsonrpc;
+pub mod log_methods;
 pub mod md_methods;
+pub mod nbd_disk_methods;
 pub mod nbd_methods;
+pub mod nvmf_methods;
 mod raid_methods;
 pub mod registry;
 mod retry;
 pub mod server;
+mod split_methods;
 mod table;
+mod ublk_methods;
 
 pub use context::{Ctx, Framework, Reply, StartInit};
 pub use error::{RpcError, INTERNAL_ERROR, INVALID_PARAMS, INVALID_REQUEST, METHOD_NOT_FOUND, PARSE_ERROR};

@@ -4,22 +4,24 @@
 //!
 //! | method | params | result |
 //! |---|---|---|
-//! | `md_create` | `name`, `level`, `members`, `chunk_kb`?, `layout`?, `bitmap`?, `assume_clean`?, `uuid`? | the array's name |
-//! | `md_assemble` | `name`?, `uuid`?, `members`? (at least one) | the array's name |
-//! | `md_stop` | `name` | `true` (superblocks written, members released) |
+//! | `md_create` | `name`, `level`, `members`, `chunk_kb`?, `layout`?, `bitmap`?, `assume_clean`?, `uuid`?, `force`? | the array's name |
+//! | `md_assemble` | `name`?, `uuid`?, `members`? (at least one), `force`? (start dirty and degraded) | the array's name |
+//! | `md_stop` | `name` | `true` (superblocks written, members released; -16 while the array is open) |
 //! | `md_get_arrays` | `name`? | array of `mdadm --detail` objects ([`keel_md::ArrayInfo::to_json`]) |
 //! | `md_examine` | `bdev` | `mdadm --examine`'s facts for one member |
 //! | `md_add` | `name`, `bdev` | `true` (spare, or re-add into its old role) |
 //! | `md_remove` | `name`, `bdev` | `true` (a spare or faulty member, released) |
-//! | `md_fail` | `name`, `bdev` | `true` (the member is faulty) |
+//! | `md_fail` | `name`, `bdev` | `true` (the member is faulty; -16 if the array could not lose it) |
 //! | `md_set_sync_action` | `name`, `action` (idle, frozen, resync, recover, check, repair) | `true` |
 //! | `md_set_sync_speed` | `name`, `min_kbs`?, `max_kbs`? (at least one) | `true` |
 //!
 //! Malformed params (unknown keys, wrong types, missing required keys) are -32602 with serde's
 //! description. Operational errors carry the errno of [`MdError::errno`]: -19 unknown array or
-//! bdev, -17 name taken, -16 member busy (claimed, active member not failed first, a sync
-//! already running), -22 bad values (the message names the parameter), -95 what the level cannot
-//! do (failing or adding a member of raid0/linear, syncing an array without redundancy), -5
+//! bdev, -17 name taken, -16 busy (a member claimed or carrying an md superblock without
+//! `force`, an active member not failed first, a sync already running, failing what the array
+//! cannot lose — the last in-sync copy, any raid0/linear member —, stopping an open array,
+//! naming its holders), -22 bad values (the message names the parameter), -95 what the level
+//! cannot do (adding a member of raid0/linear, syncing an array without redundancy), -5
 //! metadata I/O.
 //!
 //! `md_assemble` is idempotent for an array already running with the requested UUID (and name,
@@ -132,6 +134,8 @@ struct CreateParams {
     assume_clean: bool,
     #[serde(default)]
     uuid: Option<String>,
+    #[serde(default)]
+    force: bool,
 }
 
 #[derive(Deserialize)]
@@ -154,8 +158,9 @@ struct MemberParams {
     bdev: String,
 }
 
-/// `md_create {name, level, members, chunk_kb?, layout?, bitmap?, assume_clean?, uuid?}` →
-/// the array bdev's name.
+/// `md_create {name, level, members, chunk_kb?, layout?, bitmap?, assume_clean?, uuid?,
+/// force?}` → the array bdev's name. Without `force`, members that already carry an md
+/// superblock are refused (-16), as mdadm asks before it overwrites one.
 fn md_create(ctx: &Ctx, params: Option<Value>, reply: Reply) {
     let p: CreateParams = params!(params, reply);
     if let Err(e) = check_md_name("name", &p.name) {
@@ -171,6 +176,7 @@ fn md_create(ctx: &Ctx, params: Option<Value>, reply: Reply) {
         bitmap: p.bitmap,
         assume_clean: p.assume_clean,
         uuid: p.uuid,
+        force: p.force,
     };
     reg(ctx).create(opts, move |r| reply(r.map(|()| json!(name)).map_err(md_error)));
 }
@@ -184,6 +190,8 @@ struct AssembleParams {
     uuid: Option<String>,
     #[serde(default)]
     members: Option<Vec<String>>,
+    #[serde(default)]
+    force: bool,
 }
 
 /// Canonical hex digits of an array UUID in any of mdadm's or the hyphenated forms.
@@ -261,6 +269,7 @@ fn assemble_now(md: Arc<MdRegistry>, p: AssembleParams, reply: Reply) {
         name: p.name.clone(),
         uuid: p.uuid.clone(),
         members: p.members.clone(),
+        force: p.force,
     };
     let md2 = md.clone();
     md.assemble(opts, move |r: Result<String, MdError>| match r {

@@ -23,10 +23,13 @@
 //!   later is md's auto-assembly's job.) Hence no array is ever "configuring"; a failed array
 //!   (data lost) is "offline", every other one "online".
 //! - **`bdev_raid_remove_base_bdev`** fails the member (if active) and removes it (`md_fail` +
-//!   `md_remove`); a raid0/concat member cannot be removed (-95: SPDK would take the array
-//!   offline, md refuses to lose data).
-//! - **`bdev_raid_delete`** is `md_stop` (members marked clean, released); with `clear_sb` the
-//!   members' md superblocks are then zeroed so nothing reassembles them.
+//!   `md_remove`); a raid0/concat member, or the last in-sync copy of a raid1's data, cannot be
+//!   removed (-16, as Linux md refuses to fail it: SPDK would take the array offline, md
+//!   refuses to lose data).
+//! - **`bdev_raid_delete`** stops the array (members marked clean, released) as a bdev delete:
+//!   refused (-16) only while a dm table or an export holds it, where `md_stop` also refuses
+//!   while anything has it open; with `clear_sb` the members' md superblocks are then zeroed so
+//!   nothing reassembles them.
 //! - **Progress** (`process`): `type` is `"rebuild"` for md's recovery (target: the rebuilding
 //!   member) and md's action name for resync, check and repair (target: the array).
 //!
@@ -291,6 +294,8 @@ fn create_opts(p: RaidCreate) -> Result<CreateOpts, RpcError> {
         bitmap: (level == "raid1").then(|| "internal".to_string()),
         assume_clean: false,
         uuid: p.uuid,
+        // SPDK creates over whatever the base bdevs hold; md_create asks for `force`.
+        force: true,
     })
 }
 
@@ -372,8 +377,9 @@ fn clear_superblocks(reg: &BdevRegistry, members: Vec<String>, done: Box<dyn FnO
     finish_one(None);
 }
 
-/// `bdev_raid_delete {name, clear_sb?}` → true: `md_stop` (and zeroed superblocks with
-/// `clear_sb`).
+/// `bdev_raid_delete {name, clear_sb?}` → true: the array stops as a bdev delete does (refused
+/// only while a dm table or an export holds it; `MdRegistry::delete`), and zeroed superblocks
+/// with `clear_sb`.
 fn bdev_raid_delete(ctx: &Ctx, params: Option<Value>, reply: Reply) {
     let p: RaidDelete = params!(params, PARSE_ERROR, reply);
     let Some(a) = raid_array(ctx, &p.name) else {
@@ -385,7 +391,7 @@ fn bdev_raid_delete(ctx: &Ctx, params: Option<Value>, reply: Reply) {
     let members: Vec<String> = a.members.iter().map(|m| m.bdev.clone()).collect();
     let reg = ctx.registry.clone();
     let clear = p.clear_sb;
-    md(ctx).stop(&p.name, move |r| {
+    md(ctx).delete(&p.name, move |r| {
         if let Err(e) = r {
             return reply(Err(md_error(e)));
         }

@@ -21,18 +21,26 @@ use crate::context::{Ctx, Reply};
 use crate::decode::{no_params, params};
 use crate::error::{RpcError, INVALID_PARAMS};
 use crate::table::{method, MethodInfo, Subsystem, Table};
-use crate::{bdev_info, bdev_methods, dm_methods, framework, md_methods, nbd_methods, raid_methods};
+use crate::{
+    bdev_info, bdev_methods, dm_methods, framework, log_methods, md_methods, nbd_disk_methods, nbd_methods,
+    nvmf_methods, raid_methods, split_methods, ublk_methods,
+};
 
 /// Every method file's table, in listing order (see the module docs).
 static TABLES: &[&Table] = &[
     &framework::TABLE,
     &TABLE,
+    &log_methods::TABLE,
     &md_methods::TABLE,
     &bdev_info::TABLE,
     &bdev_methods::TABLE, // serves "bdev"
+    &split_methods::TABLE,
     &raid_methods::TABLE,
-    &dm_methods::TABLE,  // serves "dm"
-    &nbd_methods::TABLE, // serves "nbd"
+    &dm_methods::TABLE,   // serves "dm"
+    &nvmf_methods::TABLE, // serves "nvmf"
+    &nbd_methods::TABLE,  // serves "nbd"
+    &nbd_disk_methods::TABLE,
+    &ublk_methods::TABLE, // serves "ublk"
 ];
 
 /// The methods that describe the registry.
@@ -92,7 +100,11 @@ pub fn subsystem_config(reg: &Arc<BdevRegistry>, name: &str) -> Option<Vec<Value
     Some(
         calls
             .iter()
-            .map(|c| json!({"method": c.method, "params": c.params}))
+            .map(|c| match &c.params {
+                // A call without parameters is written as SPDK writes one: no "params".
+                Value::Null => json!({"method": c.method}),
+                p => json!({"method": c.method, "params": p}),
+            })
             .chain(closing.iter().map(|m| json!({ "method": m })))
             .collect(),
     )
@@ -251,7 +263,7 @@ mod tests {
         assert_eq!(fresh, ["bdev"], "nothing loaded yet");
         let listed = subsystems(&reg);
         let order: Vec<&str> = listed.iter().map(|s| s.name).collect();
-        assert_eq!(order, ["bdev", "dm", "nbd"]);
+        assert_eq!(order, ["bdev", "dm", "nvmf", "nbd", "ublk"]);
         for (i, s) in listed.iter().enumerate() {
             for d in &s.depends_on {
                 let at = order.iter().position(|n| n == d);
@@ -272,7 +284,7 @@ mod tests {
             let info = listed.iter().find(|i| i.name == s.name()).unwrap();
             assert_eq!(info.depends_on, s.declared.depends_on, "{}", s.name());
         }
-        assert!(find_subsystem("nvmf").is_none());
+        assert!(find_subsystem("ublk").is_none());
     }
 
     /// Runs `method` synchronously (handlers that answer at once) in a framework that is in
@@ -324,7 +336,15 @@ mod tests {
                 "spdk_get_version",
                 "framework_start_init",
                 "framework_wait_init",
-                "rpc_get_methods"
+                "rpc_get_methods",
+                "log_set_print_level",
+                "log_get_print_level",
+                "log_set_level",
+                "log_get_level",
+                "log_set_flag",
+                "log_clear_flag",
+                "log_get_flags",
+                "bdev_set_options"
             ]
         );
         let e = call(true, "framework_start_init", json!({})).unwrap_err();
@@ -353,7 +373,8 @@ mod tests {
         assert_eq!(
             v,
             json!([{"subsystem": "bdev", "depends_on": []}, {"subsystem": "dm", "depends_on": ["bdev"]},
-                   {"subsystem": "nbd", "depends_on": ["bdev"]}])
+                   {"subsystem": "nvmf", "depends_on": ["bdev"]}, {"subsystem": "nbd", "depends_on": ["bdev"]},
+                   {"subsystem": "ublk", "depends_on": ["bdev"]}])
         );
         assert_eq!(
             call(true, "framework_get_config", json!({"name": "bdev"})).unwrap(),

@@ -11,7 +11,12 @@
 //! then read [`allocations`] (every thread) or [`thread_allocations`] (the calling thread only,
 //! so other tests running in parallel do not disturb the count) before and after the
 //! steady-state window.
+//!
+//! [`lab`] boots the shared lab guest (Linux 6.12 under QEMU, with the kernel's nbd, ublk, md,
+//! dm and nvme) and runs a script in it: the one way every crate's lab tests reach it.
 #![deny(unsafe_code)]
+
+pub mod lab;
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;

@@ -2,6 +2,8 @@
 //! with SPDK's unmodified `spdk-rpc` (installed into `.venv` by `scripts/deps.sh`) or raw bytes.
 #![allow(dead_code)]
 
+pub mod nvmf;
+
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
@@ -39,13 +41,25 @@ impl Target {
     }
 
     pub fn start_at(dir: tempfile::TempDir, sock: PathBuf, extra: &[&str]) -> Target {
+        Target::start_full(dir, sock, extra, Stdio::inherit())
+    }
+
+    /// As [`Target::start`], its log (stderr) going to `stderr`; `extra` comes after the
+    /// default `-L warn`, so it may override it.
+    pub fn start_logging_to(extra: &[&str], stderr: Stdio) -> Target {
+        let dir = tempfile::tempdir().unwrap();
+        let sock = dir.path().join("spdk.sock");
+        Target::start_full(dir, sock, extra, stderr)
+    }
+
+    fn start_full(dir: tempfile::TempDir, sock: PathBuf, extra: &[&str], stderr: Stdio) -> Target {
         let child = Command::new(env!("CARGO_BIN_EXE_keel-tgt"))
             .arg("-r")
             .arg(&sock)
             .args(["--no-pin", "-L", "warn"])
             .args(extra)
             .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
+            .stderr(stderr)
             .spawn()
             .unwrap();
         let t = Target { child, sock, dir };

@@ -1,8 +1,8 @@
 //! The malloc bdev: a RAM disk (512 B and 4 KiB blocks; any power of two ≥ 512 works).
 //!
 //! The data live in a [`Ram`] mapping: huge-page backed where the kernel offers transparent
-//! huge pages, allocated by the kernel only as blocks are first written (unwritten blocks read
-//! as zeros), and copied in and out with vector kernels that stay sound when several cores
+//! huge pages, allocated by a background populator thread after creation (never by a fault on
+//! a reactor once it is done; unwritten blocks read as zeros), and copied in and out with vector kernels that stay sound when several cores
 //! touch the same block — racing writes to one block leave some mix of them, as on a real disk;
 //! the stack above serialises what must be. `ram.rs` explains the memory and why the copies are
 //! not data races. A request costs one copy per segment: no allocation, no lock.
@@ -10,8 +10,8 @@
 //! # What the machine can hold
 //!
 //! Creation maps the whole size at once but writes nothing, so it is fast at any size and
-//! never stalls the main core. Because memory is only used as the disk fills, creation checks
-//! that the disk *could* be filled: the sizes of every malloc bdev of the process, the new one
+//! never stalls the main core; the memory is allocated afterwards, in the background. Because
+//! it is not allocated at creation, creation first checks that the disk *can* be held: the sizes of every malloc bdev of the process, the new one
 //! included, must fit in what the machine has available (`MemAvailable`, or the memory
 //! cgroup's limit less its usage when that is lower) plus the anonymous memory the process
 //! already holds (which covers what the existing disks have filled), less [`HEADROOM_BYTES`].

@@ -10,6 +10,7 @@ pub mod error;
 pub mod malloc;
 pub mod null;
 pub mod passthru;
+pub mod split;
 mod stack;
 pub mod uring;
 

@@ -26,8 +26,9 @@
 //!   frame the layer's `Channel::submit` pushed. [`Hooks::poll`] runs the module's own timers.
 //!   The poller reports `Busy` only when it moved or completed a request.
 //!
-//! None of the three modules changes `offset_blocks` on the way down, so nothing needs restoring
-//! on the way up; the per-frame [`crate::IoRequest::layer_word`] is free for module use (the
+//! None of the three modules changes `offset_blocks` on the way down (a split part, which reuses
+//! [`StackChannel`] with its start as the channel's offset, remaps in place and the forward
+//! restores it), so nothing needs restoring on the way up; the per-frame [`crate::IoRequest::layer_word`] is free for module use (the
 //! error module keeps its per-I/O corruption mark there).
 //!
 //! **No allocation or lock per I/O**: the completion queue and the modules' FIFOs are created
@@ -170,7 +171,7 @@ impl<L: Layer> BdevBackend for StackBackend<L> {
             .as_ref()
             .map(|d| d.channel());
         let poller_name = format!("{}_{}", self.module, self.link.name);
-        Box::new(StackChannel::new(cx, base, self.layer.hooks(cx.core()), poller_name))
+        Box::new(StackChannel::new(cx, base, self.layer.hooks(cx.core()), poller_name, 0))
     }
 
     fn driver_specific(&self) -> Value {
@@ -316,21 +317,33 @@ impl<H: Hooks> Shared<H> {
 pub(crate) struct StackChannel<H: Hooks> {
     /// The way to the base on this core (`None` once the base descriptor is gone).
     base: Option<ForwardPath>,
+    /// Where block 0 of the layer is on the base: 0 for a layer over the whole base, a part's
+    /// start for a split part. Only layers that forward in place may have one.
+    offset_blocks: u64,
     shared: Rc<Shared<H>>,
     _poller: PollerHandle,
 }
 
 impl<H: Hooks> StackChannel<H> {
-    /// Builds the channel and registers its poller on the calling core. A layer whose hooks
-    /// only pass requests on ([`Hooks::ROUTE`]) publishes an identity route: the core then
-    /// forwards its requests without calling the layer.
-    fn new(cx: &ChannelCx, base: Option<Channel>, hooks: H, poller_name: String) -> StackChannel<H> {
+    /// Builds the channel and registers its poller on the calling core. Block `x` of the layer
+    /// is block `offset_blocks + x` of the base (`offset_blocks` must be 0 unless
+    /// [`Hooks::FORWARD_IN_PLACE`]). A layer whose hooks only pass requests on
+    /// ([`Hooks::ROUTE`]) publishes a linear route at that offset: the core then forwards its
+    /// requests without calling the layer.
+    pub(crate) fn new(
+        cx: &ChannelCx,
+        base: Option<Channel>,
+        hooks: H,
+        poller_name: String,
+        offset_blocks: u64,
+    ) -> StackChannel<H> {
+        debug_assert!(H::FORWARD_IN_PLACE || offset_blocks == 0);
         let cq = CompletionQueue::with_capacity(CQ_CAPACITY);
         let fwd = ForwardCtx::new(cq.clone());
         let base = base.map(|b| ForwardPath::new(&fwd, cx.stats(), b));
         if let (true, Some(path)) = (H::ROUTE, &base) {
             cx.route_handle()
-                .set(crate::Route::linear(path.clone(), 0, IoCaps::ALL));
+                .set(crate::Route::linear(path.clone(), offset_blocks, IoCaps::ALL));
         }
         let shared = Rc::new(Shared {
             fwd,
@@ -342,6 +355,7 @@ impl<H: Hooks> StackChannel<H> {
         let poller = current().register_poller(poller_name, move || PollStatus::from_work(sh.poll() > 0));
         StackChannel {
             base,
+            offset_blocks,
             shared,
             _poller: poller,
         }
@@ -362,6 +376,8 @@ impl<H: Hooks> BackendChannel for StackChannel<H> {
         };
         let r = if H::FORWARD_IN_PLACE {
             let offset = io.offset_blocks;
+            let mut io = io;
+            io.offset_blocks = offset + self.offset_blocks;
             base.forward(io, offset)
         } else {
             base.base().submit(io, &self.shared.cq)
@@ -369,6 +385,8 @@ impl<H: Hooks> BackendChannel for StackChannel<H> {
         match r {
             Submit::Accepted => Submit::Accepted,
             Submit::Requeue(mut io) => {
+                // A refused forward comes back as mapped.
+                io.offset_blocks -= self.offset_blocks;
                 self.shared.hooks.on_requeue(&mut io);
                 Submit::Requeue(io)
             }

@@ -14,13 +14,20 @@
 //! starts the array (`MdRegistry::start_array`, also the end of assembly): registers the bdev
 //! named after the array and the daemon.
 //!
+//! Before anything is written, the members are read where v1.x superblocks live (v1.2 4 KiB
+//! in, v1.1 at 0, v1.0 near the end): a member holding one that passes the load checks
+//! belongs to an array, perhaps with data, and the create is refused naming it unless
+//! `force` is given — mdadm asks "Continue creating array?" there.
+//!
 //! An array of a level with resync created without `assume_clean` starts with
 //! `resync_offset = 0` (and every bitmap bit set): the daemon resyncs it at once, reads of the
 //! part not yet resynced go to the first in-sync copy.
 
+use std::cell::RefCell;
+use std::rc::Rc;
 use std::sync::Arc;
 
-use keel_bdev::{BdevInfo, IoCaps, IoOp};
+use keel_bdev::{BdevInfo, Channel, IoCaps, IoOp};
 
 use super::{now_secs, MdRegistry, MemberRec, StartPlan, ROLE_TABLE_LEN};
 use crate::bitmap::BitmapHeader;
@@ -51,6 +58,9 @@ pub struct CreateOpts {
     /// Array UUID (`xxxxxxxx:xxxxxxxx:xxxxxxxx:xxxxxxxx` as mdadm prints it, or the usual
     /// hyphenated form); random when absent.
     pub uuid: Option<String>,
+    /// Create even over members that already carry an md superblock (mdadm asks "Continue
+    /// creating array?" first; without `force` the create is refused, naming them).
+    pub force: bool,
 }
 
 /// mdadm's default data_offset (`md-superblock-1x.md` §9.1) for a first member of
@@ -76,6 +86,63 @@ pub(crate) fn bm_space_sectors(s: u64) -> u64 {
         128
     } else {
         8
+    }
+}
+
+/// A member that already carries a superblock: its name, the superblock, and the version ("1.2").
+type Found = (String, Superblock, &'static str);
+
+/// Reads where v1.0 (end of the member), v1.1 (start) and v1.2 (4 KiB in) superblocks live on
+/// each of `members` (channel, name, sectors) and gives `done`, in member order, those holding
+/// one that passes the load checks (mdadm's test before it asks "Continue creating array?").
+/// A read that fails finds nothing there. Main reactor; `done` runs there from a poller.
+fn existing_superblocks(members: Vec<(Rc<Channel>, String, u64)>, done: impl FnOnce(Vec<Found>) + 'static) {
+    struct St {
+        left: usize,
+        found: Vec<Option<Found>>,
+        done: Option<Box<dyn FnOnce(Vec<Found>)>>,
+    }
+    let places = |sectors: u64| -> Vec<(u64, &'static str)> {
+        let mut v = vec![(V1_2_SUPER_OFFSET_SECTORS, "1.2"), (0, "1.1")];
+        // v1.0: 8 KiB from the end, on a 4 KiB boundary (mdadm's super1 rule).
+        if let Some(at) = sectors.checked_sub(16).map(|s| s & !7) {
+            if at > V1_2_SUPER_OFFSET_SECTORS {
+                v.push((at, "1.0"));
+            }
+        }
+        v
+    };
+    let reads: Vec<(usize, u64, &'static str)> = members
+        .iter()
+        .enumerate()
+        .flat_map(|(i, m)| places(m.2).into_iter().map(move |(at, v)| (i, at, v)))
+        .collect();
+    let st = Rc::new(RefCell::new(St {
+        left: reads.len(),
+        found: (0..members.len()).map(|_| None).collect(),
+        done: Some(Box::new(done)),
+    }));
+    for (i, at, version) in reads {
+        let (ch, name, _) = &members[i];
+        let (st, keep, name) = (st.clone(), ch.clone(), name.clone());
+        crate::meta_io::read(ch, at * 512, BLOCK_BYTES, move |r| {
+            let _keep = keep;
+            let mut s = st.borrow_mut();
+            if let Some(sb) = r.ok().and_then(|b| Superblock::decode(&b, at).ok()) {
+                if s.found[i].is_none() {
+                    s.found[i] = Some((name, sb, version));
+                }
+            }
+            s.left -= 1;
+            if s.left == 0 {
+                let found = s.found.drain(..).flatten().collect();
+                let d = s.done.take();
+                drop(s);
+                if let Some(d) = d {
+                    d(found)
+                }
+            }
+        });
     }
 }
 
@@ -111,8 +178,49 @@ impl MdRegistry {
                 return done(Err(e));
             }
         };
+        if opts.force {
+            return self.write_new(plan, done);
+        }
         let me = self.clone();
-        let name = opts.name.clone();
+        let members: Vec<(Rc<Channel>, String, u64)> = plan
+            .slots
+            .iter()
+            .flatten()
+            .map(|m| {
+                let info = m.desc.info();
+                (Rc::new(m.desc.channel()), m.name.clone(), info.size_bytes() / 512)
+            })
+            .collect();
+        existing_superblocks(members, move |found| {
+            if found.is_empty() {
+                return me.write_new(plan, done);
+            }
+            let name = plan.name.clone();
+            drop(plan); // releases the claims
+            me.unreserve(&name);
+            let list: Vec<String> = found
+                .iter()
+                .map(|(m, sb, version)| {
+                    format!(
+                        "'{m}' holds a v{version} superblock of {} array {} ('{}', events {})",
+                        crate::personality::level_name(sb.level),
+                        Superblock::uuid_text(&sb.set_uuid),
+                        String::from_utf8_lossy(&sb.set_name),
+                        sb.events
+                    )
+                })
+                .collect();
+            done(Err(MdError::Busy(format!(
+                "members appear to be part of an md array: {}; creating would overwrite it (pass force to create anyway)",
+                list.join("; ")
+            ))))
+        });
+    }
+
+    /// Writes the new array's metadata to its members and starts it (module docs).
+    fn write_new(self: &Arc<Self>, plan: StartPlan, done: impl FnOnce(Result<(), MdError>) + 'static) {
+        let me = self.clone();
+        let name = plan.name.clone();
         let mut targets = Vec::new();
         for m in plan.slots.iter().flatten() {
             let mut blocks = vec![
@@ -127,7 +235,7 @@ impl MdRegistry {
                 let _ = bits;
                 blocks.push((at, crate::intent::initial_image(h, plan.resync_cp != MAX_SECTOR)));
             }
-            targets.push((std::rc::Rc::new(m.desc.channel()), m.name.clone(), blocks));
+            targets.push((Rc::new(m.desc.channel()), m.name.clone(), blocks));
         }
         crate::daemon::write_meta(targets, move |errs| {
             let r = match errs.into_iter().flatten().next() {

@@ -6,6 +6,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use super::{Array, MdRegistry, MemberRec, SyncRequest, ROLE_TABLE_LEN};
+use crate::layout::MemberIdx;
 use crate::shared::SlotState;
 use crate::superblock::{Superblock, BLOCK_BYTES, V1_2_SUPER_OFFSET_SECTORS};
 use crate::sync::SyncAction;
@@ -138,7 +139,11 @@ impl MdRegistry {
     }
 
     /// `md_fail`: marks member `bdev` of array `name` faulty (as `mdadm --fail`). The daemon
-    /// writes the superblocks and, if a spare is present, starts recovery onto it.
+    /// writes the superblocks and, if a spare is present, starts recovery onto it. Refused with
+    /// `Busy` (EBUSY, as Linux md) and nothing changed when the array could not lose the member:
+    /// the last in-sync copy of some data of a raid1/raid10, any member of a raid0/linear — the
+    /// level's [`Layout::can_lose`](crate::personality::Layout::can_lose) over the in-sync
+    /// roles decides, so every level gets the rule from its health.
     pub fn fail(&self, name: &str, bdev: &str) -> Result<(), MdError> {
         let array = self.find(name)?;
         let ctl = array.ctl();
@@ -147,16 +152,47 @@ impl MdRegistry {
             .iter()
             .position(|s| s.as_ref().is_some_and(|m| m.name == bdev))
             .ok_or_else(|| MdError::NotFound(format!("'{bdev}' is not an active member of '{name}'")))?;
-        if array.personality.caps().failures == 0 {
-            return Err(MdError::Unsupported(format!(
-                "{} has no redundancy: failing a member would lose data",
-                array.personality.name()
+        let states = array.shared.states();
+        if !array
+            .layout
+            .can_lose(&|m| states[m.idx()] == SlotState::InSync, MemberIdx(role as u16))
+        {
+            let why = if array.personality.caps().failures == 0 {
+                format!("{} has no redundancy", array.personality.name())
+            } else {
+                "it holds the last in-sync copy of some data".to_string()
+            };
+            return Err(MdError::Busy(format!(
+                "cannot fail '{bdev}' of '{name}': {why}; the array would fail"
             )));
         }
         drop(ctl);
         array.shared.fail_member(role);
         array.wake();
         Ok(())
+    }
+
+    /// Refuses (`Busy`, EBUSY as Linux's STOP_ARRAY with openers) to stop array `name` while
+    /// its bdev is open — a dm table, a layer (passthru...), an export or an I/O job over it —
+    /// naming who holds it ([`keel_bdev::BdevRegistry::holders`]). Main reactor.
+    pub(crate) fn check_stoppable(&self, name: &str) -> Result<(), MdError> {
+        let reg = self.bdevs()?;
+        let Some(bdev) = reg.get(name) else {
+            return Ok(());
+        };
+        let opens = bdev.open_count();
+        if opens == 0 {
+            return Ok(());
+        }
+        let holders = reg.holders(&bdev);
+        let by = if holders.is_empty() {
+            format!("{opens} open descriptor{}", if opens == 1 { "" } else { "s" })
+        } else {
+            holders.join(", ")
+        };
+        Err(MdError::Busy(format!(
+            "md array '{name}' is open (held by {by}): close it first"
+        )))
     }
 
     /// `md_remove`: takes a spare or faulty member out of array `name` and releases it (as

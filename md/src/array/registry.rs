@@ -318,9 +318,35 @@ impl MdRegistry {
         Ok(())
     }
 
-    /// Stops array `name` (see the module docs). Called on the main reactor; `done` runs there
-    /// once the superblocks are written and the members released.
+    /// `md_stop`: stops array `name` (see the module docs). Refused (`Busy`, naming the
+    /// holders) while the array's bdev is open, as Linux md refuses to stop an open array.
+    /// Called on the main reactor; `done` runs there once the superblocks are written and the
+    /// members released.
     pub fn stop(self: &Arc<Self>, name: &str, done: impl FnOnce(Result<(), MdError>) + Send + 'static) {
+        match self.find(name).and_then(|_| self.check_stoppable(name)) {
+            Ok(()) => self.stop_now(name, done),
+            Err(e) => done(Err(e)),
+        }
+    }
+
+    /// `bdev_raid_delete`: stops array `name` as a bdev delete does — refused (`Busy`) only
+    /// while a module or an export holds the bdev ([`keel_bdev::BdevRegistry::check_removable`]:
+    /// a dm table, an NBD export), while other openers see the bdev go (SPDK's unregister).
+    /// Main reactor; `done` runs there.
+    pub fn delete(self: &Arc<Self>, name: &str, done: impl FnOnce(Result<(), MdError>) + Send + 'static) {
+        let held = self.find(name).and_then(|_| {
+            self.bdevs()?
+                .check_removable(name)
+                .map_err(|e| MdError::Busy(e.to_string()))
+        });
+        match held {
+            Ok(()) => self.stop_now(name, done),
+            Err(e) => done(Err(e)),
+        }
+    }
+
+    /// Stops array `name` whoever has it open.
+    fn stop_now(self: &Arc<Self>, name: &str, done: impl FnOnce(Result<(), MdError>) + Send + 'static) {
         let array = match self.find(name) {
             Ok(a) => a,
             Err(e) => return done(Err(e)),

@@ -187,6 +187,7 @@ impl MdRegistry {
             name: None,
             uuid: Some(Superblock::uuid_text(&uuid)),
             members: Some(members),
+            force: false,
         };
         let me = self.clone();
         self.assemble(opts, move |r| {

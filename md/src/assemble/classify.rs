@@ -4,11 +4,21 @@
 //! whether it can rebuild members (`spares`) and keeps a component of `size` sectors on every
 //! member (`resync`).
 //!
-//! The member with an active role and the highest `events` is the *freshest*; its superblock is
-//! the template and its role table (`dev_roles`) says who holds which role. Every other member
-//! must agree with it on level, layout, chunk, raid_disks, ctime, size and data_offset, and must
-//! not share its dev_number with another member; else it is refused. Then, per member, by the
-//! freshest table's entry for its dev_number:
+//! First the members must **agree** on what the array is, so that a corrupt superblock (with a
+//! valid checksum) is never taken over an intact one: every member must carry the same
+//! array-defining fields — ctime, level, layout, chunk, raid_disks, size (mdadm's
+//! `compare_super`) and data_offset — and the freshest members (those with the highest
+//! `events`, written by the same update) the same role table. A member that differs from a
+//! larger group (or, on the fields, from an equal group holding a fresher member) is refused as
+//! the odd one out, naming the field; when nothing breaks the tie (two members, equal events,
+//! different raid_disks or role tables) the assembly is refused naming both sides, and the
+//! user assembles the intact members by name. Two different devices (device uuids) claiming
+//! one dev_number at equal events are refused the same way.
+//!
+//! Among those, the member with an active role and the highest `events` is the *freshest*; its
+//! superblock is the template and its role table (`dev_roles`) says who holds which role. A
+//! member must not share its dev_number with another member (a copy); else it is refused. Then,
+//! per member, by the freshest table's entry for its dev_number:
 //!
 //! * **active role r**, and *fresh* (events ≥ freshest − 1, the kernel's and mdadm's rule: the
 //!   clean/dirty roll-back lets members differ by one): `InSync` in r — or `Rebuilding` from its
@@ -129,15 +139,170 @@ pub(super) fn is_fresh(events: u64, fresh_events: u64) -> bool {
     events.saturating_add(1) >= fresh_events
 }
 
+/// The array-defining fields of a superblock (mdadm's `compare_super` for v1.x, and the data
+/// offset Keel's geometry needs on every member), named, as numbers for messages.
+fn defining(sb: &Superblock) -> [(&'static str, i128); 7] {
+    [
+        ("ctime", sb.ctime as i128),
+        ("level", sb.level as i128),
+        ("layout", sb.layout as i128),
+        ("chunksize", sb.chunk_sectors as i128),
+        ("raid_disks", sb.raid_disks as i128),
+        ("size", sb.size_sectors as i128),
+        ("data_offset", sb.data_offset_sectors as i128),
+    ]
+}
+
+/// Splits `items` (probe indices) into groups with equal `key`, in first-seen order, and picks
+/// the group the members agree on: the only one, or the strictly largest, or — among groups
+/// tied for largest — the one holding the strictly freshest member. `None`: a tie nothing
+/// breaks.
+fn majority<K: PartialEq>(
+    probes: &[Probe],
+    items: &[usize],
+    key: impl Fn(&Superblock) -> K,
+) -> (Vec<Vec<usize>>, Option<usize>) {
+    let mut groups: Vec<(K, Vec<usize>)> = Vec::new();
+    for &i in items {
+        let k = key(&probes[i].sb);
+        match groups.iter_mut().find(|g| g.0 == k) {
+            Some(g) => g.1.push(i),
+            None => groups.push((k, vec![i])),
+        }
+    }
+    let groups: Vec<Vec<usize>> = groups.into_iter().map(|g| g.1).collect();
+    let largest = groups.iter().map(Vec::len).max().unwrap_or(0);
+    let tied: Vec<usize> = (0..groups.len()).filter(|&g| groups[g].len() == largest).collect();
+    let events = |g: usize| groups[g].iter().map(|&i| probes[i].sb.events).max().unwrap_or(0);
+    let pick = match tied.as_slice() {
+        [one] => Some(*one),
+        many => {
+            let best = many.iter().map(|&g| events(g)).max().unwrap_or(0);
+            let top: Vec<usize> = many.iter().copied().filter(|&g| events(g) == best).collect();
+            (top.len() == 1).then(|| top[0])
+        }
+    };
+    (groups, pick)
+}
+
+/// The members whose superblocks agree on what the array is (module docs): members that
+/// disagree with the others on an array-defining field, or — among the freshest members, which
+/// were written in the same update — on the role table, are refused as the odd ones out, named
+/// with the field. When no side has more members (or a fresher one, for the fields), nothing
+/// says which superblock is intact and assembly is refused naming both sides (mdadm: "superblock
+/// on X doesn't match others - assembly aborted").
+fn agreeing_members(probes: &[Probe], refusals: &mut Vec<String>) -> Result<Vec<usize>, MdError> {
+    let all: Vec<usize> = (0..probes.len()).collect();
+    let sides = |groups: &[Vec<usize>]| -> String {
+        groups
+            .iter()
+            .map(|g| {
+                g.iter()
+                    .map(|&i| format!("'{}'", probes[i].name))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            })
+            .collect::<Vec<_>>()
+            .join(" vs ")
+    };
+    let (groups, pick) = majority(probes, &all, defining);
+    let Some(pick) = pick else {
+        let a = &probes[groups[0][0]].sb;
+        let b = &probes[groups[1][0]].sb;
+        let (field, x, y) = defining(a)
+            .into_iter()
+            .zip(defining(b))
+            .find(|(x, y)| x.1 != y.1)
+            .map(|(x, y)| (x.0, x.1, y.1))
+            .expect("groups differ");
+        return Err(with_refusals(
+            MdError::invalid(
+                "members",
+                format!(
+                    "members disagree on the array ({}: {field} {x} vs {y}) and neither side outnumbers the other: cannot tell which superblock is intact (assemble the intact members by name)",
+                    sides(&groups)
+                ),
+            ),
+            refusals,
+        ));
+    };
+    let lead = &probes[groups[pick][0]].sb;
+    for (g, members) in groups.iter().enumerate() {
+        if g == pick {
+            continue;
+        }
+        for &i in members {
+            let (field, mine, theirs) = defining(&probes[i].sb)
+                .into_iter()
+                .zip(defining(lead))
+                .find(|(x, y)| x.1 != y.1)
+                .map(|(x, y)| (x.0, x.1, y.1))
+                .expect("groups differ");
+            refuse(
+                refusals,
+                &probes[i].name,
+                format!(
+                    "its {field} ({mine}) differs from the {} other member(s) that agree ({theirs}): the odd one out",
+                    groups[pick].len()
+                ),
+            );
+        }
+    }
+    let agree = groups[pick].clone();
+    // The freshest update's role tables.
+    let top = agree.iter().map(|&i| probes[i].sb.events).max().unwrap_or(0);
+    let freshest: Vec<usize> = agree.iter().copied().filter(|&i| probes[i].sb.events == top).collect();
+    let (tables, pick) = majority(probes, &freshest, |sb| sb.dev_roles.clone());
+    if tables.len() == 1 {
+        return Ok(agree);
+    }
+    let Some(pick) = pick else {
+        return Err(with_refusals(
+            MdError::invalid(
+                "members",
+                format!(
+                    "the freshest members (events {top}) disagree on the role table ({}) and neither side outnumbers the other: cannot tell which superblock is intact (assemble the intact members by name)",
+                    sides(&tables)
+                ),
+            ),
+            refusals,
+        ));
+    };
+    let mut out = Vec::new();
+    for &i in &agree {
+        let odd = tables.iter().enumerate().any(|(g, t)| g != pick && t.contains(&i));
+        if odd {
+            let lead = tables[pick][0];
+            let why = if table_role(&probes[i].sb.dev_roles, probes[lead].sb.dev_number) == Role::Faulty {
+                format!("it reports the freshest member '{}' as failed; its", probes[lead].name)
+            } else {
+                "its".to_string()
+            };
+            refuse(
+                refusals,
+                &probes[i].name,
+                format!(
+                    "{why} role table differs from the {} other member(s) written in the same update (events {top}): the odd one out",
+                    tables[pick].len()
+                ),
+            );
+        } else {
+            out.push(i);
+        }
+    }
+    Ok(out)
+}
+
 /// Decides roles and states from the members' superblocks (module docs, step 2). `probes` all
 /// carry the same set_uuid; `refusals` collects what was refused so far. Pure.
 pub(crate) fn classify(probes: &[Probe], mut refusals: Vec<String>) -> Result<Choice, MdError> {
-    let fresh = probes
+    let agreeing = agreeing_members(probes, &mut refusals)?;
+    let fresh = agreeing
         .iter()
-        .enumerate()
-        .filter(|(_, p)| matches!(p.sb.own_role(), Role::Active(_)))
-        .fold(None::<usize>, |best, (i, p)| match best {
-            Some(b) if probes[b].sb.events >= p.sb.events => Some(b),
+        .copied()
+        .filter(|&i| matches!(probes[i].sb.own_role(), Role::Active(_)))
+        .fold(None::<usize>, |best, i| match best {
+            Some(b) if probes[b].sb.events >= probes[i].sb.events => Some(b),
             _ => Some(i),
         })
         .ok_or_else(|| {
@@ -183,58 +348,30 @@ pub(crate) fn classify(probes: &[Probe], mut refusals: Vec<String>) -> Result<Ch
         ));
     }
 
-    // Members that agree with the template.
+    // Members that agree with the template (on the array-defining fields they all do now).
     let mut usable: Vec<usize> = vec![fresh];
-    for (i, p) in probes.iter().enumerate() {
+    for &i in &agreeing {
         if i == fresh {
             continue;
         }
+        let p = &probes[i];
         let s = &p.sb;
-        let differs = [
-            (
-                "level",
-                s.level as i64 != t.level as i64,
-                s.level as i64,
-                t.level as i64,
-            ),
-            ("layout", s.layout != t.layout, s.layout as i64, t.layout as i64),
-            (
-                "chunksize",
-                s.chunk_sectors != t.chunk_sectors,
-                s.chunk_sectors as i64,
-                t.chunk_sectors as i64,
-            ),
-            (
-                "raid_disks",
-                s.raid_disks != t.raid_disks,
-                s.raid_disks as i64,
-                t.raid_disks as i64,
-            ),
-            ("ctime", s.ctime != t.ctime, s.ctime as i64, t.ctime as i64),
-            (
-                "size",
-                s.size_sectors != t.size_sectors,
-                s.size_sectors as i64,
-                t.size_sectors as i64,
-            ),
-            (
-                "data_offset",
-                s.data_offset_sectors != t.data_offset_sectors,
-                s.data_offset_sectors as i64,
-                t.data_offset_sectors as i64,
-            ),
-        ]
-        .into_iter()
-        .find(|d| d.1);
-        if let Some((field, _, mine, theirs)) = differs {
-            refuse(
-                &mut refusals,
-                &p.name,
-                format!("its {field} ({mine}) differs from the freshest member '{fname}' ({theirs})"),
-            );
-            continue;
-        }
         if let Some(&o) = usable.iter().find(|&&o| probes[o].sb.dev_number == s.dev_number) {
+            let other = &probes[o].sb;
+            if other.events == s.events && other.device_uuid != s.device_uuid {
+                // Two different devices claim one slot in the same update: one of them is
+                // corrupt, and nothing says which.
+                return Err(with_refusals(
+                    MdError::invalid(
+                        "members",
+                        format!(
+                            "'{}' and '{}' both claim dev_number {} at events {} with different device uuids: cannot tell which superblock is intact (assemble the intact members by name)",
+                            probes[o].name, p.name, s.dev_number, s.events
+                        ),
+                    ),
+                    &refusals,
+                ));
+            }
             refuse(
                 &mut refusals,
                 &p.name,
@@ -546,6 +683,91 @@ mod tests {
         ];
         let c = classify(&p, Vec::new()).unwrap();
         assert!(c.refusals[0].contains("'b'") && c.refusals[0].contains("faulty"));
+    }
+
+    /// Equal events, one superblock corrupted (valid checksum) on an array-defining field: the
+    /// odd one out is refused when the others outnumber it; one against one is refused whole
+    /// (before: the corrupt member could be taken as the freshest, the intact one dropped, and
+    /// the array started degraded, even as a "clean" one-disk array).
+    #[test]
+    fn corrupt_member_is_never_taken_over_an_intact_one() {
+        for corrupt in [0usize, 1] {
+            let mut p = vec![
+                probe("a", sb(1, 2, 0, 20, &[0, 1])),
+                probe("b", sb(1, 2, 1, 20, &[0, 1])),
+            ];
+            p[corrupt].sb.raid_disks = 1;
+            let e = classify(&p, Vec::new()).unwrap_err().to_string();
+            assert!(
+                e.contains("'a'") && e.contains("'b'") && e.contains("raid_disks") && e.contains("cannot tell"),
+                "{e}"
+            );
+        }
+        let mut p: Vec<Probe> = (0..3)
+            .map(|d| probe(&format!("m{d}"), sb(1, 3, d, 20, &[0, 1, 2])))
+            .collect();
+        p[0].sb.level = 10;
+        let c = classify(&p, Vec::new()).unwrap();
+        assert_eq!(c.slots[0], None);
+        assert!(c.slots[1].is_some() && c.slots[2].is_some());
+        assert!(
+            c.refusals[0].contains("member 'm0' refused: its level (10) differs from the 2 other member(s)"),
+            "{:?}",
+            c.refusals
+        );
+        // A fresher member breaks a tie on the fields (a stale one from an older array).
+        let mut p = vec![
+            probe("a", sb(1, 2, 0, 20, &[0, 1])),
+            probe("b", sb(1, 2, 1, 10, &[0, 1])),
+        ];
+        p[1].sb.ctime -= 5;
+        let c = classify(&p, Vec::new()).unwrap();
+        assert!(
+            c.refusals[0].contains("member 'b' refused: its ctime"),
+            "{:?}",
+            c.refusals
+        );
+    }
+
+    #[test]
+    fn role_tables_of_one_update_must_agree() {
+        // One against one: which table is real?
+        let p = vec![
+            probe("a", sb(1, 2, 0, 20, &[0, 1])),
+            probe("b", sb(1, 2, 1, 20, &[0, ROLE_SPARE])),
+        ];
+        let e = classify(&p, Vec::new()).unwrap_err().to_string();
+        assert!(
+            e.contains("role table") && e.contains("'a'") && e.contains("'b'"),
+            "{e}"
+        );
+        // Outnumbered: refused as the odd one out.
+        let p = vec![
+            probe("a", sb(1, 3, 0, 20, &[0, 1, 2])),
+            probe("b", sb(1, 3, 1, 20, &[0, 1, 2])),
+            probe("c", sb(1, 3, 2, 20, &[ROLE_SPARE, 1, 2])),
+        ];
+        let c = classify(&p, Vec::new()).unwrap();
+        assert_eq!(c.slots.iter().flatten().count(), 2);
+        assert!(
+            c.refusals[0].contains("member 'c' refused: its role table differs"),
+            "{:?}",
+            c.refusals
+        );
+        // Older members' tables may differ (they missed later updates).
+        let p = vec![
+            probe("a", sb(1, 2, 0, 22, &[0, ROLE_SPARE])),
+            probe("b", sb(1, 2, 1, 17, &[0, 1])),
+        ];
+        assert!(classify(&p, Vec::new()).unwrap().refusals.is_empty());
+        // Two devices claiming one dev_number in the same update.
+        let mut p = vec![
+            probe("a", sb(1, 2, 0, 20, &[0, 1])),
+            probe("b", sb(1, 2, 0, 20, &[0, 1])),
+        ];
+        p[1].sb.device_uuid[0] = 9;
+        let e = classify(&p, Vec::new()).unwrap_err().to_string();
+        assert!(e.contains("both claim dev_number 0"), "{e}");
     }
 
     #[test]

@@ -31,7 +31,11 @@
 //!    cleared while degraded, so they cover every write it missed), a partly recovered one whose
 //!    recovery was bitmap-guided (RECOVERY_BITMAP); otherwise full recovery. `resync_offset ≠
 //!    MaxSector` on the freshest member means an unclean stop: `dirty`, and the resync restarts
-//!    at `resync_offset` (0: everything; with a bitmap only the dirty chunks).
+//!    at `resync_offset` (0: everything; with a bitmap only the dirty chunks). A dirty array
+//!    that is also degraded does not start for a level whose personality says so
+//!    (`starts_dirty_degraded`: the parity levels' write hole, the kernel's "cannot start dirty
+//!    degraded array") unless `force` is given; the copy levels start (every in-sync copy holds
+//!    the data, the resync makes the copies agree).
 //!    [`MdRegistry::start_array`] registers the bdev; if the picture changed (a role missing or
 //!    rebuilding) the daemon writes the superblocks at once (events + 1).
 //!
@@ -60,7 +64,8 @@ use crate::superblock::{feature, Role, Superblock, BLOCK_BYTES, MAX_SECTOR};
 use crate::MdError;
 pub(crate) use appear::AutoState;
 use appear::{examined_members, forget_examined};
-use classify::{classify, name_from_set_name, refuse, with_refusals, Choice, Probe, Rebuild};
+pub(crate) use classify::Probe;
+use classify::{classify, name_from_set_name, refuse, with_refusals, Choice, Rebuild};
 
 /// What `md_assemble` asks for. At least one field must be given.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -72,6 +77,11 @@ pub struct AssembleOpts {
     pub uuid: Option<String>,
     /// Member bdevs (any order). Without it every unclaimed bdev is a candidate.
     pub members: Option<Vec<String>>,
+    /// Start an array of a level that refuses to start dirty and degraded
+    /// ([`Personality::starts_dirty_degraded`](crate::personality::Personality::starts_dirty_degraded):
+    /// the parity levels' write hole) anyway, as `mdadm --assemble --force` / the kernel's
+    /// `start_dirty_degraded`.
+    pub force: bool,
 }
 
 fn check_name(name: &str) -> Result<(), MdError> {
@@ -181,6 +191,20 @@ fn build_layout(probes: &[Probe], c: &Choice) -> Result<Built, MdError> {
     })
 }
 
+/// Assembly's decision and the level's start over `probes`, without bdevs (the fuzz target's
+/// view of `md_assemble`, `crate::fuzz`): the layout and, per role, whether it is in sync.
+/// Pure.
+pub(crate) fn dry_run(probes: &[Probe]) -> Result<(Arc<dyn Layout>, Vec<bool>), MdError> {
+    let c = classify(probes, Vec::new())?;
+    let built = build_layout(probes, &c)?;
+    let live = c
+        .slots
+        .iter()
+        .map(|s| matches!(s, Some((_, SlotState::InSync, _))))
+        .collect();
+    Ok((built.layout, live))
+}
+
 /// The roles nobody can read ("0, 2").
 fn missing_text(states: &[SlotState]) -> String {
     let v: Vec<String> = states
@@ -213,6 +237,7 @@ struct Request {
     uuid: Option<[u8; 16]>,
     /// Members were named (a bad superblock is a refusal, not "not a member").
     named: bool,
+    force: bool,
 }
 
 /// A candidate's name and what reading its superblock gave.
@@ -338,6 +363,7 @@ impl MdRegistry {
                     name: opts.name.clone(),
                     uuid,
                     named: opts.members.is_some(),
+                    force: opts.force,
                 },
                 names,
             )))
@@ -495,7 +521,7 @@ impl MdRegistry {
             Ok(c) => c,
             Err(e) => return done(Err(e)),
         };
-        match self.prepare(&probes, choice, req.name) {
+        match self.prepare(&probes, choice, req.name, req.force) {
             Ok((pending, None)) => self.finish_start(pending, None, done),
             Ok((pending, Some(bm))) => {
                 let me = self.clone();
@@ -511,6 +537,7 @@ impl MdRegistry {
         probes: &[Probe],
         c: Choice,
         req_name: Option<String>,
+        force: bool,
     ) -> Result<(Pending, Option<BitmapRead>), MdError> {
         let fail = |e: MdError| with_refusals(e, &c.refusals);
         let t = &probes[c.fresh].sb;
@@ -589,6 +616,14 @@ impl MdRegistry {
         } else {
             (MAX_SECTOR, false)
         };
+        if dirty && !force && !level.starts_dirty_degraded() && states.iter().any(|s| *s != SlotState::InSync) {
+            return Err(fail(MdError::Busy(format!(
+                "{} {} stopped unclean and is degraded (roles {} not in sync): data written in flight may be lost without notice (the write hole); pass force to start it anyway",
+                level.name(),
+                Superblock::uuid_text(&t.set_uuid),
+                missing_text(&states)
+            ))));
+        }
         let n = c.slots.len();
         let active_in_table = (0..n)
             .filter(|&r| t.dev_roles.iter().any(|&v| Role::from_raw(v) == Role::Active(r as u16)))

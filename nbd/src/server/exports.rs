@@ -11,7 +11,7 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 
-use keel_bdev::{Channel, Descriptor, IoOp};
+use keel_bdev::{BdevInfo, Channel, Descriptor, IoOp};
 
 use crate::export::{BlockSizes, Capabilities, ExportCatalog, ExportInfo};
 
@@ -34,14 +34,37 @@ pub(crate) struct Export {
 }
 
 impl Export {
-    /// Describes `desc`'s bdev as export `name` and holds the bdev. Main core.
+    /// Describes `desc`'s bdev as export `name` and holds the bdev for `holder` (what the bdev
+    /// layer names when it refuses a delete: `nbd export 'disk0'`, `nbd disk /dev/nbd0`).
+    /// Main core.
     pub fn new(
         name: String,
         description: String,
         read_only: bool,
         desc: Descriptor,
+        holder: String,
     ) -> Result<Export, crate::NbdError> {
-        let info = desc.info().clone();
+        let export_info = Export::describe(name, description, read_only, desc.info())?;
+        let info = desc.info();
+        desc.hold(holder);
+        Ok(Export {
+            info: export_info,
+            bdev_name: info.name.clone(),
+            block_size: info.block_size,
+            flush: info.caps.supports(IoOp::Flush),
+            desc: Mutex::new(Some(desc)),
+            gone: AtomicBool::new(false),
+        })
+    }
+
+    /// What the handshake would announce for bdev `info` exported as `name`: sizes and
+    /// capabilities (hence transmission flags). Any thread.
+    pub fn describe(
+        name: String,
+        description: String,
+        read_only: bool,
+        info: &BdevInfo,
+    ) -> Result<ExportInfo, crate::NbdError> {
         let optimal = info.optimal_io_boundary_blocks.saturating_mul(info.block_size);
         let sizes = BlockSizes::for_block_device(info.block_size, optimal)?;
         let write_zeroes = info.caps.supports(IoOp::WriteZeroes);
@@ -58,16 +81,7 @@ impl Export {
             multi_conn: true,
             rotational: false,
         };
-        let export_info = ExportInfo::new(name.clone(), description, info.size_bytes(), read_only, sizes, caps)?;
-        desc.hold(format!("nbd export '{name}'"));
-        Ok(Export {
-            info: export_info,
-            bdev_name: info.name.clone(),
-            block_size: info.block_size,
-            flush: info.caps.supports(IoOp::Flush),
-            desc: Mutex::new(Some(desc)),
-            gone: AtomicBool::new(false),
-        })
+        ExportInfo::new(name, description, info.size_bytes(), read_only, sizes, caps)
     }
 
     /// The export's name.

@@ -24,6 +24,9 @@
 //! * A **connection** may also be started directly in transmission over a stream someone
 //!   hands in ([`NbdServer::serve_transmission`]): the kernel client attached through a
 //!   socketpair sends no handshake and takes only simple replies.
+//! * A **kernel disk** (`disk.rs`, SPDK's `nbd_start_disk`) is such a connection with an export
+//!   of its own that nobody else sees, attached to a kernel `/dev/nbdX` over a socketpair; its
+//!   essay tells the ioctl sequence and the one thread the kernel demands (`NBD_DO_IT`).
 //!
 //! # Multi-conn
 //!
@@ -46,6 +49,7 @@
 //! and connections and reports done once every connection has closed.
 
 pub(crate) mod conn;
+mod disk;
 pub(crate) mod exports;
 pub mod listen;
 pub mod sock;
@@ -66,6 +70,8 @@ use crate::server::conn::{ConnShared, Start};
 use crate::server::exports::{Catalog, Export};
 use crate::server::listen::{ListenAddr, ListenSock};
 use crate::server::sock::Stream;
+
+pub use disk::DiskStatus;
 
 /// The module name (and its save_config subsystem's name).
 pub const MODULE: &str = "nbd";
@@ -161,10 +167,12 @@ struct State {
     exports: Vec<Arc<Export>>,
     catalog: Option<Arc<Catalog>>,
     conns: Vec<Arc<ConnShared>>,
+    /// Kernel disks, in start order (`disk.rs`); their connections are in `conns` too.
+    disks: Vec<disk::Disk>,
     waiters: Vec<Waiter>,
     /// The core the last connection went to.
     last_core: Option<CoreId>,
-    /// fini: called when no connection is left.
+    /// fini: called when no connection and no disk is left.
     fini: Option<ModuleDone>,
 }
 
@@ -219,7 +227,8 @@ impl BdevModule for NbdServer {
         SUBSYSTEM
     }
 
-    /// Stops every listener, ends every connection and reports done once the last one closed.
+    /// Stops every listener and kernel disk, ends every connection and reports done once the
+    /// last connection closed and the last disk was cleared.
     fn fini(&self, done: ModuleDone) {
         let mut st = self.lock();
         for l in st.listeners.drain(..) {
@@ -229,19 +238,24 @@ impl BdevModule for NbdServer {
             e.set_gone();
         }
         st.exports_changed();
-        for c in &st.conns {
+        // Disk connections end through their disks' disconnect (the kernel is told first).
+        let disk_conns: Vec<u64> = st.disks.iter().map(|d| d.conn_id()).collect();
+        for c in st.conns.iter().filter(|c| !disk_conns.contains(&c.id)) {
             c.request_stop();
         }
-        if st.conns.is_empty() {
+        if st.conns.is_empty() && st.disks.is_empty() {
             drop(st);
             done.done();
         } else {
             st.fini = Some(done);
+            drop(st);
+            self.stop_all_disks();
         }
     }
 
     /// `nbd_server_start` for every listener, then `nbd_server_add_export` for every export
-    /// (each needing its bdev), in the order they were made.
+    /// and `nbd_start_disk` for every kernel disk (each needing its bdev), in the order they
+    /// were made.
     fn config(&self, _reg: &BdevRegistry) -> Vec<ConfigEntry> {
         let st = self.lock();
         let mut out: Vec<ConfigEntry> = st
@@ -266,6 +280,16 @@ impl BdevModule for NbdServer {
                     }),
                 })
                 .needs([e.bdev_name.clone()]),
+            );
+        }
+        for d in st.disks.iter().filter(|d| d.is_saved()) {
+            let d = d.status();
+            out.push(
+                ConfigEntry::new(ConfigCall {
+                    method: "nbd_start_disk",
+                    params: json!({ "bdev_name": d.bdev_name, "nbd_device": d.nbd_device }),
+                })
+                .needs([d.bdev_name]),
             );
         }
         out
@@ -415,7 +439,8 @@ impl NbdServer {
                 keel_bdev::BdevError::Claimed { .. } => NbdError::Busy(e.to_string()),
                 other => other.into(),
             })?;
-        let export = Arc::new(Export::new(name.clone(), description, opts.read_only, desc)?);
+        let holder = format!("nbd export '{name}'");
+        let export = Arc::new(Export::new(name.clone(), description, opts.read_only, desc, holder)?);
         let mut st = self.lock();
         if st.exports.iter().any(|e| e.name() == name) {
             return Err(NbdError::Exists(format!("export '{name}' already exists")));
@@ -553,19 +578,7 @@ impl NbdServer {
         *shared.export.lock().unwrap_or_else(|e| e.into_inner()) = Some(name.to_string());
         st.conns.push(shared.clone());
         drop(st);
-        let info = &export.info;
-        let session = Session {
-            export_name: name.to_string(),
-            size_bytes: info.size_bytes(),
-            transmission_flags: info.transmission_flags(false),
-            structured_replies: false,
-            extended_headers: false,
-            base_allocation: None,
-            block_sizes: info.block_sizes(),
-            block_sizes_acknowledged: false,
-            check_alignment: true,
-            entry: Entry::ExportName,
-        };
+        let session = kernel_session(&export);
         self.spawn_on(core, shared, stream, Start::Transmission(export, session))
     }
 
@@ -596,13 +609,16 @@ impl NbdServer {
                 i += 1;
             }
         }
-        let fini = if st.conns.is_empty() { st.fini.take() } else { None };
+        let fini = if st.conns.is_empty() && st.disks.is_empty() {
+            st.fini.take()
+        } else {
+            None
+        };
         drop(st);
         tracing::debug!(conn = conn.id, peer = %conn.peer, "nbd: connection closed");
-        if ready.is_empty() && fini.is_none() {
-            return;
-        }
+        let (me, conn_id) = (self.me(), conn.id);
         let finish = move || {
+            me.disk_conn_closed(conn_id);
             for w in ready {
                 w.export.release();
                 tracing::info!(export = w.export.name(), "nbd: export removed");
@@ -618,6 +634,24 @@ impl NbdServer {
         } else if let Err(e) = self.cores.run_on(main, finish) {
             tracing::warn!(error = %e, "nbd: cannot reach the main reactor to finish a removal");
         }
+    }
+}
+
+/// The session of a connection that starts in transmission for the kernel client: simple
+/// replies, no meta context, the export's flags as the negotiation would give them.
+pub(crate) fn kernel_session(export: &Export) -> Session {
+    let info = &export.info;
+    Session {
+        export_name: export.name().to_string(),
+        size_bytes: info.size_bytes(),
+        transmission_flags: info.transmission_flags(false),
+        structured_replies: false,
+        extended_headers: false,
+        base_allocation: None,
+        block_sizes: info.block_sizes(),
+        block_sizes_acknowledged: false,
+        check_alignment: true,
+        entry: Entry::ExportName,
     }
 }
 

@@ -64,7 +64,8 @@
 //! registered-file table keeps the description alive until the kernel's asynchronous ring
 //! teardown, and the next bdev over the file must not wait for that. A process that dies
 //! cannot unlock that way, so a create that finds the lock held only by processes that exited
-//! waits for the kernel to drop it (at most `DEAD_HOLDER_WAIT_MS`) instead of refusing: a
+//! (or by no process `/proc/locks` lists: it leaves out owners whose pid is gone) waits for the
+//! kernel to drop it (at most `DEAD_HOLDER_WAIT_MS`) instead of refusing: a
 //! restart right after a SIGKILL gets its files back.
 //! Of the two, only `flock` tells who holds it: `/proc/locks` records the pid of a `FLOCK`
 //! holder, while OFD locks show pid -1 there and in `F_OFD_GETLK`. (The lock is advisory: tools
@@ -273,15 +274,17 @@ fn lock_file(file: &File, filename: &str, shared: bool, bdev: &str, key: (u64, u
     })
 }
 
-/// Whether the `flock`s on `key` listed in `/proc/locks` all belong to processes that exited
-/// (false when none is listed: then nobody knows).
+/// Whether the `flock`s on `key` listed in `/proc/locks` all belong to processes that exited —
+/// also when none is listed: the kernel leaves out of `/proc/locks` a lock whose owner's pid is
+/// gone (`locks_translate_pid` gives 0), which is exactly the lock a SIGKILLed process's ring
+/// keeps until its teardown ends (seen as "the holder is not listed" on restarts in the NBD
+/// crash matrix). A live holder in another pid namespace is unlisted too; it is refused after
+/// the wait.
 fn holders_all_exited(key: (u64, u64)) -> bool {
     let text = std::fs::read_to_string("/proc/locks").unwrap_or_default();
-    let holders = flock_holders(&text, key);
-    !holders.is_empty()
-        && holders
-            .iter()
-            .all(|(pid, _, _)| !std::path::Path::new(&format!("/proc/{pid}")).exists())
+    flock_holders(&text, key)
+        .iter()
+        .all(|(pid, _, _)| !std::path::Path::new(&format!("/proc/{pid}")).exists())
 }
 
 /// Who holds the `flock` of the file with (device, inode) `key`: this process's bdev, or a

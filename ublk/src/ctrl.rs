@@ -1,0 +1,131 @@
+//! `/dev/ublk-control`: the control commands as io_uring `URING_CMD`s on an SQE128 ring
+//! (`shared/specs/nbd-ublk.md` C2–C4).
+//!
+//! Two rings, both owned by the target and used on the main core only: a **quick** one for the
+//! commands that return at once (GET_FEATURES, ADD_DEV, SET_PARAMS), issued and waited for in
+//! one call, and a **slow** one for the commands that wait on the reactors — START_DEV blocks
+//! until every tag of every queue is fetched, STOP_DEV until the requests in flight are
+//! answered, DEL_DEV until the last reference to the char device is gone — submitted and then
+//! reaped by the target's control poller, so the main reactor keeps serving its queues
+//! meanwhile. The kernel runs control commands on an io_uring worker either way.
+#![allow(unsafe_code)]
+
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::os::fd::AsRawFd;
+
+use io_uring::{cqueue, opcode, squeue, types, IoUring};
+
+use crate::wire::{
+    CtrlCmd, DevInfo, Params, CMD_ADD_DEV, CMD_GET_FEATURES, CMD_SET_PARAMS, DEV_INFO_BYTES, PARAMS_BYTES,
+};
+
+/// The control device path.
+pub const CONTROL_PATH: &str = "/dev/ublk-control";
+
+/// One SQE128 ring on `/dev/ublk-control`.
+pub(crate) struct CtrlRing {
+    dev: File,
+    ring: IoUring<squeue::Entry128, cqueue::Entry>,
+}
+
+impl CtrlRing {
+    /// Opens the control device and a ring of `entries` SQEs. Main core.
+    pub fn open(entries: u32) -> io::Result<CtrlRing> {
+        let dev = OpenOptions::new().read(true).write(true).open(CONTROL_PATH)?;
+        let ring = IoUring::<squeue::Entry128, cqueue::Entry>::builder().build(entries)?;
+        Ok(CtrlRing { dev, ring })
+    }
+
+    /// Queues one command and submits it. `cmd.addr`, when set, must stay valid until its
+    /// completion is reaped (the quick calls wait for it; slow commands carry no buffer).
+    fn push(&mut self, op: u32, cmd: &CtrlCmd, user_data: u64) -> io::Result<()> {
+        let sqe = opcode::UringCmd80::new(types::Fd(self.dev.as_raw_fd()), op)
+            .cmd(cmd.encode())
+            .build()
+            .user_data(user_data);
+        // SAFETY: the SQE names our open control device and, at most, the buffer at `cmd.addr`,
+        // which the callers keep alive until the completion is reaped (see above).
+        unsafe { self.ring.submission().push(&sqe) }.map_err(|_| io::Error::from_raw_os_error(libc::EBUSY))?;
+        self.ring.submit()?;
+        Ok(())
+    }
+
+    /// Issues a quick command and waits for its result (≥ 0, or the negative errno as an
+    /// error). Only quick commands go through here, and only on the quick ring.
+    fn call(&mut self, op: u32, cmd: &CtrlCmd) -> io::Result<i32> {
+        self.push(op, cmd, 0)?;
+        self.ring.submit_and_wait(1)?;
+        let cqe = self
+            .ring
+            .completion()
+            .next()
+            .ok_or_else(|| io::Error::other("no completion"))?;
+        if cqe.result() < 0 {
+            Err(io::Error::from_raw_os_error(-cqe.result()))
+        } else {
+            Ok(cqe.result())
+        }
+    }
+
+    /// GET_FEATURES: the `UBLK_F_*` the driver supports.
+    pub fn get_features(&mut self) -> io::Result<u64> {
+        let mut buf = [0u8; 8];
+        let cmd = CtrlCmd {
+            dev_id: u32::MAX,
+            queue_id: 0xffff,
+            len: 8,
+            addr: buf.as_mut_ptr() as u64,
+            data: 0,
+        };
+        self.call(CMD_GET_FEATURES, &cmd)?;
+        Ok(u64::from_le_bytes(buf))
+    }
+
+    /// ADD_DEV: creates `/dev/ublkc{info.dev_id}`; returns what the kernel wrote back.
+    pub fn add_dev(&mut self, info: &DevInfo) -> io::Result<DevInfo> {
+        let mut buf = info.encode();
+        let cmd = CtrlCmd {
+            dev_id: info.dev_id,
+            queue_id: 0xffff,
+            len: DEV_INFO_BYTES as u16,
+            addr: buf.as_mut_ptr() as u64,
+            data: 0,
+        };
+        self.call(CMD_ADD_DEV, &cmd)?;
+        Ok(DevInfo::decode(&buf))
+    }
+
+    /// SET_PARAMS of device `dev_id` (before START_DEV).
+    pub fn set_params(&mut self, dev_id: u32, params: &Params) -> io::Result<()> {
+        let mut buf = params.encode();
+        let cmd = CtrlCmd {
+            dev_id,
+            queue_id: 0xffff,
+            len: PARAMS_BYTES as u16,
+            addr: buf.as_mut_ptr() as u64,
+            data: 0,
+        };
+        self.call(CMD_SET_PARAMS, &cmd).map(|_| ())
+    }
+
+    /// Submits a slow command without a buffer (START_DEV with `data` = pid, STOP_DEV,
+    /// DEL_DEV); its result comes from [`CtrlRing::reap`] with `user_data`.
+    pub fn submit(&mut self, op: u32, dev_id: u32, data: u64, user_data: u64) -> io::Result<()> {
+        let cmd = CtrlCmd {
+            dev_id,
+            queue_id: 0xffff,
+            len: 0,
+            addr: 0,
+            data,
+        };
+        self.push(op, &cmd, user_data)
+    }
+
+    /// Completed slow commands: `(user_data, result)`.
+    pub fn reap(&mut self, out: &mut Vec<(u64, i32)>) {
+        for cqe in self.ring.completion() {
+            out.push((cqe.user_data(), cqe.result()));
+        }
+    }
+}
