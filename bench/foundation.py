@@ -4,9 +4,9 @@
 Cases (each run RUNS times, keel and its reference interleaved, medians reported):
   1. null bdev, 4 KiB randread, qd 128, 1 core       vs fio's null engine (same qd/bs)
   2. uring bdev on a 1 GiB file, 4 KiB randread qd 32 vs fio io_uring, direct=1, same file
-  2b. the same on a 1 GiB file in /dev/shm (page cache, buffered: tmpfs refuses O_DIRECT) vs
-     fio io_uring direct=0 on that file: CPU-bound, so it shows per-I/O cost where 2 shows
-     the device's limit
+  2b. the same on a 1 GiB file in /dev/shm (page cache; tmpfs has no NOWAIT reads, so io_uring
+     punts each one to a worker, and Keel's channel copies inline instead) vs fio io_uring
+     direct=0 on that file: CPU-bound, so it shows per-I/O cost where 2 shows the device's limit
   3. malloc 4 KiB randread / randwrite, qd 32         vs fio mmap engine on a tmpfs file
      (a memory-copy reference) and against SPDK's bdevperf anchor (1.15 M / 0.83 M IOPS)
 

@@ -237,8 +237,12 @@ fn verify_read(io: &IoRequest, bs: u64) {
 /// core 0, flushes, reads 1500 random ranges (1–6 segments, 64 in flight) on core 1 and checks
 /// them, then checks the file through std::fs.
 fn round_trip(bs: u32) {
+    round_trip_in(tempfile::tempdir().unwrap(), bs);
+}
+
+/// `round_trip` with the file in `dir`.
+fn round_trip_in(dir: tempfile::TempDir, bs: u32) {
     let d = TestDriver::new(2);
-    let dir = tempfile::tempdir().unwrap();
     let size = 4 * MIB;
     let path = make_file(dir.path(), "disk", size);
     let reg = BdevRegistry::new(d.cores());
@@ -340,6 +344,24 @@ fn round_trip_512_byte_blocks_many_in_flight() {
 #[test]
 fn round_trip_4096_byte_blocks_many_in_flight() {
     round_trip(4096);
+}
+
+/// `statfs` type of tmpfs.
+const TMPFS_MAGIC: u64 = 0x0102_1994;
+
+/// On tmpfs the channel does reads and writes inline instead of on the ring (module docs of
+/// `uring/file.rs`): the same round trip, multi-segment and with many in flight, must hold.
+/// `/dev/shm` must be a tmpfs (it is on every Linux this project supports); if not, this fails.
+#[test]
+fn round_trip_on_tmpfs_is_done_inline_and_holds() {
+    let dir = tempfile::tempdir_in("/dev/shm").expect("a temporary directory in /dev/shm");
+    let c_path = std::ffi::CString::new(dir.path().to_str().unwrap()).unwrap();
+    // SAFETY: all-zero bytes are a valid statfs; the path is a live NUL-terminated string.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: as above; `st` is a live, writable statfs.
+    assert_eq!(unsafe { libc::statfs(c_path.as_ptr(), &mut st) }, 0);
+    assert_eq!(st.f_type as u64, TMPFS_MAGIC, "/dev/shm must be a tmpfs for this test");
+    round_trip_in(dir, 4096);
 }
 
 #[test]

@@ -1,7 +1,8 @@
 //! Once a job is set up, the engine's per-I/O path — queue, commit, getevents, event — does not
 //! allocate: a counting global allocator sees zero allocations while the engine, driven in
 //! process exactly as fio drives it (fake `io_u` addresses, the job's own buffer area), completes
-//! 100k I/Os on null, malloc and io_uring bdevs (inline completions and poller completions),
+//! 100k I/Os on null, malloc and io_uring bdevs (inline completions and poller completions; a
+//! uring bdev on tmpfs, whose channel reads and writes inline),
 //! with reads, writes, trims and flushes.
 //!
 //! Everything runs in one #[test] on one thread so that no other test allocates meanwhile.
@@ -93,11 +94,16 @@ fn per_io_path_does_not_allocate() {
     let dir = tempfile::tempdir().unwrap();
     let img = dir.path().join("uring.img");
     std::fs::write(&img, vec![0u8; 8 << 20]).unwrap();
+    // On tmpfs the uring channel reads and writes inline (no ring): that path is checked too.
+    let shm_dir = tempfile::tempdir_in("/dev/shm").expect("a temporary directory in /dev/shm");
+    let shm_img = shm_dir.path().join("uring.img");
+    std::fs::write(&shm_img, vec![0u8; 8 << 20]).unwrap();
     let cfg = dir.path().join("stack.json");
     let text = serde_json::json!({"subsystems": [{"subsystem": "bdev", "config": [
         {"method": "bdev_null_create", "params": {"name": "Null0", "num_blocks": 65536, "block_size": 4096}},
         {"method": "bdev_malloc_create", "params": {"name": "Malloc0", "num_blocks": 4096, "block_size": 4096}},
-        {"method": "bdev_uring_create", "params": {"name": "Uring0", "filename": img.to_str().unwrap()}}
+        {"method": "bdev_uring_create", "params": {"name": "Uring0", "filename": img.to_str().unwrap()}},
+        {"method": "bdev_uring_create", "params": {"name": "UringShm", "filename": shm_img.to_str().unwrap()}}
     ]}]});
     std::fs::write(&cfg, text.to_string()).unwrap();
     let g = Global::load(cfg.to_str()).unwrap();
@@ -119,7 +125,12 @@ fn per_io_path_does_not_allocate() {
         done: 0,
         ops: [ddir::READ, ddir::WRITE, ddir::READ, ddir::WRITE],
     };
-    for (bdev, blocks) in [("Null0", 65536), ("Malloc0", 4096), ("Uring0", 2048)] {
+    for (bdev, blocks) in [
+        ("Null0", 65536),
+        ("Malloc0", 4096),
+        ("Uring0", 2048),
+        ("UringShm", 2048),
+    ] {
         assert_eq!(
             steady_state_allocations(&mut job, bdev, blocks),
             0,

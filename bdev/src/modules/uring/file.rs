@@ -29,6 +29,20 @@
 //!   read or write is treated as a failure (logged at debug level): with whole-block requests
 //!   inside the file's size it only happens when the file shrank under us.
 //! * Reset waits until every request in flight on the channel came back, then succeeds.
+//! * Files in memory (tmpfs, `/dev/shm`, ramfs; [`memory_backed`]): the kernel cannot start a
+//!   read or write on them without blocking (they refuse `IOCB_NOWAIT`, even when opened with
+//!   `O_DIRECT`, which tmpfs accepts since Linux 6.6), so io_uring would punt every one to an
+//!   `iou-wrk` worker thread — which inherits the reactor's CPU and competes with the polling
+//!   reactor for it — only to do a memory copy. Reads and writes on them are therefore done
+//!   inline in `submit` with `preadv2`/`pwritev2` (a page-cache copy, as the worker would do)
+//!   and completed with `IoRequest::complete`; flush, unmap, write-zeroes and reset still go
+//!   through the ring. (Measured in BENCHMARKS.md: ~2× fio's io_uring on the same file, where
+//!   punting with the workers moved to another CPU was slower than leaving them on the
+//!   reactor's.)
+//! * Other buffered files (a filesystem that refuses `O_DIRECT`): reads that miss the page
+//!   cache are punted too. A poller turn of such a channel that found nothing to do while
+//!   requests are in flight yields the core (`sched_yield`), so the workers sharing it make
+//!   progress instead of waiting for the reactor's time slice to end.
 //!
 //! # One writer per file: the lock
 //!
@@ -395,13 +409,22 @@ pub(super) struct FileBackend {
     pub(super) block_size: u32,
     pub(super) block_size_override: bool,
     pub(super) direct: bool,
+    /// Buffered and in memory: reads and writes are done inline ([`memory_backed`]).
+    pub(super) inline_data: bool,
     pub(super) name: String,
 }
 
 impl BdevBackend for FileBackend {
     fn create_channel(&self, cx: &ChannelCx) -> Box<dyn BackendChannel> {
         let file = self.file.lock().unwrap_or_else(|e| e.into_inner()).clone();
-        Box::new(UringChannel::new(&self.name, cx.core(), file, self.block_size))
+        Box::new(UringChannel::new(
+            &self.name,
+            cx.core(),
+            file,
+            self.block_size,
+            self.direct,
+            self.inline_data,
+        ))
     }
 
     fn driver_specific(&self) -> Value {
@@ -509,6 +532,10 @@ struct ChanState {
     cancel_wanted: bool,
     /// Resets waiting for the in-flight requests to drain.
     resets: Vec<IoBox>,
+    /// Yield the core while only punted work is pending (module docs).
+    yield_while_punted: bool,
+    /// Reads and writes are done inline (a buffered file in memory; module docs).
+    inline_data: bool,
 }
 
 /// Runs `$body` with `$t` bound to the SQE target of `$r` (fixed-file index or raw fd): the
@@ -541,6 +568,8 @@ impl ChanState {
             removing: false,
             cancel_wanted: false,
             resets: Vec::with_capacity(8),
+            yield_while_punted: false,
+            inline_data: false,
         }
     }
 
@@ -553,6 +582,14 @@ impl ChanState {
         };
         if self.removing {
             io.complete(IoStatus::Removed);
+            return Submit::Accepted;
+        }
+        if self.inline_data && io.op.has_data() {
+            let status = match &self.file {
+                Some(f) => transfer_inline(f.as_raw_fd(), &io, self.block_shift),
+                None => IoStatus::Failed,
+            };
+            io.complete(status);
             return Submit::Accepted;
         }
         if io.op == IoOp::Reset {
@@ -625,6 +662,9 @@ impl ChanState {
                 io.complete(status);
             }
             did_work = true;
+        }
+        if !did_work && self.yield_while_punted && !self.tokens.is_idle() {
+            super::ring::yield_core();
         }
         PollStatus::from_work(did_work)
     }
@@ -752,6 +792,102 @@ impl ChanState {
     }
 }
 
+/// Fills `iovecs` with the segments of `io`'s scatter list that carry its `len_bytes` and returns
+/// how many it used; refuses a transfer larger than one kernel call moves or buffers that do not
+/// cover it.
+#[inline]
+fn fill_iovecs(iovecs: &mut Iovecs, io: &IoRequest, len_bytes: u64) -> Result<usize, IoStatus> {
+    if len_bytes > MAX_RW_BYTES {
+        tracing::debug!(len_bytes, "request larger than one kernel read/write");
+        return Err(IoStatus::Failed);
+    }
+    let mut left = len_bytes;
+    let mut n = 0usize;
+    for v in io.iovs.iter() {
+        if left == 0 {
+            break;
+        }
+        let take = (v.len_bytes as u64).min(left);
+        if take == 0 {
+            continue;
+        }
+        let start = v.offset_bytes as usize;
+        // The kernel must never touch memory outside the buffer.
+        if start + take as usize > v.buf.len() {
+            return Err(IoStatus::InvalidRange);
+        }
+        iovecs[n] = libc::iovec {
+            iov_base: v.buf.as_mut_ptr().wrapping_add(start).cast(),
+            iov_len: take as usize,
+        };
+        n += 1;
+        left -= take;
+    }
+    if left != 0 || n == 0 {
+        return Err(IoStatus::InvalidRange);
+    }
+    Ok(n)
+}
+
+/// Reads or writes `io`'s data at once with `preadv2`/`pwritev2` on `fd` (a file in memory:
+/// see [`memory_backed`]). A short transfer is a failure, as on the ring.
+#[inline]
+fn transfer_inline(fd: RawFd, io: &IoRequest, block_shift: u32) -> IoStatus {
+    let offset_bytes = io.offset_blocks << block_shift;
+    let len_bytes = io.num_blocks << block_shift;
+    let mut iovecs: Iovecs = [libc::iovec {
+        iov_base: std::ptr::null_mut(),
+        iov_len: 0,
+    }; MAX_IOVS];
+    let n = match fill_iovecs(&mut iovecs, io, len_bytes) {
+        Ok(n) => n,
+        Err(status) => return status,
+    };
+    let r = loop {
+        // SAFETY: every iovec points into a `DmaBuf` that `io` holds for the duration of the call
+        // (checked against the buffer's length by `fill_iovecs`), and no Rust borrow of those
+        // bytes is live during it; `fd` is kept open by the channel.
+        let r = unsafe {
+            if io.op == IoOp::Read {
+                libc::preadv2(fd, iovecs.as_ptr(), n as i32, offset_bytes as libc::off_t, 0)
+            } else {
+                libc::pwritev2(fd, iovecs.as_ptr(), n as i32, offset_bytes as libc::off_t, 0)
+            }
+        };
+        if r >= 0 || io::Error::last_os_error().raw_os_error() != Some(libc::EINTR) {
+            break r;
+        }
+    };
+    if r as u64 == len_bytes {
+        return IoStatus::Success;
+    }
+    tracing::debug!(
+        op = io.op.name(),
+        offset_blocks = io.offset_blocks,
+        len_bytes,
+        result = r,
+        error = %io::Error::last_os_error(),
+        "inline file I/O failed or was short"
+    );
+    IoStatus::Failed
+}
+
+/// `statfs` magic numbers of filesystems that keep files only in memory: tmpfs (also
+/// `/dev/shm`) and ramfs. io_uring punts every read and write on them to its worker threads
+/// (they do not support `IOCB_NOWAIT`), while the transfer itself is a memory copy.
+const TMPFS_MAGIC: u64 = 0x0102_1994;
+const RAMFS_MAGIC: u64 = 0x8584_58f6;
+
+/// Whether `file` lives on a memory-only filesystem ([`TMPFS_MAGIC`], [`RAMFS_MAGIC`]): its
+/// buffered reads and writes are then done inline by the channel (module docs). Control path.
+pub(super) fn memory_backed(file: &impl AsRawFd) -> bool {
+    // SAFETY: `statfs` is a plain C struct for which all-zero bytes are a valid value.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: a live fd and a live, writable statfs buffer.
+    let rc = unsafe { libc::fstatfs(file.as_raw_fd(), &mut st) };
+    rc == 0 && matches!(st.f_type as u64, TMPFS_MAGIC | RAMFS_MAGIC)
+}
+
 /// Builds the SQE for `io` (not Reset), filling `iovecs` (the token's scratch) for multi-segment
 /// transfers. Returns it with the result a fully successful completion reports (bytes moved; 0
 /// for ops whose result is just 0).
@@ -767,35 +903,7 @@ fn prepare_sqe(
     let mut expected_bytes = 0;
     let entry = match io.op {
         IoOp::Read | IoOp::Write => {
-            if len_bytes > MAX_RW_BYTES {
-                tracing::debug!(len_bytes, "request larger than one kernel read/write");
-                return Err(IoStatus::Failed);
-            }
-            let mut left = len_bytes;
-            let mut n = 0usize;
-            for v in io.iovs.iter() {
-                if left == 0 {
-                    break;
-                }
-                let take = (v.len_bytes as u64).min(left);
-                if take == 0 {
-                    continue;
-                }
-                let start = v.offset_bytes as usize;
-                // The kernel must never touch memory outside the buffer.
-                if start + take as usize > v.buf.len() {
-                    return Err(IoStatus::InvalidRange);
-                }
-                iovecs[n] = libc::iovec {
-                    iov_base: v.buf.as_mut_ptr().wrapping_add(start).cast(),
-                    iov_len: take as usize,
-                };
-                n += 1;
-                left -= take;
-            }
-            if left != 0 || n == 0 {
-                return Err(IoStatus::InvalidRange);
-            }
+            let n = fill_iovecs(iovecs, io, len_bytes)?;
             expected_bytes = len_bytes;
             let iov0 = iovecs[0];
             match (io.op, n) {
@@ -842,7 +950,16 @@ struct UringChannel {
 impl UringChannel {
     /// Called on `core` (a reactor): creates the ring, registers the file, starts the poller.
     /// Without a file (a channel made after the bdev was unregistered) every I/O fails.
-    fn new(name: &str, core: CoreId, file: Option<Arc<LockedFile>>, block_size: u32) -> UringChannel {
+    /// `direct`: the file is open with `O_DIRECT`; `inline_data`: reads and writes are done
+    /// inline (module docs).
+    fn new(
+        name: &str,
+        core: CoreId,
+        file: Option<Arc<LockedFile>>,
+        block_size: u32,
+        direct: bool,
+        inline_data: bool,
+    ) -> UringChannel {
         let Some(file) = file else {
             let state = Rc::new(RefCell::new(ChanState::new(name, None, None, block_size)));
             let st2 = state.clone();
@@ -871,7 +988,10 @@ impl UringChannel {
                 None
             }
         };
-        let state = Rc::new(RefCell::new(ChanState::new(name, Some(file), ring, block_size)));
+        let mut st = ChanState::new(name, Some(file), ring, block_size);
+        st.yield_while_punted = !direct;
+        st.inline_data = inline_data;
+        let state = Rc::new(RefCell::new(st));
         let st2 = state.clone();
         let poller =
             keel_reactor::current().register_poller(format!("uring_poll_{name}"), move || st2.borrow_mut().poll());

@@ -50,7 +50,7 @@ use serde::Deserialize;
 
 use super::{delete_of_module, parse_uuid};
 use crate::{Bdev, BdevError, BdevParams, BdevRegistry, IoCaps, IoOp};
-use file::{open_file, FileBackend};
+use file::{memory_backed, open_file, FileBackend};
 
 /// Module name of `bdev_uring_create` bdevs.
 pub const MODULE: &str = "uring";
@@ -248,6 +248,7 @@ fn create_flavor(
         Flavor::Uring => ("URING bdev", MODULE),
         Flavor::Aio { .. } => ("AIO disk", MODULE_AIO),
     };
+    let inline_data = memory_backed(&opened.file);
     let backend = FileBackend {
         flavor,
         filename: filename.to_string(),
@@ -256,6 +257,7 @@ fn create_flavor(
         block_size,
         block_size_override: block_size_param.is_some(),
         direct: opened.direct,
+        inline_data,
         name: name.to_string(),
     };
     let bdev = reg.register(

@@ -21,6 +21,17 @@
 //! enter carries `GETEVENTS` with `min_complete = 0`, so it never blocks. As a safety net for
 //! kernels that would not raise the task-run flag, a ring with submissions in flight and no
 //! progress ([`Ring::note_progress`]) for `STALL_ENTER_US` makes one enter anyway.
+//!
+//! # Punted work and the reactor's core
+//!
+//! A request the kernel cannot start without blocking is *punted*: an `iou-wrk` kernel thread
+//! of the ring's io-wq performs it. Those workers inherit the CPU mask of the thread that made
+//! the ring — a reactor pinned to one core — so they compete for that core with a reactor that
+//! never stops polling. The channel yields its core while only punted work is pending
+//! ([`yield_core`]; see `file.rs`, which also keeps memory-only files off the ring). Moving the
+//! workers to CPUs without reactors (`IORING_REGISTER_IOWQ_AFF`) was measured and lost: on a
+//! shared 2-core machine the other CPU is rarely free, and the hand-off across cores costs more
+//! than the copy (BENCHMARKS.md).
 #![allow(unsafe_code)]
 
 use std::io;
@@ -151,6 +162,17 @@ impl Ring {
             // back).
             enter(&self.ring, queued, 1)
         }
+    }
+}
+
+/// Gives this core to other runnable threads of it (`sched_yield`): what a channel does while
+/// only punted work is pending and the ring's workers share its core (module docs). Returns at
+/// once when nothing else is runnable.
+#[inline]
+pub(super) fn yield_core() {
+    // SAFETY: sched_yield takes no arguments and cannot fail in a way that matters here.
+    unsafe {
+        libc::sched_yield();
     }
 }
 
