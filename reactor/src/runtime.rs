@@ -58,10 +58,27 @@ impl Runtime {
         self.cores.clone()
     }
 
-    /// Blocks until every reactor has exited (after [`Cores::request_stop`]).
+    /// Blocks until every reactor has exited (after [`Cores::request_stop`]). A reactor that
+    /// panicked is logged; [`Runtime::join`] reports it instead.
     pub fn wait(self) {
-        for t in self.threads {
-            let _ = t.join();
+        if let Err(e) = self.join() {
+            tracing::error!(error = %e, "a reactor panicked");
+        }
+    }
+
+    /// As [`Runtime::wait`], and says whether every reactor exited normally: `Err` names the
+    /// reactors that panicked.
+    pub fn join(self) -> Result<(), String> {
+        let mut panicked = Vec::new();
+        for (i, t) in self.threads.into_iter().enumerate() {
+            if t.join().is_err() {
+                panicked.push(format!("reactor thread {i}"));
+            }
+        }
+        if panicked.is_empty() {
+            Ok(())
+        } else {
+            Err(format!("{} panicked", panicked.join(", ")))
         }
     }
 }
@@ -109,7 +126,15 @@ fn run_reactor(core: CoreId, cores: Cores, pin: bool) {
             }
         }
     }
-    // Channels and pollers die here, on their core.
-    reactor.channels.borrow_mut().clear();
+    // Channels and pollers die here, on their core — outside the map's borrow: a channel's
+    // drop may release channels of other devices, which take them out of the map themselves.
+    // Dropping may also leave new entries (a channel made while another drops): repeat.
+    loop {
+        let channels = std::mem::take(&mut *reactor.channels.borrow_mut());
+        if channels.is_empty() {
+            break;
+        }
+        drop(channels);
+    }
     set_current(None);
 }

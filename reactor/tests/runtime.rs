@@ -101,3 +101,42 @@ fn refuses_cores_the_machine_lacks_when_pinning() {
     let err = Runtime::start(&mask, true, || {}).err().expect("core 1000 refused");
     assert!(err.to_string().contains("core 1000"), "{err}");
 }
+
+/// A channel that outlives its handles (the map holds the last reference) and holds a channel
+/// of another device dies at the runtime's exit: its drop releases the other device's channel,
+/// which takes itself out of the map — while the exit is emptying it (was "RefCell already
+/// borrowed", a panic of the reactor thread at keel-tgt's shutdown).
+#[test]
+fn channels_holding_channels_of_other_devices_die_at_exit() {
+    struct Layer {
+        _base: keel_reactor::IoChannel<Cell<u32>>,
+    }
+    let mask = CoreMask::parse("0x1").unwrap();
+    let rt = Runtime::start(&mask, false, || {}).unwrap();
+    // Many pairs: the map empties in hash order, and a layer must die before its base.
+    let layers: Vec<IoDevice<Layer>> = (0..32)
+        .map(|i| {
+            let base: IoDevice<Cell<u32>> = IoDevice::new(format!("base{i}"), |core| Cell::new(core.0));
+            IoDevice::new(format!("layer{i}"), move |_| Layer {
+                _base: base.get_channel(),
+            })
+        })
+        .collect();
+    let (tx, rx) = mpsc::channel();
+    rt.cores()
+        .run_on(CoreId(0), move || {
+            for layer in &layers {
+                let h = layer.get_channel();
+                // A plain `Rc` of the channel outlives the handle, so the handle's drop leaves
+                // the channel in the map; then the `Rc` goes too: only the map holds it.
+                let extra: Rc<Layer> = h.rc().clone();
+                drop(h);
+                drop(extra);
+            }
+            tx.send(()).unwrap();
+        })
+        .unwrap();
+    rx.recv_timeout(Duration::from_secs(5)).unwrap();
+    rt.cores().request_stop();
+    rt.join().expect("every reactor exits normally");
+}
