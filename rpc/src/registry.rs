@@ -284,7 +284,7 @@ mod tests {
             let info = listed.iter().find(|i| i.name == s.name()).unwrap();
             assert_eq!(info.depends_on, s.declared.depends_on, "{}", s.name());
         }
-        assert!(find_subsystem("ublk").is_none());
+        assert!(find_subsystem("iscsi").is_none());
     }
 
     /// Runs `method` synchronously (handlers that answer at once) in a framework that is in
