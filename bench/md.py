@@ -109,7 +109,19 @@ def perf_config(extra_md, clean=True):
     return {"subsystems": [{"subsystem": "bdev", "config": bdev}]}
 
 
+_HELP = {}
+
+
+def supports(binary, flag):
+    """Whether `binary --help` mentions `flag` (an older build compared with --compare may lack
+    it: its malloc bdevs were zeroed at creation, so it needs no prefill)."""
+    if binary not in _HELP:
+        _HELP[binary] = subprocess.run([binary, "--help"], capture_output=True, text=True).stdout
+    return flag in _HELP[binary]
+
+
 def perf(cfg, bdev, workload, qd, t, extra=(), size=4096):
+    extra = tuple(x for x in extra if x != "--prefill" or supports(PERF, "--prefill"))
     with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
         json.dump(cfg, f)
         path = f.name
