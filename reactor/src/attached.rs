@@ -136,9 +136,8 @@ impl AttachedReactor {
 impl Drop for AttachedReactor {
     fn drop(&mut self) {
         // Channels die first, on this thread, while `current()` still answers (their drops look
-        // the reactor up). Taken out of the map before dropping: a channel's drop may touch it.
-        let channels = std::mem::take(&mut *self.reactor.channels.borrow_mut());
-        drop(channels);
+        // the reactor up), outside the map's borrow.
+        self.reactor.drop_channels();
         set_current(None);
         if let Some(mb) = self.reactor.cores().mailbox(self.reactor.core()) {
             mb.stats.tid.store(0, Ordering::Release);

@@ -210,6 +210,20 @@ impl Reactor {
         self.core
     }
 
+    /// Drops every channel of this reactor, outside the channel map's borrow: a channel's drop
+    /// may release channels of other devices, which take themselves out of the map. Drops may
+    /// leave new entries (a channel made while another drops), so it repeats until the map
+    /// stays empty. Called on this reactor's thread when it stops, with `current()` set.
+    pub(crate) fn drop_channels(&self) {
+        loop {
+            let channels = std::mem::take(&mut *self.channels.borrow_mut());
+            if channels.is_empty() {
+                break;
+            }
+            drop(channels);
+        }
+    }
+
     /// Handle to all reactors of the runtime.
     pub fn cores(&self) -> &Cores {
         &self.cores

@@ -126,15 +126,7 @@ fn run_reactor(core: CoreId, cores: Cores, pin: bool) {
             }
         }
     }
-    // Channels and pollers die here, on their core — outside the map's borrow: a channel's
-    // drop may release channels of other devices, which take them out of the map themselves.
-    // Dropping may also leave new entries (a channel made while another drops): repeat.
-    loop {
-        let channels = std::mem::take(&mut *reactor.channels.borrow_mut());
-        if channels.is_empty() {
-            break;
-        }
-        drop(channels);
-    }
+    // Channels and pollers die here, on their core.
+    reactor.drop_channels();
     set_current(None);
 }

@@ -83,14 +83,7 @@ impl Drop for TestDriver {
         }
         for r in &self.reactors {
             let prev = set_current(Some(r.clone()));
-            // Outside the map's borrow, as at a runtime's exit (runtime.rs).
-            loop {
-                let channels = std::mem::take(&mut *r.channels.borrow_mut());
-                if channels.is_empty() {
-                    break;
-                }
-                drop(channels);
-            }
+            r.drop_channels();
             set_current(prev);
         }
     }
