@@ -127,6 +127,7 @@ impl SpdkLevel {
 /// Installs a `tracing` filter directive (`EnvFilter` syntax); `Err` with a reason if it cannot.
 pub type ApplyFilter = Box<dyn Fn(&str) -> Result<(), String> + Send + Sync>;
 
+#[derive(Clone)]
 struct LogState {
     level: SpdkLevel,
     print_level: SpdkLevel,
@@ -173,11 +174,7 @@ impl LogControl {
     /// Changes the state with `f` and installs the result; on failure nothing changes.
     fn update(&self, f: impl FnOnce(&mut LogState)) -> Result<(), RpcError> {
         let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        let mut next = LogState {
-            level: st.level,
-            print_level: st.print_level,
-            flags: st.flags.clone(),
-        };
+        let mut next = st.clone();
         f(&mut next);
         (self.apply)(&Self::directive(&next))
             .map_err(|e| RpcError::new(INTERNAL_ERROR, format!("cannot change the log filter: {e}")))?;

@@ -36,7 +36,6 @@
 //! Creation, deletion, examine and save_config are control path (main core, or the registering
 //! thread for examine); the configurations sit behind one mutex no I/O touches.
 
-use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 
@@ -84,13 +83,12 @@ struct SplitConfig {
     live: Option<Arc<SplitBase>>,
 }
 
-/// The split module of one registry: the configurations by base name. Control path only.
+/// The split module of one registry: the configurations, one per base bdev, in creation order
+/// (save_config keeps it). Control path only.
 pub struct SplitModule {
     me: Weak<SplitModule>,
     reg: Weak<BdevRegistry>,
-    configs: Mutex<BTreeMap<String, SplitConfig>>,
-    /// Creation order of the configurations (save_config keeps it).
-    order: Mutex<Vec<String>>,
+    configs: Mutex<Vec<SplitConfig>>,
 }
 
 /// What the parts of one split share: the claimed base descriptor, dropped (claim released)
@@ -171,8 +169,7 @@ impl BdevModule for SplitModule {
         Arc::new_cyclic(|me| SplitModule {
             me: me.clone(),
             reg: Arc::downgrade(reg),
-            configs: Mutex::new(BTreeMap::new()),
-            order: Mutex::new(Vec::new()),
+            configs: Mutex::new(Vec::new()),
         })
     }
 
@@ -182,13 +179,7 @@ impl BdevModule for SplitModule {
 
     /// A base with a waiting configuration appeared: split it now.
     fn examine(&self, bdev: &Arc<Bdev>, token: ExamineToken) {
-        let waiting = {
-            let configs = self.configs.lock().unwrap_or_else(|e| e.into_inner());
-            configs
-                .get(bdev.name())
-                .filter(|c| c.live.is_none())
-                .map(|c| c.opts.clone())
-        };
+        let waiting = self.with_config(bdev.name(), |c| c.filter(|c| c.live.is_none()).map(|c| c.opts.clone()));
         if let (Some(opts), Some(reg)) = (waiting, self.reg.upgrade()) {
             if let Err(e) = self.split_now(&reg, &opts) {
                 tracing::error!(base = %opts.base_bdev, error = %e, "could not split the bdev that appeared");
@@ -198,11 +189,8 @@ impl BdevModule for SplitModule {
     }
 
     fn config(&self, _reg: &BdevRegistry) -> Vec<ConfigEntry> {
-        let configs = self.configs.lock().unwrap_or_else(|e| e.into_inner());
-        let order = self.order.lock().unwrap_or_else(|e| e.into_inner());
-        order
+        self.configs()
             .iter()
-            .filter_map(|base| configs.get(base))
             .map(|c| {
                 let call = ConfigCall {
                     method: "bdev_split_create",
@@ -235,24 +223,17 @@ impl SplitModule {
             return Err(BdevError::invalid("base_bdev", "must not be empty"));
         }
         {
-            let mut configs = self.configs.lock().unwrap_or_else(|e| e.into_inner());
-            if configs.contains_key(&opts.base_bdev) {
+            let mut configs = self.configs();
+            if configs.iter().any(|c| c.opts.base_bdev == opts.base_bdev) {
                 return Err(BdevError::AlreadyConfigured(format!(
                     "split configuration for base bdev '{}'",
                     opts.base_bdev
                 )));
             }
-            configs.insert(
-                opts.base_bdev.clone(),
-                SplitConfig {
-                    opts: opts.clone(),
-                    live: None,
-                },
-            );
-            self.order
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .push(opts.base_bdev.clone());
+            configs.push(SplitConfig {
+                opts: opts.clone(),
+                live: None,
+            });
         }
         if reg.get(&opts.base_bdev).is_none() {
             tracing::info!(base = %opts.base_bdev, "split waits for its base bdev");
@@ -276,30 +257,16 @@ impl SplitModule {
         base_bdev: &str,
         done: impl FnOnce() + Send + 'static,
     ) -> Result<(), BdevError> {
-        let live = {
-            let configs = self.configs.lock().unwrap_or_else(|e| e.into_inner());
-            match configs.get(base_bdev) {
-                None => {
-                    return Err(BdevError::NotConfigured(format!(
-                        "split configuration for base bdev '{base_bdev}'"
-                    )))
-                }
-                Some(c) => c.live.clone(),
-            }
+        let Some(live) = self.with_config(base_bdev, |c| c.map(|c| c.live.clone())) else {
+            return Err(BdevError::NotConfigured(format!(
+                "split configuration for base bdev '{base_bdev}'"
+            )));
         };
         let parts: Vec<String> = live.map(|l| l.parts.clone()).unwrap_or_default();
         let present: Vec<String> = parts.into_iter().filter(|p| reg.get(p).is_some()).collect();
+        // Names dm tables and exports alike (module holds and `Descriptor::hold`).
         for p in &present {
             reg.check_removable(p)?;
-            if let Some(b) = reg.get(p) {
-                let holders = b.holders();
-                if !holders.is_empty() {
-                    return Err(BdevError::Held {
-                        name: p.clone(),
-                        holders,
-                    });
-                }
-            }
         }
         self.forget(base_bdev);
         let left = Arc::new(AtomicUsize::new(present.len() + 1));
@@ -324,32 +291,30 @@ impl SplitModule {
 
     /// Names of the parts of `base_bdev` that are registered now.
     pub fn parts_of(&self, base_bdev: &str) -> Vec<String> {
-        let configs = self.configs.lock().unwrap_or_else(|e| e.into_inner());
-        configs
-            .get(base_bdev)
-            .and_then(|c| c.live.as_ref())
-            .map(|l| l.parts.clone())
+        self.with_config(base_bdev, |c| c.and_then(|c| c.live.as_ref()).map(|l| l.parts.clone()))
             .unwrap_or_default()
     }
 
+    fn configs(&self) -> std::sync::MutexGuard<'_, Vec<SplitConfig>> {
+        self.configs.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// `f` of the configuration of `base_bdev`, if there is one (under the lock).
+    fn with_config<R>(&self, base_bdev: &str, f: impl FnOnce(Option<&mut SplitConfig>) -> R) -> R {
+        f(self.configs().iter_mut().find(|c| c.opts.base_bdev == base_bdev))
+    }
+
     fn forget(&self, base_bdev: &str) {
-        self.configs.lock().unwrap_or_else(|e| e.into_inner()).remove(base_bdev);
-        self.order
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .retain(|b| b != base_bdev);
+        self.configs().retain(|c| c.opts.base_bdev != base_bdev);
     }
 
     /// The last part of `live` went (deleted or hot-removed with its base): the configuration
     /// goes with it, as SPDK frees it with the part base.
     fn forget_live(&self, base_bdev: &str, live: &SplitBase) {
-        let is_it = {
-            let configs = self.configs.lock().unwrap_or_else(|e| e.into_inner());
-            configs
-                .get(base_bdev)
-                .and_then(|c| c.live.as_ref())
+        let is_it = self.with_config(base_bdev, |c| {
+            c.and_then(|c| c.live.as_ref())
                 .is_some_and(|l| std::ptr::eq(Arc::as_ptr(l), live))
-        };
+        });
         if is_it {
             self.forget(base_bdev);
         }
@@ -417,14 +382,11 @@ impl SplitModule {
                 return Err(e);
             }
         }
-        if let Some(c) = self
-            .configs
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get_mut(&opts.base_bdev)
-        {
-            c.live = Some(base.clone());
-        }
+        self.with_config(&opts.base_bdev, |c| {
+            if let Some(c) = c {
+                c.live = Some(base.clone());
+            }
+        });
         // The base may have gone while the parts registered: follow it.
         let gone = base
             .desc
