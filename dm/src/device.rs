@@ -516,18 +516,23 @@ impl DmRegistry {
             .find(|d| d.state().bdev.as_ref().is_some_and(|b| Arc::ptr_eq(b, bdev)))
     }
 
-    /// Whether `from` (a dm device) depends, through its tables, on `target`.
-    fn depends_on(&self, from: &Arc<Device>, target: &Arc<Device>, depth: usize) -> bool {
-        if Arc::ptr_eq(from, target) {
-            return true;
-        }
+    /// Whether `bdev` is `target`'s bdev or is built on it: through dm tables (a device's live
+    /// and staged tables) and through any other layer's bases ([`keel_bdev::BdevBackend::bases`]:
+    /// a passthru over a dm device), so a table cannot close a cycle through another module.
+    fn built_on(&self, reg: &BdevRegistry, bdev: &Arc<Bdev>, target: &Arc<Device>, depth: usize) -> bool {
         if depth > 64 {
             return true;
         }
-        from.dep_bdevs()
-            .iter()
-            .filter_map(|b| self.device_of_bdev(b))
-            .any(|d| self.depends_on(&d, target, depth + 1))
+        match self.device_of_bdev(bdev) {
+            Some(d) if Arc::ptr_eq(&d, target) => true,
+            Some(d) => d.dep_bdevs().iter().any(|b| self.built_on(reg, b, target, depth + 1)),
+            None => bdev
+                .backend()
+                .bases()
+                .iter()
+                .filter_map(|n| reg.get(n))
+                .any(|b| self.built_on(reg, &b, target, depth + 1)),
+        }
     }
 
     /// Opens and claims `name` for a table of `dev` (sharing an existing dm claim).
@@ -536,13 +541,11 @@ impl DmRegistry {
         let bdev = reg
             .get(name)
             .ok_or_else(|| (format!("Device lookup failed: bdev '{name}' not found"), libc::EINVAL))?;
-        if let Some(other) = self.device_of_bdev(&bdev) {
-            if self.depends_on(&other, dev, 0) {
-                return Err((
-                    format!("'{name}' is (or is built on) this device: the table would make a dependency cycle"),
-                    libc::EINVAL,
-                ));
-            }
+        if self.built_on(&reg, &bdev, dev, 0) {
+            return Err((
+                format!("'{name}' is (or is built on) this device: the table would make a dependency cycle"),
+                libc::EINVAL,
+            ));
         }
         let existing = {
             let mut inner = self.inner();

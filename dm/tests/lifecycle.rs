@@ -306,6 +306,15 @@ fn shared_claims_and_dependency_cycles() {
     assert!(e.contains("cycle"), "{e}");
     let e = r.load("a", "0 1024 linear a 0").unwrap_err().to_string();
     assert!(e.contains("cycle"), "{e}");
+    // Nor through another module's layer: a passthru over top (found by save_config_property:
+    // such a staged table made I/O circle between the two devices).
+    keel_bdev::modules::passthru::create(&r.reg, &keel_bdev::modules::passthru::PassthruOpts::new("PT", "top"))
+        .unwrap();
+    let e = r.load("a", "0 1024 linear PT 0").unwrap_err().to_string();
+    assert!(e.contains("cycle"), "{e}");
+    let (tx, rx) = std::sync::mpsc::channel();
+    keel_bdev::modules::passthru::delete(&r.reg, "PT", move || tx.send(()).unwrap()).unwrap();
+    r.wait_reply(&rx, "passthru delete");
     r.remove("top", false).unwrap();
     r.remove("a", false).unwrap();
     assert_eq!(
