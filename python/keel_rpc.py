@@ -410,12 +410,17 @@ def _add_dm_commands(subparsers):
         params = {"name": args.name}
         if args.noflush:
             params["noflush"] = True
+        if args.timeout_ms is not None:
+            params["timeout_ms"] = args.timeout_ms
         args.client.call("dm_suspend", params)
 
     p = subparsers.add_parser("dm_suspend", help="dmsetup suspend: hold new I/O, wait for in-flight I/O")
     p.add_argument("name")
     p.add_argument("--noflush", action="store_true",
                    help="requeue I/O that fails because a base bdev went away instead of failing it")
+    p.add_argument("--timeout-ms", type=int, dest="timeout_ms",
+                   help="give up (and run the device again) if in-flight I/O has not drained by then; "
+                        "0 waits as long as it takes (default 10000)")
     p.set_defaults(func=dm_suspend)
 
     def simple(method, **extra):
@@ -427,9 +432,17 @@ def _add_dm_commands(subparsers):
             args.client.call(method, params)
         return run
 
+    def dm_resume(args):
+        params = {"name": args.name}
+        if args.timeout_ms is not None:
+            params["timeout_ms"] = args.timeout_ms
+        args.client.call("dm_resume", params)
+
     p = subparsers.add_parser("dm_resume", help="dmsetup resume: swap in the staged table, release held I/O")
     p.add_argument("name")
-    p.set_defaults(func=simple("dm_resume"))
+    p.add_argument("--timeout-ms", type=int, dest="timeout_ms",
+                   help="bound on the drain a table swap needs (as dm_suspend's)")
+    p.set_defaults(func=dm_resume)
 
     p = subparsers.add_parser("dm_clear", help="dmsetup clear: drop the staged (inactive) table")
     p.add_argument("name")

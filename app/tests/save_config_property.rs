@@ -99,7 +99,10 @@ impl Client {
                 };
             }
             let mut b = [0u8; 65536];
-            let n = self.s.read(&mut b).unwrap_or_else(|e| panic!("{method}: {e}"));
+            let n = match self.s.read(&mut b) {
+                Ok(n) => n,
+                Err(e) => return Err((NO_ANSWER, format!("{method}: no answer: {e}"))),
+            };
             assert!(n > 0, "{method}: the target closed the connection");
             self.buf.extend_from_slice(&b[..n]);
         }
@@ -240,6 +243,10 @@ fn random_table(rng: &mut Rng, names: &[String]) -> String {
     out
 }
 
+/// The error code [`Client::call`] reports when the target did not answer within the socket's
+/// read timeout (no JSON-RPC code is this negative).
+const NO_ANSWER: i64 = i64::MIN;
+
 struct Case {
     log: Vec<String>,
 }
@@ -247,6 +254,9 @@ struct Case {
 impl Case {
     fn call(&mut self, c: &mut Client, method: &str, params: Value) -> bool {
         let r = c.call(method, Some(params.clone()));
+        if let Err((NO_ANSWER, msg)) = &r {
+            panic!("{msg}\n--- RPC log before it\n{}", self.log.join("\n"));
+        }
         self.log.push(format!(
             "{method} {params} -> {}",
             match &r {

@@ -1133,6 +1133,10 @@ impl DmCore {
         }
         st.run.suspended = false;
         st.run.noflush = false;
+        // A suspend that gave up on its drain left its ticket here; nobody waits on it now.
+        if let Some(old) = st.drain.take() {
+            old.release();
+        }
         if let Some(t) = st.run.table.as_mut() {
             t.holding = true;
         }

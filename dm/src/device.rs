@@ -25,7 +25,11 @@
 //! `create` with a table, `suspend`, `resume`, `remove`, `rename`, `set_uuid`.
 //!
 //! * **suspend** publishes `suspended` (for channels created later), visits every core (hold new
-//!   I/O, release delay FIFOs) and completes when every core drained its in-flight I/O.
+//!   I/O, release delay FIFOs) and completes when every core drained its in-flight I/O. The
+//!   drain is bounded ([`DRAIN_BOUND`] unless the caller says otherwise): I/O can stay in flight
+//!   below the device for as long as something there holds it (a suspended device it maps
+//!   onto), and an RPC must answer. Past the bound the device runs again — nothing changed —
+//!   and the error names the suspended devices below. Linux waits without a bound instead.
 //! * **resume** with an inactive table: checks that the swap can happen (a table that changes the
 //!   device's size or block size needs the bdev closed: the bdev is then re-registered at the new
 //!   geometry; open → EBUSY and nothing changes), suspends if needed, moves the inactive table to
@@ -95,7 +99,13 @@ pub const MAX_UUID_LEN: usize = 128;
 /// How often a `wait` with a timeout checks its deadline.
 const WAIT_CHECK_US: u64 = 10_000;
 
+/// How long a suspend (and a resume's table swap) waits by default for in-flight I/O before it
+/// gives up and runs the device again ([`DmError::DrainTimedOut`]).
+pub const DRAIN_BOUND: Duration = Duration::from_secs(10);
+
 type Done = Box<dyn FnOnce(Result<(), DmError>) + Send>;
+/// What runs after a suspend's drain: `true` drained, `false` the bound passed first.
+type Drained = Box<dyn FnOnce(bool) + Send>;
 
 /// A shared dm claim on a base bdev: one writable descriptor claimed with module `"dm"`.
 pub(crate) struct Claim {
@@ -662,8 +672,9 @@ impl DmRegistry {
             let dev3 = dev2.clone();
             me.do_resume(
                 dev2,
+                Some(DRAIN_BOUND),
                 guard,
-                Box::new(move |r| {
+                Box::new(move |r: Result<(), DmError>| {
                     if r.is_err() {
                         me2.forget(&dev3);
                     }
@@ -743,8 +754,24 @@ impl DmRegistry {
 
     /// Suspends `name`: new I/O is held, in-flight I/O drains; `done` runs when it has. With
     /// `noflush`, pieces that fail because their base is gone are requeued, not failed.
-    /// Idempotent.
+    /// Idempotent. The drain is bounded by [`DRAIN_BOUND`]: see [`DmRegistry::suspend_within`].
     pub fn suspend(&self, name: &str, noflush: bool, done: impl FnOnce(Result<(), DmError>) + Send + 'static) {
+        self.suspend_within(name, noflush, Some(DRAIN_BOUND), done)
+    }
+
+    /// [`DmRegistry::suspend`] with an explicit bound on the drain (`None`: wait as long as it
+    /// takes, as Linux does). I/O in flight can be held below the device — by a suspended
+    /// device it maps onto, a reconnecting remote disk — for as long as that lasts; past
+    /// `bound` the suspend gives up: the device runs again (held I/O goes on), nothing has
+    /// changed, and `done` gets [`DmError::DrainTimedOut`] naming suspended devices below.
+    /// Called on a reactor (the main core); `done` runs there.
+    pub fn suspend_within(
+        &self,
+        name: &str,
+        noflush: bool,
+        bound: Option<Duration>,
+        done: impl FnOnce(Result<(), DmError>) + Send + 'static,
+    ) {
         let dev = match self.device(name) {
             Ok(d) => d,
             Err(e) => return done(Err(e)),
@@ -756,18 +783,29 @@ impl DmRegistry {
                 let n = dev2.state().name.clone();
                 return done(Err(DmError::NotFound(n)));
             }
+            let me2 = me.clone();
+            let dev3 = dev2.clone();
             me.do_suspend(
                 &dev2,
                 noflush,
-                Box::new(move || {
-                    done(Ok(()));
-                    drop(guard);
+                bound,
+                Box::new(move |drained| {
+                    if drained {
+                        done(Ok(()));
+                        drop(guard);
+                        return;
+                    }
+                    let err = me2.drain_timed_out(&dev3, bound);
+                    me2.run_again(dev3, None, guard, Box::new(move |_| done(Err(err))));
                 }),
             )
         });
     }
 
-    fn do_suspend(&self, dev: &Arc<Device>, noflush: bool, then: Box<dyn FnOnce() + Send>) {
+    /// Suspends `dev` (hold new I/O, drain in flight) and calls `then(true)` once drained, or
+    /// `then(false)` if `bound` passes first (the device is still marked suspended: the caller
+    /// runs it again). A device already suspended is drained: `then(true)` at once.
+    fn do_suspend(&self, dev: &Arc<Device>, noflush: bool, bound: Option<Duration>, then: Drained) {
         let already = {
             let mut st = dev.state();
             let already = st.suspended;
@@ -780,27 +818,108 @@ impl DmRegistry {
             already
         };
         if already {
-            return then();
+            return then(true);
         }
-        let ticket = DrainTicket::new(self.cores.clone(), current().core(), then);
+        // Whichever comes first — the drain or the deadline — takes `then`; both run on this
+        // core, the other finds the slot empty.
+        let slot: Arc<Mutex<Option<Drained>>> = Arc::new(Mutex::new(Some(then)));
+        let take = |slot: &Mutex<Option<Drained>>| slot.lock().unwrap_or_else(|e| e.into_inner()).take();
+        let s2 = slot.clone();
+        let ticket = DrainTicket::new(self.cores.clone(), current().core(), move || {
+            if let Some(then) = take(&s2) {
+                then(true);
+            }
+        });
         let t2 = ticket.clone();
         dev.io_device
             .for_each_channel(move |c: &DmCore| c.suspend(noflush, &t2), move || ticket.release());
+        let Some(bound) = bound else { return };
+        let deadline = std::time::Instant::now() + bound;
+        let handle: std::rc::Rc<std::cell::RefCell<Option<keel_reactor::PollerHandle>>> = Default::default();
+        let h2 = handle.clone();
+        let period_us = (bound.as_micros() as u64).clamp(1, WAIT_CHECK_US);
+        let h = current().register_timed_poller("dm_drain_bound", period_us, move || {
+            if slot.lock().unwrap_or_else(|e| e.into_inner()).is_none() {
+                h2.borrow_mut().take();
+                return PollStatus::Idle;
+            }
+            if std::time::Instant::now() < deadline {
+                return PollStatus::Idle;
+            }
+            h2.borrow_mut().take();
+            if let Some(then) = take(&slot) {
+                then(false);
+            }
+            PollStatus::Busy
+        });
+        *handle.borrow_mut() = Some(h);
+    }
+
+    /// The error of a drain that outlived `bound`, naming the suspended dm devices `dev` maps
+    /// onto (directly or through other layers) — the usual reason I/O stays in flight.
+    fn drain_timed_out(&self, dev: &Arc<Device>, bound: Option<Duration>) -> DmError {
+        let mut below: Vec<String> = Vec::new();
+        if let Ok(reg) = self.bdevs() {
+            let mut todo = dev.dep_bdevs();
+            let mut seen = 0usize;
+            while let Some(b) = todo.pop() {
+                seen += 1;
+                if seen > 4096 {
+                    break;
+                }
+                match self.device_of_bdev(&b) {
+                    Some(d) => {
+                        let (suspended, name) = {
+                            let st = d.state();
+                            (st.suspended, st.name.clone())
+                        };
+                        if suspended && !below.contains(&name) {
+                            below.push(name);
+                        }
+                        todo.extend(d.dep_bdevs());
+                    }
+                    None => todo.extend(b.backend().bases().iter().filter_map(|n| reg.get(n))),
+                }
+            }
+        }
+        below.sort();
+        DmError::DrainTimedOut {
+            device: dev.state().name.clone(),
+            waited_ms: bound.map_or(0, |b| b.as_millis() as u64),
+            held_by: if below.is_empty() {
+                String::new()
+            } else {
+                format!(" (held below by suspended {})", quoted(&below))
+            },
+        }
     }
 
     /// Resumes `name`: swaps in the inactive table if there is one (see the module docs), then
     /// lets held I/O go. Resuming a running device without a staged table does nothing.
+    /// The swap's drain is bounded by [`DRAIN_BOUND`] (see [`DmRegistry::resume_within`]).
     pub fn resume(&self, name: &str, done: impl FnOnce(Result<(), DmError>) + Send + 'static) {
+        self.resume_within(name, Some(DRAIN_BOUND), done)
+    }
+
+    /// [`DmRegistry::resume`] with an explicit bound on the drain a table swap needs (`None`:
+    /// unbounded). Past it the old table stays live, the device runs again, the staged table
+    /// stays staged, and `done` gets [`DmError::DrainTimedOut`]. Called on the main reactor.
+    pub fn resume_within(
+        &self,
+        name: &str,
+        bound: Option<Duration>,
+        done: impl FnOnce(Result<(), DmError>) + Send + 'static,
+    ) {
         let dev = match self.device(name) {
             Ok(d) => d,
             Err(e) => return done(Err(e)),
         };
         let me = self.me.upgrade().expect("registry alive");
         let dev2 = dev.clone();
-        dev.exclusive(move |guard| me.do_resume(dev2, guard, Box::new(done)));
+        dev.exclusive(move |guard| me.do_resume(dev2, bound, guard, Box::new(done)));
     }
 
-    fn do_resume(self: Arc<Self>, dev: Arc<Device>, guard: OpGuard, done: Done) {
+    fn do_resume(self: Arc<Self>, dev: Arc<Device>, bound: Option<Duration>, guard: OpGuard, done: Done) {
         let (inactive, suspended, bdev, removed, name) = {
             let st = dev.state();
             (
@@ -854,7 +973,11 @@ impl DmRegistry {
         }
         let me = self.clone();
         let dev2 = dev.clone();
-        let swap = move || {
+        let swap = move |drained: bool| {
+            if !drained {
+                let err = me.drain_timed_out(&dev2, bound);
+                return me.run_again(dev2, None, guard, Box::new(move |_| done(Err(err))));
+            }
             // A bdev the table names may have gone while the device drained: then the old table
             // stays live, the device runs again and the resume fails.
             let gone = table.removed_deps();
@@ -881,7 +1004,7 @@ impl DmRegistry {
             }
             me.run_again(dev2, Some(table), guard, done);
         };
-        self.do_suspend(&dev, false, Box::new(swap));
+        self.do_suspend(&dev, false, bound, Box::new(swap));
     }
 
     /// Clears `suspended` everywhere (installing `table` on every core first when given).

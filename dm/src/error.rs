@@ -35,6 +35,14 @@ pub enum DmError {
     /// `wait` gave up (ETIMEDOUT).
     #[error("timed out waiting for an event on dm device '{0}'")]
     TimedOut(String),
+    /// A suspend (or a resume's table swap) whose in-flight I/O did not drain within its bound
+    /// (ETIMEDOUT); the device runs again as before. `held_by` names suspended devices below.
+    #[error("dm device '{device}': in-flight I/O did not drain within {waited_ms} ms{held_by}; the device is running again and nothing changed")]
+    DrainTimedOut {
+        device: String,
+        waited_ms: u64,
+        held_by: String,
+    },
     /// A table to make live names bdevs that were removed after it was loaded (ENODEV).
     #[error("dm device '{device}': its table names bdev(s) {bdevs} that were removed; load a table without them")]
     BaseRemoved { device: String, bdevs: String },
@@ -51,7 +59,7 @@ impl DmError {
             DmError::Busy(_) => -libc::EBUSY,
             DmError::Invalid { .. } | DmError::EmptyTable | DmError::Message(_) => -libc::EINVAL,
             DmError::Table { errno, .. } => -errno.abs(),
-            DmError::TimedOut(_) => -libc::ETIMEDOUT,
+            DmError::TimedOut(_) | DmError::DrainTimedOut { .. } => -libc::ETIMEDOUT,
             DmError::BaseRemoved { .. } => -libc::ENODEV,
             DmError::Bdev(e) => e.errno(),
         }

@@ -78,7 +78,7 @@ pub mod table;
 pub mod target;
 pub mod targets;
 
-pub use device::{CreateOpts, DmInfo, DmRegistry, MAJOR, MODULE, PRODUCT_NAME, SUBSYSTEM};
+pub use device::{CreateOpts, DmInfo, DmRegistry, DRAIN_BOUND, MAJOR, MODULE, PRODUCT_NAME, SUBSYSTEM};
 pub use error::DmError;
 pub use events::Events;
 pub use table::{LineSpec, Table};

@@ -7,8 +7,8 @@
 //! |---|---|---|
 //! | `dm_create` | `name`, `table`?, `uuid`?, `readonly`?, `bdev_uuid`?, `minor`? | the name |
 //! | `dm_load` | `name`, `table`, `readonly`? | `true` |
-//! | `dm_suspend` | `name`, `noflush`? | `true` (once drained) |
-//! | `dm_resume` | `name` | `true` |
+//! | `dm_suspend` | `name`, `noflush`?, `timeout_ms`? | `true` (once drained) |
+//! | `dm_resume` | `name`, `timeout_ms`? | `true` |
 //! | `dm_clear` | `name` | `true` |
 //! | `dm_remove` | `name`, `force`? | `true` (once the claims are released) |
 //! | `dm_rename` | `name`, `new_name` or `new_uuid` | `true` |
@@ -23,7 +23,10 @@
 //!
 //! Errors carry Linux's errno for the same failure: -6 (ENXIO) for an unknown device, -16 (EBUSY)
 //! for names/uuids in use and open devices, -22 (EINVAL) for tables (the message names the line
-//! and field) and bad values, -110 for a `dm_wait` that timed out; malformed params are -32602.
+//! and field) and bad values, -110 for a `dm_wait` that timed out and for a suspend (or a
+//! resume's table swap) whose in-flight I/O did not drain within `timeout_ms` (default
+//! [`keel_dm::DRAIN_BOUND`], 10 s; 0 waits as long as it takes, as Linux) — the device then runs
+//! again unchanged; malformed params are -32602.
 
 use keel_bdev::modules::parse_uuid;
 use keel_dm::{CreateOpts, DmError, DmInfo, DmRegistry};
@@ -159,11 +162,26 @@ struct Suspend {
     name: String,
     #[serde(default)]
     noflush: bool,
+    timeout_ms: Option<u64>,
+}
+
+/// The drain bound of a suspend or swap: `timeout_ms` (0 = none, as Linux) or dm's default.
+fn drain_bound(timeout_ms: Option<u64>) -> Option<std::time::Duration> {
+    match timeout_ms {
+        None => Some(keel_dm::DRAIN_BOUND),
+        Some(0) => None,
+        Some(ms) => Some(std::time::Duration::from_millis(ms)),
+    }
 }
 
 fn dm_suspend(ctx: &Ctx, params: Option<Value>, reply: Reply) {
     let p: Suspend = params!(params, reply);
-    reg(ctx).suspend(&p.name, p.noflush, done_with(reply, json!(true)));
+    reg(ctx).suspend_within(
+        &p.name,
+        p.noflush,
+        drain_bound(p.timeout_ms),
+        done_with(reply, json!(true)),
+    );
 }
 
 #[derive(Deserialize)]
@@ -172,9 +190,16 @@ struct Name {
     name: String,
 }
 
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Resume {
+    name: String,
+    timeout_ms: Option<u64>,
+}
+
 fn dm_resume(ctx: &Ctx, params: Option<Value>, reply: Reply) {
-    let p: Name = params!(params, reply);
-    reg(ctx).resume(&p.name, done_with(reply, json!(true)));
+    let p: Resume = params!(params, reply);
+    reg(ctx).resume_within(&p.name, drain_bound(p.timeout_ms), done_with(reply, json!(true)));
 }
 
 fn dm_clear(ctx: &Ctx, params: Option<Value>, reply: Reply) {
