@@ -37,6 +37,7 @@
 mod attached;
 mod cpumask;
 mod error;
+mod heap;
 mod io_device;
 mod poller;
 mod reactor;
@@ -47,6 +48,7 @@ mod tsc;
 pub use attached::AttachedReactor;
 pub use cpumask::CoreMask;
 pub use error::ReactorError;
+pub use heap::release_free_heap;
 pub use io_device::{IoChannel, IoDevice};
 pub use poller::{PollStatus, PollerHandle, PollerStats};
 pub use reactor::{current, try_current, CoreId, Cores, Message, Reactor, ReactorStats};

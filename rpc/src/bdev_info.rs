@@ -1,10 +1,12 @@
 //! `bdev_get_bdevs` and `bdev_get_iostat` (spdk-rpc.md §8.2, §8.7, §8.8).
 
+use std::cell::RefCell;
+use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use keel_bdev::{Bdev, IoOp, IoStats, StatsReset};
-use keel_reactor::{ticks, ticks_per_sec};
+use keel_reactor::{current, ticks, ticks_per_sec, PollStatus, PollerHandle};
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
@@ -100,8 +102,7 @@ struct GetBdevs {
 fn bdev_get_bdevs(ctx: &Ctx, params: Option<Value>, reply: Reply) {
     let p: GetBdevs = params!(params, INTERNAL_ERROR, reply);
     let Some(name) = p.name else {
-        let all: Vec<Value> = ctx.registry.list().iter().map(|b| bdev_json(b)).collect();
-        return reply(Ok(json!(all)));
+        return list_in_slices(ctx.registry.list(), reply);
     };
     if let Some(b) = ctx.registry.get(&name) {
         return reply(Ok(json!([bdev_json(&b)])));
@@ -127,6 +128,36 @@ fn bdev_get_bdevs(ctx: &Ctx, params: Option<Value>, reply: Reply) {
         }
         true
     });
+}
+
+/// Bdevs described per reactor turn by a full listing.
+const LIST_SLICE: usize = 256;
+
+/// Answers a full listing of `bdevs` (a snapshot taken now), describing [`LIST_SLICE`] of them
+/// per turn of the main reactor so that 50,000 bdevs do not stall it for seconds. Called on the
+/// main reactor; `reply` runs there.
+fn list_in_slices(bdevs: Vec<Arc<Bdev>>, reply: Reply) {
+    if bdevs.len() <= LIST_SLICE {
+        return reply(Ok(Value::Array(bdevs.iter().map(|b| bdev_json(b)).collect())));
+    }
+    let mut out: Vec<Value> = Vec::with_capacity(bdevs.len());
+    let mut reply = Some(reply);
+    let handle: Rc<RefCell<Option<PollerHandle>>> = Rc::default();
+    let h2 = handle.clone();
+    // An active poller: every turn it runs it describes a slice (busy), the last one answers.
+    let h = current().register_poller("bdev_get_bdevs_list", move || {
+        let from = out.len();
+        let to = (from + LIST_SLICE).min(bdevs.len());
+        out.extend(bdevs[from..to].iter().map(|b| bdev_json(b)));
+        if to == bdevs.len() {
+            if let Some(r) = reply.take() {
+                r(Ok(Value::Array(std::mem::take(&mut out))));
+            }
+            h2.borrow_mut().take();
+        }
+        PollStatus::Busy
+    });
+    *handle.borrow_mut() = Some(h);
 }
 
 #[derive(Deserialize, Default)]

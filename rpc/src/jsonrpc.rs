@@ -16,7 +16,7 @@
 //!   would not survive a round trip through a JSON number. [`encode`] adds the trailing newline
 //!   to a value.
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
@@ -224,51 +224,75 @@ pub fn raw_id(raw: &RawValue) -> Option<&str> {
 }
 
 /// One response object as compact ASCII text (no newline), with `id_text` (from [`id_text`])
-/// written verbatim as its id.
+/// written verbatim as its id. The result is serialised once, straight into the answer.
 pub fn response_text(id_text: &str, result: Result<Value, RpcError>) -> String {
-    let mut out = String::with_capacity(64);
-    out.push_str("{\"jsonrpc\":\"2.0\",\"id\":");
-    out.push_str(id_text);
+    let mut out = Vec::with_capacity(64);
+    out.extend_from_slice(b"{\"jsonrpc\":\"2.0\",\"id\":");
+    out.extend_from_slice(id_text.as_bytes());
     match result {
         Ok(v) => {
-            out.push_str(",\"result\":");
-            out.push_str(&compact(&v));
+            out.extend_from_slice(b",\"result\":");
+            compact_into(&mut out, &v);
         }
         Err(e) => {
             let mut err = Map::new();
             err.insert("code".into(), Value::from(e.code));
             err.insert("message".into(), Value::String(e.message));
-            out.push_str(",\"error\":");
-            out.push_str(&compact(&Value::Object(err)));
+            out.extend_from_slice(b",\"error\":");
+            compact_into(&mut out, &Value::Object(err));
         }
     }
-    out.push('}');
-    out
+    out.push(b'}');
+    ascii_string(out)
 }
 
 /// Compact, ASCII-only text of `v` plus `\n`.
 pub fn encode(v: &Value) -> String {
-    let mut out = compact(v);
-    out.push('\n');
-    out
+    let mut out = Vec::new();
+    compact_into(&mut out, v);
+    out.push(b'\n');
+    ascii_string(out)
 }
 
 /// Compact, ASCII-only text of `v`.
 fn compact(v: &Value) -> String {
-    let text = serde_json::to_string(v).expect("a Value always serialises");
-    let mut out = String::with_capacity(text.len());
-    for c in text.chars() {
-        if c.is_ascii() {
-            out.push(c);
-        } else {
-            // Non-ASCII only occurs inside strings, where \u escapes are valid.
-            let mut units = [0u16; 2];
-            for u in c.encode_utf16(&mut units) {
-                out.push_str(&format!("\\u{u:04x}"));
+    let mut out = Vec::new();
+    compact_into(&mut out, v);
+    ascii_string(out)
+}
+
+/// Appends the compact, ASCII-only text of `v` to `out` in one pass: non-ASCII characters (only
+/// ever inside strings) become `\u` escapes, UTF-16 surrogate pairs above the BMP.
+fn compact_into(out: &mut Vec<u8>, v: &Value) {
+    let mut ser = serde_json::Serializer::with_formatter(out, AsciiFormatter);
+    v.serialize(&mut ser).expect("a Value always serialises into memory");
+}
+
+/// The bytes [`compact_into`] wrote: ASCII by construction.
+fn ascii_string(bytes: Vec<u8>) -> String {
+    String::from_utf8(bytes).expect("the ASCII formatter writes ASCII only")
+}
+
+/// serde_json's compact formatter, except that string fragments are written ASCII-only.
+struct AsciiFormatter;
+
+impl serde_json::ser::Formatter for AsciiFormatter {
+    fn write_string_fragment<W: ?Sized + std::io::Write>(&mut self, w: &mut W, fragment: &str) -> std::io::Result<()> {
+        if fragment.is_ascii() {
+            return w.write_all(fragment.as_bytes());
+        }
+        let mut units = [0u16; 2];
+        for c in fragment.chars() {
+            if c.is_ascii() {
+                w.write_all(&[c as u8])?;
+            } else {
+                for u in c.encode_utf16(&mut units) {
+                    write!(w, "\\u{u:04x}")?;
+                }
             }
         }
+        Ok(())
     }
-    out
 }
 
 #[cfg(test)]
@@ -392,6 +416,22 @@ mod tests {
         }
         let (id, _) = parse_request(json!({"method": "m", "extra": 1, "id": 7})).unwrap_err();
         assert_eq!(id, Some(json!(7)));
+    }
+
+    proptest::proptest! {
+        /// Any strings (keys and values, control characters, quotes, non-ASCII) come out ASCII
+        /// and decode to the same value; ASCII-only text is exactly serde_json's compact form.
+        #[test]
+        fn ascii_text_round_trips(k in "\\PC{0,12}", v in "(\\PC|[\"\\\\\u{0}-\u{1f}]){0,24}") {
+            let val = json!({k.clone(): [v.clone(), 1, null, {"x": v.clone()}]});
+            let text = compact(&val);
+            proptest::prop_assert!(text.is_ascii());
+            let back: Value = serde_json::from_str(&text).unwrap();
+            proptest::prop_assert_eq!(&back, &val);
+            if k.is_ascii() && v.is_ascii() {
+                proptest::prop_assert_eq!(text, serde_json::to_string(&val).unwrap());
+            }
+        }
     }
 
     #[test]

@@ -286,6 +286,10 @@ fn refuse(mut stream: UnixStream) {
     }
 }
 
+/// An answer at least this long (a listing of thousands of objects) is followed by returning the
+/// heap's free memory to the kernel.
+const LARGE_ANSWER_BYTES: usize = 1 << 20;
+
 /// How long a connection thread waits in one read before re-checking for shutdown.
 const READ_TICK: Duration = Duration::from_millis(200);
 
@@ -306,7 +310,16 @@ fn serve_connection(mut stream: UnixStream, dispatch: &Dispatch, stopping: &Atom
                     let out = handle_frame(&v, dispatch);
                     active_at = Instant::now();
                     if let Some(out) = out {
-                        if stream.write_all(out.as_bytes()).is_err() {
+                        let large = out.len() >= LARGE_ANSWER_BYTES;
+                        let sent = stream.write_all(out.as_bytes());
+                        if large {
+                            // The answer and the value tree it came from were a burst of small
+                            // allocations, now free: hand that memory back (see
+                            // keel_reactor::release_free_heap).
+                            drop(out);
+                            keel_reactor::release_free_heap();
+                        }
+                        if sent.is_err() {
                             return;
                         }
                     }
