@@ -40,7 +40,6 @@ WHY = {
     "nvmf": "the TCP target serves the core methods; ANA, referrals, mDNS, keys (TLS/DH-HMAC-CHAP), per-namespace host lists and the global set_config/max_subsystems/crdt options are not implemented; RDMA/FC/vfio-user transports are out of scope",
     "sock": "sockets are configured per export, not through a sock layer",
     "trace": "no SPDK trace buffers (tracing goes through `log_*`)",
-    "ublk": "user recovery of a disk whose server died (ublk_recover_disk) is not implemented",
     "vfio_user": "no vfio-user target",
     "vhost": "no vhost target",
     "vmd": "no Intel VMD",

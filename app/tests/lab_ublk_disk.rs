@@ -2,8 +2,8 @@
 //! `scripts/lab.sh`) runs keel-tgt and keel-rpc built here, serves bdevs of 4 KiB and 512-byte
 //! blocks as `/dev/ublkbN` (two queues on two reactors, and one), writes them with fio verify,
 //! stops a disk and verifies its data under another id, checks SPDK's error codes and
-//! save_config's entries, destroys the target, and checks that keel-tgt's exit deletes its
-//! disks. The guest side is `tests/lab/ublk_disk.sh`; a lab that cannot start fails this test.
+//! save_config's entries, destroys the target, checks that keel-tgt's exit deletes its disks,
+//! and recovers a disk whose keel-tgt was SIGKILLed under fio (`ublk_recover_disk`). The guest side is `tests/lab/ublk_disk.sh`; a lab that cannot start fails this test.
 
 use std::path::Path;
 use std::time::Duration;
@@ -29,5 +29,6 @@ fn ublk_disks_in_the_lab_guest() {
     r.assert_success();
     let log = r.guest_log();
     assert!(log.contains("verify after restart: OK"), "{log}");
+    assert!(log.contains("recovery: OK"), "{log}");
     assert!(log.trim_end().ends_with("UBLK_DISK: OK"), "{log}");
 }

@@ -9,10 +9,12 @@
 //! | `ublk_start_disk` | `bdev_name`, `ublk_id`, `num_queues`? (1, max 32), `queue_depth`? (128, max 1024) | `ublk_id`, once `/dev/ublkbN` exists |
 //! | `ublk_stop_disk` | `ublk_id` | `true`, once the device is deleted and the bdev released |
 //! | `ublk_get_disks` | `ublk_id`? (absent or 0: all) | `[{ublk_device, id, queue_depth, num_queues, bdev_name}]` |
+//! | `ublk_recover_disk` | `bdev_name`, `ublk_id` | `ublk_id`, once the disk a dead server left is served again |
 //!
 //! Errors (negative errno, as SPDK): -16 a target that exists, an id in use, a disk being
 //! started or stopped; -19 no target, an unknown bdev or disk; -2 `ublk_destroy_target`
-//! without a target; -22 bad sizes or cpumask; the OS's errno where the kernel refuses (e.g.
+//! without a target; -22 bad sizes or cpumask, a recovery bdev that does not match the disk;
+//! -95 (ENOTSUP) recovering a disk made without user recovery; the OS's errno where the kernel refuses (e.g.
 //! -2 when `/dev/ublk-control` is missing: no `ublk_drv`). Malformed params: -32603
 //! "spdk_json_decode_object failed", as SPDK.
 
@@ -33,6 +35,7 @@ pub(crate) static TABLE: Table = Table {
         method!(ublk_start_disk, Runtime),
         method!(ublk_stop_disk, Runtime),
         method!(ublk_get_disks, Runtime),
+        method!(ublk_recover_disk, Runtime),
     ],
     subsystem: Some(Subsystem {
         declared: keel_ublk::SUBSYSTEM,
@@ -106,6 +109,20 @@ fn ublk_start_disk(ctx: &Ctx, params: Option<Value>, reply: Reply) {
         queue_depth: p.queue_depth,
     };
     UblkTarget::of(&ctx.registry).start_disk(&start, move |r| reply(r.map(Value::from).map_err(ublk_err)));
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RecoverParams {
+    bdev_name: String,
+    ublk_id: u32,
+}
+
+fn ublk_recover_disk(ctx: &Ctx, params: Option<Value>, reply: Reply) {
+    let p: RecoverParams = params!(params, INTERNAL_ERROR, reply);
+    UblkTarget::of(&ctx.registry).recover_disk(&p.bdev_name, p.ublk_id, move |r| {
+        reply(r.map(Value::from).map_err(ublk_err))
+    });
 }
 
 #[derive(Deserialize)]

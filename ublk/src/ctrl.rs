@@ -17,7 +17,8 @@ use std::os::fd::AsRawFd;
 use io_uring::{cqueue, opcode, squeue, types, IoUring};
 
 use crate::wire::{
-    CtrlCmd, DevInfo, Params, CMD_ADD_DEV, CMD_GET_FEATURES, CMD_SET_PARAMS, DEV_INFO_BYTES, PARAMS_BYTES,
+    CtrlCmd, DevInfo, Params, CMD_ADD_DEV, CMD_GET_DEV_INFO, CMD_GET_FEATURES, CMD_SET_PARAMS, CMD_START_USER_RECOVERY,
+    DEV_INFO_BYTES, PARAMS_BYTES,
 };
 
 /// The control device path.
@@ -96,6 +97,33 @@ impl CtrlRing {
         Ok(DevInfo::decode(&buf))
     }
 
+    /// GET_DEV_INFO of device `dev_id`: its queues, depth, state, flags and server pid.
+    pub fn get_dev_info(&mut self, dev_id: u32) -> io::Result<DevInfo> {
+        let mut buf = [0u8; DEV_INFO_BYTES];
+        let cmd = CtrlCmd {
+            dev_id,
+            queue_id: 0xffff,
+            len: DEV_INFO_BYTES as u16,
+            addr: buf.as_mut_ptr() as u64,
+            data: 0,
+        };
+        self.call(CMD_GET_DEV_INFO, &cmd)?;
+        Ok(DevInfo::decode(&buf))
+    }
+
+    /// START_USER_RECOVERY of device `dev_id`: needs a quiesced device whose old `/dev/ublkcN`
+    /// is closed (EBUSY / EINVAL otherwise). Quick: the kernel only resets the queues.
+    pub fn start_user_recovery(&mut self, dev_id: u32) -> io::Result<()> {
+        let cmd = CtrlCmd {
+            dev_id,
+            queue_id: 0xffff,
+            len: 0,
+            addr: 0,
+            data: 0,
+        };
+        self.call(CMD_START_USER_RECOVERY, &cmd).map(|_| ())
+    }
+
     /// SET_PARAMS of device `dev_id` (before START_DEV).
     pub fn set_params(&mut self, dev_id: u32, params: &Params) -> io::Result<()> {
         let mut buf = params.encode();
@@ -109,8 +137,8 @@ impl CtrlRing {
         self.call(CMD_SET_PARAMS, &cmd).map(|_| ())
     }
 
-    /// Submits a slow command without a buffer (START_DEV with `data` = pid, STOP_DEV,
-    /// DEL_DEV); its result comes from [`CtrlRing::reap`] with `user_data`.
+    /// Submits a slow command without a buffer (START_DEV or END_USER_RECOVERY with `data` =
+    /// pid, STOP_DEV, DEL_DEV); its result comes from [`CtrlRing::reap`] with `user_data`.
     pub fn submit(&mut self, op: u32, dev_id: u32, data: u64, user_data: u64) -> io::Result<()> {
         let cmd = CtrlCmd {
             dev_id,

@@ -13,6 +13,9 @@ pub enum UblkError {
     /// Bad parameters (`-EINVAL`).
     #[error("{0}")]
     Invalid(String),
+    /// The disk cannot do that (recovery of a disk made without it: `-ENOTSUP`).
+    #[error("{0}")]
+    NotSupported(String),
     /// No target to destroy (`-ENOENT`).
     #[error("{0}")]
     NoEntry(String),
@@ -34,6 +37,7 @@ impl UblkError {
             UblkError::Busy(_) => -libc::EBUSY,
             UblkError::Invalid(_) => -libc::EINVAL,
             UblkError::NoEntry(_) => -libc::ENOENT,
+            UblkError::NotSupported(_) => -libc::ENOTSUP,
             UblkError::Os { source, .. } => -source.raw_os_error().unwrap_or(libc::EIO),
         }
     }

@@ -1,7 +1,7 @@
 //! Keel's ublk export: bdevs as the kernel's `/dev/ublkbN` (Linux's userspace block driver,
 //! `ublk_drv`), served by io_uring `URING_CMD` queues that the reactors poll — SPDK's
 //! `ublk_create_target` / `ublk_start_disk` / `ublk_stop_disk` / `ublk_get_disks` /
-//! `ublk_destroy_target` (`shared/specs/nbd-ublk.md` Part C).
+//! `ublk_recover_disk` / `ublk_destroy_target` (`shared/specs/nbd-ublk.md` Part C).
 //!
 //! | module | what | used by |
 //! |---|---|---|
@@ -23,6 +23,16 @@
 //! then finishes on its core. Once STOP_DEV is answered and every queue is gone, the char
 //! device is closed and DEL_DEV sent; its answer releases the bdev and answers the stop. The
 //! life is a state machine (`target.rs`: `Phase::apply`).
+//!
+//! # Surviving a crash
+//!
+//! Disks are made with `USER_RECOVERY | USER_RECOVERY_REISSUE` where the driver offers them (as
+//! SPDK): if keel-tgt dies, the kernel keeps `/dev/ublkbN`, quiesced — requests wait, those the
+//! dead process held are re-issued later. `ublk_recover_disk` in a new keel-tgt checks the
+//! device is quiesced and that its bdev has the disk's geometry, sends START_USER_RECOVERY,
+//! opens the char device and arms the queues exactly as a start does (the disk's own queue
+//! count and depth); the last queue armed sends END_USER_RECOVERY instead of START_DEV, and
+//! its answer answers the RPC. From there the disk is like any other.
 //!
 //! # Unsafe
 //!

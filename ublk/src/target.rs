@@ -15,7 +15,7 @@ use serde_json::json;
 use crate::ctrl::{CtrlRing, CONTROL_PATH};
 use crate::error::UblkError;
 use crate::queue::{self, Queue, QueueSpec};
-use crate::wire::{self, DevInfo, Params, CMD_DEL_DEV, CMD_START_DEV, CMD_STOP_DEV};
+use crate::wire::{self, DevInfo, Params, CMD_DEL_DEV, CMD_END_USER_RECOVERY, CMD_START_DEV, CMD_STOP_DEV};
 
 /// The module name.
 pub const MODULE: &str = "ublk";
@@ -33,6 +33,9 @@ const MAX_QUEUES: u16 = 32;
 const MAX_QUEUE_DEPTH: u16 = 1024;
 /// How often the main core reaps the slow control ring (SPDK's control poller period).
 const CTRL_POLL_US: u64 = 1000;
+/// `ublk_recover_disk` looks for a quiesced device this many times, this far apart (SPDK's).
+const RECOVER_TRIES: u32 = 3;
+const RECOVER_RETRY_US: u64 = 1_000_000;
 
 /// `ublk_start_disk` parameters.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -211,6 +214,9 @@ struct Disk {
     cdev: Option<Arc<File>>,
     phase: Phase,
     queues_running: usize,
+    /// Taken over from a dead server: the last queue armed sends END_USER_RECOVERY, not
+    /// START_DEV.
+    recovering: bool,
     start_reply: Option<Answer<u32>>,
     stop_waiters: Vec<Answer<()>>,
 }
@@ -513,65 +519,17 @@ impl UblkTarget {
                 p.queue_depth
             )));
         }
-        if p.ublk_id >= 1 << 20 {
-            return Err(UblkError::Invalid(format!("ublk_id {} is not below 2^20", p.ublk_id)));
-        }
-        {
-            let st = self.lock();
-            if st.target.is_none() {
-                return Err(UblkError::NoDevice(
-                    "no ublk target: call ublk_create_target first".into(),
-                ));
-            }
-            if st.target.as_ref().is_some_and(|t| !t.destroying.is_empty()) || st.fini.is_some() {
-                return Err(UblkError::Busy("the ublk target is being destroyed".into()));
-            }
-            if st.disks.iter().any(|d| d.id == p.ublk_id) {
-                return Err(UblkError::Busy(format!("ublk id {} is in use", p.ublk_id)));
-            }
-        }
-        let reg = self
-            .reg
-            .upgrade()
-            .ok_or_else(|| UblkError::NoDevice("the bdev registry is gone".into()))?;
-        let me = self.me.clone();
+        self.check_id_free(p.ublk_id)?;
         let id = p.ublk_id;
-        let desc = reg
-            .open(&p.bdev_name, true, move |_event| {
-                if let Some(me) = me.upgrade() {
-                    tracing::info!(
-                        ublk_id = id,
-                        "ublk: the disk's bdev is being removed; stopping the disk"
-                    );
-                    me.disk_event(id, Event::Stop);
-                }
-            })
-            .map_err(|e| match e {
-                keel_bdev::BdevError::NotFound(_) => UblkError::NoDevice(format!("bdev '{}' not found", p.bdev_name)),
-                other => UblkError::Busy(other.to_string()),
-            })?;
-        let info = desc.info().clone();
+        let (desc, info, shift) = self.open_bdev(&p.bdev_name, id)?;
         let bs = info.block_size;
-        if !(512..=4096).contains(&bs) || !bs.is_power_of_two() {
-            return Err(UblkError::Invalid(format!(
-                "block size {bs} of '{}': ublk takes 512 to 4096",
-                p.bdev_name
-            )));
-        }
-        let shift = bs.trailing_zeros();
-        let (features, cores_for_queues) = {
-            let mut st = self.lock();
-            let t = st.target.as_mut().expect("checked above");
-            let cores: Vec<CoreId> = (0..p.num_queues)
-                .map(|_| {
-                    let c = t.cores[t.cursor % t.cores.len()];
-                    t.cursor += 1;
-                    c
-                })
-                .collect();
-            (t.features, cores)
-        };
-        let flags = (wire::F_URING_CMD_COMP_IN_TASK | wire::F_CMD_IOCTL_ENCODE) & features;
+        let features = self.lock().target.as_ref().expect("checked above").features;
+        // Recovery where the driver has it (as SPDK): the disk outlives a crash of this process.
+        let flags = (wire::F_URING_CMD_COMP_IN_TASK
+            | wire::F_CMD_IOCTL_ENCODE
+            | wire::F_USER_RECOVERY
+            | wire::F_USER_RECOVERY_REISSUE)
+            & features;
         let want = DevInfo {
             nr_hw_queues: p.num_queues,
             queue_depth: p.queue_depth,
@@ -586,7 +544,9 @@ impl UblkTarget {
             t.quick.add_dev(&want)
         };
         let added = added.map_err(|e| match e.raw_os_error() {
-            Some(libc::EEXIST) => UblkError::Busy(format!("ublk id {id} is in use by another process")),
+            Some(libc::EEXIST) => UblkError::Busy(format!(
+                "ublk id {id} is in use by another process (or by a disk a crashed server left: ublk_recover_disk takes it over)"
+            )),
             _ => UblkError::os("UBLK_U_CMD_ADD_DEV", e),
         })?;
         let discard = info.caps.supports(IoOp::Unmap);
@@ -637,13 +597,96 @@ impl UblkTarget {
             }
         };
         let nq = added.nr_hw_queues.min(p.num_queues);
+        self.arm(desc, &info, shift, id, nq, added.queue_depth, cdev, false);
+        tracing::info!(ublk_id = id, bdev = %info.name, queues = nq, depth = added.queue_depth, "ublk: disk starting");
+        Ok(())
+    }
+
+    /// EBUSY/ENODEV/EINVAL checks shared by start and recover: a target that is not being
+    /// destroyed, an id below 2^20 that no disk of ours has.
+    fn check_id_free(&self, id: u32) -> Result<(), UblkError> {
+        if id >= 1 << 20 {
+            return Err(UblkError::Invalid(format!("ublk_id {id} is not below 2^20")));
+        }
+        let st = self.lock();
+        if st.target.is_none() {
+            return Err(UblkError::NoDevice(
+                "no ublk target: call ublk_create_target first".into(),
+            ));
+        }
+        if st.target.as_ref().is_some_and(|t| !t.destroying.is_empty()) || st.fini.is_some() {
+            return Err(UblkError::Busy("the ublk target is being destroyed".into()));
+        }
+        if st.disks.iter().any(|d| d.id == id) {
+            return Err(UblkError::Busy(format!("ublk id {id} is in use")));
+        }
+        Ok(())
+    }
+
+    /// Opens `bdev_name` for disk `id` (its removal stops the disk): the descriptor, the bdev's
+    /// info and log2 of its block size (512 to 4096).
+    fn open_bdev(&self, bdev_name: &str, id: u32) -> Result<(Descriptor, keel_bdev::BdevInfo, u32), UblkError> {
+        let reg = self
+            .reg
+            .upgrade()
+            .ok_or_else(|| UblkError::NoDevice("the bdev registry is gone".into()))?;
+        let me = self.me.clone();
+        let desc = reg
+            .open(bdev_name, true, move |_event| {
+                if let Some(me) = me.upgrade() {
+                    tracing::info!(
+                        ublk_id = id,
+                        "ublk: the disk's bdev is being removed; stopping the disk"
+                    );
+                    me.disk_event(id, Event::Stop);
+                }
+            })
+            .map_err(|e| match e {
+                keel_bdev::BdevError::NotFound(_) => UblkError::NoDevice(format!("bdev '{bdev_name}' not found")),
+                other => UblkError::Busy(other.to_string()),
+            })?;
+        let info = desc.info().clone();
+        let bs = info.block_size;
+        if !(512..=4096).contains(&bs) || !bs.is_power_of_two() {
+            return Err(UblkError::Invalid(format!(
+                "block size {bs} of '{bdev_name}': ublk takes 512 to 4096"
+            )));
+        }
+        Ok((desc, info, bs.trailing_zeros()))
+    }
+
+    /// Records disk `id` (arming) and starts its `nq` queues round robin over the target's
+    /// cores; the last queue armed sends START_DEV (or END_USER_RECOVERY when `recovering`).
+    #[allow(clippy::too_many_arguments)]
+    fn arm(
+        &self,
+        desc: Descriptor,
+        info: &keel_bdev::BdevInfo,
+        shift: u32,
+        id: u32,
+        nq: u16,
+        depth: u16,
+        cdev: Arc<File>,
+        recovering: bool,
+    ) {
+        let cores_for_queues: Vec<CoreId> = {
+            let mut st = self.lock();
+            let t = st.target.as_mut().expect("the caller checked the target");
+            (0..nq)
+                .map(|_| {
+                    let c = t.cores[t.cursor % t.cores.len()];
+                    t.cursor += 1;
+                    c
+                })
+                .collect()
+        };
         desc.hold(format!("ublk disk /dev/ublkb{id}"));
         let desc = Arc::new(Mutex::new(Some(desc)));
         self.lock().disks.push(Disk {
             id,
             bdev_name: info.name.clone(),
             num_queues: nq,
-            queue_depth: added.queue_depth,
+            queue_depth: depth,
             desc: desc.clone(),
             cdev: Some(cdev.clone()),
             phase: Phase::Arming {
@@ -651,16 +694,17 @@ impl UblkTarget {
                 failed: false,
                 stop_asked: false,
             },
+            recovering,
             queues_running: 0,
             start_reply: None,
             stop_waiters: Vec::new(),
         });
         let main = self.cores.main_core();
-        for (q_id, &core) in cores_for_queues.iter().enumerate().take(usize::from(nq)) {
+        for (q_id, &core) in cores_for_queues.iter().enumerate() {
             let spec = QueueSpec {
                 dev_id: id,
                 q_id: q_id as u16,
-                depth: added.queue_depth,
+                depth,
                 buf_bytes: MAX_IO_BUF_BYTES as usize,
                 cdev: cdev.clone(),
                 block_shift: shift,
@@ -703,8 +747,104 @@ impl UblkTarget {
                 self.disk_event(id, Event::QueueArmed(Err("no reactor for the queue".into())));
             }
         }
-        tracing::info!(ublk_id = id, bdev = %info.name, queues = nq, depth = added.queue_depth, "ublk: disk starting");
-        Ok(())
+    }
+
+    /// `ublk_recover_disk` (SPDK's method): takes over `/dev/ublkb{ublk_id}`, which a server
+    /// that died left quiesced (created with recovery, as every Keel disk is where the driver
+    /// offers it), serving it from `bdev_name` — which must have the disk's size and block size.
+    /// The disk keeps its queues and depth; I/O the dead server held is re-issued, I/O queued
+    /// meanwhile resumes. `reply` gets the id once END_USER_RECOVERY completed. ENOTSUP for a
+    /// disk made without recovery; EBUSY while it is still served (not quiesced yet: the kernel
+    /// quiesces it as the old process's rings go, so this retries 3 times a second apart, as
+    /// SPDK); ENODEV for an unknown id or bdev; EINVAL for a bdev that does not match. Main
+    /// core.
+    pub fn recover_disk(
+        &self,
+        bdev_name: &str,
+        ublk_id: u32,
+        reply: impl FnOnce(Result<u32, UblkError>) + Send + 'static,
+    ) {
+        if let Err(e) = self.on_main("ublk_recover_disk") {
+            return reply(Err(e));
+        }
+        self.recover_attempt(bdev_name.to_string(), ublk_id, RECOVER_TRIES, Box::new(reply));
+    }
+
+    fn recover_attempt(&self, bdev_name: String, id: u32, tries_left: u32, reply: Answer<u32>) {
+        if let Err(e) = self.check_id_free(id) {
+            return reply(Err(e));
+        }
+        let info = {
+            let mut st = self.lock();
+            let Some(t) = st.target.as_mut() else {
+                drop(st);
+                return reply(Err(UblkError::NoDevice("the ublk target is gone".into())));
+            };
+            t.quick.get_dev_info(id)
+        };
+        let dev = match info {
+            Ok(d) => d,
+            Err(e) if e.raw_os_error() == Some(libc::ENODEV) => {
+                return reply(Err(UblkError::NoDevice(format!("no ublk device {id} to recover"))));
+            }
+            Err(e) => return reply(Err(UblkError::os("UBLK_U_CMD_GET_DEV_INFO", e))),
+        };
+        if dev.flags & wire::F_USER_RECOVERY == 0 {
+            return reply(Err(UblkError::NotSupported(format!(
+                "ublk device {id} was created without user recovery; it cannot be recovered"
+            ))));
+        }
+        if dev.state != wire::STATE_QUIESCED {
+            if tries_left > 1 {
+                let me = self.me.clone();
+                let slot: Rc<RefCell<Option<PollerHandle>>> = Rc::default();
+                let s2 = slot.clone();
+                let mut pending = Some((bdev_name, reply));
+                let h = current().register_timed_poller("ublk_recover_retry", RECOVER_RETRY_US, move || {
+                    s2.borrow_mut().take();
+                    if let (Some(me), Some((b, r))) = (me.upgrade(), pending.take()) {
+                        me.recover_attempt(b, id, tries_left - 1, r);
+                    }
+                    PollStatus::Busy
+                });
+                *slot.borrow_mut() = Some(h);
+                return;
+            }
+            return reply(Err(UblkError::Busy(format!(
+                "ublk device {id} is not waiting for recovery (state {}, server pid {}): only a disk whose server died can be recovered",
+                dev.state, dev.ublksrv_pid
+            ))));
+        }
+        let (desc, info, shift) = match self.open_bdev(&bdev_name, id) {
+            Ok(v) => v,
+            Err(e) => return reply(Err(e)),
+        };
+        if let Err(why) = matches_disk(id, &info) {
+            return reply(Err(UblkError::Invalid(why)));
+        }
+        let begun = {
+            let mut st = self.lock();
+            let t = st.target.as_mut().expect("checked above");
+            t.quick.start_user_recovery(id)
+        };
+        if let Err(e) = begun {
+            return reply(Err(match e.raw_os_error() {
+                Some(libc::EBUSY) | Some(libc::EINVAL) => UblkError::Busy(format!(
+                    "ublk device {id}: the kernel refused START_USER_RECOVERY ({e}); is its old server still holding /dev/ublkc{id}?"
+                )),
+                _ => UblkError::os("UBLK_U_CMD_START_USER_RECOVERY", e),
+            }));
+        }
+        let cdev = match open_cdev(id) {
+            Ok(f) => Arc::new(f),
+            Err(e) => return reply(Err(e)),
+        };
+        let nq = dev.nr_hw_queues;
+        self.arm(desc, &info, shift, id, nq, dev.queue_depth, cdev, true);
+        if let Some(d) = self.lock().disks.iter_mut().find(|d| d.id == id) {
+            d.start_reply = Some(reply);
+        }
+        tracing::info!(ublk_id = id, bdev = %info.name, queues = nq, depth = dev.queue_depth, "ublk: recovering disk");
     }
 
     /// `ublk_stop_disk`: stops disk `id`; `done` runs once the kernel deleted the device and
@@ -748,13 +888,19 @@ impl UblkTarget {
         tracing::debug!(ublk_id = id, from = ?d.phase, event = ?ev, to = ?next, "ublk: disk step");
         d.phase = next;
         let start_reply = fx.started.as_ref().and_then(|_| d.start_reply.take());
+        let st_recovering = d.recovering;
         let cdev = if fx.del_dev { d.cdev.take() } else { None };
         drop(cdev);
         let mut submit_err = None;
         if let Some(t) = st.target.as_mut() {
             let pid = u64::from(std::process::id());
             let r = if fx.start_dev {
-                t.slow.submit(CMD_START_DEV, id, pid, UD_START | u64::from(id))
+                let op = if st_recovering {
+                    CMD_END_USER_RECOVERY
+                } else {
+                    CMD_START_DEV
+                };
+                t.slow.submit(op, id, pid, UD_START | u64::from(id))
             } else if fx.stop_dev {
                 t.slow.submit(CMD_STOP_DEV, id, 0, UD_STOP | u64::from(id))
             } else if fx.del_dev {
@@ -795,6 +941,29 @@ impl UblkTarget {
             self.maybe_close_target();
         }
     }
+}
+
+/// Whether bdev `info` can serve ublk disk `id` as the kernel knows it (its size and logical
+/// block size in sysfs), as a recovery needs: the parameters persist across servers.
+fn matches_disk(id: u32, info: &keel_bdev::BdevInfo) -> Result<(), String> {
+    let read = |what: &str| -> Result<u64, String> {
+        let path = format!("/sys/block/ublkb{id}/{what}");
+        std::fs::read_to_string(&path)
+            .map_err(|e| format!("cannot read {path}: {e}"))?
+            .trim()
+            .parse::<u64>()
+            .map_err(|e| format!("{path}: {e}"))
+    };
+    let sectors = read("size")?;
+    let bs = read("queue/logical_block_size")?;
+    let want = info.num_blocks.saturating_mul(u64::from(info.block_size)) / 512;
+    if sectors != want || bs != u64::from(info.block_size) {
+        return Err(format!(
+            "bdev '{}' ({} blocks of {} bytes) does not match /dev/ublkb{id} ({sectors} sectors, {bs}-byte blocks)",
+            info.name, info.num_blocks, info.block_size
+        ));
+    }
+    Ok(())
 }
 
 /// Opens `/dev/ublkcN`, which ADD_DEV just created (devtmpfs makes the node; give it a moment).

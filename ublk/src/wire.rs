@@ -16,6 +16,12 @@ pub const CMD_START_DEV: u32 = 0xc020_7506;
 pub const CMD_STOP_DEV: u32 = 0xc020_7507;
 /// `UBLK_U_CMD_SET_PARAMS`.
 pub const CMD_SET_PARAMS: u32 = 0xc020_7508;
+/// `UBLK_U_CMD_GET_DEV_INFO`.
+pub const CMD_GET_DEV_INFO: u32 = 0x8020_7502;
+/// `UBLK_U_CMD_START_USER_RECOVERY`.
+pub const CMD_START_USER_RECOVERY: u32 = 0xc020_7510;
+/// `UBLK_U_CMD_END_USER_RECOVERY` (`data[0]` = the new server's pid; waits for every queue).
+pub const CMD_END_USER_RECOVERY: u32 = 0xc020_7511;
 /// `UBLK_U_IO_FETCH_REQ`.
 pub const IO_FETCH_REQ: u32 = 0xc010_7520;
 /// `UBLK_U_IO_COMMIT_AND_FETCH_REQ`.
@@ -25,6 +31,18 @@ pub const IO_COMMIT_AND_FETCH_REQ: u32 = 0xc010_7521;
 pub const F_URING_CMD_COMP_IN_TASK: u64 = 1 << 1;
 /// `UBLK_F_CMD_IOCTL_ENCODE`.
 pub const F_CMD_IOCTL_ENCODE: u64 = 1 << 6;
+/// `UBLK_F_USER_RECOVERY`: the disk survives its server's death, quiesced, until a new server
+/// recovers it (or deletes it).
+pub const F_USER_RECOVERY: u64 = 1 << 3;
+/// `UBLK_F_USER_RECOVERY_REISSUE`: with recovery, requests the dead server held are re-issued to
+/// the new one instead of failed.
+pub const F_USER_RECOVERY_REISSUE: u64 = 1 << 4;
+/// `ublksrv_ctrl_dev_info.state`: `UBLK_S_DEV_DEAD`, `_LIVE`, `_QUIESCED`.
+pub const STATE_DEAD: u16 = 0;
+/// Served.
+pub const STATE_LIVE: u16 = 1;
+/// Its server died; waiting for recovery.
+pub const STATE_QUIESCED: u16 = 2;
 
 /// `UBLK_IO_OP_*` of a request descriptor.
 pub const OP_READ: u8 = 0;

@@ -2,7 +2,8 @@
 # Lab guest script of app/tests/lab_ublk_disk.rs: keel-tgt (from /host) serves bdevs as the
 # guest kernel's /dev/ublkbN (ublk_drv, Linux 6.12); fio writes with verify through them, the
 # data survives a stop and a start under another id, errors are SPDK's, save_config lists the
-# target and disks, destroying the target deletes the devices, and so does keel-tgt's exit.
+# target and disks, destroying the target deletes the devices, and so does keel-tgt's exit; a
+# disk whose keel-tgt was killed under I/O is recovered by a new one (ublk_recover_disk).
 # Prints "UBLK_DISK: OK" last when every check passed; any failed check exits nonzero.
 set -u
 fail() { echo "FAIL: $*"; [ -f tgt.log ] && tail -40 tgt.log; exit 1; }
@@ -124,4 +125,45 @@ fio_job /dev/ublkb1 --size=1M
 echo "load_config: OK"
 stop_tgt
 wait_gone /dev/ublkb1
+
+# Recovery: keel-tgt is SIGKILLed while fio writes through a file-backed disk; the kernel keeps
+# /dev/ublkb6 (quiesced); a new keel-tgt takes it over with ublk_recover_disk; fio finishes
+# without an error and everything it wrote verifies.
+mv tgt.log tgt-2.log
+dd if=/dev/zero of=/tmp/rec.img bs=1M count=64 2>/dev/null || fail "backing file"
+start_rec_tgt() {
+  /host/keel-tgt -m 0x3 -r /tmp/keel.sock >>tgt.log 2>&1 &
+  TGT=$!
+  $R -w 60 bdev_uring_create filename=/tmp/rec.img name=R0 block_size=4096 >/dev/null || fail "uring R0"
+  $R bdev_malloc_create name=S0 num_blocks=1024 block_size=4096 >/dev/null || fail "malloc S0"
+  [ "$($R ublk_create_target)" = true ] || fail "ublk_create_target (recovery)"
+}
+start_rec_tgt
+expect_err -19 ublk_recover_disk bdev_name=R0 ublk_id=6
+[ "$($R ublk_start_disk bdev_name=R0 ublk_id=6 num_queues=2 queue_depth=32)" = 6 ] || fail "start 6"
+fio --name=rec --filename=/dev/ublkb6 --ioengine=libaio --direct=1 --bs=4k --iodepth=16 --size=64M \
+    --rw=randwrite --verify=crc32c --verify_state_save=0 --randseed=21 >fio-rec.out 2>&1 &
+FIO=$!
+sleep 2
+kill -0 $FIO 2>/dev/null || { cat fio-rec.out; fail "fio finished before the kill: nothing in flight to recover"; }
+kill -9 $TGT
+wait $TGT 2>/dev/null
+echo "keel-tgt killed under fio"
+[ -b /dev/ublkb6 ] || fail "/dev/ublkb6 went with its server (made without user recovery?)"
+start_rec_tgt
+expect_err -16 ublk_start_disk bdev_name=R0 ublk_id=6
+expect_err -22 ublk_recover_disk bdev_name=S0 ublk_id=6
+expect_err -19 ublk_recover_disk bdev_name=R0 ublk_id=9
+[ "$($R ublk_recover_disk bdev_name=R0 ublk_id=6)" = 6 ] || fail "ublk_recover_disk: $(tail -5 tgt.log)"
+[ "$($R ublk_get_disks ublk_id=6)" = '[{"ublk_device":"/dev/ublkb6","id":6,"queue_depth":32,"num_queues":2,"bdev_name":"R0"}]' ] \
+  || fail "ublk_get_disks after recovery: $($R ublk_get_disks)"
+expect_err -16 ublk_recover_disk bdev_name=R0 ublk_id=6
+wait $FIO || { cat fio-rec.out; fail "fio through the crash and the recovery"; }
+grep -q "err= 0" fio-rec.out || { cat fio-rec.out; fail "fio reported errors across the recovery"; }
+fio --name=rec --filename=/dev/ublkb6 --ioengine=libaio --direct=1 --bs=4k --iodepth=16 --size=64M \
+    --rw=randwrite --verify=crc32c --verify_state_save=0 --randseed=21 --verify_only >fio-rec2.out 2>&1 \
+  || { cat fio-rec2.out; fail "verify after recovery"; }
+echo "recovery: OK"
+stop_tgt
+wait_gone /dev/ublkb6
 echo "UBLK_DISK: OK"
