@@ -22,6 +22,11 @@ use keel_rpc::config::{apply_with, ConfigFile};
 use keel_rpc::server::{Dispatch, RpcServer, ServerOpts};
 use keel_rpc::{call_method, find_method, Ctx, Framework, RpcError};
 
+/// Counting allocations per thread (keel_get_pollers reports each reactor's): how a test proves,
+/// in this very process, that a reactor serving an export does not allocate per I/O.
+#[global_allocator]
+static ALLOC: keel_reactor::CountingAlloc = keel_reactor::CountingAlloc;
+
 #[derive(Parser, Debug)]
 #[command(name = "keel-tgt", version, about = "Keel storage target (SPDK-compatible JSON-RPC)")]
 struct Args {

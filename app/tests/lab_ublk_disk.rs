@@ -3,7 +3,8 @@
 //! blocks as `/dev/ublkbN` (two queues on two reactors, and one), writes them with fio verify,
 //! stops a disk and verifies its data under another id, checks SPDK's error codes and
 //! save_config's entries, destroys the target, checks that keel-tgt's exit deletes its disks,
-//! and recovers a disk whose keel-tgt was SIGKILLed under fio (`ublk_recover_disk`). The guest side is `tests/lab/ublk_disk.sh`; a lab that cannot start fails this test.
+//! recovers a disk whose keel-tgt was SIGKILLed under fio (`ublk_recover_disk`), and reads
+//! keel-tgt's per-reactor allocation count around fio to show the queue path allocates nothing. The guest side is `tests/lab/ublk_disk.sh`; a lab that cannot start fails this test.
 
 use std::path::Path;
 use std::time::Duration;
@@ -30,5 +31,6 @@ fn ublk_disks_in_the_lab_guest() {
     let log = r.guest_log();
     assert!(log.contains("verify after restart: OK"), "{log}");
     assert!(log.contains("recovery: OK"), "{log}");
+    assert!(log.contains("no allocation per I/O: OK"), "{log}");
     assert!(log.trim_end().ends_with("UBLK_DISK: OK"), "{log}");
 }

@@ -34,6 +34,7 @@
 //! and lets that thread turn it; [`Cores::attached`] addresses a set of them.
 #![deny(unsafe_code)]
 
+mod alloc_count;
 mod attached;
 mod cpumask;
 mod error;
@@ -45,6 +46,7 @@ mod runtime;
 mod test_driver;
 mod tsc;
 
+pub use alloc_count::{allocations, thread_allocations, CountingAlloc};
 pub use attached::AttachedReactor;
 pub use cpumask::CoreMask;
 pub use error::ReactorError;

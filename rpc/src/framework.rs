@@ -82,6 +82,9 @@ struct CoreReport {
     active_pollers: usize,
     timed_pollers: usize,
     pollers: Vec<keel_reactor::PollerStats>,
+    /// Heap allocations the reactor's thread made before this visit (see
+    /// [`keel_reactor::thread_allocations`]).
+    allocations: u64,
 }
 
 /// Visits every core, collecting its report, then calls `done` on the calling core.
@@ -91,6 +94,8 @@ fn collect_cores(cores: &Cores, done: impl FnOnce(Vec<CoreReport>) + Send + 'sta
     let c2 = cores.clone();
     cores.for_each_core(
         move || {
+            // First, before this visit allocates anything itself.
+            let allocations = keel_reactor::thread_allocations();
             let r = current();
             let st = c2.stats(r.core()).expect("stats of own core");
             let (active, timed) = r.poller_counts();
@@ -102,6 +107,7 @@ fn collect_cores(cores: &Cores, done: impl FnOnce(Vec<CoreReport>) + Send + 'sta
                 active_pollers: active,
                 timed_pollers: timed,
                 pollers: r.poller_stats(),
+                allocations,
             });
         },
         current().core(),
@@ -202,7 +208,7 @@ fn keel_get_pollers(ctx: &Ctx, params: Option<Value>, reply: Reply) {
                                "period_us": q.period_us, "run_count": q.run_count, "busy_count": q.busy_count})
                     })
                     .collect();
-                json!({"lcore": r.core.0, "busy": r.busy, "idle": r.idle, "pollers": pollers})
+                json!({"lcore": r.core.0, "busy": r.busy, "idle": r.idle, "allocations": r.allocations, "pollers": pollers})
             })
             .collect();
         reply(Ok(json!({"tick_rate": ticks_per_sec(), "reactors": reactors})))

@@ -3,7 +3,8 @@
 # guest kernel's /dev/ublkbN (ublk_drv, Linux 6.12); fio writes with verify through them, the
 # data survives a stop and a start under another id, errors are SPDK's, save_config lists the
 # target and disks, destroying the target deletes the devices, and so does keel-tgt's exit; a
-# disk whose keel-tgt was killed under I/O is recovered by a new one (ublk_recover_disk).
+# disk whose keel-tgt was killed under I/O is recovered by a new one (ublk_recover_disk); the
+# reactor serving a queue makes no heap allocation per I/O.
 # Prints "UBLK_DISK: OK" last when every check passed; any failed check exits nonzero.
 set -u
 fail() { echo "FAIL: $*"; [ -f tgt.log ] && tail -40 tgt.log; exit 1; }
@@ -111,6 +112,20 @@ $R bdev_malloc_delete name=M1 >/dev/null || fail "M1 still held after destroy"
 [ "$($R ublk_create_target cpumask=0x2)" = true ] || fail "ublk_create_target 0x2"
 [ "$($R ublk_start_disk bdev_name=M0 ublk_id=4)" = 4 ] || fail "start 4"
 dd if=/dev/ublkb4 of=/dev/null bs=4096 count=16 2>/dev/null || fail "read ublkb4"
+# No allocation per I/O on the reactor serving the queue (core 1 only: cpumask 0x2): keel-tgt
+# counts heap allocations per thread and keel_get_pollers reports them (read at the start of
+# its visit, so each reading includes the previous visit's own allocations: compare against
+# an idle interval between two readings).
+allocs1() { $R keel_get_pollers lcore=1 | sed -n 's/.*"allocations":\([0-9]*\).*/\1/p'; }
+fio_job /dev/ublkb4 --size=1M --randseed=30
+a0=$(allocs1); sleep 1; a1=$(allocs1)
+fio_job /dev/ublkb4 --size=16M --randseed=31
+a2=$(allocs1)
+[ -n "$a0" ] && [ -n "$a1" ] && [ -n "$a2" ] || fail "no allocation counts from keel_get_pollers"
+idle=$((a1 - a0)); busy=$((a2 - a1))
+echo "core 1 allocations: idle interval $idle, 8192 I/Os (4096 writes + 4096 verify reads) $busy"
+[ "$busy" -le "$idle" ] || fail "the ublk queue's reactor allocated under I/O ($busy vs $idle idle)"
+echo "no allocation per I/O: OK"
 stop_tgt
 wait_gone /dev/ublkb4
 
