@@ -18,7 +18,7 @@ use io_uring::{cqueue, opcode, squeue, types, IoUring};
 
 use crate::wire::{
     CtrlCmd, DevInfo, Params, CMD_ADD_DEV, CMD_GET_DEV_INFO, CMD_GET_FEATURES, CMD_SET_PARAMS, CMD_START_USER_RECOVERY,
-    DEV_INFO_BYTES, PARAMS_BYTES,
+    DEV_INFO_BYTES,
 };
 
 /// The control device path.
@@ -69,72 +69,51 @@ impl CtrlRing {
         }
     }
 
+    /// Issues quick command `op` for `dev_id` with `buf` as its in/out buffer (`addr`/`len`)
+    /// and waits for it; `buf` outlives the call, as the kernel's use of it.
+    fn call_buf(&mut self, op: u32, dev_id: u32, buf: &mut [u8]) -> io::Result<i32> {
+        let cmd = CtrlCmd {
+            dev_id,
+            queue_id: 0xffff,
+            len: u16::try_from(buf.len()).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?,
+            // No buffer: address 0, as the commands without one expect.
+            addr: if buf.is_empty() { 0 } else { buf.as_mut_ptr() as u64 },
+            data: 0,
+        };
+        self.call(op, &cmd)
+    }
+
     /// GET_FEATURES: the `UBLK_F_*` the driver supports.
     pub fn get_features(&mut self) -> io::Result<u64> {
         let mut buf = [0u8; 8];
-        let cmd = CtrlCmd {
-            dev_id: u32::MAX,
-            queue_id: 0xffff,
-            len: 8,
-            addr: buf.as_mut_ptr() as u64,
-            data: 0,
-        };
-        self.call(CMD_GET_FEATURES, &cmd)?;
+        self.call_buf(CMD_GET_FEATURES, u32::MAX, &mut buf)?;
         Ok(u64::from_le_bytes(buf))
     }
 
     /// ADD_DEV: creates `/dev/ublkc{info.dev_id}`; returns what the kernel wrote back.
     pub fn add_dev(&mut self, info: &DevInfo) -> io::Result<DevInfo> {
         let mut buf = info.encode();
-        let cmd = CtrlCmd {
-            dev_id: info.dev_id,
-            queue_id: 0xffff,
-            len: DEV_INFO_BYTES as u16,
-            addr: buf.as_mut_ptr() as u64,
-            data: 0,
-        };
-        self.call(CMD_ADD_DEV, &cmd)?;
+        self.call_buf(CMD_ADD_DEV, info.dev_id, &mut buf)?;
         Ok(DevInfo::decode(&buf))
     }
 
     /// GET_DEV_INFO of device `dev_id`: its queues, depth, state, flags and server pid.
     pub fn get_dev_info(&mut self, dev_id: u32) -> io::Result<DevInfo> {
         let mut buf = [0u8; DEV_INFO_BYTES];
-        let cmd = CtrlCmd {
-            dev_id,
-            queue_id: 0xffff,
-            len: DEV_INFO_BYTES as u16,
-            addr: buf.as_mut_ptr() as u64,
-            data: 0,
-        };
-        self.call(CMD_GET_DEV_INFO, &cmd)?;
+        self.call_buf(CMD_GET_DEV_INFO, dev_id, &mut buf)?;
         Ok(DevInfo::decode(&buf))
     }
 
     /// START_USER_RECOVERY of device `dev_id`: needs a quiesced device whose old `/dev/ublkcN`
     /// is closed (EBUSY / EINVAL otherwise). Quick: the kernel only resets the queues.
     pub fn start_user_recovery(&mut self, dev_id: u32) -> io::Result<()> {
-        let cmd = CtrlCmd {
-            dev_id,
-            queue_id: 0xffff,
-            len: 0,
-            addr: 0,
-            data: 0,
-        };
-        self.call(CMD_START_USER_RECOVERY, &cmd).map(|_| ())
+        self.call_buf(CMD_START_USER_RECOVERY, dev_id, &mut []).map(|_| ())
     }
 
     /// SET_PARAMS of device `dev_id` (before START_DEV).
     pub fn set_params(&mut self, dev_id: u32, params: &Params) -> io::Result<()> {
         let mut buf = params.encode();
-        let cmd = CtrlCmd {
-            dev_id,
-            queue_id: 0xffff,
-            len: PARAMS_BYTES as u16,
-            addr: buf.as_mut_ptr() as u64,
-            data: 0,
-        };
-        self.call(CMD_SET_PARAMS, &cmd).map(|_| ())
+        self.call_buf(CMD_SET_PARAMS, dev_id, &mut buf).map(|_| ())
     }
 
     /// Submits a slow command without a buffer (START_DEV or END_USER_RECOVERY with `data` =
