@@ -3,7 +3,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use keel_bdev::{Bdev, IoOp, IoStats, StatsReset};
+use keel_bdev::{Bdev, BdevRegistry, IoOp, IoStats, StatsReset};
 use keel_reactor::{ticks, ticks_per_sec};
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
@@ -50,8 +50,9 @@ const IO_TYPE_KEYS: &[(&str, Option<IoOp>)] = &[
     ("write_uncorrectable", None),
 ];
 
-/// The bdev object of `bdev_get_bdevs`, keys in SPDK's order.
-pub fn bdev_json(b: &Bdev) -> Value {
+/// The bdev object of `bdev_get_bdevs`, keys in SPDK's order (a raid's product name and
+/// `driver_specific.raid` from `raid_methods`).
+pub fn bdev_json(reg: &Arc<BdevRegistry>, b: &Bdev) -> Value {
     let i = b.info();
     let mut m = Map::new();
     m.insert("name".into(), json!(i.name));
@@ -85,7 +86,9 @@ pub fn bdev_json(b: &Bdev) -> Value {
     }
     m.insert("supported_io_types".into(), Value::Object(io));
     m.insert("driver_specific".into(), b.backend().driver_specific());
-    Value::Object(m)
+    let mut v = Value::Object(m);
+    crate::raid_methods::decorate_bdev(reg, b, &mut v);
+    v
 }
 
 #[derive(Deserialize, Default)]
@@ -100,11 +103,16 @@ struct GetBdevs {
 fn bdev_get_bdevs(ctx: &Ctx, params: Option<Value>, reply: Reply) {
     let p: GetBdevs = params!(params, INTERNAL_ERROR, reply);
     let Some(name) = p.name else {
-        let all: Vec<Value> = ctx.registry.list().iter().map(|b| bdev_json(b)).collect();
+        let all: Vec<Value> = ctx
+            .registry
+            .list()
+            .iter()
+            .map(|b| bdev_json(&ctx.registry, b))
+            .collect();
         return reply(Ok(json!(all)));
     };
     if let Some(b) = ctx.registry.get(&name) {
-        return reply(Ok(json!([bdev_json(&b)])));
+        return reply(Ok(json!([bdev_json(&ctx.registry, &b)])));
     }
     let timeout_ms = p.timeout.unwrap_or(0);
     if timeout_ms == 0 {
@@ -121,7 +129,7 @@ fn bdev_get_bdevs(ctx: &Ctx, params: Option<Value>, reply: Reply) {
         }
         if let Some(r) = reply.take() {
             r(match found {
-                Some(b) => Ok(json!([bdev_json(&b)])),
+                Some(b) => Ok(json!([bdev_json(&reg, &b)])),
                 None => Err(RpcError::from_errno(-19, "No such device")),
             });
         }
