@@ -25,7 +25,8 @@
 //!   (`raid_module.rs`: the bases are claimed as they register, md creates the array when the
 //!   last one is there; a configuring raid is saved as SPDK's `bdev_raid_create`). A base that
 //!   exists and is claimed by another module is EPERM (-1, SPDK's claim answer); raid1 needs 2
-//!   base bdevs, raid5f 3 (-22, SPDK's minimums). A failed array (data lost, e.g. a raid0 that
+//!   base bdevs, raid5f 3 (-22, SPDK's minimums), and raid0 2 (md's; SPDK takes one); the name
+//!   is at most 32 bytes (md's set_name), checked at once. A failed array (data lost, e.g. a raid0 that
 //!   lost a member) is "offline", every other md array "online".
 //! - **Bdev view**: `bdev_get_bdevs` of an md array of an SPDK level says `product_name`
 //!   "Raid Volume" and carries `driver_specific.raid` (the `bdev_raid_get_bdevs` object without
@@ -288,6 +289,10 @@ fn create_opts(p: RaidCreate) -> Result<RaidSpec, RpcError> {
     let fail =
         |errno: i32, why: String| RpcError::from_errno(errno, format!("Failed to create RAID bdev {}: {why}", p.name));
     crate::md_methods::check_md_name("name", &p.name)?;
+    // Checked now rather than when md creates the array, which for a configuring raid is later.
+    if p.name.is_empty() || p.name.len() > 32 {
+        return Err(fail(-22, "the name must be 1 to 32 bytes (it is md's set_name)".into()));
+    }
     let members: Vec<String> = match &p.base_bdevs {
         BaseBdevs::List(v) => v.clone(),
         BaseBdevs::Text(s) => s.split_whitespace().map(str::to_string).collect(),
@@ -299,7 +304,8 @@ fn create_opts(p: RaidCreate) -> Result<RaidSpec, RpcError> {
         ));
     }
     let (level, spdk, min_bases) = match p.raid_level.to_ascii_lowercase().as_str() {
-        "raid0" | "0" => ("raid0", "raid0", 1),
+        // SPDK takes a raid0 of one base bdev; md's raid0 needs two (as Linux's).
+        "raid0" | "0" => ("raid0", "raid0", 2),
         "raid1" | "1" => ("raid1", "raid1", 2),
         "concat" => ("linear", "concat", 1),
         "raid5f" | "5f" => ("raid5", "raid5f", 3),
@@ -669,7 +675,16 @@ mod tests {
         // SPDK's minimum base bdev counts; a base listed twice.
         assert_eq!(req("raid1", None, json!(["A"])).unwrap_err().code, -22);
         assert_eq!(req("raid1", None, json!(["A", "A"])).unwrap_err().code, -22);
-        assert_eq!(req("raid0", Some(64), json!(["A"])).unwrap().members, ["A"]);
+        assert_eq!(req("raid0", Some(64), json!(["A"])).unwrap_err().code, -22);
+        assert_eq!(req("concat", None, json!(["A"])).unwrap().members, ["A"]);
+        // md's name limit, checked before any base exists.
+        let long = json!({"name": "r".repeat(33), "raid_level": "1", "base_bdevs": ["A", "B"]});
+        assert_eq!(
+            create_opts(decode_with(Some(long), PARSE_ERROR).unwrap())
+                .unwrap_err()
+                .code,
+            -22
+        );
         // A uuid that does not parse is a decode failure, as SPDK's uuid decoder.
         let mut p = json!({"name": "r", "raid_level": "1", "base_bdevs": ["A", "B"], "uuid": "nope"});
         assert_eq!(
