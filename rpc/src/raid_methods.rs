@@ -26,8 +26,8 @@
 //!   last one is there; a configuring raid is saved as SPDK's `bdev_raid_create`). A base that
 //!   exists and is claimed by another module is EPERM (-1, SPDK's claim answer); raid1 needs 2
 //!   base bdevs, raid5f 3 (-22, SPDK's minimums), and raid0 2 (md's; SPDK takes one); the name
-//!   is at most 32 bytes (md's set_name), checked at once. A failed array (data lost, e.g. a raid0 that
-//!   lost a member) is "offline", every other md array "online".
+//!   is at most 32 bytes (md's set_name), checked at once. A failed array (data lost, e.g. a
+//!   raid0 that lost a member) is "offline", every other md array "online".
 //! - **Bdev view**: `bdev_get_bdevs` of an md array of an SPDK level says `product_name`
 //!   "Raid Volume" and carries `driver_specific.raid` (the `bdev_raid_get_bdevs` object without
 //!   its name) next to md's own `driver_specific.md`.
@@ -36,17 +36,18 @@
 //! - **`bdev_raid_remove_base_bdev`** fails the member (if active) and removes it (`md_fail` +
 //!   `md_remove`); a raid0/concat member, or the last in-sync copy of a raid1's data, cannot be
 //!   removed (-16, as Linux md refuses to fail it: SPDK would take the array offline, md
-//!   refuses to lose data).
+//!   refuses to lose data). A discovered base of a configuring raid is released (its slot waits
+//!   again); `bdev_raid_add_base_bdev` to a configuring raid is -22 (every slot is named).
 //! - **`bdev_raid_delete`** stops the array (members marked clean, released) as a bdev delete:
 //!   refused (-16) only while a dm table or an export holds it, where `md_stop` also refuses
 //!   while anything has it open; with `clear_sb` the members' md superblocks are then zeroed so
-//!   nothing reassembles them.
+//!   nothing reassembles them. A configuring raid is dropped with its claims.
 //! - **Progress** (`process`): `type` is `"rebuild"` for md's recovery (target: the rebuilding
 //!   member) and md's action name for resync, check and repair (target: the array).
 //!
 //! Param decode failures use SPDK's codes: -32700 "spdk_json_decode_object failed" (create,
-//! delete, get_bdevs, remove_base_bdev, set_options) and -32603 (add_base_bdev), with serde's description
-//! appended. Operational errors carry md's errno.
+//! delete, get_bdevs, remove_base_bdev, set_options) and -32603 (add_base_bdev), with serde's
+//! description appended. Operational errors carry md's errno.
 
 use std::cell::Cell;
 use std::rc::Rc;
