@@ -46,7 +46,8 @@ fn md_create_stop_then_mdadm_examine() {
     assert_eq!(a["members"][1]["role"], 1);
     let uuid = a["uuid"].as_str().unwrap().to_string();
     let bdev = t.json(&["bdev_get_bdevs", "-b", "data"]);
-    assert_eq!(bdev[0]["product_name"], "md RAID");
+    // A raid1 is an SPDK raid level too: SPDK's product name (raid_methods.rs).
+    assert_eq!(bdev[0]["product_name"], "Raid Volume");
     assert_eq!(bdev[0]["claimed"], false);
 
     plugin(

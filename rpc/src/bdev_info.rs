@@ -5,7 +5,7 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use keel_bdev::{Bdev, IoOp, IoStats, StatsReset};
+use keel_bdev::{Bdev, BdevRegistry, IoOp, IoStats, StatsReset};
 use keel_reactor::{current, ticks, ticks_per_sec, PollStatus, PollerHandle};
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
@@ -52,8 +52,9 @@ const IO_TYPE_KEYS: &[(&str, Option<IoOp>)] = &[
     ("write_uncorrectable", None),
 ];
 
-/// The bdev object of `bdev_get_bdevs`, keys in SPDK's order.
-pub fn bdev_json(b: &Bdev) -> Value {
+/// The bdev object of `bdev_get_bdevs`, keys in SPDK's order (a raid's product name and
+/// `driver_specific.raid` from `raid_methods`).
+pub fn bdev_json(reg: &Arc<BdevRegistry>, b: &Bdev) -> Value {
     let i = b.info();
     let mut m = Map::new();
     m.insert("name".into(), json!(i.name));
@@ -87,7 +88,9 @@ pub fn bdev_json(b: &Bdev) -> Value {
     }
     m.insert("supported_io_types".into(), Value::Object(io));
     m.insert("driver_specific".into(), b.backend().driver_specific());
-    Value::Object(m)
+    let mut v = Value::Object(m);
+    crate::raid_methods::decorate_bdev(reg, b, &mut v);
+    v
 }
 
 #[derive(Deserialize, Default)]
@@ -102,10 +105,10 @@ struct GetBdevs {
 fn bdev_get_bdevs(ctx: &Ctx, params: Option<Value>, reply: Reply) {
     let p: GetBdevs = params!(params, INTERNAL_ERROR, reply);
     let Some(name) = p.name else {
-        return list_in_slices(ctx.registry.list(), reply);
+        return list_in_slices(ctx.registry.clone(), ctx.registry.list(), reply);
     };
     if let Some(b) = ctx.registry.get(&name) {
-        return reply(Ok(json!([bdev_json(&b)])));
+        return reply(Ok(json!([bdev_json(&ctx.registry, &b)])));
     }
     let timeout_ms = p.timeout.unwrap_or(0);
     if timeout_ms == 0 {
@@ -122,7 +125,7 @@ fn bdev_get_bdevs(ctx: &Ctx, params: Option<Value>, reply: Reply) {
         }
         if let Some(r) = reply.take() {
             r(match found {
-                Some(b) => Ok(json!([bdev_json(&b)])),
+                Some(b) => Ok(json!([bdev_json(&reg, &b)])),
                 None => Err(RpcError::from_errno(-19, "No such device")),
             });
         }
@@ -136,9 +139,9 @@ const LIST_SLICE: usize = 256;
 /// Answers a full listing of `bdevs` (a snapshot taken now), describing [`LIST_SLICE`] of them
 /// per turn of the main reactor so that 50,000 bdevs do not stall it for seconds. Called on the
 /// main reactor; `reply` runs there.
-fn list_in_slices(bdevs: Vec<Arc<Bdev>>, reply: Reply) {
+fn list_in_slices(reg: Arc<BdevRegistry>, bdevs: Vec<Arc<Bdev>>, reply: Reply) {
     if bdevs.len() <= LIST_SLICE {
-        return reply(Ok(Value::Array(bdevs.iter().map(|b| bdev_json(b)).collect())));
+        return reply(Ok(Value::Array(bdevs.iter().map(|b| bdev_json(&reg, b)).collect())));
     }
     let mut out: Vec<Value> = Vec::with_capacity(bdevs.len());
     let mut reply = Some(reply);
@@ -148,7 +151,7 @@ fn list_in_slices(bdevs: Vec<Arc<Bdev>>, reply: Reply) {
     let h = current().register_poller("bdev_get_bdevs_list", move || {
         let from = out.len();
         let to = (from + LIST_SLICE).min(bdevs.len());
-        out.extend(bdevs[from..to].iter().map(|b| bdev_json(b)));
+        out.extend(bdevs[from..to].iter().map(|b| bdev_json(&reg, b)));
         if to == bdevs.len() {
             if let Some(r) = reply.take() {
                 r(Ok(Value::Array(std::mem::take(&mut out))));

@@ -26,8 +26,10 @@
 //!    `raid_methods`, [`md_methods`], [`dm_methods`] (serves `"dm"`), [`nbd_methods`] (serves
 //!    `"nbd"`), [`nbd_disk_methods`] (kernel `/dev/nbdX`, in `"nbd"`) and `ublk_methods`
 //!    (serves `"ublk"`). `raid_methods` serves
-//!    SPDK's raid verbs with md's member removal from `md_methods`; no other method file imports
-//!    another.
+//!    SPDK's raid verbs with md's member removal from `md_methods` and the raid module's state
+//!    (`raid_module`, a leaf besides md: configuring raids, process options; a `BdevModule`
+//!    examining new bdevs), and gives `bdev_info` a raid's bdev view; no other method file
+//!    imports another.
 //! 3. [`registry`]: the list of tables, in a declared order that is the order of
 //!    `rpc_get_methods`; method lookup and dispatch with the phase check; the subsystems the
 //!    tables serve; and the three methods that describe the registry itself.
@@ -100,6 +102,7 @@ pub mod nbd_disk_methods;
 pub mod nbd_methods;
 pub mod nvmf_methods;
 mod raid_methods;
+mod raid_module;
 pub mod registry;
 mod retry;
 pub mod server;

@@ -21,24 +21,33 @@
 //!   a bitmap, or created clean, come from `md_create`.
 //! - **strip_size_kb**: required (a power of two) for raid0, must be absent or 0 for raid1
 //!   (-22, as SPDK), optional for concat (checked, then unused: md linear has no chunk).
-//! - **Missing base bdevs**: SPDK leaves the raid "configuring" until they appear; md creates
-//!   from existing bdevs only, so an unknown base bdev is -19. (An array whose members show up
-//!   later is md's auto-assembly's job.) Hence no array is ever "configuring"; a failed array
-//!   (data lost) is "offline", every other one "online".
+//! - **Missing base bdevs**: as SPDK, the raid waits in state `configuring` until they appear
+//!   (`raid_module.rs`: the bases are claimed as they register, md creates the array when the
+//!   last one is there; a configuring raid is saved as SPDK's `bdev_raid_create`). A base that
+//!   exists and is claimed by another module is EPERM (-1, SPDK's claim answer); raid1 needs 2
+//!   base bdevs, raid5f 3 (-22, SPDK's minimums), and raid0 2 (md's; SPDK takes one); the name
+//!   is at most 32 bytes (md's set_name), checked at once. A failed array (data lost, e.g. a
+//!   raid0 that lost a member) is "offline", every other md array "online".
+//! - **Bdev view**: `bdev_get_bdevs` of an md array of an SPDK level says `product_name`
+//!   "Raid Volume" and carries `driver_specific.raid` (the `bdev_raid_get_bdevs` object without
+//!   its name) next to md's own `driver_specific.md`.
+//! - **`bdev_raid_set_options`**: SPDK's process window and bandwidth become md's sync window
+//!   cap and max speed on every md array of an SPDK level (`raid_module.rs`).
 //! - **`bdev_raid_remove_base_bdev`** fails the member (if active) and removes it (`md_fail` +
 //!   `md_remove`); a raid0/concat member, or the last in-sync copy of a raid1's data, cannot be
 //!   removed (-16, as Linux md refuses to fail it: SPDK would take the array offline, md
-//!   refuses to lose data).
+//!   refuses to lose data). A discovered base of a configuring raid is released (its slot waits
+//!   again); `bdev_raid_add_base_bdev` to a configuring raid is -22 (every slot is named).
 //! - **`bdev_raid_delete`** stops the array (members marked clean, released) as a bdev delete:
 //!   refused (-16) only while a dm table or an export holds it, where `md_stop` also refuses
 //!   while anything has it open; with `clear_sb` the members' md superblocks are then zeroed so
-//!   nothing reassembles them.
+//!   nothing reassembles them. A configuring raid is dropped with its claims.
 //! - **Progress** (`process`): `type` is `"rebuild"` for md's recovery (target: the rebuilding
 //!   member) and md's action name for resync, check and repair (target: the array).
 //!
 //! Param decode failures use SPDK's codes: -32700 "spdk_json_decode_object failed" (create,
-//! delete, get_bdevs, remove_base_bdev) and -32603 (add_base_bdev), with serde's description
-//! appended. Operational errors carry md's errno.
+//! delete, get_bdevs, remove_base_bdev, set_options) and -32603 (add_base_bdev), with serde's
+//! description appended. Operational errors carry md's errno.
 
 use std::cell::Cell;
 use std::rc::Rc;
@@ -54,6 +63,7 @@ use crate::context::{Ctx, Reply};
 use crate::decode::params;
 use crate::error::{RpcError, INTERNAL_ERROR, PARSE_ERROR};
 use crate::md_methods::{md_error, remove_member};
+use crate::raid_module::{spdk_level, RaidModule, RaidOptions, RaidSpec};
 use crate::table::{method, Table};
 
 /// SPDK's raid methods, served by md.
@@ -64,23 +74,16 @@ pub(crate) static TABLE: Table = Table {
         method!(bdev_raid_get_bdevs, Runtime),
         method!(bdev_raid_add_base_bdev, Runtime),
         method!(bdev_raid_remove_base_bdev, Runtime),
+        method!(bdev_raid_set_options, Both),
     ],
     subsystem: None,
 };
 
+/// SPDK's product name of a raid bdev.
+const PRODUCT_NAME: &str = "Raid Volume";
+
 /// The uuid SPDK shows for an empty base bdev slot.
 const ZERO_UUID: &str = "00000000-0000-0000-0000-000000000000";
-
-/// SPDK's name of an md level, for the levels SPDK has.
-fn spdk_level(md_level: &str) -> Option<&'static str> {
-    match md_level {
-        "raid0" => Some("raid0"),
-        "raid1" => Some("raid1"),
-        "linear" => Some("concat"),
-        "raid5" => Some("raid5f"),
-        _ => None,
-    }
-}
 
 fn md(ctx: &Ctx) -> Arc<MdRegistry> {
     MdRegistry::of(&ctx.registry)
@@ -222,12 +225,41 @@ fn bdev_raid_get_bdevs(ctx: &Ctx, params: Option<Value>, reply: Reply) {
         _ => return reply(Err(RpcError::from_errno(-22, "Invalid argument"))),
     };
     let arrays = md(ctx).arrays(None).unwrap_or_default();
-    let out: Vec<Value> = arrays
+    let mut out: Vec<Value> = arrays
         .iter()
         .filter(|a| want.is_none_or(|w| raid_state(a) == w))
         .filter_map(|a| raid_json(&ctx.registry, a))
         .collect();
+    if want.is_none_or(|w| w == "configuring") {
+        if let Some(m) = RaidModule::loaded(&ctx.registry) {
+            out.extend(m.configuring_json());
+        }
+    }
     reply(Ok(json!(out)))
+}
+
+/// `bdev_get_bdevs` of an md array of an SPDK level: SPDK's product name "Raid Volume" and
+/// `driver_specific.raid` (the `bdev_raid_get_bdevs` object without its name), next to md's
+/// own `driver_specific.md`. Other bdevs are left as they are. Main core.
+pub(crate) fn decorate_bdev(reg: &Arc<BdevRegistry>, b: &keel_bdev::Bdev, v: &mut Value) {
+    if b.info().module != keel_md::array::MODULE {
+        return;
+    }
+    let Some(a) = MdRegistry::of(reg)
+        .arrays(Some(b.name()))
+        .ok()
+        .and_then(|a| a.into_iter().next())
+    else {
+        return;
+    };
+    let Some(Value::Object(mut raid)) = raid_json(reg, &a) else {
+        return;
+    };
+    raid.remove("name");
+    v["product_name"] = json!(PRODUCT_NAME);
+    if let Some(ds) = v.get_mut("driver_specific").and_then(Value::as_object_mut) {
+        ds.insert("raid".into(), Value::Object(raid));
+    }
 }
 
 /// `base_bdevs`: SPDK's client sends an array; older clients a whitespace-separated string.
@@ -252,11 +284,16 @@ struct RaidCreate {
     superblock: bool,
 }
 
-/// The md create options of a `bdev_raid_create` request (see the module docs).
-fn create_opts(p: RaidCreate) -> Result<CreateOpts, RpcError> {
+/// The checked request of a `bdev_raid_create` call: SPDK's checks, then the md create options
+/// (see the module docs).
+fn create_opts(p: RaidCreate) -> Result<RaidSpec, RpcError> {
     let fail =
         |errno: i32, why: String| RpcError::from_errno(errno, format!("Failed to create RAID bdev {}: {why}", p.name));
     crate::md_methods::check_md_name("name", &p.name)?;
+    // Checked now rather than when md creates the array, which for a configuring raid is later.
+    if p.name.is_empty() || p.name.len() > 32 {
+        return Err(fail(-22, "the name must be 1 to 32 bytes (it is md's set_name)".into()));
+    }
     let members: Vec<String> = match &p.base_bdevs {
         BaseBdevs::List(v) => v.clone(),
         BaseBdevs::Text(s) => s.split_whitespace().map(str::to_string).collect(),
@@ -267,17 +304,23 @@ fn create_opts(p: RaidCreate) -> Result<CreateOpts, RpcError> {
             "The base bdev name cannot be empty: Invalid argument",
         ));
     }
-    let level = match p.raid_level.to_ascii_lowercase().as_str() {
-        "raid0" | "0" => "raid0",
-        "raid1" | "1" => "raid1",
-        "concat" => "linear",
-        "raid5f" | "5f" => "raid5",
+    let (level, spdk, min_bases) = match p.raid_level.to_ascii_lowercase().as_str() {
+        // SPDK takes a raid0 of one base bdev; md's raid0 needs two (as Linux's).
+        "raid0" | "0" => ("raid0", "raid0", 2),
+        "raid1" | "1" => ("raid1", "raid1", 2),
+        "concat" => ("linear", "concat", 1),
+        "raid5f" | "5f" => ("raid5", "raid5f", 3),
         other => {
             return Err(RpcError::new(
                 PARSE_ERROR,
                 format!("spdk_json_decode_object failed: raid_level '{other}' is not one of raid0, 0, raid1, 1, raid5f, 5f, concat"),
             ))
         }
+    };
+    let uuid = match &p.uuid {
+        None => uuid::Uuid::new_v4(),
+        Some(u) => uuid::Uuid::parse_str(u)
+            .map_err(|e| RpcError::new(PARSE_ERROR, format!("spdk_json_decode_object failed: uuid '{u}': {e}")))?,
     };
     let strip = p.strip_size_kb.filter(|&s| s != 0);
     let chunk_kb = match (level, strip) {
@@ -289,41 +332,116 @@ fn create_opts(p: RaidCreate) -> Result<CreateOpts, RpcError> {
         ("raid0" | "raid5", Some(s)) => Some(s),
         _ => None,
     };
-    if level == "raid5" && members.len() < 3 {
+    if members.len() < min_bases {
         return Err(fail(
             -22,
-            format!("raid5f needs at least 3 base bdevs, not {}", members.len()),
+            format!(
+                "At least {min_bases} base devices required for {spdk}, not {}",
+                members.len()
+            ),
         ));
     }
+    if let Some(twice) = members.iter().enumerate().find(|(i, m)| members[..*i].contains(m)) {
+        return Err(fail(-22, format!("base bdev {} is listed twice", twice.1)));
+    }
     let _ = p.superblock; // md arrays always carry md v1.2 superblocks
-    Ok(CreateOpts {
-        name: p.name.clone(),
-        level: level.into(),
-        members,
-        chunk_kb,
-        layout: (level == "raid5").then(|| "left-asymmetric".to_string()),
-        bitmap: matches!(level, "raid1" | "raid5").then(|| "internal".to_string()),
-        assume_clean: false,
-        uuid: p.uuid,
-        // SPDK creates over whatever the base bdevs hold; md_create asks for `force`.
-        force: true,
+    Ok(RaidSpec {
+        spdk_level: spdk,
+        strip_size_kb: p.strip_size_kb.unwrap_or(0),
+        uuid,
+        md: CreateOpts {
+            name: p.name.clone(),
+            level: level.into(),
+            members,
+            chunk_kb,
+            layout: (level == "raid5").then(|| "left-asymmetric".to_string()),
+            bitmap: matches!(level, "raid1" | "raid5").then(|| "internal".to_string()),
+            assume_clean: false,
+            uuid: Some(uuid.to_string()),
+            // SPDK creates over whatever the base bdevs hold; md_create asks for `force`.
+            force: true,
+        },
     })
 }
 
-/// `bdev_raid_create {name, raid_level, base_bdevs, strip_size_kb?, uuid?, superblock?}` → true.
+/// `bdev_raid_create {name, raid_level, base_bdevs, strip_size_kb?, uuid?, superblock?}` → true:
+/// an md array now when every base bdev exists, else a configuring raid ([`RaidModule`]).
 fn bdev_raid_create(ctx: &Ctx, params: Option<Value>, reply: Reply) {
     let p: RaidCreate = params!(params, PARSE_ERROR, reply);
     let name = p.name.clone();
-    let opts = match create_opts(p) {
+    let spec = match create_opts(p) {
         Ok(o) => o,
         Err(e) => return reply(Err(e)),
     };
-    md(ctx).create(opts, move |r| {
+    let module = RaidModule::of(&ctx.registry);
+    if module.is_pending(&name) || md(ctx).arrays(Some(&name)).is_ok() || ctx.registry.get(&name).is_some() {
+        return reply(Err(RpcError::from_errno(
+            -17,
+            format!("Failed to create RAID bdev {name}: Duplicate raid bdev name found: File exists"),
+        )));
+    }
+    let add_failed = |base: &str, errno: i32, why: String| {
+        RpcError::from_errno(
+            errno,
+            format!("Failed to add base bdev {base} to RAID bdev {name}: {why}"),
+        )
+    };
+    let missing = spec.md.members.iter().any(|m| ctx.registry.get(m).is_none());
+    if missing {
+        return reply(match module.configure(&ctx.registry, spec) {
+            Ok(()) => Ok(json!(true)),
+            Err((errno, why)) => Err(RpcError::from_errno(
+                errno,
+                format!("Failed to create RAID bdev {name}: {why}"),
+            )),
+        });
+    }
+    // SPDK claims each base: one another module holds is EPERM.
+    for m in &spec.md.members {
+        if let Some(by) = ctx.registry.get(m).and_then(|b| b.claimed_by()) {
+            return reply(Err(add_failed(
+                m,
+                -1,
+                format!("already claimed by {by}: Operation not permitted"),
+            )));
+        }
+    }
+    md(ctx).create(spec.md, move |r| {
         reply(
             r.map(|()| json!(true))
                 .map_err(|e| RpcError::from_errno(e.errno(), format!("Failed to create RAID bdev {name}: {e}"))),
         )
     });
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SetOptions {
+    #[serde(default)]
+    process_window_size_kb: Option<u32>,
+    #[serde(default)]
+    process_max_bandwidth_mb_sec: Option<u32>,
+}
+
+/// `bdev_raid_set_options {process_window_size_kb?, process_max_bandwidth_mb_sec?}` → true:
+/// the given options replace the current ones (SPDK's defaults before the first call); a window
+/// of 0 is EINVAL, as SPDK. Applied to every md array of an SPDK level ([`RaidModule`]).
+fn bdev_raid_set_options(ctx: &Ctx, params: Option<Value>, reply: Reply) {
+    // SPDK's client often sends no params at all.
+    let p: SetOptions = params!(Some(params.unwrap_or_else(|| json!({}))), PARSE_ERROR, reply);
+    let module = RaidModule::of(&ctx.registry);
+    let cur = module.options().unwrap_or_default();
+    let o = RaidOptions {
+        process_window_size_kb: p.process_window_size_kb.unwrap_or(cur.process_window_size_kb),
+        process_max_bandwidth_mb_sec: p
+            .process_max_bandwidth_mb_sec
+            .unwrap_or(cur.process_max_bandwidth_mb_sec),
+    };
+    if o.process_window_size_kb == 0 {
+        return reply(Err(RpcError::from_errno(-22, "Invalid argument")));
+    }
+    module.set_options(&ctx.registry, o);
+    reply(Ok(json!(true)))
 }
 
 #[derive(Deserialize)]
@@ -393,6 +511,12 @@ fn clear_superblocks(reg: &BdevRegistry, members: Vec<String>, done: Box<dyn FnO
 /// with `clear_sb`.
 fn bdev_raid_delete(ctx: &Ctx, params: Option<Value>, reply: Reply) {
     let p: RaidDelete = params!(params, PARSE_ERROR, reply);
+    if let Some(r) = RaidModule::loaded(&ctx.registry).and_then(|m| m.delete(&p.name)) {
+        return reply(
+            r.map(|()| json!(true))
+                .map_err(|(errno, why)| RpcError::from_errno(errno, why)),
+        );
+    }
     let Some(a) = raid_array(ctx, &p.name) else {
         return reply(Err(RpcError::from_errno(
             -19,
@@ -423,6 +547,15 @@ struct AddBase {
 /// `bdev_raid_add_base_bdev {raid_bdev, base_bdev}` → true: `md_add`.
 fn bdev_raid_add_base_bdev(ctx: &Ctx, params: Option<Value>, reply: Reply) {
     let p: AddBase = params!(params, INTERNAL_ERROR, reply);
+    if RaidModule::loaded(&ctx.registry).is_some_and(|m| m.is_pending(&p.raid_bdev)) {
+        return reply(Err(RpcError::from_errno(
+            -22,
+            format!(
+                "Failed to add base bdev to RAID bdev: raid bdev {} is configuring: every slot is named, its bases are awaited",
+                p.raid_bdev
+            ),
+        )));
+    }
     if raid_array(ctx, &p.raid_bdev).is_none() {
         return reply(Err(RpcError::from_errno(
             -19,
@@ -447,6 +580,13 @@ struct RemoveBase {
 /// `md_remove` on the array holding it.
 fn bdev_raid_remove_base_bdev(ctx: &Ctx, params: Option<Value>, reply: Reply) {
     let p: RemoveBase = params!(params, PARSE_ERROR, reply);
+    // A discovered base of a configuring raid: released, its slot waits again.
+    if RaidModule::loaded(&ctx.registry)
+        .and_then(|m| m.release_base(&p.name))
+        .is_some()
+    {
+        return reply(Ok(json!(true)));
+    }
     let md = md(ctx);
     let arrays = md.arrays(None).unwrap_or_default();
     let found = arrays.iter().filter(|a| spdk_level(&a.level).is_some()).find_map(|a| {
@@ -483,6 +623,10 @@ mod tests {
     use crate::decode::decode_with;
 
     fn req(level: &str, strip: Option<u32>, base: Value) -> Result<CreateOpts, RpcError> {
+        spec(level, strip, base).map(|s| s.md)
+    }
+
+    fn spec(level: &str, strip: Option<u32>, base: Value) -> Result<RaidSpec, RpcError> {
         let mut p = json!({"name": "r", "raid_level": level, "base_bdevs": base, "superblock": false});
         if let Some(s) = strip {
             p["strip_size_kb"] = json!(s);
@@ -501,6 +645,9 @@ mod tests {
             ("raid1", None, Some("internal"))
         );
         assert!(!o.assume_clean);
+        let s = spec("raid1", None, json!(["A", "B"])).unwrap();
+        assert_eq!((s.spdk_level, s.strip_size_kb), ("raid1", 0));
+        assert_eq!(s.md.uuid, Some(s.uuid.to_string()), "md gets the raid's uuid");
         let o = req("CONCAT", Some(128), json!(["A"])).unwrap();
         assert_eq!((o.level.as_str(), o.chunk_kb), ("linear", None));
         assert_eq!(req("concat", None, json!(["A"])).unwrap().level, "linear");
@@ -526,6 +673,30 @@ mod tests {
             ("raid5", Some(64), Some("left-asymmetric"), Some("internal"))
         );
         assert_eq!(req("raid1", None, json!(["A", ""])).unwrap_err().code, -22);
+        // SPDK's minimum base bdev counts; a base listed twice.
+        assert_eq!(req("raid1", None, json!(["A"])).unwrap_err().code, -22);
+        assert_eq!(req("raid1", None, json!(["A", "A"])).unwrap_err().code, -22);
+        assert_eq!(req("raid0", Some(64), json!(["A"])).unwrap_err().code, -22);
+        assert_eq!(req("concat", None, json!(["A"])).unwrap().members, ["A"]);
+        // md's name limit, checked before any base exists.
+        let long = json!({"name": "r".repeat(33), "raid_level": "1", "base_bdevs": ["A", "B"]});
+        assert_eq!(
+            create_opts(decode_with(Some(long), PARSE_ERROR).unwrap())
+                .unwrap_err()
+                .code,
+            -22
+        );
+        // A uuid that does not parse is a decode failure, as SPDK's uuid decoder.
+        let mut p = json!({"name": "r", "raid_level": "1", "base_bdevs": ["A", "B"], "uuid": "nope"});
+        assert_eq!(
+            create_opts(decode_with(Some(p.clone()), PARSE_ERROR).unwrap())
+                .unwrap_err()
+                .code,
+            PARSE_ERROR
+        );
+        p["uuid"] = json!("8a3e0f37-3d2b-4d5e-9a47-0b1c2d3e4f50");
+        let s = create_opts(decode_with(Some(p), PARSE_ERROR).unwrap()).unwrap();
+        assert_eq!(s.uuid.to_string(), "8a3e0f37-3d2b-4d5e-9a47-0b1c2d3e4f50");
         assert_eq!(req("raid1", None, json!([1, 2])).unwrap_err().code, PARSE_ERROR);
     }
 

@@ -33,6 +33,8 @@ pub struct SyncInfo {
     pub mismatch_sectors: u64,
     pub speed_min_kbs: u64,
     pub speed_max_kbs: u64,
+    /// Sync window cap (KiB; 0: md's own choice).
+    pub window_kb: u64,
     /// The last run that completed ("resync", "recover", "check", "repair"), if any.
     pub last_action: Option<&'static str>,
 }
@@ -97,6 +99,7 @@ impl ArrayInfo {
             "sync_eta_s": self.sync.eta_s,
             "sync_speed_min_kbs": self.sync.speed_min_kbs,
             "sync_speed_max_kbs": self.sync.speed_max_kbs,
+            "sync_window_kb": self.sync.window_kb,
             "mismatch_cnt": self.sync.mismatch_sectors,
             "last_sync_action": self.sync.last_action,
             "stripe_cache_size": self.stripe_cache_size,
@@ -200,6 +203,7 @@ impl Array {
                 }),
                 speed_min_kbs: self.speed.min_kbs.load(Ordering::Relaxed),
                 speed_max_kbs: self.speed.max_kbs.load(Ordering::Relaxed),
+                window_kb: self.speed.window_kb.load(Ordering::Relaxed),
                 last_action: ctl.last_action.map(|a| a.name()),
             },
             bitmap: self

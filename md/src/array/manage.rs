@@ -233,6 +233,21 @@ impl MdRegistry {
         Ok(())
     }
 
+    /// SPDK's raid process options on array `name` (`bdev_raid_set_options`): the sync window
+    /// cap `window_kb` (0: md's own choice; windows stay whole 1 MiB write-gate buckets, at
+    /// least one) and the max speed `max_kbs` (0: no limit, which Linux's speed_limit_max cannot
+    /// say). A min speed above the new max comes down to it. Any thread; a running sync picks
+    /// both up at its next window.
+    pub fn set_sync_process(&self, name: &str, window_kb: u64, max_kbs: u64) -> Result<(), MdError> {
+        let array = self.find(name)?;
+        if max_kbs != 0 && array.speed.min_kbs.load(Ordering::Relaxed) > max_kbs {
+            array.speed.min_kbs.store(max_kbs, Ordering::Relaxed);
+        }
+        array.speed.max_kbs.store(max_kbs, Ordering::Relaxed);
+        array.speed.window_kb.store(window_kb, Ordering::Relaxed);
+        Ok(())
+    }
+
     /// `md_set_sync_action`: "idle", "frozen", "resync", "recover", "check" or "repair" (as
     /// writing md/sync_action).
     pub fn set_sync_action(&self, name: &str, action: &str) -> Result<(), MdError> {

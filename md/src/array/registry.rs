@@ -273,6 +273,7 @@ impl MdRegistry {
                 speed: Arc::new(SyncSpeed {
                     min_kbs: AtomicU64::new(DEFAULT_SPEED_MIN_KBS),
                     max_kbs: AtomicU64::new(DEFAULT_SPEED_MAX_KBS),
+                    window_kb: AtomicU64::new(0),
                 }),
                 progress: Arc::new(SyncProgress::default()),
                 bitmap_offset_bytes,

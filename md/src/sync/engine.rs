@@ -10,7 +10,7 @@ use std::sync::Arc;
 use keel_bdev::{Channel, CompletionQueue, DmaBuf, IoBox, IoOp, IoRequest, IoVec, Submit};
 use keel_reactor::{ticks, ticks_per_sec};
 
-use super::pacer::{window_sectors, Pacer, WINDOW_MAX_SECTORS, WINDOW_MIN_SECTORS};
+use super::pacer::{window_cap_sectors, window_sectors, Pacer, WINDOW_MAX_SECTORS, WINDOW_MIN_SECTORS};
 use super::{SyncAction, SyncCtl, SyncJob, SyncOutcome, SyncProgress, SyncSpeed};
 use crate::geometry::Geometry;
 use crate::intent::Intent;
@@ -461,7 +461,8 @@ impl Engine {
             return (busy, None);
         }
         // The window: whole buckets from the second window on, never past the array end.
-        let want = window_sectors(max_kbs, self.window_max_sectors);
+        let cap = window_cap_sectors(self.speed.window_kb.load(Ordering::Relaxed), self.window_max_sectors);
+        let want = window_sectors(max_kbs, cap);
         let mut end = ((self.cursor + want) >> BUCKET_SHIFT << BUCKET_SHIFT).max(self.cursor + 1);
         end = end.min(size);
         if self.bitmap_only {
@@ -886,6 +887,7 @@ mod tests {
                 speed: Arc::new(SyncSpeed {
                     min_kbs: AtomicU64::new(u64::MAX),
                     max_kbs: AtomicU64::new(0),
+                    window_kb: AtomicU64::new(0),
                 }),
                 progress: Arc::new(SyncProgress::default()),
                 on_checkpoint: Box::new(move |s| c2.borrow_mut().push(s)),

@@ -16,7 +16,8 @@
 //! array sectors for the copy levels), which is also what the resync checkpoint, the bitmap and
 //! the write gate count in. A window is 1–4 MiB of it (a quarter second's worth at the max
 //! speed, clamped; smaller when the step needs many buffers, so that they stay under
-//! [`engine::BUFFER_BUDGET_BYTES`]). Windows after the first start on write-gate bucket
+//! [`engine::BUFFER_BUDGET_BYTES`], or when a window cap is set: SPDK's
+//! `process_window_size_kb`, in whole buckets and at least one). Windows after the first start on write-gate bucket
 //! boundaries (1 MiB), so the barrier covers exactly the window, and never cross the end. The
 //! step cuts a window into **pieces** ([`crate::personality::SyncStep::piece_sectors`]); up to
 //! [`QUEUE_DEPTH`] member I/Os of all pieces are in flight at once (Linux's `sync_io_depth`).
@@ -108,11 +109,13 @@ impl SyncAction {
 }
 
 /// Linux's speed limits (KiB/s), changed by `md_set_sync_speed` at any time. `max_kbs == 0`
-/// means no upper limit (the RPC layer refuses 0, as Linux does).
+/// means no upper limit (`md_set_sync_speed` refuses 0, as Linux does; SPDK's raid options ask
+/// for it). `window_kb` caps the window (0: the engine's own choice, see the module docs).
 #[derive(Debug)]
 pub(crate) struct SyncSpeed {
     pub min_kbs: AtomicU64,
     pub max_kbs: AtomicU64,
+    pub window_kb: AtomicU64,
 }
 
 /// What `md_get_arrays` shows of a run; written by the engine, read anywhere.

@@ -32,6 +32,16 @@ pub(crate) fn window_sectors(max_kbs: u64, window_max_sectors: u64) -> u64 {
     (w >> BUCKET_SHIFT << BUCKET_SHIFT).max(WINDOW_MIN_SECTORS)
 }
 
+/// The largest window allowed under a cap of `window_kb` (SPDK's `process_window_size_kb`; 0:
+/// no cap) when the buffers allow `window_max_sectors`. [`window_sectors`] then keeps it to
+/// whole buckets, at least one.
+pub(crate) fn window_cap_sectors(window_kb: u64, window_max_sectors: u64) -> u64 {
+    match window_kb {
+        0 => window_max_sectors,
+        kb => kb.saturating_mul(2).min(window_max_sectors),
+    }
+}
+
 /// Speed control, pure over a microsecond clock so tests can drive it (see the module docs).
 #[derive(Debug, Clone)]
 pub(crate) struct Pacer {
@@ -168,5 +178,12 @@ mod tests {
         );
         assert_eq!(window_sectors(200_000, 2048), 2048);
         assert_eq!(window_sectors(u64::MAX, WINDOW_MAX_SECTORS), WINDOW_MAX_SECTORS);
+        // A window cap (SPDK's process_window_size_kb): whole buckets, at least one.
+        assert_eq!(window_cap_sectors(0, WINDOW_MAX_SECTORS), WINDOW_MAX_SECTORS);
+        let capped = |kb| window_sectors(0, window_cap_sectors(kb, WINDOW_MAX_SECTORS));
+        assert_eq!(capped(1024), WINDOW_MIN_SECTORS);
+        assert_eq!(capped(64), WINDOW_MIN_SECTORS);
+        assert_eq!(capped(3 * 1024), 3 * WINDOW_MIN_SECTORS);
+        assert_eq!(capped(1 << 40), WINDOW_MAX_SECTORS);
     }
 }
