@@ -7,8 +7,8 @@
 //! them and writes CQEs and read data into them by IOVA, exactly as a device would. The
 //! simulated device runs inside register writes: an SQ tail doorbell fetches and executes the
 //! new entries and posts their completions (with the phase tag of the CQ's current lap), a CQ
-//! head doorbell frees CQ slots. With [`ModelConfig::deferred`] the doorbell only records the
-//! tail and the commands run at [`Model::run`], so tests can fill queues and interleave.
+//! head doorbell frees CQ slots. With [`ModelConfig::deferred`] an I/O queue's doorbell only
+//! records the tail and the commands run at [`Model::run`], so tests can fill queues and interleave.
 //!
 //! What it checks like QEMU does (nvme-pcie.md §5, §6, §8, §11): CC values at enable (queue
 //! bases aligned, AQA non-zero, IOSQES/IOCQES 6/4, else CSTS.CFS), queue creation (QID range,
@@ -60,7 +60,8 @@ pub struct ModelConfig {
     pub blocks: u64,
     /// Serial number.
     pub serial: String,
-    /// Run commands at [`Model::run`] instead of at the doorbell.
+    /// Run I/O commands at [`Model::run`] instead of at the doorbell (admin commands always run
+    /// at the doorbell).
     pub deferred: bool,
     /// Whether Abort of a held command succeeds (QEMU never aborts).
     pub abort_succeeds: bool,
@@ -364,7 +365,7 @@ impl State {
                 return;
             }
             sq.tail = v as u16;
-            if !self.cfg.deferred {
+            if !self.cfg.deferred || qid == 0 {
                 self.process_sq(qid as u16);
             }
         } else {
