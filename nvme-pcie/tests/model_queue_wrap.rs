@@ -97,6 +97,10 @@ fn a_full_queue_hands_requests_back_and_drains_across_the_wrap() {
         });
         assert_eq!(n, 7);
     }
-    assert_eq!(done, (0..70).collect::<Vec<_>>(), "completions in submission order, none lost");
+    assert_eq!(
+        done,
+        (0..70).collect::<Vec<_>>(),
+        "completions in submission order, none lost"
+    );
     assert_eq!(qp.stats().requeued, 10);
 }

@@ -33,11 +33,23 @@ fn a_held_command_times_out_and_is_aborted() {
     qp.poll(8, |t, _| got.push(t));
     assert_eq!(got, ["flush"]);
     let timeout = Duration::from_secs(30);
-    assert_eq!(qp.expired(t0 + Duration::from_secs(29), timeout, |_| panic!("too early")), 0);
+    assert_eq!(
+        qp.expired(t0 + Duration::from_secs(29), timeout, |_| panic!("too early")),
+        0
+    );
     let mut cids = Vec::new();
-    assert_eq!(qp.expired(t0 + Duration::from_secs(31), timeout, |cid| cids.push(cid)), 1);
-    assert_eq!(qp.expired(t0 + Duration::from_secs(60), timeout, |_| panic!("named twice")), 0);
-    assert!(r.ctrlr.abort(qp.qid(), cids[0]).unwrap(), "the model aborts held commands");
+    assert_eq!(
+        qp.expired(t0 + Duration::from_secs(31), timeout, |cid| cids.push(cid)),
+        1
+    );
+    assert_eq!(
+        qp.expired(t0 + Duration::from_secs(60), timeout, |_| panic!("named twice")),
+        0
+    );
+    assert!(
+        r.ctrlr.abort(qp.qid(), cids[0]).unwrap(),
+        "the model aborts held commands"
+    );
     let mut got = Vec::new();
     qp.poll(8, |t, c| got.push((t, c)));
     assert_eq!(got.len(), 1);

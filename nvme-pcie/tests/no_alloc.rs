@@ -55,7 +55,7 @@ fn steady_state_io_allocates_nothing() {
             blocks: 8,
         },
     ];
-    let mut round = |qp: &mut QueuePair<_, u32>| {
+    let round = |qp: &mut QueuePair<_, u32>| {
         let mut done = 0u32;
         for i in 0..40u32 {
             match qp.submit(&cmds[i as usize % cmds.len()], i) {

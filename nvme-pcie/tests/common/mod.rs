@@ -28,5 +28,7 @@ pub fn data(buf: &DmaBuf, len_bytes: u32) -> DataBuf {
 
 /// A pattern that names its offset and a seed, so misplaced data shows.
 pub fn pattern(seed: u8, len: usize) -> Vec<u8> {
-    (0..len).map(|i| (i as u8).wrapping_mul(31) ^ seed ^ (i >> 9) as u8).collect()
+    (0..len)
+        .map(|i| (i as u8).wrapping_mul(31) ^ seed ^ (i >> 9) as u8)
+        .collect()
 }
