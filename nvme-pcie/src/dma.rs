@@ -104,6 +104,7 @@ pub struct DmaPool {
     mem: DmaMem,
     buf_bytes: u32,
     free: Vec<u32>,
+    in_use: Vec<bool>,
     count: u32,
 }
 
@@ -120,6 +121,7 @@ impl DmaPool {
             mem,
             buf_bytes,
             free: (0..count).rev().collect(),
+            in_use: vec![false; count as usize],
             count,
         })
     }
@@ -127,6 +129,7 @@ impl DmaPool {
     /// Takes a free buffer, or `None` when all are in use.
     pub fn get(&mut self) -> Option<DmaBuf> {
         let index = self.free.pop()?;
+        self.in_use[index as usize] = true;
         Some(DmaBuf {
             index,
             iova: self.mem.iova + u64::from(index) * u64::from(self.buf_bytes),
@@ -139,11 +142,11 @@ impl DmaPool {
     pub fn put(&mut self, buf: DmaBuf) -> bool {
         if buf.index >= self.count
             || buf.iova != self.mem.iova + u64::from(buf.index) * u64::from(self.buf_bytes)
-            || self.free.len() >= self.count as usize
-            || self.free.contains(&buf.index)
+            || !self.in_use[buf.index as usize]
         {
             return false;
         }
+        self.in_use[buf.index as usize] = false;
         self.free.push(buf.index);
         true
     }
@@ -188,6 +191,38 @@ impl DmaPool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::Mutex;
+
+    struct Bump(Mutex<IovaAllocator>, Mutex<Vec<Arc<DmaRegion>>>);
+    impl DmaMapper for Bump {
+        fn map(&self, region: Arc<DmaRegion>) -> Result<u64, PcieError> {
+            let iova = self.0.lock().unwrap().alloc(region.len() as u64)?;
+            self.1.lock().unwrap().push(region);
+            Ok(iova)
+        }
+    }
+
+    #[test]
+    fn pool_buffers_have_distinct_iovas_and_refuse_double_puts() {
+        let m = Bump(Mutex::new(IovaAllocator::x86_default()), Mutex::new(Vec::new()));
+        assert!(DmaPool::new(&m, 2, 1000).is_err());
+        let mut p = DmaPool::new(&m, 3, 8192).unwrap();
+        let (a, b, c) = (p.get().unwrap(), p.get().unwrap(), p.get().unwrap());
+        assert!(p.get().is_none());
+        assert_eq!(b.iova - a.iova, 8192);
+        assert_eq!(c.iova - b.iova, 8192);
+        p.write(&b, 8190, &[1, 2]).unwrap();
+        assert!(p.write(&b, 8191, &[1, 2]).is_err());
+        let mut two = [0u8; 2];
+        p.read(&b, 8190, &mut two).unwrap();
+        assert_eq!(two, [1, 2]);
+        assert!(p.put(b));
+        assert!(!p.put(b), "a second put is refused");
+        let forged = DmaBuf { iova: a.iova + 1, ..a };
+        assert!(!p.put(forged));
+        assert_eq!(p.free_count(), 1);
+        assert_eq!(p.get(), Some(b));
+    }
 
     #[test]
     fn iova_allocator_skips_the_msi_window() {

@@ -40,19 +40,36 @@
 //! - [`model`]: the in-process controller for tests and benchmarks.
 //!
 //! # Using it (what bdev_nvme's PCIe transport calls)
-//! ```ignore
-//! let dev = VfioDevice::open(&PciAddress::parse("0000:00:04.0")?)?;   // admin core
+//! ```no_run
+//! use keel_nvme_pcie::{
+//!     Controller, ControllerOpts, DataBuf, DmaPool, IoCommand, Mmio, PciAddress, QueuePair, Submitted,
+//!     VfioDevice,
+//! };
+//! # fn main() -> Result<(), keel_nvme_pcie::PcieError> {
+//! // Admin core, at bdev_nvme_attach_controller -t PCIe -a 0000:00:04.0:
+//! let dev = VfioDevice::open(&PciAddress::parse("0000:00:04.0")?)?;
 //! let mut ctrlr = Controller::attach(dev.bar0(), dev.clone(), ControllerOpts::default())?;
-//! let ns = ctrlr.namespaces()[0];                                      // NAMEn1
-//! let mut pool = DmaPool::new(&*dev, 64, 128 * 1024)?;                 // I/O buffers
-//! let mut qp: QueuePair<Mmio, MyIo> = ctrlr.create_io_qpair()?;        // → reactor
-//! // reactor: submit, then poll
-//! match qp.submit(&IoCommand::Read { nsid: ns.nsid, slba, blocks, buf }, io) {
+//! let ns = ctrlr.namespaces()[0]; // one bdev per namespace: NAMEn1, ...
+//! let max_io_bytes = ctrlr.max_transfer_bytes(); // the splitter's limit
+//! let mut pool = DmaPool::new(&*dev, 64, 128 * 1024)?; // I/O buffers with known IOVAs
+//! // A reactor's first channel: a queue pair, moved to that reactor.
+//! let mut qp: QueuePair<Mmio, u64> = ctrlr.create_io_qpair()?;
+//! // Reactor: submit ...
+//! let b = pool.get().expect("a free buffer");
+//! let buf = DataBuf { iova: b.iova, len_bytes: 4096 };
+//! let cmd = IoCommand::Read { nsid: ns.nsid, slba: 0, blocks: 4096 / ns.block_size, buf };
+//! match qp.submit(&cmd, 42) {
 //!     Submitted::Accepted => {}
-//!     Submitted::Requeue(io) => { /* retry after a poll */ }
-//!     Submitted::Rejected(io, e) => { /* fail io */ }
+//!     Submitted::Requeue(_io) => { /* every slot busy: retry after a poll */ }
+//!     Submitted::Rejected(_io, _e) => { /* fail the I/O */ }
 //! }
-//! qp.poll(32, |io, c| complete(io, c.status));
+//! // ... and poll (the poller returns Busy only when this reaped something).
+//! let _reaped = qp.poll(32, |io, c| println!("{io}: {} (max {max_io_bytes})", c.status));
+//! // Detach: delete the pair (in-flight I/O comes back with the reset status), shut down.
+//! ctrlr.delete_io_qpair(qp, |_io, _c| {})?;
+//! ctrlr.shutdown()?;
+//! # Ok(())
+//! # }
 //! ```
 #![deny(unsafe_code)]
 #![warn(missing_docs)]

@@ -39,6 +39,7 @@ pub const fn pages_spanned(iova: u64, len_bytes: u64, page_bytes: u64) -> u64 {
 /// (the caller writes them into its list page at `list_iova`, which must be 8-byte aligned with
 /// room for `page_bytes / 8` entries). No allocation. Errors: empty or unaligned buffers, and
 /// transfers longer than one list page can describe.
+#[inline]
 pub fn build(
     iova: u64,
     len_bytes: u64,

@@ -45,7 +45,7 @@ use std::time::{Duration, Instant};
 use keel_nvme_proto::cqe::{Cqe, Status, StatusCode, CQE_LEN};
 use keel_nvme_proto::props::{cq_head_doorbell, sq_tail_doorbell};
 use keel_nvme_proto::sqe::{
-    Command, DataPointer, DatasetManagement, DsmRange, NvmCommand, ReadWrite, Sqe, WriteZeroes, DSM_RANGE_LEN, SQE_LEN,
+    DataPointer, DatasetManagement, DsmRange, NvmCommand, ReadWrite, Sqe, WriteZeroes, DSM_RANGE_LEN, SQE_LEN,
 };
 
 use crate::dma::{DmaMapper, DmaMem};
@@ -327,7 +327,8 @@ impl<R: Registers, T> QueuePair<R, T> {
         };
         if let Some(buf) = data {
             match self.prps(cid, buf) {
-                Ok(dp) => {
+                Ok((prp1, prp2)) => {
+                    let dp = DataPointer::Prp { prp1, prp2 };
                     if let Err(e) = sqe.set_data_pointer(dp) {
                         return Submitted::Rejected(ctx, e.into());
                     }
@@ -349,7 +350,10 @@ impl<R: Registers, T> QueuePair<R, T> {
         t.submitted_at = self.now;
         t.abort_requested = false;
         self.mem.region.write(self.sq_tail as usize * SQE_LEN, &sqe.to_bytes());
-        self.sq_tail = (self.sq_tail + 1) % self.entries;
+        self.sq_tail += 1;
+        if self.sq_tail == self.entries {
+            self.sq_tail = 0;
+        }
         // Release fence inside write32: the SQE above is visible before the tail (crate::sys).
         self.regs.write32(self.sq_doorbell, u32::from(self.sq_tail));
         self.stats.submitted += 1;
@@ -357,7 +361,7 @@ impl<R: Registers, T> QueuePair<R, T> {
         Submitted::Accepted
     }
 
-    fn prps(&mut self, cid: u16, buf: DataBuf) -> Result<DataPointer, PcieError> {
+    fn prps(&mut self, cid: u16, buf: DataBuf) -> Result<(u64, u64), PcieError> {
         let list_off = self.prp_off + cid as usize * PAGE_BYTES;
         let list_iova = self.mem.iova + list_off as u64;
         let region = &self.mem.region;
@@ -368,10 +372,7 @@ impl<R: Registers, T> QueuePair<R, T> {
             list_iova,
             |i, addr| region.write_u64(list_off + i * 8, addr),
         )?;
-        Ok(DataPointer::Prp {
-            prp1: p.prp1,
-            prp2: p.prp2,
-        })
+        Ok((p.prp1, p.prp2))
     }
 
     fn build_io(&mut self, cmd: &IoCommand, cid: u16) -> Result<Sqe, PcieError> {
@@ -444,26 +445,22 @@ impl<R: Registers, T> QueuePair<R, T> {
                     slba,
                 };
                 self.mem.region.write(list_off, &range.to_bytes());
-                let dp = DataPointer::Prp {
-                    prp1: self.mem.iova + list_off as u64,
-                    prp2: 0,
-                };
-                let c = Command::Nvm(NvmCommand::DatasetManagement(DatasetManagement {
+                let c = NvmCommand::DatasetManagement(DatasetManagement {
                     nsid,
                     nr_0based: 0,
                     integral_read: false,
                     integral_write: false,
                     deallocate: true,
-                }));
+                });
                 const _: () = assert!(DSM_RANGE_LEN <= PAGE_BYTES);
-                return Ok(c.to_sqe(cid, dp)?);
+                return Ok(c.to_sqe_prp(cid, self.mem.iova + list_off as u64, 0));
             }
         };
-        let dp = match data {
+        let (prp1, prp2) = match data {
             Some(buf) => self.prps(cid, buf)?,
-            None => DataPointer::NONE_PRP,
+            None => (0, 0),
         };
-        Ok(Command::Nvm(command).to_sqe(cid, dp)?)
+        Ok(command.to_sqe_prp(cid, prp1, prp2))
     }
 
     /// Reaps up to `max` completions, handing each request back through `done` with its
