@@ -4,8 +4,8 @@
 //! holds the controller, checks that `scripts/nvme-bind.sh` refuses a device with a mounted
 //! filesystem and that the driver's error for a device not bound to vfio-pci says what to do,
 //! binds it to vfio-pci, runs `keel-nvme-pcie-probe` (attach, identify, 4 KiB and 128 KiB
-//! write+read verify, write zeroes and deallocate read back zeroes, flush, an out-of-range
-//! read, shutdown), then rebinds the kernel driver and compares what Keel wrote with `dd`.
+//! write+read verify, write zeroes and deallocate, flush, a second queue pair, a controller reset
+//! with writes in flight, an out-of-range read, shutdown), then rebinds the kernel driver and compares what Keel wrote with `dd`.
 //! Here the identity the probe printed is compared field by field with nvme-cli's JSON. A lab
 //! that cannot start fails this test.
 
@@ -47,6 +47,9 @@ fn userspace_driver_on_qemu_nvme_through_vfio() {
         "verify 128k: OK",
         "write zeroes (plain and deac) read back zeroes: OK",
         "deallocate: completed with success",
+        "reads queue pair 1's data: OK",
+        "4 in-flight writes handed back for retry",
+        "retried writes read back after the reset: OK",
         "shutdown: OK",
         "PROBE: OK",
         "kernel nvme driver reads Keel's data: OK",

@@ -6,7 +6,9 @@
 //! print the controller's identity as `id.FIELD=value` lines, create one I/O queue pair, write
 //! and read back 4 KiB (at a buffer offset, PRP1+PRP2) and 128 KiB with FUA (PRP list), Write
 //! Zeroes (plain and with DEAC) over written blocks and read back zeroes, Dataset Management
-//! deallocate (reported: QEMU zeroes only if its drive was attached with discard=unmap), flush, check that an
+//! deallocate (reported: QEMU zeroes only if its drive was attached with discard=unmap), flush,
+//! a second queue pair reading the first's data, a controller reset with four writes in flight
+//! (handed back, retried, read back), check that an
 //! out-of-range read fails with LBA Out of Range, delete the queue pair and shut down (CC.SHN).
 //! The data it leaves on the namespace is also written to OUTDIR (`expect-*.bin`) so the kernel
 //! driver's view can be compared afterwards. Exit status 0 only if every step passed.
@@ -266,6 +268,91 @@ fn step(outdir: &std::path::Path, bdf: &PciAddress) -> Result<(), String> {
         expect[32 * 1024..].copy_from_slice(&pz[32 * 1024..]);
     }
     std::fs::write(outdir.join("expect-zeroes.bin"), &expect).map_err(|x| x.to_string())?;
+
+    // A second queue pair reads what the first wrote.
+    let mut qp2: QueuePair<Mmio, u32> = ctrlr.create_io_qpair().map_err(e)?;
+    pool.fill(&buf, 0, 256 * 1024, 0xEE).map_err(e)?;
+    ok(
+        &mut qp2,
+        IoCommand::Read {
+            nsid: ns.nsid,
+            slba: LBA_4K,
+            blocks: 8,
+            buf: at(0, 4096),
+        },
+        "read 4k on queue pair 2",
+    )?;
+    verify(
+        &pool,
+        0,
+        &p4,
+        &format!("queue pair {} reads queue pair {}'s data", qp2.qid().0, qp.qid().0),
+    )?;
+
+    // Controller reset with writes in flight: every request comes back once with the reset
+    // status, is retried on the re-created queues, and the data is there afterwards.
+    let pr = pattern(0x5E, 128 * 1024);
+    pool.write(&buf, 0, &pr).map_err(e)?;
+    for (i, slba) in [LBA_128K, LBA_128K + 64, LBA_128K + 128, LBA_128K + 192]
+        .into_iter()
+        .enumerate()
+    {
+        let cmd = IoCommand::Write {
+            nsid: ns.nsid,
+            slba,
+            blocks: 64,
+            buf: at(i as u64 * 32 * 1024, 32 * 1024),
+            fua: false,
+        };
+        if !matches!(qp.submit(&cmd, i as u32), Submitted::Accepted) {
+            return Err("write before the reset was not accepted".into());
+        }
+    }
+    let t0 = Instant::now();
+    ctrlr.reset().map_err(e)?;
+    let mut back = Vec::new();
+    ctrlr.restore_io_qpair(&mut qp, |t, c| back.push((t, c))).map_err(e)?;
+    ctrlr.restore_io_qpair(&mut qp2, |_, _| {}).map_err(e)?;
+    back.sort_by_key(|(t, _)| *t);
+    if back.iter().map(|(t, _)| *t).collect::<Vec<_>>() != [0, 1, 2, 3]
+        || back.iter().any(|(_, c)| *c != Completion::RESET)
+    {
+        return Err(format!("after the reset the in-flight writes came back as {back:?}"));
+    }
+    println!(
+        "reset: OK in {} ms, 4 in-flight writes handed back for retry",
+        t0.elapsed().as_millis()
+    );
+    for (i, slba) in [LBA_128K, LBA_128K + 64, LBA_128K + 128, LBA_128K + 192]
+        .into_iter()
+        .enumerate()
+    {
+        ok(
+            &mut qp,
+            IoCommand::Write {
+                nsid: ns.nsid,
+                slba,
+                blocks: 64,
+                buf: at(i as u64 * 32 * 1024, 32 * 1024),
+                fua: false,
+            },
+            "retried write",
+        )?;
+    }
+    pool.fill(&buf, 0, 256 * 1024, 0xEE).map_err(e)?;
+    ok(
+        &mut qp2,
+        IoCommand::Read {
+            nsid: ns.nsid,
+            slba: LBA_128K,
+            blocks: 256,
+            buf: at(0, 128 * 1024),
+        },
+        "read after reset",
+    )?;
+    verify(&pool, 0, &pr, "retried writes read back after the reset")?;
+    std::fs::write(outdir.join("expect-128k.bin"), &pr).map_err(|x| x.to_string())?;
+    ctrlr.delete_io_qpair(qp2, |_, _| {}).map_err(e)?;
 
     // Errors are statuses.
     let c = run(
