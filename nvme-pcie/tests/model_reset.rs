@@ -124,3 +124,30 @@ fn surprise_removal_fails_cleanly() {
     // Detach of a removed device does not hang.
     r.ctrlr.shutdown().unwrap();
 }
+
+#[test]
+fn detach_under_load_hands_every_request_back() {
+    let mut r = common::rig(
+        ModelConfig {
+            deferred: true,
+            ..ModelConfig::default()
+        },
+        ControllerOpts::default(),
+    );
+    let mut qp: QueuePair<_, u64> = r.ctrlr.create_io_qpair().unwrap();
+    let buf = r.pool.get().unwrap();
+    for i in 0..20 {
+        assert!(matches!(qp.submit(&write(&buf, i), i), Submitted::Accepted));
+    }
+    let mut back = Vec::new();
+    r.ctrlr
+        .delete_io_qpair(qp, |t, c| {
+            assert_eq!(c, Completion::RESET);
+            back.push(t)
+        })
+        .unwrap();
+    back.sort();
+    assert_eq!(back, (0..20).collect::<Vec<_>>());
+    assert_eq!(r.model.io_sq_count(), 0);
+    r.ctrlr.shutdown().unwrap();
+}
