@@ -91,3 +91,13 @@ pub use qpair::{Completion, DataBuf, IoCommand, QueueId, QueuePair, Submitted};
 pub use regs::Registers;
 pub use sys::Mmio;
 pub use vfio::{PciAddress, VfioDevice};
+
+// A controller lives on the admin core and each queue pair moves to its reactor: both must be
+// Send over the real BAR (a compile-time check).
+#[allow(dead_code)]
+fn _controller_and_queue_pairs_are_send() {
+    fn send<T: Send>() {}
+    send::<Controller<Mmio>>();
+    send::<QueuePair<Mmio, u64>>();
+    send::<DmaPool>();
+}
