@@ -285,6 +285,7 @@ impl Status {
     }
 
     /// Splits a 16-bit status field into the status and the phase tag.
+    #[inline]
     pub const fn from_field(field: u16) -> (Status, bool) {
         let status = Status {
             code: StatusCode {
@@ -369,6 +370,7 @@ impl Cqe {
     }
 
     /// The entry in 16 bytes. Every bit pattern is a valid entry.
+    #[inline]
     pub fn from_bytes(b: &[u8; CQE_LEN]) -> Self {
         let (status, phase) = Status::from_field(get_u16::<14, CQE_LEN>(b));
         Cqe {

@@ -471,6 +471,7 @@ impl Sqe {
     }
 
     /// The 64 bytes of this entry.
+    #[inline]
     pub fn to_bytes(&self) -> [u8; SQE_LEN] {
         const N: usize = SQE_LEN;
         let mut b = [0u8; N];
@@ -601,6 +602,7 @@ impl Sqe {
 
     /// Sets the data pointer and PSDT to match (PRP → 00b; SGL → 01b unless PSDT already said
     /// 10b). `Err` only for an SGL descriptor that cannot be encoded.
+    #[inline]
     pub fn set_data_pointer(&mut self, dp: DataPointer) -> Result<(), ProtoError> {
         match dp {
             DataPointer::Prp { prp1, prp2 } => {
@@ -1069,6 +1071,7 @@ impl Command {
     /// The SQE for this command with identifier `cid` and data pointer `dp` (PSDT follows `dp`).
     /// `Err` only if a field does not fit its bits (a 7-bit LSP, a 3-bit SEL, …) or the SGL
     /// descriptor cannot be encoded.
+    #[inline]
     pub fn to_sqe(&self, cid: u16, dp: DataPointer) -> Result<Sqe, ProtoError> {
         let mut s = match self {
             Command::Admin(c) => encode_admin(c)?,
@@ -1352,6 +1355,22 @@ fn decode_nvm(s: &Sqe) -> Result<NvmCommand, ProtoError> {
     })
 }
 
+impl NvmCommand {
+    /// The entry of this I/O command with CID `cid` and a PRP data pointer (PSDT 00b) — the
+    /// infallible form of [`Command::to_sqe`] the PCIe driver uses per I/O (NVM commands and
+    /// PRPs always encode). No allocation.
+    #[inline]
+    pub fn to_sqe_prp(&self, cid: u16, prp1: u64, prp2: u64) -> Sqe {
+        let mut s = encode_nvm(self);
+        s.cid = cid;
+        put_u64::<0, 16>(&mut s.dptr, prp1);
+        put_u64::<8, 16>(&mut s.dptr, prp2);
+        s.flags &= 0x3F;
+        s
+    }
+}
+
+#[inline]
 fn encode_rw(opcode: u8, rw: &ReadWrite) -> Sqe {
     Sqe {
         nsid: rw.nsid,
@@ -1362,6 +1381,7 @@ fn encode_rw(opcode: u8, rw: &ReadWrite) -> Sqe {
     }
 }
 
+#[inline]
 fn encode_nvm(c: &NvmCommand) -> Sqe {
     use nvm_opcode as op;
     match c {
@@ -1531,6 +1551,46 @@ impl DsmRange {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn to_sqe_prp_is_to_sqe_with_prps() {
+        let rw = ReadWrite {
+            nsid: 1,
+            slba: 0x1_2345_6789,
+            nlb_0based: 7,
+            fua: true,
+            limited_retry: false,
+        };
+        for c in [
+            NvmCommand::Read(rw),
+            NvmCommand::Write(rw),
+            NvmCommand::Flush { nsid: 1 },
+            NvmCommand::WriteZeroes(WriteZeroes {
+                nsid: 1,
+                slba: 9,
+                nlb_0based: 3,
+                deallocate: true,
+                fua: false,
+                limited_retry: true,
+            }),
+            NvmCommand::DatasetManagement(DatasetManagement {
+                nsid: 1,
+                nr_0based: 0,
+                integral_read: false,
+                integral_write: false,
+                deallocate: true,
+            }),
+        ] {
+            let dp = DataPointer::Prp {
+                prp1: 0x10_0200,
+                prp2: 0x20_0000,
+            };
+            assert_eq!(
+                c.to_sqe_prp(0x77, 0x10_0200, 0x20_0000),
+                Command::Nvm(c).to_sqe(0x77, dp).unwrap()
+            );
+        }
+    }
 
     #[test]
     fn layout_of_every_field() {
