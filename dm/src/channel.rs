@@ -1181,8 +1181,14 @@ impl DmCore {
 impl Drop for DmCore {
     fn drop(&mut self) {
         // Nothing held is lost when the last user closes: held requests complete as aborted.
+        // A drain this core joined (a suspend or a remove waiting for its in-flight I/O) can no
+        // longer be finished here: release it, or the operation would never answer and a remove
+        // would keep the device's tables, and their claims, for ever.
         if let Some(mut st) = self.layer.try_state() {
             st.abort_held();
+            if let Some(t) = st.drain.take() {
+                t.release();
+            }
         }
     }
 }
