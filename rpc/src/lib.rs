@@ -98,6 +98,7 @@ pub mod log_methods;
 pub mod md_methods;
 pub mod nbd_disk_methods;
 pub mod nbd_methods;
+pub mod nvme_methods;
 pub mod nvmf_methods;
 mod raid_methods;
 pub mod registry;
