@@ -177,6 +177,8 @@ struct Inner {
     serial: String,
     model: String,
     firmware: String,
+    /// Admin completions of one poll (kept: a Keep Alive allocates nothing).
+    events: Vec<AdminEvent>,
 }
 
 /// One attached controller; see the crate doc. `Send + Sync`: held by the module; its state
@@ -243,6 +245,7 @@ impl Controller {
                 serial,
                 model,
                 firmware,
+                events: Vec::with_capacity(16),
             }),
             reg: Arc::downgrade(reg),
             module: Arc::downgrade(module),
@@ -345,7 +348,18 @@ impl Controller {
             ns.nsid,
             ns.block_size,
         ));
-        match reg.register(params, backend) {
+        let mut r = reg.register(params.clone(), backend.clone());
+        if r.is_err() && params.uuid.is_some() {
+            // The UUID is taken in this registry (a namespace of a bdev of this very process):
+            // the bdev gets a fresh one rather than no bdev at all.
+            tracing::warn!(
+                "nvme {}: namespace {} UUID in use here; registering with a new UUID",
+                self.shared.name,
+                ns.nsid
+            );
+            r = reg.register(BdevParams { uuid: None, ..params }, backend);
+        }
+        match r {
             Ok(_) => {
                 inner.namespaces.insert(
                     ns.nsid,
@@ -425,7 +439,7 @@ impl Controller {
                 mut admin,
                 mut keep_alive_at,
             } => {
-                let mut events = Vec::new();
+                let mut events = std::mem::take(&mut inner.events);
                 let r = (|| -> Result<(), NvmeError> {
                     if self.shared.reset_requested.swap(false, Ordering::AcqRel) {
                         return Err(NvmeError::Sequence("an I/O qpair failed"));
@@ -442,6 +456,8 @@ impl Controller {
                     }
                     Ok(())
                 })();
+                events.clear();
+                inner.events = events;
                 match r {
                     Ok(()) => CtrlrState::Live { admin, keep_alive_at },
                     Err(e) => {

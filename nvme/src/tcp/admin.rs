@@ -62,7 +62,7 @@ impl AdminQueue {
         AdminQueue {
             conn,
             next_cid,
-            pending: Vec::new(),
+            pending: Vec::with_capacity(16),
             rx: None,
         }
     }
