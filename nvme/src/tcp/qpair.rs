@@ -665,3 +665,212 @@ impl Slots {
         did
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use keel_nvme_proto::cqe::Cqe;
+    use keel_nvme_proto::tcp::{C2HData, CapsuleResp, Limits, PduParser, Role, SessionParams, TermReq, R2T};
+    use proptest::prelude::*;
+
+    use super::*;
+
+    /// Slots with commands 0..4 out (0, 1 reads of 8 KiB, 2, 3 writes of 64 KiB by R2T), each
+    /// with a parent of its own and no request attached (nothing completes upward).
+    fn slots() -> Slots {
+        let depth = 8;
+        let mut s = Slots {
+            parents: (0..depth)
+                .map(|_| Parent {
+                    io: None,
+                    nsid: 1,
+                    block_size: 512,
+                    issued: 1,
+                    total: 1,
+                    outstanding: 0,
+                    failed: false,
+                })
+                .collect(),
+            free_parents: Vec::new(),
+            cmds: vec![Cmd::default(); depth].into_boxed_slice(),
+            free_cmds: (4..depth as u16).rev().collect(),
+            queue: VecDeque::with_capacity(depth),
+            owed: VecDeque::with_capacity(depth),
+            rx: None,
+            in_capsule_bytes: 8192,
+            max_xfer_bytes: 131072,
+        };
+        for cid in 0..4u16 {
+            s.cmds[cid as usize] = Cmd {
+                busy: true,
+                parent: cid,
+                offset_bytes: 0,
+                len_bytes: if cid < 2 { 8192 } else { 65536 },
+                read: cid < 2,
+                write: cid >= 2,
+            };
+            s.parents[cid as usize].outstanding = 1;
+        }
+        s
+    }
+
+    /// Feeds `bytes` through a host parser into `s` until the stream or the slots refuse it.
+    fn feed(s: &mut Slots, bytes: &[u8], params: SessionParams) -> Result<(), NvmeError> {
+        let mut p = PduParser::established(Role::Host, Limits::NONE, params);
+        let mut pos = 0;
+        loop {
+            let (used, ev) = p.feed(&bytes[pos..])?;
+            pos += used;
+            match ev {
+                Some(ev) => s.on_event(ev)?,
+                None => return Ok(()),
+            }
+        }
+    }
+
+    fn pdu(h: PduHeader, data: &[u8]) -> Vec<u8> {
+        let mut out = vec![0u8; 512 + data.len()];
+        let n = h.encode_pdu(data, &SessionParams::INITIAL, &mut out).unwrap();
+        out.truncate(n);
+        out
+    }
+
+    fn resp(cid: u16) -> PduHeader {
+        PduHeader::CapsuleResp(CapsuleResp {
+            cqe: Cqe { cid, ..Cqe::default() },
+        })
+    }
+
+    #[test]
+    fn well_formed_traffic_is_accepted() {
+        let mut s = slots();
+        let mut b = pdu(
+            PduHeader::C2HData(C2HData {
+                cccid: 0,
+                datao: 0,
+                datal: 8192,
+                last_pdu: true,
+                success: false,
+            }),
+            &[7u8; 8192],
+        );
+        b.extend(pdu(resp(0), &[]));
+        b.extend(pdu(
+            PduHeader::R2T(R2T {
+                cccid: 2,
+                ttag: 5,
+                r2to: 0,
+                r2tl: 65536,
+            }),
+            &[],
+        ));
+        feed(&mut s, &b, SessionParams::INITIAL).unwrap();
+        assert!(!s.cmds[0].busy);
+        assert_eq!(s.owed.len(), 1);
+        // The completion of a command drops what it was still owed.
+        feed(&mut s, &pdu(resp(2), &[]), SessionParams::INITIAL).unwrap();
+        assert!(s.owed.is_empty());
+    }
+
+    #[test]
+    fn hostile_pdus_are_refused_not_panicked_on() {
+        let cases: Vec<(&str, Vec<u8>)> = vec![
+            ("completion of a free CID", pdu(resp(6), &[])),
+            ("completion of an out-of-range CID", pdu(resp(4000), &[])),
+            (
+                "C2HData for a write",
+                pdu(
+                    PduHeader::C2HData(C2HData {
+                        cccid: 2,
+                        datao: 0,
+                        datal: 4,
+                        last_pdu: true,
+                        success: false,
+                    }),
+                    &[1, 2, 3, 4],
+                ),
+            ),
+            (
+                "C2HData past the read",
+                pdu(
+                    PduHeader::C2HData(C2HData {
+                        cccid: 0,
+                        datao: 8190,
+                        datal: 4,
+                        last_pdu: true,
+                        success: false,
+                    }),
+                    &[1, 2, 3, 4],
+                ),
+            ),
+            (
+                "R2T for a read",
+                pdu(
+                    PduHeader::R2T(R2T {
+                        cccid: 1,
+                        ttag: 1,
+                        r2to: 0,
+                        r2tl: 512,
+                    }),
+                    &[],
+                ),
+            ),
+            (
+                "R2T past the write",
+                pdu(
+                    PduHeader::R2T(R2T {
+                        cccid: 3,
+                        ttag: 1,
+                        r2to: 65000,
+                        r2tl: 4096,
+                    }),
+                    &[],
+                ),
+            ),
+            (
+                "termination request",
+                pdu(
+                    PduHeader::C2HTermReq(TermReq {
+                        fes: keel_nvme_proto::tcp::Fes(1),
+                        fei: 0,
+                    }),
+                    &[0u8; 8],
+                ),
+            ),
+            ("unknown PDU type", vec![0x55, 0, 8, 0, 8, 0, 0, 0]),
+            ("PLEN below HLEN", vec![0x05, 0, 24, 0, 8, 0, 0, 0]),
+        ];
+        for (what, bytes) in cases {
+            let mut s = slots();
+            assert!(feed(&mut s, &bytes, SessionParams::INITIAL).is_err(), "{what} accepted");
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2000))]
+        /// Any byte stream, with or without digests: refused or accepted, never a panic.
+        #[test]
+        fn arbitrary_streams_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..600), hd in any::<bool>(), dd in any::<bool>()) {
+            let mut s = slots();
+            let params = SessionParams { header_digest: hd, data_digest: dd, ..SessionParams::INITIAL };
+            let _ = feed(&mut s, &bytes, params);
+        }
+
+        /// Well-formed headers with arbitrary field values: refused or accepted, never a panic.
+        #[test]
+        fn arbitrary_fields_never_panic(kind in 0u8..4, cid in any::<u16>(), a in any::<u32>(), b in 1u32..70000, last in any::<bool>(), ok in any::<bool>()) {
+            let mut s = slots();
+            let h = match kind {
+                0 => resp(cid),
+                1 => PduHeader::R2T(R2T { cccid: cid, ttag: 0, r2to: a % 70000, r2tl: b }),
+                2 => PduHeader::C2HData(C2HData { cccid: cid, datao: a % 70000, datal: 16, last_pdu: last || ok, success: ok }),
+                _ => PduHeader::C2HData(C2HData { cccid: cid % 4, datao: a % 9000, datal: 16, last_pdu: true, success: ok }),
+            };
+            let data = if kind >= 2 { vec![9u8; 16] } else { Vec::new() };
+            let mut out = vec![0u8; 600];
+            let params = SessionParams { c2h_success_allowed: true, ..SessionParams::INITIAL };
+            if let Ok(n) = h.encode_pdu(&data, &params, &mut out) {
+                let _ = feed(&mut s, &out[..n], params);
+            }
+        }
+    }
+}
