@@ -179,6 +179,8 @@ struct Inner {
     firmware: String,
     /// Admin completions of one poll (kept: a Keep Alive allocates nothing).
     events: Vec<AdminEvent>,
+    /// Keep Alive due times at which the previous one was still unanswered.
+    keep_alive_late: u8,
 }
 
 /// One attached controller; see the crate doc. `Send + Sync`: held by the module; its state
@@ -246,6 +248,7 @@ impl Controller {
                 model,
                 firmware,
                 events: Vec::with_capacity(16),
+                keep_alive_late: 0,
             }),
             reg: Arc::downgrade(reg),
             module: Arc::downgrade(module),
@@ -446,7 +449,14 @@ impl Controller {
                     }
                     if opts.keep_alive_timeout_ms > 0 && now >= keep_alive_at {
                         if !admin.outstanding(AdminOp::KeepAlive) {
+                            inner.keep_alive_late = 0;
                             admin.submit(AdminOp::KeepAlive)?;
+                        } else {
+                            // Unanswered for a whole KATO: the controller is gone for us.
+                            inner.keep_alive_late += 1;
+                            if inner.keep_alive_late >= 2 {
+                                return Err(NvmeError::Timeout("the Keep Alive completion"));
+                            }
                         }
                         keep_alive_at = now + Duration::from_millis(u64::from(opts.keep_alive_timeout_ms / 2).max(1));
                     }
@@ -498,6 +508,7 @@ impl Controller {
                             if setup.aer_enabled {
                                 let _ = admin.submit(AdminOp::Aer);
                             }
+                            inner.keep_alive_late = 0;
                             inner.serial = setup.serial;
                             inner.model = setup.model;
                             inner.firmware = setup.firmware;
