@@ -48,10 +48,16 @@ fn keel_initiator_verifies_against_linux_nvmet_tcp() {
     for digests in [false, true] {
         let cfg = write_config(
             dir.path(),
-            &[("bdev_nvme_attach_controller", attach_params("Lnx0", addr, NQN, digests, json!({})))],
+            &[(
+                "bdev_nvme_attach_controller",
+                attach_params("Lnx0", addr, NQN, digests, json!({})),
+            )],
         );
         for size in ["4096", "131072"] {
-            let out = perf(&cfg, &["-q", "8", "-o", size, "-w", "verify", "-t", "5", "-T", "Lnx0n1"]);
+            let out = perf(
+                &cfg,
+                &["-q", "8", "-o", size, "-w", "verify", "-t", "5", "-T", "Lnx0n1"],
+            );
             let text = String::from_utf8_lossy(&out.stdout).to_string();
             let good = out.status.success()
                 && serde_json::from_str::<serde_json::Value>(&text).is_ok_and(|v| {

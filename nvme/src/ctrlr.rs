@@ -2,7 +2,7 @@
 //! admin poller on the main reactor. See the crate doc for the contract.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU32, AtomicU64, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU16, AtomicU32, AtomicU64, AtomicU8, Ordering};
 use std::sync::mpsc::{Receiver, TryRecvError};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
@@ -23,6 +23,8 @@ use crate::tcp::setup::uuid_of;
 use crate::transport::{AdminSetup, NsInfo, Transport};
 use crate::NvmeError;
 
+/// `Shared::reset_requested` with no request.
+const NO_RESET: u64 = u64::MAX;
 /// How often the admin poller runs.
 const ADMIN_POLL_US: u64 = 1000;
 /// How long one admin connect attempt may take.
@@ -51,7 +53,9 @@ pub(crate) struct Shared {
     gate: AtomicU8,
     generation: AtomicU64,
     cntlid: AtomicU16,
-    reset_requested: AtomicBool,
+    /// The generation at which a qpair asked for a reset (`NO_RESET`: none). A request made
+    /// for an older generation is stale: that connection is already gone.
+    reset_requested: AtomicU64,
     in_capsule_bytes: AtomicU32,
     max_xfer_bytes: AtomicU64,
     /// qids in use, index = qid - 1.
@@ -88,9 +92,15 @@ impl Shared {
         self.max_xfer_bytes.load(Ordering::Acquire)
     }
 
-    /// Asks the controller for a reset (a qpair lost its connection). Any core.
-    pub(crate) fn request_reset(&self) {
-        self.reset_requested.store(true, Ordering::Release);
+    /// Asks the controller for a reset: a qpair lost its connection to the controller of
+    /// generation `gen`. Any core.
+    pub(crate) fn request_reset(&self, gen: u64) {
+        self.reset_requested.store(gen, Ordering::Release);
+    }
+
+    /// Whether a qpair asked for a reset of the current generation (and forgets the request).
+    fn take_reset_request(&self) -> bool {
+        self.reset_requested.swap(NO_RESET, Ordering::AcqRel) == self.generation()
     }
 
     /// A free I/O queue id, or 0 when all the controller granted are taken.
@@ -210,7 +220,7 @@ impl Controller {
             gate: AtomicU8::new(Gate::Hold as u8),
             generation: AtomicU64::new(0),
             cntlid: AtomicU16::new(0),
-            reset_requested: AtomicBool::new(false),
+            reset_requested: AtomicU64::new(NO_RESET),
             in_capsule_bytes: AtomicU32::new(0),
             max_xfer_bytes: AtomicU64::new(4096),
             qids: Mutex::new(Vec::new()),
@@ -444,7 +454,7 @@ impl Controller {
             } => {
                 let mut events = std::mem::take(&mut inner.events);
                 let r = (|| -> Result<(), NvmeError> {
-                    if self.shared.reset_requested.swap(false, Ordering::AcqRel) {
+                    if self.shared.take_reset_request() {
                         return Err(NvmeError::Sequence("an I/O qpair failed"));
                     }
                     if opts.keep_alive_timeout_ms > 0 && now >= keep_alive_at {

@@ -47,8 +47,10 @@ use crate::NvmeError;
 
 /// Send buffer of an I/O connection: room for many capsules and an H2CData chunk.
 pub(crate) const TX_BYTES: usize = 256 << 10;
-/// Largest H2CData PDU Keel sends.
-const H2C_CHUNK_BYTES: u32 = 64 << 10;
+/// Largest H2CData PDU Keel sends: a whole command's data at the transfer size Keel uses, so an
+/// R2T is answered with one PDU when MAXH2CDATA allows (Linux's nvmet-tcp checks a data digest
+/// against the whole command's data, so it needs exactly that).
+const H2C_CHUNK_BYTES: u32 = super::setup::MAX_XFER_BYTES as u32;
 /// Reads per poll.
 const READS_PER_POLL: usize = 8;
 /// Most blocks one Read/Write/Write Zeroes carries (NLB is 16 bits, zero-based).
@@ -256,7 +258,9 @@ impl IoQpair {
                     let slots = &mut self.slots;
                     let mut did = conn.recv(READS_PER_POLL, |ev| slots.on_event(ev))?;
                     did |= slots.send_owed(conn)?;
-                    did |= slots.issue(conn)?;
+                    if gate == Gate::Open {
+                        did |= slots.issue(conn)?;
+                    }
                     did |= conn.flush()?;
                     Ok(did)
                 })();
@@ -268,10 +272,12 @@ impl IoQpair {
                             self.shared.name,
                             self.qid
                         );
-                        let tried = Some(generation);
-                        self.link = Link::Down { tried };
+                        let failed_gen = *gen;
+                        self.link = Link::Down {
+                            tried: Some(failed_gen),
+                        };
                         self.slots.requeue_in_flight();
-                        self.shared.request_reset();
+                        self.shared.request_reset(failed_gen);
                         did = true;
                     }
                 }
@@ -295,9 +301,7 @@ impl IoQpair {
                     tracing::warn!("nvme {}: connecting I/O queue {}: {e}", self.shared.name, self.qid);
                     let gen = *gen;
                     self.link = Link::Down { tried: Some(gen) };
-                    if gen == generation {
-                        self.shared.request_reset();
-                    }
+                    self.shared.request_reset(gen);
                     did = true;
                 }
                 Err(TryRecvError::Empty) => {}
