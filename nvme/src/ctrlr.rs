@@ -173,6 +173,19 @@ impl CtrlrState {
     }
 }
 
+/// The ops of a namespace bdev: read, write and flush always; unmap with Dataset Management
+/// (ONCS bit 2), write zeroes with Write Zeroes (ONCS bit 3).
+fn ns_caps(oncs: u16) -> IoCaps {
+    let mut caps = IoCaps::of(&[IoOp::Read, IoOp::Write, IoOp::Flush, IoOp::Unmap, IoOp::WriteZeroes]);
+    if oncs & (1 << 2) == 0 {
+        caps = caps.without(IoOp::Unmap);
+    }
+    if oncs & (1 << 3) == 0 {
+        caps = caps.without(IoOp::WriteZeroes);
+    }
+    caps
+}
+
 /// A namespace exported as a bdev.
 struct NsEntry {
     bdev: String,
@@ -187,6 +200,8 @@ struct Inner {
     serial: String,
     model: String,
     firmware: String,
+    /// ONCS of Identify Controller: which optional commands namespace bdevs offer.
+    oncs: u16,
     /// Admin completions of one poll (kept: a Keep Alive allocates nothing).
     events: Vec<AdminEvent>,
     /// Keep Alive due times at which the previous one was still unanswered.
@@ -237,6 +252,7 @@ impl Controller {
             serial,
             model,
             firmware,
+            oncs,
             namespaces,
             ..
         } = setup;
@@ -257,6 +273,7 @@ impl Controller {
                 serial,
                 model,
                 firmware,
+                oncs,
                 events: Vec::with_capacity(16),
                 keep_alive_late: 0,
             }),
@@ -352,7 +369,7 @@ impl Controller {
             module: crate::module::MODULE_NAME,
             block_size: ns.block_size,
             num_blocks: ns.num_blocks,
-            caps: IoCaps::of(&[IoOp::Read, IoOp::Write, IoOp::Flush, IoOp::Unmap, IoOp::WriteZeroes]),
+            caps: ns_caps(inner.oncs),
             optimal_io_boundary_blocks: 0,
         };
         let backend = Arc::new(NsBdev::new(
@@ -522,6 +539,7 @@ impl Controller {
                             inner.serial = setup.serial;
                             inner.model = setup.model;
                             inner.firmware = setup.firmware;
+                            inner.oncs = setup.oncs;
                             self.sync_namespaces(inner, setup.namespaces);
                             CtrlrState::Live {
                                 admin,

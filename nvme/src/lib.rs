@@ -7,7 +7,7 @@
 //!   reactor**. That poller owns the admin queue: it sends Keep Alive every half KATO, keeps one
 //!   Asynchronous Event Request posted and, when a namespace-attribute notice completes it,
 //!   re-reads the active namespace list and adds or hot-removes namespace bdevs. Its life is a
-//!   state machine ([`ctrlr::CtrlrState`], an enum with one `apply` step per poll):
+//!   state machine (`ctrlr::CtrlrState`, an enum with one `apply` step per poll):
 //!   `Live` → (the admin connection or an I/O qpair fails, or a reset is asked) → `Resetting`,
 //!   which retries the whole connect sequence every `reconnect_delay_sec` → `Live` again with a
 //!   new controller id; or, after `ctrlr_loss_timeout_sec` (-1 = never), `Deleted`: the

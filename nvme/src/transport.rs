@@ -108,6 +108,8 @@ pub(crate) struct AdminSetup {
     pub model: String,
     /// Firmware revision.
     pub firmware: String,
+    /// Optional NVM commands supported (ONCS: bit 2 Dataset Management, bit 3 Write Zeroes).
+    pub oncs: u16,
     /// Active namespaces.
     pub namespaces: Vec<NsInfo>,
 }

@@ -220,6 +220,7 @@ pub(crate) fn connect_admin(opts: &AttachOpts, deadline: Instant) -> Result<Admi
         serial: String::from_utf8_lossy(ctrl.sn.trimmed()).into_owned(),
         model: String::from_utf8_lossy(ctrl.mn.trimmed()).into_owned(),
         firmware: String::from_utf8_lossy(ctrl.fr.trimmed()).into_owned(),
+        oncs: ctrl.oncs,
         namespaces,
     })
 }
