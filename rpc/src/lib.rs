@@ -100,6 +100,7 @@ pub mod log_methods;
 pub mod md_methods;
 pub mod nbd_disk_methods;
 pub mod nbd_methods;
+pub mod nvme_methods;
 pub mod nvmf_methods;
 mod raid_methods;
 mod raid_module;

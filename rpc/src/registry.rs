@@ -23,7 +23,7 @@ use crate::error::{RpcError, INVALID_PARAMS};
 use crate::table::{method, MethodInfo, Subsystem, Table};
 use crate::{
     bdev_info, bdev_methods, dm_methods, framework, log_methods, md_methods, nbd_disk_methods, nbd_methods,
-    nvmf_methods, raid_methods, split_methods, ublk_methods,
+    nvme_methods, nvmf_methods, raid_methods, split_methods, ublk_methods,
 };
 
 /// Every method file's table, in listing order (see the module docs).
@@ -34,6 +34,7 @@ static TABLES: &[&Table] = &[
     &md_methods::TABLE,
     &bdev_info::TABLE,
     &bdev_methods::TABLE, // serves "bdev"
+    &nvme_methods::TABLE,
     &split_methods::TABLE,
     &raid_methods::TABLE,
     &dm_methods::TABLE,   // serves "dm"
@@ -345,7 +346,8 @@ mod tests {
                 "log_clear_flag",
                 "log_get_flags",
                 "bdev_set_options",
-                "bdev_raid_set_options"
+                "bdev_raid_set_options",
+                "bdev_nvme_set_options"
             ]
         );
         let e = call(true, "framework_start_init", json!({})).unwrap_err();

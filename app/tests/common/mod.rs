@@ -2,6 +2,7 @@
 //! with SPDK's unmodified `spdk-rpc` (installed into `.venv` by `scripts/deps.sh`) or raw bytes.
 #![allow(dead_code)]
 
+pub mod nvme;
 pub mod nvmf;
 
 use std::io::{Read, Write};
