@@ -26,6 +26,8 @@ use crate::sync::{SyncAction, SyncIo, QUEUE_DEPTH};
 /// Largest sync piece (Linux's resync unit for raid5/6 is a page per member; 64 KiB keeps the
 /// request count low).
 pub(crate) const PIECE_MAX_SECTORS: u64 = 128;
+// Check/repair count a piece's mismatching sectors in a u128 mask.
+const _: () = assert!(PIECE_MAX_SECTORS <= 128);
 const SECTOR: usize = 512;
 /// Members a sync run handles (one request per member per piece, masks in a `u32`).
 const MAX_SYNC_MEMBERS: usize = if QUEUE_DEPTH < 32 { QUEUE_DEPTH } else { 32 };
@@ -149,7 +151,8 @@ impl ParityStep {
                 }
                 let (sp, sq) = self.scratch.as_ref().expect("made before the first read");
                 gen_parity(&self.parity, &map, pd, &bufs, off, len, Some((sp, sq)));
-                let mut diff = 0u64;
+                // One bit per sector of the piece (at most `PIECE_MAX_SECTORS`, asserted above).
+                let mut diff = 0u128;
                 let mut differs = |mine: &DmaBuf, member: u16| {
                     if !got[member as usize] {
                         return false;
