@@ -275,6 +275,9 @@ impl Daemon {
             busy = true;
             let (action, targets, _h) = self.sync.take().expect("a sync was running");
             let mut ctl = self.array.ctl();
+            // The run is over for md_get_arrays only now, with its outcome taken in below
+            // (under the same lock `info` reads the rest with).
+            self.array.progress.action.store(0, Ordering::SeqCst);
             match out {
                 SyncOutcome::Done { mismatch_sectors } => {
                     tracing::info!(array = %self.array.name, ?action, mismatch_sectors, "md: sync finished");

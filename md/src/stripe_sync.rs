@@ -90,6 +90,8 @@ enum Stage {
     #[default]
     Read,
     Reading,
+    /// Computed; its writes (`ParityPiece::writes`) wait for free requests.
+    Write,
     Writing,
     Done,
 }
@@ -101,6 +103,8 @@ struct ParityPiece {
     got: u32,
     /// A read failed: plan again.
     retry: bool,
+    /// Members to write (stage `Write`).
+    writes: u32,
 }
 
 struct ParityStep {
@@ -206,20 +210,29 @@ impl ParityStep {
             self.pieces[i].stage = Stage::Done;
             return Next::Done;
         }
-        // The engine's requests: a piece's writes go out together; the reads of this piece are
-        // back, so at least the members' count is free (check() bounds it by QUEUE_DEPTH).
-        if n > io.free() {
-            self.pieces[i].stage = Stage::Done;
-            return Next::Failed("no free sync requests for a piece's writes".into());
+        // The piece's writes go out together, through `issue` once enough of the engine's
+        // requests are free: other pieces may have taken the ones its reads gave back (a
+        // two-target raid6 recovery over four members writes as many as it read).
+        self.pieces[i].writes = writes;
+        self.pieces[i].stage = Stage::Write;
+        Next::Again
+    }
+
+    /// Submits piece `i`'s writes (stage `Write`) if the engine has the requests for them.
+    fn issue_writes(&mut self, i: usize, p: PieceRange, io: &mut SyncIo) -> Step {
+        let writes = self.pieces[i].writes;
+        // check() bounds the members by QUEUE_DEPTH, so this is satisfiable.
+        if writes.count_ones() as usize > io.free() {
+            return Step::Busy;
         }
         self.pieces[i].stage = Stage::Writing;
         let at = p.sector - io.win_start();
-        for r in 0..map.disks {
+        for r in 0..self.map.disks {
             if writes & (1 << r) != 0 {
                 io.submit(i, r as u8, MemberIdx(r), p.sector, p.len_sectors, true, r as usize, at);
             }
         }
-        Next::Wait
+        Step::Issued
     }
 }
 
@@ -236,6 +249,9 @@ impl SyncStep for ParityStep {
 
     fn issue(&mut self, i: usize, p: PieceRange, io: &mut SyncIo) -> Step {
         let st = self.pieces[i];
+        if st.stage == Stage::Write {
+            return self.issue_writes(i, p, io);
+        }
         if st.stage != Stage::Read {
             return Step::Issued;
         }
