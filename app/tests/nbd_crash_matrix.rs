@@ -1,11 +1,23 @@
 //! Crash matrix through the front door: NBD clients write verifiable patterns into keel-tgt —
 //! an md raid1 over two uring bdevs on files (export `mirror`), a dm linear over a second
-//! such raid1 (export `lin`) and an md raid10 near-2 over four (export `ten`) — while keel-tgt
-//! is SIGKILLed at a random moment, over and over (at least 20 kill points, seeds printed): the
-//! first kills land in the arrays' initial resync, later ones in the bitmap-guided resyncs
-//! after each unclean restart; every third round fails, removes and re-adds a member of
-//! `mirror` first (the kill lands in its recovery), every third swaps `lin`'s table (load,
-//! suspend, resume) under the writers. Each restart runs `keel-tgt -c` on the config saved
+//! such raid1 (export `lin`), an md raid10 near-2 over four (export `ten`), an md raid5 over
+//! three (export `r5`) and an md raid6 over four (export `r6`) — while keel-tgt is SIGKILLed
+//! at a random moment, over and over (at least 20 kill points, seeds printed): the first kills
+//! land in the arrays' initial resync (raid5: its initial recovery onto the last member),
+//! later ones in the bitmap-guided resyncs after each unclean restart; every third round
+//! fails, removes and re-adds a member of `mirror`, `r5` and `r6` first (the kill lands in
+//! their recovery), every third swaps `lin`'s table (load, suspend, resume) under the writers
+//! and takes a member out of `r5` and two out of `r6` (the kill lands while they run
+//! degraded; the next start assembles them with the members back, which recover).
+//!
+//! The parity arrays are not in the saved configuration: every start assembles them
+//! (`md_assemble`) and exports them. Killed while degraded or recovering they are dirty and
+//! degraded, and Linux's rule (the write hole: a stripe whose data and parity writes were
+//! torn by the kill cannot rebuild its lost chunk) refuses them: the refusal must name the
+//! write hole, and the test then assembles with `force` as an administrator would. In such a
+//! start, the blocks of every stripe that had a write in flight at the kill are unknown (any
+//! content) until a client writes them durably again; every other block is checked as
+//! always. Each restart runs `keel-tgt -c` on the config saved
 //! before the first load; the arrays assemble from their superblocks (unclean: they resync),
 //! and every block whose write the client saw acknowledged with FUA, or acknowledged before a
 //! FLUSH whose reply came back, must read back that generation or a later one the client sent.
@@ -30,12 +42,28 @@ use keel_nbd::client::BlockingClient;
 use keel_nbd::consts::{CMD_FLAG_FUA, CMD_FLUSH, CMD_WRITE};
 
 const BLOCK: usize = 4096;
-/// Blocks each client writes into (the first 16 MiB of each export).
+/// Blocks each client of the copy levels writes into (the first 16 MiB of each export).
 const BLOCKS: u64 = 4096;
+/// Blocks the clients of the parity exports write into (the first 8 MiB): they resync and
+/// recover whole members in every start (the bitmap's one chunk covers them), so they are kept
+/// small to bound the run's time.
+const PARITY_BLOCKS: u64 = 2048;
+/// Size of a member file of a parity array (the others: 24 MiB).
+const PARITY_FILE_BYTES: u64 = 8 << 20;
 const MAGIC: u64 = 0x4b45_454c_4e42_4431; // "KEELNBD1"
-const EXPORTS: [&str; 3] = ["mirror", "lin", "ten"];
-/// Member files: u0/u1 the raid1 `mirror`, u2/u3 the raid1 under `lin`, u4..u7 the raid10 `ten`.
-const FILES: usize = 8;
+const EXPORTS: [&str; 5] = ["mirror", "lin", "ten", "r5", "r6"];
+/// Member files: u0/u1 the raid1 `mirror`, u2/u3 the raid1 under `lin`, u4..u7 the raid10
+/// `ten`, u8..u10 the raid5 `r5`, u11..u14 the raid6 `r6`.
+const FILES: usize = 15;
+/// The parity arrays: (name, members, the member a recovery round re-adds, the members a
+/// degraded round takes out).
+const PARITY: [(&str, &[&str], &str, &[&str]); 2] = [
+    ("r5", &["U8", "U9", "U10"], "U9", &["U10"]),
+    ("r6", &["U11", "U12", "U13", "U14"], "U12", &["U13", "U14"]),
+];
+/// Chunk of the parity arrays, in 4 KiB blocks (64 KiB); both have two data members, so a
+/// stripe is 32 blocks.
+const PARITY_STRIPE_BLOCKS: u64 = 2 * 16;
 
 /// xorshift64*.
 struct Rng(u64);
@@ -87,15 +115,44 @@ struct Model {
     /// The highest generation ever sent (acknowledged or not).
     sent: Vec<u64>,
     next_gen: u64,
+    /// Blocks of a stripe torn by a kill of a dirty, degraded parity array started with force
+    /// (the write hole): any content until a durable write.
+    unknown: Vec<bool>,
+    /// The writes (first block, blocks) that were in flight when the last round's connection
+    /// died.
+    at_kill: Vec<(u64, u64)>,
 }
 
 impl Model {
-    fn new() -> Model {
+    fn new(blocks: u64) -> Model {
         Model {
-            durable: vec![0; BLOCKS as usize],
-            sent: vec![0; BLOCKS as usize],
+            durable: vec![0; blocks as usize],
+            sent: vec![0; blocks as usize],
             next_gen: 1,
+            unknown: vec![false; blocks as usize],
+            at_kill: Vec::new(),
         }
+    }
+
+    fn blocks(&self) -> u64 {
+        self.durable.len() as u64
+    }
+
+    /// The start after the kill was forced: every stripe a write in flight at the kill touched
+    /// is unknown.
+    fn torn_stripes_unknown(&mut self) -> usize {
+        let mut n = 0;
+        for &(first, blocks) in &self.at_kill {
+            let lo = first / PARITY_STRIPE_BLOCKS * PARITY_STRIPE_BLOCKS;
+            let hi = ((first + blocks).div_ceil(PARITY_STRIPE_BLOCKS) * PARITY_STRIPE_BLOCKS).min(self.blocks());
+            for b in lo..hi {
+                if !self.unknown[b as usize] {
+                    self.unknown[b as usize] = true;
+                    n += 1;
+                }
+            }
+        }
+        n
     }
 }
 
@@ -111,13 +168,16 @@ fn verify(sock: &Path, e: u32, m: &Model, seed: u64, kill: usize) -> usize {
     let mut c = connect(sock, EXPORTS[e as usize]).expect("connect after restart");
     let chunk = 256u64;
     let mut written = 0;
-    for first in (0..BLOCKS).step_by(chunk as usize) {
+    for first in (0..m.blocks()).step_by(chunk as usize) {
         let data = c
             .read(first * BLOCK as u64, (chunk as usize * BLOCK) as u32)
             .unwrap()
             .expect("read after restart");
         for (i, d) in data.chunks(BLOCK).enumerate() {
             let b = first + i as u64;
+            if m.unknown[b as usize] {
+                continue;
+            }
             let (lo, hi) = (m.durable[b as usize], m.sent[b as usize]);
             let got = generation(e, b, d);
             assert!(
@@ -142,9 +202,16 @@ type Span = (u64, u64, u64);
 /// 8 writes in flight, each 1-4 blocks, a quarter with FUA, a FLUSH every 16 writes.
 fn writer(sock: PathBuf, e: u32, mut m: Model, seed: u64, stop: Arc<AtomicBool>) -> (Model, u64) {
     let mut rng = Rng(seed | 1);
+    m.at_kill.clear();
     let Some(mut c) = connect(&sock, EXPORTS[e as usize]) else {
         return (m, 0);
     };
+    // The connection died (the kill): what was in flight (and a write whose send failed).
+    let died =
+        |mut m: Model, inflight: &std::collections::HashMap<u64, (u64, u64, u64, bool)>, extra: Option<(u64, u64)>| {
+            m.at_kill = inflight.values().map(|&(f, k, _, _)| (f, k)).chain(extra).collect();
+            m
+        };
     // In flight, by cookie: (first block, blocks, generation, fua). Acknowledged writes wait
     // for a flush in `acked`.
     let mut inflight: std::collections::HashMap<u64, (u64, u64, u64, bool)> = Default::default();
@@ -156,20 +223,21 @@ fn writer(sock: PathBuf, e: u32, mut m: Model, seed: u64, stop: Arc<AtomicBool>)
         for b in first..first + n {
             let d = &mut m.durable[b as usize];
             *d = (*d).max(gen);
+            m.unknown[b as usize] = false;
         }
     };
     loop {
         while inflight.len() < 8 && !stop.load(Ordering::Relaxed) {
             if flush.is_none() && done % 16 == 15 {
                 let Ok(cookie) = c.send(0, CMD_FLUSH, 0, 0, &[]) else {
-                    return (m, done);
+                    return (died(m, &inflight, None), done);
                 };
                 flush = Some((cookie, std::mem::take(&mut acked)));
                 done += 1;
                 continue;
             }
             let n = 1 + rng.below(4);
-            let first = rng.below(BLOCKS - n + 1);
+            let first = rng.below(m.blocks() - n + 1);
             // Never two writes in flight to one block: their order would be undefined.
             if inflight.values().any(|&(f, k, _, _)| first < f + k && f < first + n) {
                 continue;
@@ -191,7 +259,7 @@ fn writer(sock: PathBuf, e: u32, mut m: Model, seed: u64, stop: Arc<AtomicBool>)
                 (n as usize * BLOCK) as u32,
                 &buf[..n as usize * BLOCK],
             ) else {
-                return (m, done);
+                return (died(m, &inflight, Some((first, n))), done);
             };
             inflight.insert(cookie, (first, n, gen, fua));
             done += 1;
@@ -200,7 +268,7 @@ fn writer(sock: PathBuf, e: u32, mut m: Model, seed: u64, stop: Arc<AtomicBool>)
             return (m, done);
         }
         let Ok(r) = c.reply() else {
-            return (m, done);
+            return (died(m, &inflight, None), done);
         };
         assert_eq!(r.error, 0, "seed {seed}: a write or flush failed before the kill");
         if let Some((cookie, covered)) = &flush {
@@ -225,24 +293,101 @@ fn sh(t: &Target, args: &[&str]) {
     t.plugin(args);
 }
 
-/// U1 leaves `mirror` (md_fail, md_remove once its I/O drained) and comes back as a spare
-/// (md_add): a recovery onto it starts, which the round's kill interrupts or follows.
-fn recover_u1(t: &Target, seed: u64, kill: usize) {
-    sh(t, &["md_fail", "mirror", "U1"]);
+/// One JSON-RPC call straight over keel-tgt's socket: the result, or (code, message). The
+/// rounds' control calls go this way (a spdk-rpc process per call costs ~0.3 s of this
+/// shared machine each; the rounds make a dozen), the setup's through spdk-rpc as ever.
+fn call(t: &Target, method: &str, params: serde_json::Value) -> Result<serde_json::Value, (i64, String)> {
+    use std::io::Write;
+    let mut s = UnixStream::connect(&t.sock).expect("connect to keel-tgt's RPC socket");
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let req = serde_json::json!({"jsonrpc": "2.0", "method": method, "params": params, "id": 1});
+    s.write_all(req.to_string().as_bytes()).unwrap();
+    let reply: serde_json::Value = serde_json::Deserializer::from_reader(&s)
+        .into_iter()
+        .next()
+        .unwrap_or_else(|| panic!("{method}: no reply"))
+        .unwrap_or_else(|e| panic!("{method}: bad reply: {e}"));
+    match reply.get("error") {
+        Some(e) => Err((
+            e["code"].as_i64().unwrap_or(0),
+            e["message"].as_str().unwrap_or("").to_string(),
+        )),
+        None => Ok(reply["result"].clone()),
+    }
+}
+
+/// [`call`] that must succeed.
+fn call_ok(t: &Target, method: &str, params: serde_json::Value) -> serde_json::Value {
+    call(t, method, params.clone()).unwrap_or_else(|e| panic!("{method} {params}: {e:?}"))
+}
+
+/// `member` leaves `array` (md_fail, md_remove once its I/O drained).
+fn fail_remove(t: &Target, array: &str, member: &str, seed: u64, kill: usize) {
+    let p = serde_json::json!({"name": array, "bdev": member});
+    call_ok(t, "md_fail", p.clone());
     let until = Instant::now() + Duration::from_secs(10);
     loop {
-        let o = t.rpc_with(common::PLUGIN, &["md_remove", "mirror", "U1"], None);
-        if o.status.success() {
-            break;
+        match call(t, "md_remove", p.clone()) {
+            Ok(_) => break,
+            Err(e) => assert!(
+                Instant::now() < until,
+                "seed {seed} kill {kill}: md_remove {array} {member}: {e:?}"
+            ),
         }
-        assert!(
-            Instant::now() < until,
-            "seed {seed} kill {kill}: md_remove mirror U1: {}",
-            String::from_utf8_lossy(&o.stderr)
-        );
         std::thread::sleep(Duration::from_millis(50));
     }
-    sh(t, &["md_add", "mirror", "U1"]);
+}
+
+/// `member` leaves `array` and comes back (md_add: a re-add): a recovery onto it starts, which
+/// the round's kill interrupts or follows.
+fn recover(t: &Target, array: &str, member: &str, seed: u64, kill: usize) {
+    fail_remove(t, array, member, seed, kill);
+    call_ok(t, "md_add", serde_json::json!({"name": array, "bdev": member}));
+}
+
+/// Whether every member of `array` is in sync and no sync runs (md_get_arrays' view
+/// `arrays`). A parity array loses a member only then: failing one while the resync after an
+/// unclean start has not yet passed the stripes the kill tore leaves them degraded with stale
+/// parity — the write hole, which Linux does not prevent either (md only refuses to *start*
+/// such an array without force).
+fn healthy(arrays: &serde_json::Value, array: &str) -> bool {
+    arrays
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["name"] == array)
+        .is_some_and(|a| {
+            a["sync_action"] == "idle" && a["members"].as_array().unwrap().iter().all(|m| m["state"] == "in_sync")
+        })
+}
+
+/// Starts parity array `name` over `members` (not in the saved configuration) and exports
+/// it. Auto-assembly may have started it already; otherwise `md_assemble`, and when that
+/// refuses a dirty, degraded array (the write hole) `md_assemble` with `force`. Members the
+/// running array lacks are added back. Returns whether the start was forced; `uuid` is the
+/// array's (with it, md_assemble answers an array auto-assembly started as success).
+fn start_parity(t: &Target, name: &str, uuid: &str, members: &[&str], seed: u64, kill: usize) -> bool {
+    let mut p = serde_json::json!({"name": name, "uuid": uuid, "members": members});
+    let forced = match call(t, "md_assemble", p.clone()) {
+        Ok(_) => false,
+        Err((code, msg)) => {
+            assert!(
+                code == -16 && msg.contains("write hole"),
+                "seed {seed} kill {kill}: md_assemble {name} refused for another reason than the write hole: {code} {msg}"
+            );
+            p["force"] = true.into();
+            call_ok(t, "md_assemble", p);
+            true
+        }
+    };
+    let arrays = call_ok(t, "md_get_arrays", serde_json::json!({"name": name}));
+    for m in members {
+        if !arrays[0]["members"].as_array().unwrap().iter().any(|h| h["bdev"] == *m) {
+            call_ok(t, "md_add", serde_json::json!({"name": name, "bdev": m}));
+        }
+    }
+    call_ok(t, "nbd_server_add_export", serde_json::json!({"bdev_name": name}));
+    forced
 }
 
 #[test]
@@ -265,11 +410,12 @@ fn sigkill_never_loses_acknowledged_writes() {
     let dir = keep.path();
     for i in 0..FILES {
         let f = std::fs::File::create(dir.join(format!("u{i}.img"))).unwrap();
-        f.set_len(24 << 20).unwrap();
+        f.set_len(if i >= 8 { PARITY_FILE_BYTES } else { 24 << 20 }).unwrap();
     }
     let sock = dir.join("nbd.sock");
     let cfg = dir.join("saved.json");
     let size;
+    let mut uuids: Vec<String> = Vec::new();
     {
         let t = Target::start(&["-m", "0x3"]);
         for i in 0..FILES {
@@ -307,17 +453,47 @@ fn sigkill_never_loses_acknowledged_writes() {
         sh(&t, &["nbd_server_add_export", "lin"]);
         sh(&t, &["nbd_server_add_export", "ten"]);
         std::fs::write(&cfg, t.ok(&["save_config"])).unwrap();
+        // Built as Linux builds them: raid5 by recovery onto its last member, raid6 by resync.
+        for (name, members, _, _) in PARITY {
+            let mut args = vec![
+                "md_create",
+                "-n",
+                name,
+                "-l",
+                if name == "r5" { "raid5" } else { "raid6" },
+                "-c",
+                "64",
+            ];
+            args.extend(members);
+            sh(&t, &args);
+            uuids.push(
+                t.plugin(&["md_get_arrays", name])[0]["uuid"]
+                    .as_str()
+                    .unwrap()
+                    .to_string(),
+            );
+        }
         assert!(t.stop().success());
     }
-    let mut models = [Model::new(), Model::new(), Model::new()];
+    let mut models: Vec<Model> = EXPORTS
+        .iter()
+        .map(|e| Model::new(if e.starts_with('r') { PARITY_BLOCKS } else { BLOCKS }))
+        .collect();
     let mut rng = Rng(seed | 1);
     let started = Instant::now();
     let mut total_writes = 0;
     let (mut recoveries, mut swaps) = (0, 0);
+    let (mut forced, mut degraded_kills, mut parity_recoveries, mut unknown_blocks) = (0, 0, 0, 0);
     for kill in 0..kills {
         let rpc_dir = tempfile::tempdir().unwrap();
         let rpc = rpc_dir.path().join("spdk.sock");
         let mut t = Target::start_at(rpc_dir, rpc, &["-m", "0x3", "-c", cfg.to_str().unwrap()]);
+        for (i, (name, members, _, _)) in PARITY.iter().enumerate() {
+            if start_parity(&t, name, &uuids[i], members, seed, kill) {
+                forced += 1;
+                unknown_blocks += models[3 + i].torn_stripes_unknown();
+            }
+        }
         for e in 0..EXPORTS.len() as u32 {
             verify(&sock, e, &models[e as usize], seed, kill);
         }
@@ -331,9 +507,23 @@ fn sigkill_never_loses_acknowledged_writes() {
             .collect();
         // Every third round the kill lands in a recovery (U1 failed, removed and added back to
         // `mirror` while the clients write), every third in or after a table swap of `lin`.
+        // The parity arrays take part only when healthy (a member cannot leave a raid5 that is
+        // still rebuilding another) and not resyncing (see `healthy`); otherwise a sync is
+        // under way anyway.
+        let arrays = if kill % 3 == 0 {
+            serde_json::Value::Null
+        } else {
+            call_ok(&t, "md_get_arrays", serde_json::json!({}))
+        };
         let action = match kill % 3 {
             1 => {
-                recover_u1(&t, seed, kill);
+                recover(&t, "mirror", "U1", seed, kill);
+                for (name, _, member, _) in PARITY {
+                    if healthy(&arrays, name) {
+                        recover(&t, name, member, seed, kill);
+                        parity_recoveries += 1;
+                    }
+                }
                 recoveries += 1;
                 "recovery"
             }
@@ -343,7 +533,15 @@ fn sigkill_never_loses_acknowledged_writes() {
                 sh(&t, &["dm_suspend", "lin"]);
                 sh(&t, &["dm_resume", "lin"]);
                 swaps += 1;
-                "table swap"
+                for (name, _, _, out) in PARITY {
+                    if healthy(&arrays, name) {
+                        for m in out {
+                            fail_remove(&t, name, m, seed, kill);
+                        }
+                        degraded_kills += 1;
+                    }
+                }
+                "table swap, parity arrays degraded"
             }
             _ => "writes",
         };
@@ -364,6 +562,12 @@ fn sigkill_never_loses_acknowledged_writes() {
     }
     // A last clean start: everything acknowledged durable is there, and the arrays are whole.
     let mut t = Target::start(&["-m", "0x3", "-c", cfg.to_str().unwrap()]);
+    for (i, (name, members, _, _)) in PARITY.iter().enumerate() {
+        if start_parity(&t, name, &uuids[i], members, seed, kills) {
+            forced += 1;
+            unknown_blocks += models[3 + i].torn_stripes_unknown();
+        }
+    }
     let mut written = 0;
     for e in 0..EXPORTS.len() as u32 {
         written += verify(&sock, e, &models[e as usize], seed, kills);
@@ -376,19 +580,26 @@ fn sigkill_never_loses_acknowledged_writes() {
         recoveries >= kills / 3 && swaps >= kills / 3 - 1,
         "kill points in recoveries {recoveries}, in table swaps {swaps}"
     );
+    assert!(
+        parity_recoveries >= 2 && degraded_kills >= 2 && forced >= 2,
+        "parity arrays: kill points in recoveries {parity_recoveries}, while degraded {degraded_kills}, forced starts \
+         {forced}"
+    );
     let durable = models
         .iter()
         .map(|m| m.durable.iter().filter(|&&g| g > 0).count())
         .sum::<usize>();
     assert!(durable > 50, "some writes were acknowledged durable: {durable}");
     println!(
-        "crash matrix: {kills} kills, {total_writes} requests, {durable} blocks durable, {:.1} s",
+        "crash matrix: {kills} kills, {total_writes} requests, {durable} blocks durable, {:.1} s; parity arrays: \
+         {parity_recoveries} kills in re-add recoveries, {degraded_kills} while degraded, {forced} forced starts (dirty and degraded), {unknown_blocks} blocks of \
+         torn stripes let go",
         started.elapsed().as_secs_f64()
     );
     // The bitmap-guided resyncs end; a clean stop writes clean superblocks.
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
-        let arrays = t.plugin(&["md_get_arrays"]);
+        let arrays = call_ok(&t, "md_get_arrays", serde_json::json!({}));
         let busy: Vec<String> = arrays
             .as_array()
             .unwrap()
@@ -405,14 +616,45 @@ fn sigkill_never_loses_acknowledged_writes() {
         );
         std::thread::sleep(Duration::from_millis(100));
     }
+    // The parity arrays' own comparison: parity matches the data everywhere.
+    for (name, _, _, _) in PARITY {
+        call_ok(
+            &t,
+            "md_set_sync_action",
+            serde_json::json!({"name": name, "action": "check"}),
+        );
+    }
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let arrays = call_ok(&t, "md_get_arrays", serde_json::json!({}));
+        let done: Vec<&serde_json::Value> = arrays
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|a| PARITY.iter().any(|p| a["name"] == p.0))
+            .filter(|a| a["sync_action"] == "idle" && a["last_sync_action"] == "check")
+            .collect();
+        if done.len() == PARITY.len() {
+            for a in done {
+                assert_eq!(a["mismatch_cnt"], 0, "seed {seed}: {} after the check", a["name"]);
+            }
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "seed {seed}: the checks did not end: {arrays}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
     let _ = t.rpc(&["spdk_kill_instance", "SIGTERM"]);
     common::wait_exit(&mut t.child, Duration::from_secs(20)).expect("keel-tgt exits");
     members_agree(dir, seed);
 }
 
 /// After the clean stop: the copies of every array compare equal over the data area (raid1
-/// pairs, and raid10 near-2 over four, whose members pair the same way), and mdadm --examine
-/// agrees with Keel's superblock on every member (uuid, events, clean state, role).
+/// pairs, and raid10 near-2 over four, whose members pair the same way; the parity arrays were
+/// checked before the stop), and mdadm --examine agrees with Keel's superblock on every member
+/// (uuid, events, clean state, role).
 fn members_agree(dir: &Path, seed: u64) {
     use keel_md::superblock::{Superblock, V1_2_SUPER_OFFSET_SECTORS};
     use std::os::unix::fs::FileExt;

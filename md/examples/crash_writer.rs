@@ -1,16 +1,17 @@
-//! `crash_writer`: a small process that embeds Keel's stack (one reactor, a bdev registry, two
-//! uring bdevs over member files, a raid1 md array with an internal write-intent bitmap) and
-//! writes to the array until it is killed. The md crash scenario (`md/tests/crash_resync.rs`)
+//! `crash_writer`: a small process that embeds Keel's stack (one reactor, a bdev registry,
+//! uring bdevs over member files, an md array — raid1 by default, or raid4/5/6/10 — with an
+//! internal write-intent bitmap) and writes to the array until it is killed. The md crash scenario (`md/tests/crash_resync.rs`)
 //! SIGKILLs it mid-write and then checks what the members hold.
 //!
 //! ```text
-//! crash_writer [--create] --member FILE --member FILE [--name md0] [--qd 8]
-//!              [--range-start-pct 0] [--range-len-pct 25] [--gen-start 1] [--seed 1]
-//!              [--stop-after N]
+//! crash_writer [--create] --member FILE --member FILE... [--level raid1] [--chunk-kb N]
+//!              [--name md0] [--qd 8] [--range-start-pct 0] [--range-len-pct 25]
+//!              [--gen-start 1] [--seed 1] [--stop-after N]
 //! ```
 //!
-//! * `--create` makes a fresh raid1 (`assume_clean`, bitmap "internal") over the files; without
-//!   it the array is assembled from the members' superblocks (`MdRegistry::assemble`).
+//! * `--create` makes a fresh array of `--level` (raid1 unless given; `--chunk-kb` as md_create)
+//!   over the files, `assume_clean`, bitmap "internal"; without it the array is assembled from
+//!   the members' superblocks (`MdRegistry::assemble`).
 //! * The writer then runs `--qd` 4 KiB writes at once through the array bdev, each to a random
 //!   4 KiB block of `[start, start + len)` percent of the array (so the bitmap keeps clean
 //!   chunks). Two writes in flight never target the same block, so a block's writes land in
@@ -48,14 +49,17 @@ const IO_BYTES: usize = 4096;
 /// How long setup (bdevs + create/assemble) and the final stop may take.
 const SETUP_TIMEOUT: Duration = Duration::from_secs(60);
 
-const USAGE: &str = "usage: crash_writer [--create] --member FILE --member FILE [--name md0] [--qd 8] \
-[--range-start-pct 0] [--range-len-pct 25] [--gen-start 1] [--seed 1] [--stop-after N]";
+const USAGE: &str = "usage: crash_writer [--create] --member FILE --member FILE... [--level raid1] \
+[--chunk-kb N] [--name md0] [--qd 8] [--range-start-pct 0] [--range-len-pct 25] [--gen-start 1] [--seed 1] \
+[--stop-after N]";
 
 /// Command line.
 #[derive(Debug, Clone)]
 struct Args {
     create: bool,
     members: Vec<String>,
+    level: String,
+    chunk_kb: Option<u32>,
     name: String,
     qd: usize,
     range_start_pct: u64,
@@ -69,6 +73,8 @@ fn parse_args(mut it: impl Iterator<Item = String>) -> Result<Args, String> {
     let mut a = Args {
         create: false,
         members: Vec::new(),
+        level: "raid1".into(),
+        chunk_kb: None,
         name: "md0".into(),
         qd: 8,
         range_start_pct: 0,
@@ -86,6 +92,8 @@ fn parse_args(mut it: impl Iterator<Item = String>) -> Result<Args, String> {
             "--create" => a.create = true,
             "--member" => a.members.push(it.next().ok_or("--member needs a file")?),
             "--name" => a.name = it.next().ok_or("--name needs a value")?,
+            "--level" => a.level = it.next().ok_or("--level needs a value")?,
+            "--chunk-kb" => a.chunk_kb = Some(num("--chunk-kb", it.next())? as u32),
             "--qd" => a.qd = num("--qd", it.next())? as usize,
             "--range-start-pct" => a.range_start_pct = num("--range-start-pct", it.next())?,
             "--range-len-pct" => a.range_len_pct = num("--range-len-pct", it.next())?,
@@ -96,9 +104,9 @@ fn parse_args(mut it: impl Iterator<Item = String>) -> Result<Args, String> {
             other => return Err(format!("unknown argument '{other}'")),
         }
     }
-    if a.members.len() != 2 {
+    if a.members.len() < 2 {
         return Err(format!(
-            "--member: give exactly two member files, got {}",
+            "--member: give at least two member files, got {}",
             a.members.len()
         ));
     }
@@ -364,8 +372,10 @@ fn run(args: Args) -> Result<(), String> {
                 if args.create {
                     let opts = CreateOpts {
                         name: args.name.clone(),
-                        level: "raid1".into(),
+                        level: args.level.clone(),
                         members: names,
+                        chunk_kb: args.chunk_kb,
+                        bitmap: Some("internal".into()),
                         assume_clean: true,
                         ..Default::default()
                     };

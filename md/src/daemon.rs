@@ -11,7 +11,8 @@
 //! 3. member failures (a core marked a slot faulty, or the member bdev is going away): the member
 //!    moves to the faulty list, every core drops its channel, the superblocks record it
 //!    (role 0xfffe), a running sync stops (it resumes over the new member set); a spare, if
-//!    any, takes the role as `Rebuilding` once no sync runs;
+//!    any, takes the role as `Rebuilding` once no sync runs — a re-added member
+//!    ([`crate::array::ReAdd`]) its own role, and it too only then;
 //! 4. dirty marking: a writer found the superblocks clean → write them "active" (resync_offset
 //!    0), then open the write gate; after [`SAFE_MODE_MS`] without writes, close the gate and
 //!    write them clean again (resync_offset = the resync checkpoint), as Linux's safe mode;
@@ -274,6 +275,9 @@ impl Daemon {
             busy = true;
             let (action, targets, _h) = self.sync.take().expect("a sync was running");
             let mut ctl = self.array.ctl();
+            // The run is over for md_get_arrays only now, with its outcome taken in below
+            // (under the same lock `info` reads the rest with).
+            self.array.progress.action.store(0, Ordering::SeqCst);
             match out {
                 SyncOutcome::Done { mismatch_sectors } => {
                     tracing::info!(array = %self.array.name, ?action, mismatch_sectors, "md: sync finished");
@@ -386,19 +390,42 @@ impl Daemon {
             return false;
         }
         let shared = &self.array.shared;
+        // Rebuilding roles left by an interrupted run keep its bitmap rule; new ones may use the
+        // bitmap only if every one of them is a re-add whose bitmap covers what it missed.
+        let mut bitmap = ctl.readd_bitmap || !shared.slots.iter().any(|s| s.state() == SlotState::Rebuilding);
         let mut changed = false;
         for r in 0..ctl.slots.len() {
-            if ctl.slots[r].is_none() && shared.slots[r].state() == SlotState::Missing && !ctl.spares.is_empty() {
-                let m = ctl.spares.remove(0);
-                tracing::info!(array = %self.array.name, role = r, member = %m.name, "md: spare activated, recovery follows");
-                shared.slots[r].set_recovered_sectors(0);
-                shared.slots[r].set_state(SlotState::Rebuilding);
-                ctl.slots[r] = Some(m);
-                changed = true;
+            if ctl.slots[r].is_some() || shared.slots[r].state() != SlotState::Missing {
+                continue;
             }
+            // The member that held the role first; else a spare that is not waiting for
+            // another role.
+            let pick = ctl
+                .spares
+                .iter()
+                .position(|m| m.readd.as_ref().is_some_and(|a| a.role == r))
+                .or_else(|| ctl.spares.iter().position(|m| m.readd.is_none()));
+            let Some(i) = pick else { continue };
+            let mut m = ctl.spares.remove(i);
+            match m.readd.take() {
+                Some(a) if !ctl.slots.iter().flatten().any(|s| s.sb.dev_number == a.sb.dev_number) => {
+                    tracing::info!(array = %self.array.name, role = r, member = %m.name, bitmap = a.bitmap_ok,
+                        "md: member re-added, recovery follows");
+                    bitmap &= a.bitmap_ok;
+                    m.sb = a.sb;
+                }
+                _ => {
+                    tracing::info!(array = %self.array.name, role = r, member = %m.name, "md: spare activated, recovery follows");
+                    bitmap = false;
+                }
+            }
+            shared.slots[r].set_recovered_sectors(0);
+            shared.slots[r].set_state(SlotState::Rebuilding);
+            ctl.slots[r] = Some(m);
+            changed = true;
         }
         if changed {
-            ctl.readd_bitmap = false;
+            ctl.readd_bitmap = bitmap && shared.intent.is_some();
             ctl.sb_needed = true;
             drop(ctl);
             self.refresh();

@@ -26,6 +26,8 @@ use crate::sync::{SyncAction, SyncIo, QUEUE_DEPTH};
 /// Largest sync piece (Linux's resync unit for raid5/6 is a page per member; 64 KiB keeps the
 /// request count low).
 pub(crate) const PIECE_MAX_SECTORS: u64 = 128;
+// Check/repair count a piece's mismatching sectors in a u128 mask.
+const _: () = assert!(PIECE_MAX_SECTORS <= 128);
 const SECTOR: usize = 512;
 /// Members a sync run handles (one request per member per piece, masks in a `u32`).
 const MAX_SYNC_MEMBERS: usize = if QUEUE_DEPTH < 32 { QUEUE_DEPTH } else { 32 };
@@ -88,6 +90,8 @@ enum Stage {
     #[default]
     Read,
     Reading,
+    /// Computed; its writes (`ParityPiece::writes`) wait for free requests.
+    Write,
     Writing,
     Done,
 }
@@ -99,6 +103,8 @@ struct ParityPiece {
     got: u32,
     /// A read failed: plan again.
     retry: bool,
+    /// Members to write (stage `Write`).
+    writes: u32,
 }
 
 struct ParityStep {
@@ -149,7 +155,8 @@ impl ParityStep {
                 }
                 let (sp, sq) = self.scratch.as_ref().expect("made before the first read");
                 gen_parity(&self.parity, &map, pd, &bufs, off, len, Some((sp, sq)));
-                let mut diff = 0u64;
+                // One bit per sector of the piece (at most `PIECE_MAX_SECTORS`, asserted above).
+                let mut diff = 0u128;
                 let mut differs = |mine: &DmaBuf, member: u16| {
                     if !got[member as usize] {
                         return false;
@@ -203,20 +210,29 @@ impl ParityStep {
             self.pieces[i].stage = Stage::Done;
             return Next::Done;
         }
-        // The engine's requests: a piece's writes go out together; the reads of this piece are
-        // back, so at least the members' count is free (check() bounds it by QUEUE_DEPTH).
-        if n > io.free() {
-            self.pieces[i].stage = Stage::Done;
-            return Next::Failed("no free sync requests for a piece's writes".into());
+        // The piece's writes go out together, through `issue` once enough of the engine's
+        // requests are free: other pieces may have taken the ones its reads gave back (a
+        // two-target raid6 recovery over four members writes as many as it read).
+        self.pieces[i].writes = writes;
+        self.pieces[i].stage = Stage::Write;
+        Next::Again
+    }
+
+    /// Submits piece `i`'s writes (stage `Write`) if the engine has the requests for them.
+    fn issue_writes(&mut self, i: usize, p: PieceRange, io: &mut SyncIo) -> Step {
+        let writes = self.pieces[i].writes;
+        // check() bounds the members by QUEUE_DEPTH, so this is satisfiable.
+        if writes.count_ones() as usize > io.free() {
+            return Step::Busy;
         }
         self.pieces[i].stage = Stage::Writing;
         let at = p.sector - io.win_start();
-        for r in 0..map.disks {
+        for r in 0..self.map.disks {
             if writes & (1 << r) != 0 {
                 io.submit(i, r as u8, MemberIdx(r), p.sector, p.len_sectors, true, r as usize, at);
             }
         }
-        Next::Wait
+        Step::Issued
     }
 }
 
@@ -233,6 +249,9 @@ impl SyncStep for ParityStep {
 
     fn issue(&mut self, i: usize, p: PieceRange, io: &mut SyncIo) -> Step {
         let st = self.pieces[i];
+        if st.stage == Stage::Write {
+            return self.issue_writes(i, p, io);
+        }
         if st.stage != Stage::Read {
             return Step::Issued;
         }

@@ -5,7 +5,7 @@
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use super::{Array, MdRegistry, MemberRec, SyncRequest, ROLE_TABLE_LEN};
+use super::{Array, MdRegistry, MemberRec, ReAdd, SyncRequest, ROLE_TABLE_LEN};
 use crate::layout::MemberIdx;
 use crate::shared::SlotState;
 use crate::superblock::{Superblock, BLOCK_BYTES, V1_2_SUPER_OFFSET_SECTORS};
@@ -17,6 +17,8 @@ impl MdRegistry {
     /// it held a role of this array that is now empty comes back into that role ("re-add"):
     /// with a bitmap only the chunks written meanwhile are recovered. Anything else becomes a
     /// spare with a fresh superblock; the daemon moves it into an empty role and rebuilds it.
+    /// Either way it waits among the spares until no sync run is under way (a re-add listed as
+    /// "spare" until then), as Linux.
     /// Called on the main reactor; `done` runs there.
     pub fn add(self: &Arc<Self>, name: &str, bdev: &str, done: impl FnOnce(Result<(), MdError>) + 'static) {
         let r = (|| {
@@ -88,33 +90,25 @@ impl MdRegistry {
         if ctl.stopping {
             return Err(MdError::Busy(format!("md array '{}' is stopping", array.name)));
         }
-        // Re-add into the role it held, if that role is empty.
-        if let Some(sb) = old {
+        // Re-add into the role it held, if that role is empty: the member waits among the
+        // spares (with a spare's fresh superblock, so that a crash meanwhile leaves a plain
+        // spare) until the daemon gives the role back, which it does only once no sync run is
+        // under way (see `ReAdd`).
+        let readd = old.and_then(|sb| {
             let role = match sb.own_role() {
                 crate::superblock::Role::Active(r) => Some(r as usize),
                 _ => None,
             };
-            if let Some(r) = role.filter(|&r| r < ctl.slots.len() && ctl.slots[r].is_none()) {
-                if array.shared.slots[r].state() == SlotState::Missing
-                    && sb.data_offset_sectors == ctl.template.data_offset_sectors
-                    && !ctl.slots.iter().flatten().any(|m| m.sb.dev_number == sb.dev_number)
-                {
-                    // Bits are never cleared while the array is degraded, so they cover every
-                    // write the member missed since it left.
-                    let bitmap_ok = array.shared.intent.is_some() && sb.events <= ctl.events;
-                    rec.sb = sb;
-                    ctl.faulty.retain(|m| m.name != rec.name);
-                    array.shared.slots[r].set_recovered_sectors(0);
-                    array.shared.slots[r].set_state(SlotState::Rebuilding);
-                    ctl.slots[r] = Some(rec);
-                    ctl.readd_bitmap = bitmap_ok;
-                    ctl.sb_needed = true;
-                    drop(ctl);
-                    array.refresh_channels(|| {});
-                    return Ok(());
-                }
-            }
-        }
+            let r = role.filter(|&r| r < ctl.slots.len() && ctl.slots[r].is_none())?;
+            let fits = array.shared.slots[r].state() == SlotState::Missing
+                && sb.data_offset_sectors == ctl.template.data_offset_sectors
+                && !ctl.slots.iter().flatten().any(|m| m.sb.dev_number == sb.dev_number)
+                && !ctl.spares.iter().any(|m| m.readd.as_ref().is_some_and(|a| a.role == r));
+            // Bits are never cleared while the array is degraded, so they cover every write
+            // the member missed since it left.
+            let bitmap_ok = array.shared.intent.is_some() && sb.events <= ctl.events;
+            fits.then_some(ReAdd { role: r, sb, bitmap_ok })
+        });
         let used: Vec<u32> = ctl
             .slots
             .iter()
@@ -122,6 +116,13 @@ impl MdRegistry {
             .chain(ctl.spares.iter())
             .chain(ctl.faulty.iter())
             .map(|m| m.sb.dev_number)
+            // A waiting re-add takes its old number back.
+            .chain(
+                ctl.spares
+                    .iter()
+                    .filter_map(|m| m.readd.as_ref().map(|a| a.sb.dev_number)),
+            )
+            .chain(readd.as_ref().map(|a| a.sb.dev_number))
             .collect();
         let dev_number = (0..ROLE_TABLE_LEN as u32)
             .find(|d| !used.contains(d))
@@ -132,6 +133,7 @@ impl MdRegistry {
         sb.data_size_sectors = dev_sectors - sb.data_offset_sectors;
         sb.recovery_offset_sectors = 0;
         rec.sb = sb;
+        rec.readd = readd;
         ctl.faulty.retain(|m| m.name != rec.name);
         ctl.spares.push(rec);
         ctl.sb_needed = true;

@@ -78,6 +78,25 @@ pub(crate) struct MemberRec {
     pub sb: Superblock,
     /// Set by the descriptor's event callback when the bdev is being removed.
     pub removed: Arc<AtomicBool>,
+    /// A spare that is a member coming back (`md_add` of a bdev carrying its own superblock of
+    /// this array): the role it held, waiting for the daemon to give it back.
+    pub readd: Option<ReAdd>,
+}
+
+/// A re-add waiting in the spares list (see [`MemberRec::readd`]). As Linux (whose
+/// `remove_and_add_spares` runs only once no sync thread is running), the daemon moves it into
+/// its role only when no sync run is under way: a run that was stopped may still have a window
+/// in flight, and when that window ends it publishes its progress to the role's slot
+/// (`recovered_sectors`, or in sync when it was the last window) — progress that would then be
+/// taken for the re-added member's, which never got that window's data.
+#[derive(Debug, Clone)]
+pub(crate) struct ReAdd {
+    /// The role its superblock says it held (empty and missing when `md_add` ran).
+    pub role: usize,
+    /// Its superblock as read by `md_add`: it takes it back with the role.
+    pub sb: Superblock,
+    /// The bitmap covers every write it missed: recovery may skip clean chunks.
+    pub bitmap_ok: bool,
 }
 
 impl MemberRec {
@@ -110,6 +129,7 @@ impl MemberRec {
             name: bdev.to_string(),
             sb,
             removed,
+            readd: None,
         })
     }
 }

@@ -121,7 +121,8 @@ pub(crate) struct SyncSpeed {
 /// What `md_get_arrays` shows of a run; written by the engine, read anywhere.
 #[derive(Debug, Default)]
 pub(crate) struct SyncProgress {
-    /// 0 idle, else `SyncAction as u8 + 1`.
+    /// 0 idle, else `SyncAction as u8 + 1`. Set by the engine when a run starts; cleared by
+    /// the run's owner (the daemon) when it collected the outcome, not by the engine.
     pub action: AtomicU8,
     /// Array sectors done (from 0, including a checkpoint resumed from).
     pub done_sectors: AtomicU64,
