@@ -5,7 +5,9 @@
 //! filesystem and that the driver's error for a device not bound to vfio-pci says what to do,
 //! binds it to vfio-pci, runs `keel-nvme-pcie-probe` (attach, identify, 4 KiB and 128 KiB
 //! write+read verify, write zeroes and deallocate, flush, a second queue pair, a controller reset
-//! with writes in flight, an out-of-range read, shutdown), then rebinds the kernel driver and compares what Keel wrote with `dd`.
+//! with writes outstanding (done by the device, their completions unreaped: QEMU's controller
+//! can die if reset mid-DMA, so that case is the model's), an out-of-range read, shutdown), then
+//! rebinds the kernel driver and compares what Keel wrote with `dd`.
 //! Here the identity the probe printed is compared field by field with nvme-cli's JSON. A lab
 //! that cannot start fails this test.
 
