@@ -1,6 +1,6 @@
 //! Crash matrix through the front door: NBD clients write verifiable patterns into keel-tgt —
-//! an md raid1 over two uring bdevs on files (export `mirror`), a dm linear over a second
-//! such raid1 (export `lin`), an md raid10 near-2 over four (export `ten`), an md raid5 over
+//! an md raid1 over two uring bdevs on files (export `mirror`), a dm table over a second such
+//! raid1, half linear and half striped (export `lin`), an md raid10 near-2 over four (export `ten`), an md raid5 over
 //! three (export `r5`) and an md raid6 over four (export `r6`) — while keel-tgt is SIGKILLed
 //! at a random moment, over and over (at least 20 kill points, seeds printed): the first kills
 //! land in the arrays' initial resync (raid5: its initial recovery onto the last member),
@@ -64,6 +64,18 @@ const PARITY: [(&str, &[&str], &str, &[&str]); 2] = [
 /// Chunk of the parity arrays, in 4 KiB blocks (64 KiB); both have two data members, so a
 /// stripe is 32 blocks.
 const PARITY_STRIPE_BLOCKS: u64 = 2 * 16;
+
+/// `lin`'s table over the raid1 `inner`, as many sectors as the clients write: the first half a
+/// linear target, the second half a two-leg striped target with 4 KiB chunks over two further
+/// ranges of `inner` (multi-block writes there are split across the legs).
+fn lin_table() -> String {
+    let half = BLOCKS * 8 / 2;
+    let leg = half / 2;
+    format!(
+        "0 {half} linear inner 0\n{half} {half} striped 2 8 inner {half} inner {}\n",
+        half + leg
+    )
+}
 
 /// xorshift64*.
 struct Rng(u64);
@@ -414,7 +426,6 @@ fn sigkill_never_loses_acknowledged_writes() {
     }
     let sock = dir.join("nbd.sock");
     let cfg = dir.join("saved.json");
-    let size;
     let mut uuids: Vec<String> = Vec::new();
     {
         let t = Target::start(&["-m", "0x3"]);
@@ -440,14 +451,12 @@ fn sigkill_never_loses_acknowledged_writes() {
                 "U7",
             ],
         );
-        size = t.json(&["bdev_get_bdevs", "-b", "inner"])[0]["num_blocks"]
+        let inner_sectors = t.json(&["bdev_get_bdevs", "-b", "inner"])[0]["num_blocks"]
             .as_u64()
             .unwrap()
             * 8;
-        sh(
-            &t,
-            &["dm_create", "lin", "--table", &format!("0 {size} linear inner 0")],
-        );
+        assert!(inner_sectors >= BLOCKS * 8, "inner holds lin's table");
+        sh(&t, &["dm_create", "lin", "--table", &lin_table()]);
         sh(&t, &["nbd_server_start", &format!("unix:{}", sock.display())]);
         sh(&t, &["nbd_server_add_export", "mirror"]);
         sh(&t, &["nbd_server_add_export", "lin"]);
@@ -528,8 +537,7 @@ fn sigkill_never_loses_acknowledged_writes() {
                 "recovery"
             }
             2 => {
-                let table = format!("0 {size} linear inner 0");
-                sh(&t, &["dm_load", "lin", "--table", &table]);
+                sh(&t, &["dm_load", "lin", "--table", &lin_table()]);
                 sh(&t, &["dm_suspend", "lin"]);
                 sh(&t, &["dm_resume", "lin"]);
                 swaps += 1;
