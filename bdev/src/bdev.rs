@@ -11,6 +11,7 @@ use serde_json::Value;
 use uuid::Uuid;
 
 use crate::forward::{Route, RouteHandle};
+use crate::gate::{Gate, GateConfig, Histogram, QosBucket, QosLimits};
 use crate::stats::{ChannelStats, IoStats, StatsReset};
 use crate::{BdevError, CompletionQueue, IoBox, IoOp, IoRequest, IoStatus, Submit};
 
@@ -189,6 +190,11 @@ pub(crate) struct BdevCore {
     pub backend: Arc<dyn BdevBackend>,
     pub removed: AtomicBool,
     pub retired: Mutex<IoStats>,
+    /// Rate limits and histogram (see `gate.rs`): what every channel's gate applies, new
+    /// channels included. Control path.
+    pub gate_config: Mutex<GateConfig>,
+    /// The histogram counts of channels that closed while the histogram was on.
+    pub retired_hist: Mutex<Option<Histogram>>,
 }
 
 /// What the generic layer hands a module building its channel on a core
@@ -233,9 +239,9 @@ impl ChannelCx {
 /// routing layer).
 #[repr(C)]
 pub struct BdevChannel {
-    core: Arc<BdevCore>,
-    backend: Box<dyn BackendChannel>,
-    stats: Rc<ChannelStats>,
+    pub(crate) core: Arc<BdevCore>,
+    pub(crate) backend: Box<dyn BackendChannel>,
+    pub(crate) stats: Rc<ChannelStats>,
     /// The module publishes routes (it took a [`RouteHandle`]); `route` is the current one.
     routes: bool,
     /// The module's channel is a leaf ([`BackendChannel::leaf`]).
@@ -243,13 +249,24 @@ pub struct BdevChannel {
     /// Hot removal reached this core ([`BdevChannel::abort_all`]): what a route forwards here
     /// fails. A per-core copy of the bdev's removal flag, in the line the dispatch reads anyway.
     pub(crate) aborted: Cell<bool>,
+    /// The bdev has a rate limit or a histogram: submits go through `gate` (see `gate.rs`).
+    pub(crate) gated: Cell<bool>,
     pub(crate) route: RefCell<Route>,
+    /// The QoS/histogram gate, while the bdev has either (or it still drains).
+    pub(crate) gate: RefCell<Option<Rc<Gate>>>,
+    /// This channel, for the gate's poller.
+    me: Weak<BdevChannel>,
 }
 
 impl Drop for BdevChannel {
     fn drop(&mut self) {
         if let Ok(mut r) = self.core.retired.lock() {
             r.merge(&self.stats.snapshot());
+        }
+        if let Some(h) = self.histogram() {
+            if let Ok(mut r) = self.core.retired_hist.lock() {
+                r.get_or_insert_with(Histogram::new).merge(&h);
+            }
         }
     }
 }
@@ -270,7 +287,16 @@ impl BdevChannel {
 
     pub(crate) fn abort_all(&self) {
         self.aborted.set(true);
+        let gate = self.gate.borrow().clone();
+        if let Some(g) = gate {
+            g.abort_queued(self);
+        }
         self.backend.abort_all();
+    }
+
+    /// This channel's histogram, if the bdev records one.
+    fn histogram(&self) -> Option<Histogram> {
+        self.gate.borrow().as_ref().and_then(|g| g.histogram())
     }
 }
 
@@ -311,6 +337,8 @@ impl Bdev {
             backend,
             removed: AtomicBool::new(false),
             retired: Mutex::new(IoStats::default()),
+            gate_config: Mutex::new(GateConfig::default()),
+            retired_hist: Mutex::new(None),
         });
         let c2 = core.clone();
         let io_device = IoDevice::new_cyclic(core.info.name.clone(), move |cpu, chan: &Weak<BdevChannel>| {
@@ -322,7 +350,7 @@ impl Bdev {
                 staged: Rc::new(RefCell::new(Route::off())),
             };
             let backend = c2.backend.create_channel(&cx);
-            BdevChannel {
+            let ch = BdevChannel {
                 core: c2.clone(),
                 leaf: backend.leaf(),
                 backend,
@@ -330,7 +358,15 @@ impl Bdev {
                 routes: cx.routes.get(),
                 route: RefCell::new(cx.staged.replace(Route::off())),
                 aborted: Cell::new(false),
+                gated: Cell::new(false),
+                gate: RefCell::new(None),
+                me: chan.clone(),
+            };
+            let cfg = c2.gate_config.lock().unwrap().clone();
+            if cfg.is_active() {
+                Gate::apply(&ch, chan, &cfg);
             }
+            ch
         });
         Arc::new(Bdev {
             core,
@@ -436,6 +472,103 @@ impl Bdev {
                 ch.stats.apply_reset(reset);
             },
             move || done(std::mem::take(&mut *acc.lock().unwrap())),
+        );
+    }
+
+    /// The rate limits in force (`assigned_rate_limits`; all zero when none). Any thread.
+    pub fn qos_limits(&self) -> QosLimits {
+        let cfg = self.core.gate_config.lock().unwrap();
+        cfg.qos.as_ref().map(|q| q.limits()).unwrap_or_default()
+    }
+
+    /// Sets the rate limits (all zero: none) and applies them on every core's channel, then
+    /// calls `done` on the calling core. A request that waited for tokens goes on when its
+    /// limit is lifted. Called on a reactor (the main one, from RPC); completes later. Builds a
+    /// new shared bucket (`gate.rs`): the budget restarts with the new limits.
+    pub fn set_qos_limits(self: &Arc<Self>, limits: QosLimits, done: impl FnOnce() + Send + 'static) {
+        let mut cfg = self.core.gate_config.lock().unwrap();
+        cfg.qos = (!limits.is_unlimited()).then(|| Arc::new(QosBucket::new(limits)));
+        drop(cfg);
+        self.apply_gate(done);
+    }
+
+    /// Turns the latency histogram on for the ops in `ops` (`None`: off, dropping the counts)
+    /// on every core's channel, then calls `done` on the calling core. Enabling an enabled
+    /// histogram changes the ops and keeps the counts. Called on a reactor; completes later.
+    pub fn set_histogram(self: &Arc<Self>, ops: Option<IoCaps>, done: impl FnOnce() + Send + 'static) {
+        self.core.gate_config.lock().unwrap().hist_ops = ops;
+        if ops.is_none() {
+            *self.core.retired_hist.lock().unwrap() = None;
+        }
+        self.apply_gate(done);
+    }
+
+    /// The ops the histogram records, if it is on. Any thread.
+    pub fn histogram_ops(&self) -> Option<IoCaps> {
+        self.core.gate_config.lock().unwrap().hist_ops
+    }
+
+    /// Merges every core's histogram and calls `done` with the sum on the calling core (`None`
+    /// when the bdev records none). Called on a reactor; completes later. The counts of channels
+    /// that closed meanwhile are kept and included (a benchmark's channels close when its jobs
+    /// end, before anyone asks).
+    pub fn collect_histogram(self: &Arc<Self>, done: impl FnOnce(Option<Histogram>) + Send + 'static) {
+        if self.histogram_ops().is_none() {
+            return done(None);
+        }
+        let acc = Arc::new(Mutex::new(Histogram::new()));
+        let acc2 = acc.clone();
+        let core = self.core.clone();
+        self.io_device.for_each_channel(
+            move |ch: &BdevChannel| {
+                if let Some(h) = ch.histogram() {
+                    acc2.lock().unwrap().merge(&h);
+                }
+            },
+            move || {
+                let mut total = std::mem::take(&mut *acc.lock().unwrap());
+                if let Some(r) = core.retired_hist.lock().unwrap().as_ref() {
+                    total.merge(r);
+                }
+                done(Some(total))
+            },
+        );
+    }
+
+    /// The calls that restore this bdev's settings after it is created (save_config): a
+    /// `bdev_set_qos_limit` with the limits set, as SPDK writes it. Control path.
+    pub(crate) fn setting_calls(&self) -> Vec<ConfigCall> {
+        let l = self.qos_limits();
+        if l.is_unlimited() {
+            return Vec::new();
+        }
+        let mut params = serde_json::Map::new();
+        params.insert("name".into(), Value::from(self.name()));
+        for (k, v) in [
+            ("rw_ios_per_sec", l.rw_ios_per_sec),
+            ("rw_mbytes_per_sec", l.rw_mbytes_per_sec),
+            ("r_mbytes_per_sec", l.r_mbytes_per_sec),
+            ("w_mbytes_per_sec", l.w_mbytes_per_sec),
+        ] {
+            if v > 0 {
+                params.insert(k.into(), Value::from(v));
+            }
+        }
+        vec![ConfigCall {
+            method: "bdev_set_qos_limit",
+            params: Value::Object(params),
+        }]
+    }
+
+    /// Copies the bdev's gate configuration to every channel, then `done`.
+    fn apply_gate(self: &Arc<Self>, done: impl FnOnce() + Send + 'static) {
+        let core = self.core.clone();
+        self.io_device.for_each_channel(
+            move |ch: &BdevChannel| {
+                let cfg = core.gate_config.lock().unwrap().clone();
+                Gate::apply(ch, &ch.me, &cfg);
+            },
+            done,
         );
     }
 
@@ -591,10 +724,36 @@ impl Channel {
     /// `Submit::Requeue` hands it back untouched (backpressure). Called on this channel's core.
     #[inline]
     pub fn submit(&self, io: IoBox, cq: &CompletionQueue) -> Submit {
-        if self.ch.routes {
+        if self.ch.gated.get() {
+            self.submit_gated(io, cq)
+        } else if self.ch.routes {
             self.submit_routed(io, cq)
         } else {
             self.submit_to_module(io, cq)
+        }
+    }
+
+    /// [`Channel::submit`] of a bdev with a rate limit or a histogram (`gate.rs`): validated
+    /// as always, then handed to the gate, which queues it for tokens or sends it to the module
+    /// (never along a route: the gate must see every request).
+    #[cold]
+    #[inline(never)]
+    fn submit_gated(&self, mut io: IoBox, cq: &CompletionQueue) -> Submit {
+        let gate = self.ch.gate.borrow().clone();
+        let Some(gate) = gate else {
+            return self.submit_to_module(io, cq);
+        };
+        if io.push_frame(cq, None, keel_reactor::ticks()).is_err() {
+            io.complete_direct(cq, IoStatus::StackOverflow);
+            return Submit::Accepted;
+        }
+        match self.check(&io) {
+            IoStatus::Pending => gate.admit(&self.ch, io),
+            status => {
+                io.charge_top_to(&self.ch.stats);
+                io.complete(status);
+                Submit::Accepted
+            }
         }
     }
 

@@ -508,6 +508,15 @@ impl IoRequest {
         }
     }
 
+    /// Sets what the top frame charges (the QoS/histogram gate decides it when it sends the
+    /// request on, see `gate.rs`).
+    #[inline]
+    pub(crate) fn set_top_stats(&mut self, stats: Option<Rc<ChannelStats>>) {
+        if let Some(d) = (self.depth as usize).checked_sub(1) {
+            self.frames[d].stats = stats;
+        }
+    }
+
     /// Takes back what [`IoRequest::set_via`] recorded (a leaf handed the request back).
     #[inline]
     pub(crate) fn clear_via(&mut self) {

@@ -45,6 +45,7 @@ mod bdev;
 pub mod buf;
 mod error;
 mod forward;
+pub mod gate;
 mod holders;
 mod io;
 mod layer;
@@ -64,6 +65,7 @@ pub use bdev::{
 pub use buf::{BufPool, DmaBuf};
 pub use error::BdevError;
 pub use forward::{ForwardCtx, ForwardPath, Leg, Route, RouteHandle, ROUTE_LEGS};
+pub use gate::{Histogram, QosLimits};
 pub use io::{
     slice_iovs, zero_iovs, CompletionQueue, IoBox, IoOp, IoPool, IoRequest, IoStatus, IoVec, SgList, Submit, MAX_DEPTH,
     MAX_IOVS,

@@ -398,6 +398,9 @@ pub(crate) struct BdevInput {
     pub module: &'static str,
     pub call: Option<ConfigCall>,
     pub bases: Vec<String>,
+    /// Calls that configure the bdev once it exists (`bdev_set_qos_limit`), saved after
+    /// whatever creates it.
+    pub settings: Vec<ConfigCall>,
 }
 
 /// Kahn's algorithm over the nodes `0..key.len()` where `before[i]` lists the nodes that must
@@ -637,6 +640,15 @@ pub(crate) fn plan(subsystems: &[SubsystemInfo], modules: Vec<ModuleInput>, bdev
         }
     }
     for (i, (b, r)) in bdevs.into_iter().zip(&placed).enumerate() {
+        for call in b.settings {
+            items[order[*r]].push(Item {
+                call,
+                provides: Vec::new(),
+                needs: vec![b.name.clone()],
+                after: None,
+                key: i,
+            });
+        }
         if let Some(call) = b.call {
             items[order[*r]].push(Item {
                 call,
@@ -694,6 +706,7 @@ mod tests {
             module,
             call: Some(call("create", name)),
             bases: bases.iter().map(|s| s.to_string()).collect(),
+            settings: Vec::new(),
         }
     }
 
@@ -742,6 +755,33 @@ mod tests {
         ConfigEntry::new(call("dm_create", name))
             .provides(name)
             .needs(table.iter().copied())
+    }
+
+    #[test]
+    fn a_bdevs_settings_follow_its_creation_even_by_a_module_call() {
+        let setting = |name: &str| call("bdev_set_qos_limit", name);
+        let p = plan(
+            &subs(&[Subsystem::BDEV, DM]),
+            vec![module("dm", DM, vec![dm_create("a", &["M0"])])],
+            vec![
+                BdevInput {
+                    settings: vec![setting("M0")],
+                    ..bdev("M0", "malloc", &[])
+                },
+                BdevInput {
+                    settings: vec![setting("a")],
+                    ..implicit("a", "dm", &["M0"])
+                },
+                bdev("M1", "malloc", &[]),
+            ],
+        );
+        assert_eq!(
+            show(&p),
+            [
+                "bdev: create M0, bdev_set_qos_limit M0, create M1",
+                "dm: dm_create a, bdev_set_qos_limit a"
+            ]
+        );
     }
 
     #[test]

@@ -306,6 +306,7 @@ impl BdevRegistry {
                 module: b.info().module,
                 call: b.backend().config(b.info()),
                 bases: b.backend().bases(),
+                settings: b.setting_calls(),
             })
             .collect();
         module::plan(&subsystems, inputs, bdevs)

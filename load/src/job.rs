@@ -36,9 +36,10 @@
 //! range — so two outstanding I/Os never touch the same blocks; a slot writes its pattern
 //! ([`crate::pattern`]), reads it back into its second buffer and compares the whole buffer.
 //!
-//! Counting: every completed I/O counts, verify's writes and reads alike (bdevperf counts a
-//! verify write+read pair once). Failed I/Os count toward `io_failed` and the latency figures;
-//! only successful ones toward IOPS.
+//! Counting: every completed I/O counts, except that a verify write and the read that checks it
+//! count once, when the read completes (as bdevperf counts a verify pair), with one latency:
+//! from the write's submission to the read's completion. Failed I/Os count toward `io_failed` and the latency figures; only successful ones
+//! toward IOPS.
 
 use std::cell::RefCell;
 use std::collections::VecDeque;
@@ -165,7 +166,8 @@ pub struct JobResult {
     /// Successfully completed I/Os.
     pub ios_completed: u64,
     pub ios_failed: u64,
-    /// Always 0: Keel has no per-I/O timeout (`-k`) yet.
+    /// I/Os that were still outstanding `-k` seconds after their submission (each counted
+    /// once; it still completes and counts as done or failed, as bdevperf's).
     pub ios_timed_out: u64,
     /// Sum of the latencies of every completed or failed I/O (for I/O-weighted averages).
     pub latency_sum_us: f64,
@@ -406,6 +408,13 @@ impl Job {
 /// One request slot: the request's tag is the slot index.
 struct Slot {
     submit_tick: u64,
+    /// The slot's request is in the bdev (submitted, not completed yet).
+    in_flight: bool,
+    /// `-k`: the request in flight was already counted as timed out.
+    timed_out: bool,
+    /// Verify: when the slot's current pair's write was submitted (a pair's latency runs from
+    /// there to its read's completion).
+    pair_tick: u64,
     /// Verify: offset of the slot's current write/read.
     offset_blocks: u64,
     /// Verify: next I/O index (relative to the range) this slot writes.
@@ -427,6 +436,8 @@ struct Engine {
     fixed_op: Option<IoOp>,
     verify: bool,
     random: bool,
+    /// `-F`: Zipf ranks instead of uniform random offsets.
+    zipf: Option<crate::zipf::Zipf>,
     read_percent: u64,
     io_blocks: u64,
     block_size: u64,
@@ -456,7 +467,11 @@ struct Engine {
     stopping: Option<JobStatus>,
     end_reason: Option<String>,
     miscompare: Option<Miscompare>,
+    /// `-k` in ticks (0: off), and when in-flight requests are next checked against it.
+    timeout_ticks: u64,
+    next_timeout_scan: u64,
     // Statistics.
+    timed_out: u64,
     hist: Histogram<u64>,
     completed: u64,
     failed: u64,
@@ -547,6 +562,15 @@ impl Engine {
             )));
         }
         let verify_stride = (qd as u64).min(range_ios);
+        let zipf = match spec.zipf_theta {
+            None => None,
+            Some(theta) => Some(
+                crate::zipf::Zipf::new(range_ios, theta).ok_or_else(|| LoadError::InvalidParam {
+                    param: "-F",
+                    reason: format!("zipf theta must be at least 0 and below 1 (got {theta})"),
+                })?,
+            ),
+        };
         let io_len = spec.io_size_bytes as usize;
         let mut pool = IoPool::new(qd);
         let mut slots = Vec::with_capacity(qd);
@@ -562,6 +586,9 @@ impl Engine {
             }
             slots.push(Slot {
                 submit_tick: 0,
+                in_flight: false,
+                timed_out: false,
+                pair_tick: 0,
                 offset_blocks: 0,
                 next_index: i as u64,
                 seq: 0,
@@ -593,6 +620,7 @@ impl Engine {
             block_size: bs,
             range_start_blocks: spec.offset_blocks,
             range_ios,
+            zipf,
             verify_stride,
             ch,
             desc,
@@ -618,6 +646,9 @@ impl Engine {
             stopping: None,
             end_reason: None,
             miscompare: None,
+            timeout_ticks: (spec.timeout_us as u128 * tps as u128 / 1_000_000) as u64,
+            next_timeout_scan: 0,
+            timed_out: 0,
             hist,
             completed: 0,
             failed: 0,
@@ -665,6 +696,7 @@ impl Engine {
                 let offset_blocks = self.range_start_blocks + index * self.io_blocks;
                 self.write_seq += 1;
                 slot.seq = self.write_seq;
+                slot.pair_tick = now;
                 slot.offset_blocks = offset_blocks;
                 let wbuf = slot.wbuf.as_ref().expect("verify slot has a write buffer");
                 pattern::fill(&mut wbuf.bytes_mut(), offset_blocks * self.block_size, slot.seq);
@@ -685,7 +717,10 @@ impl Engine {
             };
             let index = if self.random {
                 let x = self.next_random();
-                Self::below(x, self.range_ios)
+                match &self.zipf {
+                    Some(z) => z.rank(x),
+                    None => Self::below(x, self.range_ios),
+                }
             } else {
                 let i = self.seq_cursor;
                 self.seq_cursor = if i + 1 == self.range_ios { 0 } else { i + 1 };
@@ -696,7 +731,12 @@ impl Engine {
         io.prepare(op, offset_blocks, self.io_blocks);
         self.slots[slot_idx].submit_tick = now;
         match self.ch.submit(io, &self.cq) {
-            Submit::Accepted => true,
+            Submit::Accepted => {
+                let slot = &mut self.slots[slot_idx];
+                slot.in_flight = true;
+                slot.timed_out = false;
+                true
+            }
             Submit::Requeue(io) => {
                 self.retry.push_back(io);
                 false
@@ -719,22 +759,32 @@ impl Engine {
             return;
         }
         let slot_idx = io.tag as usize;
-        let lat = now.saturating_sub(self.slots[slot_idx].submit_tick).max(1);
-        self.hist.saturating_record(lat);
-        self.lat_sum += lat;
-        self.lat_min = self.lat_min.min(lat);
-        self.lat_max = self.lat_max.max(lat);
+        self.slots[slot_idx].in_flight = false;
         let status = io.status();
+        // A verify pair is one I/O (it counts once): its latency runs from its write's
+        // submission to its read's completion, measured when the pair ends.
+        let slot = &self.slots[slot_idx];
+        if !(self.verify && status == IoStatus::Success && !slot.reading) {
+            let since = if self.verify { slot.pair_tick } else { slot.submit_tick };
+            let lat = now.saturating_sub(since).max(1);
+            self.hist.saturating_record(lat);
+            self.lat_sum += lat;
+            self.lat_min = self.lat_min.min(lat);
+            self.lat_max = self.lat_max.max(lat);
+        }
         if status == IoStatus::Success {
-            self.completed += 1;
             if self.verify {
                 let slot = &mut self.slots[slot_idx];
                 if slot.reading {
                     slot.reading = false;
+                    // The pair is done: it counts once.
+                    self.completed += 1;
                     self.check_read_back(slot_idx);
                 } else {
                     slot.reading = true;
                 }
+            } else {
+                self.completed += 1;
             }
         } else {
             self.failed += 1;
@@ -748,6 +798,21 @@ impl Engine {
             return;
         }
         self.issue(io, now);
+    }
+
+    /// `-k`: counts the requests in flight for longer than the timeout (each once), then
+    /// schedules the next check a tenth of the timeout later (at most 10 ms): a request is
+    /// counted within 10 % of the timeout after it passed.
+    #[cold]
+    fn scan_timeouts(&mut self, now: u64) {
+        for slot in self.slots.iter_mut() {
+            if slot.in_flight && !slot.timed_out && now.saturating_sub(slot.submit_tick) > self.timeout_ticks {
+                slot.timed_out = true;
+                self.timed_out += 1;
+            }
+        }
+        let ten_ms = ticks_per_sec() / 100;
+        self.next_timeout_scan = now + (self.timeout_ticks / 10).clamp(1, ten_ms.max(1));
     }
 
     /// Compares a slot's read-back buffer with what it wrote (verify). The first miscompare is
@@ -863,6 +928,9 @@ impl Engine {
                 }
             }
         }
+        if self.timeout_ticks > 0 && now >= self.next_timeout_scan {
+            self.scan_timeouts(now);
+        }
         let cq = self.cq.clone();
         let n = cq.drain_now(|io| self.complete(io, now));
         if n > 0 {
@@ -917,7 +985,7 @@ impl Engine {
             runtime_us: to_us(run_ticks),
             ios_completed: self.completed,
             ios_failed: self.failed,
-            ios_timed_out: 0,
+            ios_timed_out: self.timed_out,
             latency_sum_us: to_us(self.lat_sum),
             avg_latency_us: if total > 0 {
                 to_us(self.lat_sum) / total as f64

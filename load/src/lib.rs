@@ -63,6 +63,7 @@ pub mod pattern;
 #[cfg(feature = "testing")]
 pub mod testing;
 pub mod workload;
+pub mod zipf;
 
 pub use error::LoadError;
 pub use job::{

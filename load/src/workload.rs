@@ -164,6 +164,11 @@ pub struct JobSpec {
     pub continue_on_failure: bool,
     /// Seed of the job's xorshift64 generator (random offsets, rw mix). Non-zero.
     pub seed: u64,
+    /// `-F θ`: random offsets follow a Zipf distribution with exponent θ (`0 ≤ θ < 1`; offset
+    /// 0 of the range the most popular) instead of a uniform one. Random workloads only.
+    pub zipf_theta: Option<f64>,
+    /// `-k`: an I/O outstanding longer than this (µs) counts as timed out (0: no timeout).
+    pub timeout_us: u64,
 }
 
 impl JobSpec {
@@ -180,6 +185,8 @@ impl JobSpec {
             length_blocks: 0,
             continue_on_failure: false,
             seed: 0x2545_f491_4f6c_dd1d,
+            zipf_theta: None,
+            timeout_us: 0,
         }
     }
 }

@@ -86,6 +86,16 @@ struct Cli {
     /// Print a full report every SECS seconds during the run (replaces the progress line)
     #[arg(short = 'S', long = "periodic", value_name = "SECS")]
     periodic: Option<String>,
+    /// With -S: show IOPS as an exponential moving average over N periods (weight 2/(N+1))
+    #[arg(short = 'P', long = "ema-periods", value_name = "N")]
+    ema_periods: Option<String>,
+    /// Random offsets follow a Zipf distribution with exponent THETA (0 <= THETA < 1; offset 0
+    /// most popular) instead of a uniform one
+    #[arg(short = 'F', long = "zipf", value_name = "THETA")]
+    zipf: Option<String>,
+    /// Per-I/O timeout in seconds: I/Os outstanding longer count in the TO/s column (0 = off)
+    #[arg(short = 'k', long = "timeout", value_name = "SECS")]
+    timeout: Option<String>,
     /// Report format
     #[arg(long = "output-format", value_enum, default_value = "text", value_name = "FORMAT")]
     output_format: Format,
@@ -97,6 +107,13 @@ struct Cli {
     /// bdev reads the kernel's zero page) measure real data
     #[arg(long = "prefill")]
     prefill: bool,
+    /// Set up the bdevs, then wait for the perform_tests RPC (bdevperf's -z); every Keel RPC
+    /// method is served too
+    #[arg(short = 'z', long = "wait-for-tests")]
+    wait_for_tests: bool,
+    /// RPC listen socket for -z [default: /var/tmp/spdk.sock]
+    #[arg(short = 'r', long = "rpc-socket", value_name = "PATH")]
+    rpc_socket: Option<PathBuf>,
 }
 
 /// What the command line asks for.
@@ -105,6 +122,9 @@ pub enum CliAction {
     Run(Box<RunOptions>),
     /// Print this text on stdout and exit 0 (`--help`, `--version`).
     Print(String),
+    /// `-z`: set up, then serve RPC on this socket and run on each `perform_tests`
+    /// ([`crate::serve::serve`]).
+    Serve(Box<RunOptions>, PathBuf),
 }
 
 /// The longest `-t` and `-S`, in seconds: bdevperf keeps them in a C `int`, so this is its
@@ -208,11 +228,43 @@ pub fn parse_args(
         .as_deref()
         .map(|s| parse_secs("-S", "report period in seconds", s))
         .transpose()?;
+    let ema_periods = cli
+        .ema_periods
+        .as_deref()
+        .map(|s| parse_positive("-P", "number of periods", s))
+        .transpose()?;
+    if ema_periods.is_some() && periodic_secs.is_none() {
+        tracing::warn!("-P is ignored without -S");
+    }
+    let zipf_theta = match cli.zipf.as_deref() {
+        None => None,
+        Some(t) => match t.trim().parse::<f64>() {
+            Ok(v) if (0.0..1.0).contains(&v) => Some(v),
+            _ => {
+                return Err(PerfError::invalid(
+                    "-F",
+                    format!("zipf theta must be a number at least 0 and below 1 (got '{t}')"),
+                ))
+            }
+        },
+    };
+    let timeout_secs = match cli.timeout.as_deref() {
+        None => 0,
+        Some(k) => match k.trim().parse::<u64>() {
+            Ok(v) if v <= MAX_SECS => v,
+            _ => {
+                return Err(PerfError::invalid(
+                    "-k",
+                    format!("timeout must be 0..{MAX_SECS} seconds (got '{k}')"),
+                ))
+            }
+        },
+    };
     let bdevs = match cli.config {
         Some(p) => BdevSetup::ConfigFile(p),
         None => BdevSetup::Default,
     };
-    Ok(CliAction::Run(Box::new(RunOptions {
+    let opts = Box::new(RunOptions {
         workload,
         queue_depth,
         io_size_bytes,
@@ -225,13 +277,23 @@ pub fn parse_args(
         bdevs,
         continue_on_failure: cli.continue_on_failure,
         periodic_secs,
+        ema_periods,
+        zipf_theta,
+        timeout_secs,
         output: match cli.output_format {
             Format::Text => OutputFormat::Text,
             Format::Json => OutputFormat::Json,
         },
         progress_line: stdout_is_tty,
         prefill: cli.prefill,
-    })))
+    });
+    if cli.wait_for_tests {
+        let socket = cli
+            .rpc_socket
+            .unwrap_or_else(|| PathBuf::from(crate::serve::DEFAULT_RPC_SOCKET));
+        return Ok(CliAction::Serve(opts, socket));
+    }
+    Ok(CliAction::Run(opts))
 }
 
 /// Parses an I/O size as bdevperf's `-o`: a decimal number with an optional binary suffix
@@ -284,7 +346,7 @@ mod tests {
         v.extend_from_slice(args);
         match parse_args(v, false)? {
             CliAction::Run(o) => Ok(*o),
-            CliAction::Print(_) => panic!("unexpected print"),
+            CliAction::Print(_) | CliAction::Serve(..) => panic!("unexpected action"),
         }
     }
 
@@ -298,6 +360,15 @@ mod tests {
         for bad in ["", "k", "0", "4q", "-4", "4.5k", "99999999999999999999", "8G"] {
             assert!(parse_size(bad).is_err(), "{bad} accepted");
         }
+    }
+
+    #[test]
+    fn the_moving_average_weighs_recent_periods() {
+        assert_eq!(crate::report::ema_step(None, 100.0, 3), 100.0);
+        // M = 2/(3+1) = 0.5.
+        assert_eq!(crate::report::ema_step(Some(100.0), 200.0, 3), 150.0);
+        assert_eq!(parse(&["-S", "1", "-P", "4"]).unwrap().ema_periods, Some(4));
+        assert_eq!(parse(&["-F", "0.9"]).unwrap().zipf_theta, Some(0.9));
     }
 
     #[test]
@@ -324,6 +395,10 @@ mod tests {
             (&["-t", "18446744073709551615"][..], "-t"),
             (&["-t", "2147483648"][..], "at most 2147483647"),
             (&["-S", "18446744073709551615"][..], "-S"),
+            (&["-S", "1", "-P", "0"][..], "-P"),
+            (&["-F", "1.5"][..], "-F"),
+            (&["-F", "x"][..], "-F"),
+            (&["-k", "soon"][..], "-k"),
             (&["-w", "bogus"][..], "unknown workload 'bogus'"),
             (&["-w", "rw"][..], "-M"),
             (&["-M", "101", "-w", "rw"][..], "-M"),

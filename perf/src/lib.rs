@@ -20,6 +20,7 @@ pub mod cli;
 mod error;
 pub mod report;
 pub mod run;
+pub mod serve;
 
 pub use cli::parse_size;
 pub use error::PerfError;

@@ -5,6 +5,8 @@
 
 use std::io::{IsTerminal, Write};
 use std::process::ExitCode;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
 
 use keel_perf::cli::{parse_args, CliAction};
 use keel_perf::PerfError;
@@ -21,6 +23,7 @@ fn main() -> ExitCode {
     let tty = stdout.is_terminal();
     let opts = match parse_args(std::env::args_os(), tty) {
         Ok(CliAction::Run(o)) => o,
+        Ok(CliAction::Serve(o, socket)) => return serve(*o, socket),
         Ok(CliAction::Print(text)) => {
             print!("{text}");
             return ExitCode::SUCCESS;
@@ -36,6 +39,22 @@ fn main() -> ExitCode {
             out.flush().ok();
             fail(&e)
         }
+    }
+}
+
+/// `-z`: serves RPC until SIGINT or SIGTERM.
+fn serve(opts: keel_perf::RunOptions, socket: std::path::PathBuf) -> ExitCode {
+    let stop = Arc::new(AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        if let Err(e) = signal_hook::flag::register(sig, stop.clone()) {
+            eprintln!("keel-perf: error: cannot handle signal {sig}: {e}");
+            return ExitCode::from(1);
+        }
+    }
+    let mut out = std::io::stdout().lock();
+    match keel_perf::serve::serve(opts, socket, stop, &mut out, &mut std::io::stderr()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => fail(&e),
     }
 }
 

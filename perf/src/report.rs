@@ -203,9 +203,24 @@ pub fn write_percentiles(out: &mut dyn Write, results: &[JobResult]) -> io::Resu
 pub struct LiveJob<'a> {
     pub label: JobLabel<'a>,
     pub snapshot: ProgressSnapshot,
+    /// IOPS to show instead of the cumulative average (`-P`: the moving average).
+    pub iops_override: Option<f64>,
 }
 
-/// One periodic block: per-job lines, separator, Total, empty line (cumulative averages).
+/// One step of bdevperf's `-P` moving average: the first period's rate as is, then
+/// `M × sample + (1 − M) × previous` with `M = 2 / (periods + 1)`.
+pub fn ema_step(prev: Option<f64>, sample: f64, periods: u64) -> f64 {
+    match prev {
+        None => sample,
+        Some(p) => {
+            let m = 2.0 / (periods as f64 + 1.0);
+            m * sample + (1.0 - m) * p
+        }
+    }
+}
+
+/// One periodic block: per-job lines, separator, Total, empty line (cumulative averages, or a
+/// job's `iops_override`).
 pub fn write_periodic(out: &mut dyn Write, jobs: &[LiveJob<'_>]) -> io::Result<()> {
     let mut rows = Vec::with_capacity(jobs.len());
     for j in jobs {
@@ -214,10 +229,11 @@ pub fn write_periodic(out: &mut dyn Write, jobs: &[LiveJob<'_>]) -> io::Result<(
         let secs = s.elapsed_us / 1e6;
         let rate = |n: u64| if secs > 0.0 { n as f64 / secs } else { 0.0 };
         let n = s.completed + s.failed;
+        let iops = j.iops_override.unwrap_or_else(|| rate(s.completed));
         let row = Row {
             runtime_s: secs,
-            iops: rate(s.completed),
-            mibps: rate(s.completed) * j.label.io_size_bytes as f64 / 1_048_576.0,
+            iops,
+            mibps: iops * j.label.io_size_bytes as f64 / 1_048_576.0,
             fail_per_s: rate(s.failed),
             timeout_per_s: 0.0,
             avg_us: if n > 0 { s.latency_sum_us / n as f64 } else { 0.0 },

@@ -1,6 +1,7 @@
 //! The orchestrator: one benchmark run on real reactor threads.
 //!
-//! [`run`] is called on a plain thread (the binary's main thread). It
+//! [`run`] is called on a plain thread (the binary's main thread). Steps 1-3 are a
+//! [`Session`] (kept by `-z` for every `perform_tests`, `serve.rs`), steps 4-8 [`run_jobs`]. It
 //!
 //! 1. parses the JSON configuration (before anything starts, so a malformed file fails fast),
 //! 2. starts one reactor per core of the mask ([`Runtime::start`], pinned unless told not to),
@@ -95,6 +96,13 @@ pub struct RunOptions {
     pub continue_on_failure: bool,
     /// `-S`: seconds between full periodic reports.
     pub periodic_secs: Option<u64>,
+    /// `-P N`: periodic reports show IOPS as an exponential moving average over N periods
+    /// (weight 2/(N+1)) instead of the cumulative average.
+    pub ema_periods: Option<u64>,
+    /// `-F θ`: Zipf-distributed random offsets (`0 ≤ θ < 1`).
+    pub zipf_theta: Option<f64>,
+    /// `-k`: seconds after which an outstanding I/O counts as timed out (TO/s); 0 = off.
+    pub timeout_secs: u64,
     pub output: OutputFormat,
     /// Show the one-line progress display each second (text output, no `-S`).
     pub progress_line: bool,
@@ -120,6 +128,9 @@ impl RunOptions {
             bdevs: BdevSetup::Default,
             continue_on_failure: false,
             periodic_secs: None,
+            ema_periods: None,
+            zipf_theta: None,
+            timeout_secs: 0,
             output: OutputFormat::Text,
             progress_line: false,
             prefill: false,
@@ -166,7 +177,6 @@ pub fn create_default_stack(reg: &BdevRegistry) -> Result<(), PerfError> {
 }
 
 enum Msg {
-    Setup(Result<(), PerfError>),
     Started(usize, Arc<JobProgress>),
     StartFailed(usize, PerfError),
     Done(usize, Box<JobResult>),
@@ -250,7 +260,14 @@ struct Planned {
 /// notices, miscompares and end reasons. Returns an error — and starts no I/O — for invalid
 /// parameters, configuration failures, missing bdevs and rejected jobs. Call from a thread that
 /// is not a reactor.
-pub fn run(opts: RunOptions, out: &mut dyn Write, err: &mut dyn Write) -> Result<RunSummary, PerfError> {
+pub fn run(mut opts: RunOptions, out: &mut dyn Write, err: &mut dyn Write) -> Result<RunSummary, PerfError> {
+    check_options(&opts)?;
+    let session = Session::start(&mut opts)?;
+    run_jobs(&opts, &session, out, err)
+}
+
+/// The checks of [`run`] that need no bdev (also for `perform_tests` overrides).
+pub(crate) fn check_options(opts: &RunOptions) -> Result<(), PerfError> {
     if opts.queue_depth == 0 {
         return Err(PerfError::invalid("-q", "queue depth must be greater than 0"));
     }
@@ -270,44 +287,70 @@ pub fn run(opts: RunOptions, out: &mut dyn Write, err: &mut dyn Write) -> Result
     if opts.rw_read_percent > 100 {
         return Err(PerfError::invalid("-M", "read percentage must be within 0..100"));
     }
-    let config = match &opts.bdevs {
-        BdevSetup::ConfigFile(path) => Some(ConfigFile::from_path(path).map_err(|e| PerfError::Config(e.message))?),
-        _ => None,
-    };
-    let runtime = Runtime::start(&opts.core_mask, opts.pin, || {})?;
-    let cores = runtime.cores();
-    let _guard = RuntimeGuard {
-        runtime: Some(runtime),
-        cores: cores.clone(),
-    };
-    let reg = BdevRegistry::new(cores.clone());
-    let (tx, rx) = mpsc::channel::<Msg>();
+    Ok(())
+}
 
-    // Bdevs, on the main core.
-    {
-        let tx = tx.clone();
+/// The reactors and the bdevs, set up once: by [`run`] for one run, by the RPC mode (`-z`) for
+/// every `perform_tests`. Dropping it stops and joins the reactors.
+pub struct Session {
+    pub cores: Cores,
+    pub reg: Arc<BdevRegistry>,
+    _guard: RuntimeGuard,
+}
+
+impl Session {
+    /// Parses the configuration, starts the reactors of `opts.core_mask` and creates the bdevs
+    /// on the main core (taking `opts.bdevs`). Called on a thread that is not a reactor.
+    pub fn start(opts: &mut RunOptions) -> Result<Session, PerfError> {
+        let config = match &opts.bdevs {
+            BdevSetup::ConfigFile(path) => Some(ConfigFile::from_path(path).map_err(|e| PerfError::Config(e.message))?),
+            _ => None,
+        };
+        let runtime = Runtime::start(&opts.core_mask, opts.pin, || {})?;
+        let cores = runtime.cores();
+        let guard = RuntimeGuard {
+            runtime: Some(runtime),
+            cores: cores.clone(),
+        };
+        let reg = BdevRegistry::new(cores.clone());
+        let (tx, rx) = mpsc::channel::<Result<(), PerfError>>();
         let reg2 = reg.clone();
-        let setup = opts.bdevs;
+        let setup = std::mem::replace(&mut opts.bdevs, BdevSetup::Default);
         cores.run_on(cores.main_core(), move || match (setup, config) {
             (_, Some(cfg)) => {
                 let tx2 = tx.clone();
                 keel_rpc::config::apply(reg2, cfg, move |r| {
-                    let _ = tx2.send(Msg::Setup(r.map_err(|e| PerfError::Config(e.to_string()))));
+                    let _ = tx2.send(r.map_err(|e| PerfError::Config(e.to_string())));
                 });
             }
             (BdevSetup::Custom(f), None) => {
-                let _ = tx.send(Msg::Setup(f(&reg2)));
+                let _ = tx.send(f(&reg2));
             }
             (_, None) => {
-                let _ = tx.send(Msg::Setup(create_default_stack(&reg2)));
+                let _ = tx.send(create_default_stack(&reg2));
             }
         })?;
+        match rx.recv_timeout(SETUP_TIMEOUT) {
+            Ok(r) => r?,
+            Err(_) => return Err(PerfError::Config("bdev setup did not finish".into())),
+        }
+        Ok(Session {
+            cores,
+            reg,
+            _guard: guard,
+        })
     }
-    match rx.recv_timeout(SETUP_TIMEOUT) {
-        Ok(Msg::Setup(r)) => r?,
-        _ => return Err(PerfError::Config("bdev setup did not finish".into())),
-    }
+}
 
+/// One run of the jobs `opts` describes on `session`'s bdevs (steps 4-8 of the module docs).
+pub fn run_jobs(
+    opts: &RunOptions,
+    session: &Session,
+    out: &mut dyn Write,
+    err: &mut dyn Write,
+) -> Result<RunSummary, PerfError> {
+    let (cores, reg) = (&session.cores, &session.reg);
+    let (tx, rx) = mpsc::channel::<Msg>();
     // Targets and jobs.
     let targets: Vec<Arc<keel_bdev::Bdev>> = match &opts.target {
         Some(name) => vec![reg.get(name).ok_or_else(|| PerfError::BdevNotFound(name.clone()))?],
@@ -392,6 +435,8 @@ pub fn run(opts: RunOptions, out: &mut dyn Write, err: &mut dyn Write) -> Result
                     length_blocks,
                     continue_on_failure: opts.continue_on_failure,
                     seed: 0x2545_f491_4f6c_dd1d ^ (idx + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15),
+                    zipf_theta: opts.zipf_theta,
+                    timeout_us: opts.timeout_secs * 1_000_000,
                 },
             });
         }
@@ -401,14 +446,14 @@ pub fn run(opts: RunOptions, out: &mut dyn Write, err: &mut dyn Write) -> Result
     }
     // malloc bdevs allocate their memory in the background after creation; measuring while
     // that runs would measure it too.
-    if !keel_bdev::modules::malloc::wait_settled(&reg, std::time::Duration::from_secs(120)) {
+    if !keel_bdev::modules::malloc::wait_settled(reg, std::time::Duration::from_secs(120)) {
         let _ = writeln!(
             err,
             "warning: malloc memory still being allocated; the run may be slower at first"
         );
     }
     if opts.prefill {
-        prefill(&cores, &reg, &targets)?;
+        prefill(cores, reg, &targets)?;
     }
 
     let text = opts.output == OutputFormat::Text;
@@ -460,6 +505,8 @@ pub fn run(opts: RunOptions, out: &mut dyn Write, err: &mut dyn Write) -> Result
     let mut stop_sent_at: Option<Instant> = None;
     let progress_line = opts.progress_line && text && period.is_none();
     let mut last_completed = vec![0u64; n];
+    // -P: per job, the completions and elapsed time at the last periodic report, and the EMA.
+    let mut ema_state: Vec<(u64, f64, Option<f64>)> = vec![(0, 0.0, None); n];
     let mut last_progress_at = t0;
     while pending > 0 {
         let now = Instant::now();
@@ -480,7 +527,6 @@ pub fn run(opts: RunOptions, out: &mut dyn Write, err: &mut dyn Write) -> Result
                 pending -= 1;
                 results[i] = Some(*r);
             }
-            Ok(Msg::Setup(_)) => {}
             Err(mpsc::RecvTimeoutError::Timeout) => {}
             Err(mpsc::RecvTimeoutError::Disconnected) => break,
         }
@@ -523,16 +569,32 @@ pub fn run(opts: RunOptions, out: &mut dyn Write, err: &mut dyn Write) -> Result
                     .iter()
                     .enumerate()
                     .filter_map(|(i, pr)| {
-                        pr.as_ref().map(|pr| LiveJob {
-                            label: JobLabel {
-                                name: &labels[i].0,
-                                core_mask_hex: report::core_mask_hex(labels[i].1),
-                                workload: opts.workload,
-                                rw_read_percent: opts.workload.is_mixed().then_some(opts.rw_read_percent),
-                                queue_depth: opts.queue_depth,
-                                io_size_bytes: labels[i].2,
-                            },
-                            snapshot: pr.snapshot(),
+                        pr.as_ref().map(|pr| {
+                            let snapshot = pr.snapshot();
+                            let iops_override = opts.ema_periods.map(|periods| {
+                                let (c0, e0, prev) = ema_state[i];
+                                let secs = (snapshot.elapsed_us - e0) / 1e6;
+                                let sample = if secs > 0.0 {
+                                    snapshot.completed.saturating_sub(c0) as f64 / secs
+                                } else {
+                                    0.0
+                                };
+                                let ema = report::ema_step(prev, sample, periods);
+                                ema_state[i] = (snapshot.completed, snapshot.elapsed_us, Some(ema));
+                                ema
+                            });
+                            LiveJob {
+                                label: JobLabel {
+                                    name: &labels[i].0,
+                                    core_mask_hex: report::core_mask_hex(labels[i].1),
+                                    workload: opts.workload,
+                                    rw_read_percent: opts.workload.is_mixed().then_some(opts.rw_read_percent),
+                                    queue_depth: opts.queue_depth,
+                                    io_size_bytes: labels[i].2,
+                                },
+                                snapshot,
+                                iops_override,
+                            }
                         })
                     })
                     .collect();

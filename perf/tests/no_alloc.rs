@@ -4,6 +4,9 @@
 //! write_zeroes on malloc; and random writes to a malloc bdev larger than the last-level cache
 //! (whose writes take the streaming-store kernel).
 //!
+//! The same holds through the QoS/histogram gate ("null-gated": a null bdev with an IOPS
+//! limit that keeps requests waiting for tokens, and a histogram of every op).
+//!
 //! Everything runs in one #[test] on one thread so that no other test allocates meanwhile.
 
 use keel_bdev::modules::{malloc, null};
@@ -22,6 +25,17 @@ fn steady_state_allocations(module: &str, workload: Workload) -> u64 {
     let reg = BdevRegistry::new(d.cores());
     match module {
         "null" => null::create(&reg, &null::NullOpts::new("B", 1 << 16, 512)).map(|_| ()),
+        "null-gated" => null::create(&reg, &null::NullOpts::new("B", 1 << 16, 512)).map(|b| {
+            let limits = keel_bdev::QosLimits {
+                rw_ios_per_sec: 1_000_000,
+                ..Default::default()
+            };
+            d.enter(CoreId(0), || {
+                b.set_qos_limits(limits, || {});
+                b.set_histogram(Some(keel_bdev::IoCaps::ALL), || {});
+            });
+            d.run_until_idle(100);
+        }),
         // 512 MiB: larger than the last-level cache of any machine the tests run on.
         "malloc-large" => malloc::create(&reg, &malloc::MallocOpts::new("B", 1 << 20, 512)).map(|_| ()),
         _ => malloc::create(&reg, &malloc::MallocOpts::new("B", 1 << 14, 512)).map(|_| ()),
@@ -60,6 +74,7 @@ fn steady_state_io_does_not_allocate() {
         ("null", Workload::RandRead),
         ("null", Workload::RandWrite),
         ("null", Workload::RandRw),
+        ("null-gated", Workload::RandRw),
         ("malloc", Workload::RandRead),
         ("malloc", Workload::RandWrite),
         ("malloc", Workload::RandRw),

@@ -41,7 +41,20 @@ fn verify(num_blocks: u64, qd: u32, offset_blocks: u64, length_blocks: u64, runt
         Job::start(spec, desc).unwrap()
     });
     assert!(d.run_until(100_000_000, || job.is_done()));
-    job.result().unwrap()
+    let r = job.result().unwrap();
+    // A write and the read that checks it count once, as bdevperf's: one per read done.
+    let reads = std::sync::Arc::new(std::sync::Mutex::new(None));
+    let r2 = reads.clone();
+    let bdev = reg.get("Malloc0").unwrap();
+    d.enter(CoreId(0), || {
+        bdev.collect_stats(keel_bdev::StatsReset::None, move |s| {
+            *r2.lock().unwrap() = Some(s.op(keel_bdev::IoOp::Read).ops)
+        })
+    });
+    d.run_until_idle(1000);
+    let reads = reads.lock().unwrap().expect("statistics collected");
+    assert_eq!(r.ios_completed, reads, "{r:?}");
+    r
 }
 
 #[test]

@@ -27,7 +27,7 @@ pub(crate) static TABLE: Table = Table {
 };
 
 /// Keys of `supported_io_types`, in SPDK's order, with the op that answers each (others false).
-const IO_TYPE_KEYS: &[(&str, Option<IoOp>)] = &[
+pub(crate) const IO_TYPE_KEYS: &[(&str, Option<IoOp>)] = &[
     ("read", Some(IoOp::Read)),
     ("write", Some(IoOp::Write)),
     ("unmap", Some(IoOp::Unmap)),
@@ -72,9 +72,15 @@ pub fn bdev_json(reg: &Arc<BdevRegistry>, b: &Bdev) -> Value {
         m.insert(k.into(), json!(0));
     }
     m.insert("uuid".into(), json!(i.uuid.to_string()));
+    let q = b.qos_limits();
     m.insert(
         "assigned_rate_limits".into(),
-        json!({"rw_ios_per_sec": 0, "rw_mbytes_per_sec": 0, "r_mbytes_per_sec": 0, "w_mbytes_per_sec": 0}),
+        json!({
+            "rw_ios_per_sec": q.rw_ios_per_sec,
+            "rw_mbytes_per_sec": q.rw_mbytes_per_sec,
+            "r_mbytes_per_sec": q.r_mbytes_per_sec,
+            "w_mbytes_per_sec": q.w_mbytes_per_sec,
+        }),
     );
     let claimed = b.claimed_by().is_some();
     m.insert("claimed".into(), json!(claimed));

@@ -24,12 +24,13 @@
 //! 2. Method files, each declaring `pub(crate) static TABLE: Table` next to its handlers:
 //!    [`framework`], `bdev_methods` (the bdev modules; serves `"bdev"`), `bdev_info`,
 //!    `raid_methods`, [`md_methods`], [`dm_methods`] (serves `"dm"`), [`nbd_methods`] (serves
-//!    `"nbd"`), [`nbd_disk_methods`] (kernel `/dev/nbdX`, in `"nbd"`) and `ublk_methods`
-//!    (serves `"ublk"`). `raid_methods` serves
-//!    SPDK's raid verbs with md's member removal from `md_methods` and the raid module's state
-//!    (`raid_module`, a leaf besides md: configuring raids, process options; a `BdevModule`
-//!    examining new bdevs), and gives `bdev_info` a raid's bdev view; no other method file
-//!    imports another.
+//!    `"nbd"`), [`nbd_disk_methods`] (kernel `/dev/nbdX`, in `"nbd"`), `ublk_methods`
+//!    (serves `"ublk"`), [`nvme_methods`] (the NVMe initiator, in `"bdev"`) and `qos_methods`
+//!    (per-bdev rate limits and histograms, saved by the bdev layer's plan). `raid_methods`
+//!    serves SPDK's raid verbs with md's member removal from `md_methods` and the raid module's
+//!    state (`raid_module`, a leaf besides md: configuring raids, process options; a
+//!    `BdevModule` examining new bdevs), and gives `bdev_info` a raid's bdev view; no other
+//!    method file imports another.
 //! 3. [`registry`]: the list of tables, in a declared order that is the order of
 //!    `rpc_get_methods`; method lookup and dispatch with the phase check; the subsystems the
 //!    tables serve; and the three methods that describe the registry itself.
@@ -102,6 +103,7 @@ pub mod nbd_disk_methods;
 pub mod nbd_methods;
 pub mod nvme_methods;
 pub mod nvmf_methods;
+mod qos_methods;
 mod raid_methods;
 mod raid_module;
 pub mod registry;

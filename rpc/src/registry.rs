@@ -23,7 +23,7 @@ use crate::error::{RpcError, INVALID_PARAMS};
 use crate::table::{method, MethodInfo, Subsystem, Table};
 use crate::{
     bdev_info, bdev_methods, dm_methods, framework, log_methods, md_methods, nbd_disk_methods, nbd_methods,
-    nvme_methods, nvmf_methods, raid_methods, split_methods, ublk_methods,
+    nvme_methods, nvmf_methods, qos_methods, raid_methods, split_methods, ublk_methods,
 };
 
 /// Every method file's table, in listing order (see the module docs).
@@ -35,6 +35,7 @@ static TABLES: &[&Table] = &[
     &bdev_info::TABLE,
     &bdev_methods::TABLE, // serves "bdev"
     &nvme_methods::TABLE,
+    &qos_methods::TABLE,
     &split_methods::TABLE,
     &raid_methods::TABLE,
     &dm_methods::TABLE,   // serves "dm"
