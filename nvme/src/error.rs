@@ -66,6 +66,7 @@ impl NvmeError {
             NvmeError::Exists(_) => -17,
             NvmeError::Unsupported(_) => -95,
             NvmeError::NotFound(_) => -19,
+            NvmeError::Pcie(keel_nvme_pcie::PcieError::NoSuchDevice { .. }) => -19,
             _ => -5,
         }
     }

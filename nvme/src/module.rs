@@ -96,7 +96,6 @@ impl BdevModule for NvmeModule {
                     "traddr": o.trid.traddr,
                     "prchk_reftag": false,
                     "prchk_guard": false,
-                    "io_queue_depth": o.io_queue_depth,
                 }),
             };
             let mut e = ConfigEntry::new(call);
@@ -143,6 +142,14 @@ impl NvmeModule {
     /// The PCIe controller named `name`.
     pub fn pcie_controller(&self, name: &str) -> Option<Arc<PcieController>> {
         self.pcie.lock().unwrap().iter().find(|c| c.name() == name).cloned()
+    }
+
+    /// The transport id of controller `name` (fabrics or PCIe).
+    pub fn trid_of(&self, name: &str) -> Option<crate::TransportId> {
+        match self.controller(name) {
+            Some(c) => Some(c.opts().trid.clone()),
+            None => self.pcie_controller(name).map(|c| c.opts().trid.clone()),
+        }
     }
 
     /// Every fabrics controller, in attach order.
