@@ -39,7 +39,7 @@ step "attach refused while the kernel holds it, with what to do"
 /host/keel-tgt -m 0x3 -r /tmp/keel.sock >tgt.log 2>&1 &
 TGT=$!
 $R -w 60 bdev_get_bdevs >/dev/null || fail "keel-tgt does not answer"
-if $R bdev_nvme_attach_controller -b Nvme0 -t PCIe -a $BDF >out.txt 2>err.txt; then fail "attached a device bound to nvme"; fi
+if $R bdev_nvme_attach_controller name=Nvme0 trtype=PCIe traddr=$BDF >out.txt 2>err.txt; then fail "attached a device bound to nvme"; fi
 cat err.txt
 grep -q "nvme-bind.sh" err.txt || fail "the refusal does not say how to bind"
 stop_tgt
@@ -49,18 +49,18 @@ $BIND vfio $BDF || fail "bind to vfio-pci"
 /host/keel-tgt -m 0x3 -r /tmp/keel.sock >tgt.log 2>&1 &
 TGT=$!
 $R -w 60 bdev_get_bdevs >/dev/null || fail "keel-tgt does not answer"
-$R bdev_nvme_attach_controller -b Nvme0 -t PCIe -a $BDF > attach.txt || fail "attach"
+$R bdev_nvme_attach_controller name=Nvme0 trtype=PCIe traddr=$BDF > attach.txt || fail "attach"
 cat attach.txt
 grep -q Nvme0n1 attach.txt || fail "no Nvme0n1 in the attach result"
 $R bdev_nvme_get_controllers > ctrlrs.json || fail "get_controllers"
 cat ctrlrs.json
-$R bdev_get_bdevs -b Nvme0n1 > bdev.json || fail "bdev_get_bdevs"
+$R bdev_get_bdevs name=Nvme0n1 > bdev.json || fail "bdev_get_bdevs"
 step "reset, detach, re-attach"
-$R bdev_nvme_reset_controller Nvme0 > /dev/null || fail "reset_controller"
+$R bdev_nvme_reset_controller name=Nvme0 > /dev/null || fail "reset_controller"
 sleep 1
-$R bdev_nvme_detach_controller Nvme0 > /dev/null || fail "detach"
-$R bdev_get_bdevs -b Nvme0n1 > /dev/null 2>&1 && fail "Nvme0n1 still there after detach"
-$R bdev_nvme_attach_controller -b Nvme0 -t PCIe -a $BDF > attach2.txt || fail "re-attach"
+$R bdev_nvme_detach_controller name=Nvme0 > /dev/null || fail "detach"
+$R bdev_get_bdevs name=Nvme0n1 > /dev/null 2>&1 && fail "Nvme0n1 still there after detach"
+$R bdev_nvme_attach_controller name=Nvme0 trtype=PCIe traddr=$BDF > attach2.txt || fail "re-attach"
 grep -q Nvme0n1 attach2.txt || fail "no Nvme0n1 after re-attach"
 
 step "the kernel writes a known file through Keel (NBD over the PCIe namespace)"
@@ -71,7 +71,7 @@ dd if=expect.bin of=/dev/nbd0 bs=65536 seek=64 oflag=direct conv=fsync 2>/dev/nu
 dd if=/dev/nbd0 of=back.bin bs=65536 skip=64 count=16 iflag=direct 2>/dev/null || fail "dd back through nbd"
 cmp expect.bin back.bin || fail "read back through Keel differs"
 $R nbd_stop_disk nbd_device=/dev/nbd0 > /dev/null || fail "nbd_stop_disk"
-$R bdev_nvme_detach_controller Nvme0 > /dev/null || fail "detach before keel-perf"
+$R bdev_nvme_detach_controller name=Nvme0 > /dev/null || fail "detach before keel-perf"
 stop_tgt
 
 step "keel-perf from a JSON config: verify 4 KiB and 128 KiB on two reactors, write zeroes, unmap"
@@ -80,10 +80,11 @@ cat > pcie.json <<EOC
  {"method":"bdev_nvme_attach_controller","params":{"name":"Nvme0","trtype":"PCIe","traddr":"$BDF"}}]}]}
 EOC
 lab_t0
-/host/keel-perf -c pcie.json -m 0x3 -q 16 -o 4096 -w verify -t 3 > perf-4k.txt 2>&1 || { cat perf-4k.txt; fail "verify 4k"; }
+/host/keel-perf -c pcie.json -m 0x3 -C -q 16 -o 4096 -w verify -t 3 > perf-4k.txt 2>&1 || { cat perf-4k.txt; fail "verify 4k"; }
 cat perf-4k.txt
+grep -q "Core Mask 0x2" perf-4k.txt || fail "no job on the second reactor"
 echo "keel-perf verify 4k: OK"
-/host/keel-perf -c pcie.json -m 0x3 -q 8 -o 131072 -w verify -t 3 > perf-128k.txt 2>&1 || { cat perf-128k.txt; fail "verify 128k"; }
+/host/keel-perf -c pcie.json -m 0x3 -C -q 8 -o 131072 -w verify -t 3 > perf-128k.txt 2>&1 || { cat perf-128k.txt; fail "verify 128k"; }
 cat perf-128k.txt
 echo "keel-perf verify 128k: OK"
 # Keep clear of the NBD file (bytes 4 MiB..5 MiB): zeroes and unmaps on the first 4 MiB only
@@ -98,11 +99,11 @@ step "write the known file again through Keel, hand the device back to the kerne
 /host/keel-tgt -m 0x1 -r /tmp/keel.sock >tgt.log 2>&1 &
 TGT=$!
 $R -w 60 bdev_get_bdevs >/dev/null || fail "keel-tgt does not answer"
-$R bdev_nvme_attach_controller -b Nvme0 -t PCIe -a $BDF > /dev/null || fail "attach for the final write"
+$R bdev_nvme_attach_controller name=Nvme0 trtype=PCIe traddr=$BDF > /dev/null || fail "attach for the final write"
 $R nbd_start_disk bdev_name=Nvme0n1 nbd_device=/dev/nbd0 > /dev/null || fail "nbd_start_disk again"
 dd if=expect.bin of=/dev/nbd0 bs=65536 seek=64 oflag=direct conv=fsync 2>/dev/null || fail "dd through nbd again"
 $R nbd_stop_disk nbd_device=/dev/nbd0 > /dev/null || fail "nbd_stop_disk"
-$R bdev_nvme_detach_controller Nvme0 > /dev/null || fail "final detach"
+$R bdev_nvme_detach_controller name=Nvme0 > /dev/null || fail "final detach"
 stop_tgt
 $BIND kernel $BDF || fail "bind back to nvme"
 for i in $(seq 100); do [ -b /dev/nvme0n1 ] && break; sleep 0.1; done

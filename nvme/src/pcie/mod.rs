@@ -37,7 +37,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 
 use keel_bdev::{
-    BackendChannel, BdevBackend, BdevInfo, BdevParams, BdevRegistry, ChannelCx, ConfigCall, IoBox, IoCaps, IoOp, Submit,
+    BackendChannel, BdevBackend, BdevInfo, BdevParams, BdevRegistry, ChannelCx, ConfigCall, IoBox, Submit,
 };
 use keel_nvme_pcie::model::Model;
 use keel_nvme_pcie::{
@@ -258,7 +258,7 @@ impl PcieController {
                 module: crate::module::MODULE_NAME,
                 block_size: ns.block_size,
                 num_blocks: ns.blocks,
-                caps: ns_caps(c.facts.oncs),
+                caps: crate::ctrlr::ns_caps(c.facts.oncs),
                 optimal_io_boundary_blocks: 0,
             };
             let backend = Arc::new(PcieNsBdev {
@@ -443,19 +443,6 @@ impl PcieController {
 /// An Identify text field, trimmed ("" when not UTF-8).
 fn text(s: Option<&str>) -> String {
     s.map(str::trim).unwrap_or("").to_string()
-}
-
-/// The ops of a namespace bdev: read, write and flush always; unmap with Dataset Management
-/// (ONCS bit 2), write zeroes with Write Zeroes (ONCS bit 3).
-fn ns_caps(oncs: u16) -> IoCaps {
-    let mut caps = IoCaps::of(&[IoOp::Read, IoOp::Write, IoOp::Flush, IoOp::Unmap, IoOp::WriteZeroes]);
-    if oncs & (1 << 2) == 0 {
-        caps = caps.without(IoOp::Unmap);
-    }
-    if oncs & (1 << 3) == 0 {
-        caps = caps.without(IoOp::WriteZeroes);
-    }
-    caps
 }
 
 /// The backend of PCIe namespace bdev `{ctrlr}n{nsid}`. `Send + Sync`; recreated by the
