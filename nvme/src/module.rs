@@ -243,7 +243,8 @@ impl NvmeModule {
                     let Some(reg) = me.reg.upgrade() else {
                         return done(Err(NvmeError::Invalid("the bdev registry is gone".into())));
                     };
-                    let (c, names) = PcieController::start(opts, setup, &reg, &me);
+                    let timeout = crate::pcie::IoTimeout::from_module(&me.options());
+                    let (c, names) = PcieController::start(opts, timeout, setup, &reg, &me);
                     me.pcie.lock().unwrap().push(c);
                     done(Ok(names))
                 });

@@ -6,7 +6,8 @@
 //! and write zeroes — without and with header and data digests. Then the same through a PCIe
 //! namespace bdev over keel-nvme-pcie's in-process controller model (the model's device side
 //! allocates nothing either), including a submission queue smaller than the job's depth (the
-//! requeue path) and a controller whose MDTS cuts 128 KiB requests into several commands.
+//! requeue path) and a controller whose MDTS cuts 128 KiB requests into several commands, with the
+//! per-command timeout scan on.
 //!
 //! One #[test] on one thread, so nothing else allocates meanwhile (the helper threads that
 //! connect queues are finished before the measurement starts).
@@ -124,6 +125,11 @@ fn setup_pcie(d: &'static TestDriver, cfg: ModelConfig) -> Arc<BdevRegistry> {
     };
     let (tx, rx) = std::sync::mpsc::channel();
     let m = NvmeModule::of(&reg);
+    // Timeouts on (never reached): the periodic scan runs on the measured path too.
+    let mut o = keel_nvme::ModuleOpts::default();
+    o.other.insert("timeout_us".into(), serde_json::json!(60_000_000));
+    o.other.insert("action_on_timeout".into(), serde_json::json!("abort"));
+    m.set_options(o).unwrap();
     let dev = PcieDevice::Model(Model::new(cfg));
     d.enter(CoreId(0), || m.attach_pcie(opts, dev, move |r| tx.send(r).unwrap()));
     let mut names = None;

@@ -20,6 +20,11 @@
 //!   device that reads all ones (surprise removal) or a failed reset → the gate goes to
 //!   *deleted*, in-flight and new I/O fail, and the namespace bdevs are hot-removed.
 //! * **One I/O qpair per reactor** ([`qpair`]), created by the first namespace channel there.
+//! * **Timeouts** follow bdev_nvme_set_options' `timeout_us` (0, the default: none) and
+//!   `action_on_timeout`: every 256 polls a qpair reads the clock and scans for commands older
+//!   than that; `abort` sends Abort (the command then fails) and asks for a reset when the
+//!   controller does not abort it, `reset` asks for a reset (the command is re-submitted
+//!   after it), `none` logs.
 //! * **Detach** closes the gate (every qpair fails what it holds on its next poll and new I/O at
 //!   once), unregisters the bdevs and sends the shutdown notification (CC.SHN) once the last
 //!   holder lets the controller go.
@@ -99,6 +104,43 @@ pub(crate) enum PcieGate {
     Deleted = 2,
 }
 
+/// What a qpair does with a command older than `timeout_us` (bdev_nvme_set_options'
+/// `action_on_timeout`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum TimeoutAction {
+    /// Log it.
+    None,
+    /// Send Abort for it; if the controller does not abort it, reset the controller.
+    Abort,
+    /// Reset the controller (the command is re-submitted afterwards).
+    Reset,
+}
+
+/// Per-command timeout policy of a controller, from the module options at attach.
+#[derive(Debug, Clone, Copy)]
+pub struct IoTimeout {
+    /// `timeout_us` (None: 0, no timeouts, SPDK's default).
+    pub(crate) after: Option<std::time::Duration>,
+    pub(crate) action: TimeoutAction,
+}
+
+impl IoTimeout {
+    /// From bdev_nvme_set_options' `timeout_us` and `action_on_timeout` (kept in
+    /// [`ModuleOpts::other`](crate::ModuleOpts)).
+    pub(crate) fn from_module(o: &crate::ModuleOpts) -> IoTimeout {
+        let us = o.other.get("timeout_us").and_then(Value::as_u64).unwrap_or(0);
+        let action = match o.other.get("action_on_timeout").and_then(Value::as_str) {
+            Some("abort") => TimeoutAction::Abort,
+            Some("reset") => TimeoutAction::Reset,
+            _ => TimeoutAction::None,
+        };
+        IoTimeout {
+            after: (us > 0).then(|| std::time::Duration::from_micros(us)),
+            action,
+        }
+    }
+}
+
 /// What every core knows of a PCIe controller. The gate and generation are written by the
 /// main reactor and read with atomic loads by the qpairs; the driver's controller is locked on
 /// control paths only (see the module doc).
@@ -109,6 +151,8 @@ pub(crate) struct PcieShared {
     pub mapper: Arc<dyn DmaMapper>,
     /// Bytes of one command (and bounce buffer).
     pub chunk_bytes: u32,
+    /// Per-command timeout policy.
+    pub timeout: IoTimeout,
     gate: AtomicU8,
     generation: AtomicU64,
     reset_requested: AtomicBool,
@@ -129,6 +173,11 @@ impl PcieShared {
 
     pub(crate) fn generation(&self) -> u64 {
         self.generation.load(Ordering::Acquire)
+    }
+
+    /// Asks the admin poller for a controller reset. Any core.
+    pub(crate) fn request_reset(&self) {
+        self.reset_requested.store(true, Ordering::Release);
     }
 }
 
@@ -207,6 +256,7 @@ impl PcieController {
     /// admin poller. Returns it with the bdev names. Main reactor.
     pub(crate) fn start(
         opts: AttachOpts,
+        timeout: IoTimeout,
         setup: PcieSetup,
         reg: &Arc<BdevRegistry>,
         module: &Arc<NvmeModule>,
@@ -231,6 +281,7 @@ impl PcieController {
             ctrlr: Mutex::new(Some(ctrlr)),
             mapper,
             chunk_bytes,
+            timeout,
             gate: AtomicU8::new(PcieGate::Open as u8),
             generation: AtomicU64::new(0),
             reset_requested: AtomicBool::new(false),
@@ -322,7 +373,7 @@ impl PcieController {
     /// Asks for a controller reset (`bdev_nvme_reset_controller`); the admin poller carries it
     /// out on its next run. Any thread.
     pub fn request_reset(&self) {
-        self.shared.reset_requested.store(true, Ordering::Release);
+        self.shared.request_reset();
     }
 
     /// SPDK's state name.

@@ -32,12 +32,13 @@ use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::rc::Weak;
 use std::sync::Arc;
+use std::time::Instant;
 
 use keel_bdev::{IoBox, IoOp, IoRequest, IoStatus, SgList, Submit};
 use keel_nvme_pcie::{Completion, DataBuf, DmaBuf, DmaPool, IoCommand, QueuePair, Submitted};
 use keel_reactor::{current, PollStatus, PollerHandle};
 
-use super::{PcieGate, PcieShared, Regs};
+use super::{PcieGate, PcieShared, Regs, TimeoutAction};
 
 /// Largest bounce buffer (and so command) a qpair uses.
 pub(crate) const CHUNK_BYTES: u32 = 128 * 1024;
@@ -45,6 +46,8 @@ pub(crate) const CHUNK_BYTES: u32 = 128 * 1024;
 const MAX_NLB: u64 = 1 << 16;
 /// Completions reaped per poll.
 const REAP_PER_POLL: usize = 64;
+/// Polls between two reads of the clock for the timeout scan (when timeouts are on).
+const POLLS_PER_TIMEOUT_SCAN: u32 = 256;
 
 /// A bdev request being carried out.
 struct Parent {
@@ -91,6 +94,10 @@ struct IoQpair {
     qp: Option<QueuePair<Regs, u16>>,
     /// The controller generation the queues exist at.
     gen: u64,
+    /// Polls since the last timeout scan.
+    polls: u32,
+    /// Command ids the last timeout scan found (room for every entry: no allocation).
+    expired: Vec<u16>,
     slots: Slots,
 }
 
@@ -172,8 +179,10 @@ impl PcieQpairCell {
         PcieQpairCell {
             q: RefCell::new(IoQpair {
                 shared,
+                expired: Vec::with_capacity(qp.as_ref().map_or(0, |q| usize::from(q.entries()))),
                 qp: if slots.cmds.is_empty() { None } else { qp },
                 gen,
+                polls: 0,
                 slots,
             }),
             poller: RefCell::new(Some(handle)),
@@ -303,6 +312,39 @@ impl IoQpair {
             slots.cmd_done(c, comp.status.is_success())
         });
         work |= reaped > 0;
+        if let Some(after) = self.shared.timeout.after {
+            self.polls += 1;
+            if self.polls >= POLLS_PER_TIMEOUT_SCAN {
+                self.polls = 0;
+                let now = Instant::now();
+                qp.tick(now);
+                let expired = &mut self.expired;
+                expired.clear();
+                qp.expired(now, after, |cid| {
+                    if expired.len() < expired.capacity() {
+                        expired.push(cid)
+                    }
+                });
+                let qid = qp.qid();
+                for &cid in expired.iter() {
+                    work = true;
+                    tracing::warn!("nvme {}: command {cid} of queue {} timed out", self.shared.name, qid.0);
+                    match self.shared.timeout.action {
+                        TimeoutAction::None => {}
+                        TimeoutAction::Reset => self.shared.request_reset(),
+                        TimeoutAction::Abort => {
+                            let aborted = match self.shared.ctrlr.lock().unwrap().as_mut() {
+                                Some(c) => c.abort(qid, cid).unwrap_or(false),
+                                None => false,
+                            };
+                            if !aborted {
+                                self.shared.request_reset();
+                            }
+                        }
+                    }
+                }
+            }
+        }
         work |= self.issue();
         work
     }
