@@ -4,7 +4,8 @@
 //! a message naming scripts/nvme-bind.sh, binds it to vfio-pci, and has keel-tgt attach it over
 //! RPC (`bdev_nvme_attach_controller -t PCIe`), reset, detach and re-attach it; the guest
 //! kernel writes a known file through Keel (NBD over the namespace bdev); keel-perf runs verify
-//! at 4 KiB and 128 KiB on two reactors, write_zeroes and unmap from a JSON config; then the
+//! at 4 KiB and 128 KiB on two reactors, write_zeroes and unmap, and fio with Keel's engine
+//! (`verify=crc32c`, 4 KiB and 128 KiB) from a JSON config; then the
 //! device goes back to the kernel's nvme driver and `dd` reads the file Keel wrote. Here
 //! `bdev_nvme_get_controllers`' identity is compared with nvme-cli's `id-ctrl` of the same
 //! device. A lab that cannot start fails this test.
@@ -15,32 +16,36 @@ use std::time::Duration;
 
 use keel_testkit::lab::{run_guest, LabOpts};
 
-/// keel-perf from the same build (built if missing).
-fn keel_perf() -> PathBuf {
+/// `file` of package `package` from the same build (built if missing): keel-perf, the fio
+/// engine.
+fn built(package: &str, file: &str) -> PathBuf {
     let exe = std::env::current_exe().unwrap();
     let dir = exe.parent().unwrap().parent().unwrap();
-    let p = dir.join("keel-perf");
+    let p = dir.join(file);
     if !p.exists() {
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
         let mut cmd = Command::new(cargo);
-        cmd.current_dir(root).args(["build", "-q", "-p", "keel-perf"]);
+        cmd.current_dir(root).args(["build", "-q", "-p", package]);
         if dir.ends_with("release") {
             cmd.arg("--release");
         }
-        assert!(cmd.status().unwrap().success(), "cannot build keel-perf");
+        assert!(cmd.status().unwrap().success(), "cannot build {package}");
     }
+    assert!(p.exists(), "{} missing after building {package}", p.display());
     p
 }
 
 #[test]
 fn bdev_nvme_pcie_on_qemu_nvme_through_vfio() {
     let share = tempfile::tempdir().expect("tempdir");
-    let perf = keel_perf();
+    let perf = built("keel-perf", "keel-perf");
+    let engine = built("keel-fio", "libkeel_fio.so");
     for bin in [
         Path::new(env!("CARGO_BIN_EXE_keel-tgt")),
         Path::new(env!("CARGO_BIN_EXE_keel-rpc")),
         perf.as_path(),
+        engine.as_path(),
     ] {
         std::fs::copy(bin, share.path().join(bin.file_name().unwrap())).expect("copy a binary into the share");
     }
@@ -64,6 +69,8 @@ fn bdev_nvme_pcie_on_qemu_nvme_through_vfio() {
         "keel-perf verify 128k: OK",
         "keel-perf write_zeroes: OK",
         "keel-perf unmap: OK",
+        "fio verify=crc32c 4k: OK",
+        "fio verify=crc32c 128k: OK",
         "kernel nvme driver reads Keel's data: OK",
     ] {
         assert!(log.contains(want), "missing {want:?} in:\n{log}");

@@ -4,7 +4,7 @@
 # nvme-bind.sh. keel-tgt attaches the controller over RPC (bdev_nvme_attach_controller -t PCIe),
 # get_controllers is recorded for the host to compare with nvme-cli's id-ctrl, detach and
 # re-attach and a reset work; keel-perf runs verify at 4 KiB and 128 KiB on two reactors,
-# write_zeroes and unmap, from a JSON config; keel-tgt exports the namespace over NBD and the
+# write_zeroes and unmap, and fio with Keel's engine verify=crc32c, from a JSON config; keel-tgt exports the namespace over NBD and the
 # guest kernel writes a known file through it; then the device goes back to the kernel's nvme
 # driver and dd reads the file back.
 # Prints "LAB_NVME_PCIE: OK" last when every check passed; any failed check exits nonzero.
@@ -94,6 +94,28 @@ echo "keel-perf write_zeroes: OK"
 /host/keel-perf -c pcie.json -q 8 -o 65536 -w unmap -t 1 > perf-unmap.txt 2>&1 || { cat perf-unmap.txt; fail "unmap"; }
 echo "keel-perf unmap: OK"
 lab_t1 keel-perf
+
+step "fio with Keel's engine from the same JSON config: verify=crc32c at 4 KiB and 128 KiB"
+for bs in 4k 128k; do
+  cat > job-$bs.fio <<EOJ
+[global]
+ioengine=external:/host/libkeel_fio.so
+keel_json_conf=pcie.json
+thread=1
+
+[verify]
+filename=Nvme0n1
+rw=randwrite
+bs=$bs
+iodepth=16
+size=16m
+verify=crc32c
+verify_fatal=1
+EOJ
+  fio job-$bs.fio > fio-$bs.txt 2>&1 || { cat fio-$bs.txt; fail "fio verify $bs"; }
+  grep -E "err=|WRITE:|READ:" fio-$bs.txt
+  echo "fio verify=crc32c $bs: OK"
+done
 
 step "write the known file again through Keel, hand the device back to the kernel, dd"
 /host/keel-tgt -m 0x1 -r /tmp/keel.sock >tgt.log 2>&1 &
