@@ -3,10 +3,11 @@
 //! (`tests/lab/nvme_pcie.sh`) checks that attaching a device the kernel holds is refused with
 //! a message naming scripts/nvme-bind.sh, binds it to vfio-pci, and has keel-tgt attach it over
 //! RPC (`bdev_nvme_attach_controller -t PCIe`), reset, detach and re-attach it; the guest
-//! kernel writes a known file through Keel (NBD over the namespace bdev); keel-perf runs verify
-//! at 4 KiB and 128 KiB on two reactors, write_zeroes and unmap, and fio with Keel's engine
-//! (`verify=crc32c`, 4 KiB and 128 KiB) from a JSON config; then the
-//! device goes back to the kernel's nvme driver and `dd` reads the file Keel wrote. Here
+//! kernel writes a known file through Keel (NBD over the namespace bdev) and runs fio verify
+//! across a controller reset and over an md raid1 of the namespace and a file-backed bdev;
+//! keel-perf runs verify at 4 KiB and 128 KiB on two reactors, write_zeroes and unmap, and fio
+//! with Keel's engine `verify=crc32c` at 4 KiB and 128 KiB, from a JSON config; then the device
+//! goes back to the kernel's nvme driver and `dd` reads the file Keel wrote. Here
 //! `bdev_nvme_get_controllers`' identity is compared with nvme-cli's `id-ctrl` of the same
 //! device. A lab that cannot start fails this test.
 
@@ -65,6 +66,8 @@ fn bdev_nvme_pcie_on_qemu_nvme_through_vfio() {
     r.assert_success();
     let log = r.guest_log();
     for want in [
+        "fio verify across a controller reset: OK",
+        "md raid1 over NVMe and a file: OK",
         "keel-perf verify 4k: OK",
         "keel-perf verify 128k: OK",
         "keel-perf write_zeroes: OK",

@@ -68,6 +68,10 @@ impl TransportId {
 
     /// `trid` of bdev_nvme_get_controllers.
     pub fn to_json(&self) -> Value {
+        if self.trtype == TrType::Pcie {
+            // SPDK writes only the fields that are set: a PCIe trid is its type and address.
+            return json!({"trtype": self.trtype.as_str(), "traddr": self.traddr});
+        }
         json!({
             "trtype": self.trtype.as_str(),
             "adrfam": self.adrfam,

@@ -3,7 +3,8 @@
 # 1b36:0010 behind the emulated IOMMU. /host holds keel-tgt, keel-rpc, keel-perf and
 # nvme-bind.sh. keel-tgt attaches the controller over RPC (bdev_nvme_attach_controller -t PCIe),
 # get_controllers is recorded for the host to compare with nvme-cli's id-ctrl, detach and
-# re-attach and a reset work; keel-perf runs verify at 4 KiB and 128 KiB on two reactors,
+# re-attach and a reset work; fio verify through NBD across a controller reset and over an md
+# raid1 of the namespace and a file-backed bdev; keel-perf runs verify at 4 KiB and 128 KiB on two reactors,
 # write_zeroes and unmap, and fio with Keel's engine verify=crc32c, from a JSON config; keel-tgt exports the namespace over NBD and the
 # guest kernel writes a known file through it; then the device goes back to the kernel's nvme
 # driver and dd reads the file back.
@@ -70,7 +71,32 @@ head -c 1048576 /dev/urandom > expect.bin
 dd if=expect.bin of=/dev/nbd0 bs=65536 seek=64 oflag=direct conv=fsync 2>/dev/null || fail "dd through nbd"
 dd if=/dev/nbd0 of=back.bin bs=65536 skip=64 count=16 iflag=direct 2>/dev/null || fail "dd back through nbd"
 cmp expect.bin back.bin || fail "read back through Keel differs"
+
+step "controller reset under load: fio verify through NBD across bdev_nvme_reset_controller"
+fio --name=rl --filename=/dev/nbd0 --ioengine=libaio --direct=1 --bs=4k --iodepth=16 --offset=16m \
+    --size=16m --rw=randwrite --verify=crc32c --verify_fatal=1 --verify_state_save=0 > fio-reset.txt 2>&1 &
+FIO=$!
+sleep 1
+$R bdev_nvme_reset_controller name=Nvme0 > /dev/null || fail "reset_controller under load"
+wait $FIO || { cat fio-reset.txt; fail "fio verify across a controller reset"; }
+grep -q "controller reset done" tgt.log || fail "no reset in keel-tgt's log"
+grep -E "err=" fio-reset.txt
+echo "fio verify across a controller reset: OK"
 $R nbd_stop_disk nbd_device=/dev/nbd0 > /dev/null || fail "nbd_stop_disk"
+
+step "md raid1 over the NVMe namespace and a file-backed bdev"
+truncate -s 64M /tmp/f0.img
+$R bdev_aio_create filename=/tmp/f0.img name=F0 block_size=512 > /dev/null || fail "bdev_aio_create"
+$R bdev_raid_create name=R1 raid_level=raid1 'base_bdevs=["Nvme0n1","F0"]' > /dev/null || fail "raid1 create"
+$R nbd_start_disk bdev_name=R1 nbd_device=/dev/nbd1 > /dev/null || fail "nbd_start_disk R1"
+fio --name=r1 --filename=/dev/nbd1 --ioengine=libaio --direct=1 --bs=64k --iodepth=8 --size=16m \
+    --rw=randwrite --verify=crc32c --verify_fatal=1 --verify_state_save=0 > fio-r1.txt 2>&1 \
+  || { cat fio-r1.txt; fail "fio verify on raid1"; }
+grep -E "err=" fio-r1.txt
+$R nbd_stop_disk nbd_device=/dev/nbd1 > /dev/null || fail "nbd_stop_disk R1"
+$R bdev_raid_delete name=R1 > /dev/null || fail "raid delete"
+$R bdev_aio_delete name=F0 > /dev/null || fail "aio delete"
+echo "md raid1 over NVMe and a file: OK"
 $R bdev_nvme_detach_controller name=Nvme0 > /dev/null || fail "detach before keel-perf"
 stop_tgt
 

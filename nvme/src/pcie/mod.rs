@@ -393,7 +393,6 @@ impl PcieController {
             "state": self.state_name(),
             "trid": self.shared.opts.trid.to_json(),
             "cntlid": f.cntlid,
-            "host": {"nqn": self.shared.opts.hostnqn, "addr": "", "svcid": ""},
             "ctrlr_data": {
                 "vendor_id": format!("{:#06x}", f.vid),
                 "serial_number": f.serial,
