@@ -346,8 +346,8 @@ mod tests {
                 "log_clear_flag",
                 "log_get_flags",
                 "bdev_set_options",
-                "bdev_raid_set_options",
-                "bdev_nvme_set_options"
+                "bdev_nvme_set_options",
+                "bdev_raid_set_options"
             ]
         );
         let e = call(true, "framework_start_init", json!({})).unwrap_err();
