@@ -27,7 +27,7 @@ WHY = {
     "accel": "no accel framework: Keel's parity/CRC kernels are called directly and picked at run time",
     "app": "the listed ones are about SPDK's scheduler, threads and trace buffers, which Keel's reactors do not have",
     "bdev": "SPDK bdev modules Keel does not implement (crypto, compress, ocf, lvol-backed, iscsi, rbd, daos, xnvme, virtio, ftl, zone, opal, pmem, aio-specific rescans …)",
-    "bdev_nvme": "the TCP initiator serves attach/detach/get_controllers/set_options; the PCIe transport (issue 16), multipath, TLS/DH-HMAC-CHAP, CUSE, opal and the controller-level extras are not implemented",
+    "bdev_nvme": "attach/detach/get_controllers/set_options over TCP and PCIe, and reset_controller (PCIe) are served; multipath, TLS/DH-HMAC-CHAP, CUSE, opal and the controller-level extras are not implemented",
     "fsdev": "no filesystem devices",
     "iobuf": "no shared iobuf pools: buffers belong to each job/export",
     "iscsi": "no iSCSI target (NBD, ublk and NVMe/TCP are Keel's exports)",

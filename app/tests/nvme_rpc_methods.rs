@@ -1,7 +1,8 @@
 //! The `bdev_nvme_*` methods through SPDK's unmodified `spdk-rpc`, with one keel-tgt as the
 //! NVMe/TCP target and another as the initiator: attach (the result is the list of namespace
-//! bdevs), the bdev it creates, `bdev_nvme_get_controllers` in SPDK's shape, refusals (PCIe not
-//! supported yet, a name in use, nothing listening, set_options after an attach), save_config
+//! bdevs), the bdev it creates, `bdev_nvme_get_controllers` in SPDK's shape, refusals (a PCIe
+//! function that does not exist, a PCIe address that is not one, a name in use, nothing
+//! listening, set_options after an attach), save_config
 //! (`bdev_nvme_set_options` then the attach, in the bdev subsystem) → load_config into a fresh
 //! keel-tgt, and detach.
 
@@ -22,10 +23,15 @@ fn attach_get_save_load_detach() {
         "-t",
         "pcie",
         "-a",
-        "0000:01:00.0",
+        "0000:ff:1f.7",
     ]);
-    assert_eq!(code, -95, "{msg}");
-    assert!(msg.contains("not supported yet"), "{msg}");
+    assert_eq!(code, -19, "{msg}");
+    assert!(
+        msg.contains("no PCI device 0000:ff:1f.7") && msg.contains("lspci"),
+        "{msg}"
+    );
+    let (code, msg) = i.err(&["bdev_nvme_attach_controller", "-b", "P0", "-t", "pcie", "-a", "01:00"]);
+    assert_eq!(code, -32602, "{msg}");
     let attach = [
         "bdev_nvme_attach_controller",
         "-b",

@@ -175,7 +175,7 @@ impl CtrlrState {
 
 /// The ops of a namespace bdev: read, write and flush always; unmap with Dataset Management
 /// (ONCS bit 2), write zeroes with Write Zeroes (ONCS bit 3).
-fn ns_caps(oncs: u16) -> IoCaps {
+pub(crate) fn ns_caps(oncs: u16) -> IoCaps {
     let mut caps = IoCaps::of(&[IoOp::Read, IoOp::Write, IoOp::Flush, IoOp::Unmap, IoOp::WriteZeroes]);
     if oncs & (1 << 2) == 0 {
         caps = caps.without(IoOp::Unmap);

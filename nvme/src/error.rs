@@ -43,6 +43,10 @@ pub enum NvmeError {
         /// Its completion status.
         status: Status,
     },
+    /// The PCIe driver refused (its message says what to do: bind with scripts/nvme-bind.sh,
+    /// raise RLIMIT_MEMLOCK, fix the address, ...).
+    #[error("{0}")]
+    Pcie(#[from] keel_nvme_pcie::PcieError),
     /// Nothing arrived in time.
     #[error("timed out waiting for {0}")]
     Timeout(&'static str),
@@ -62,6 +66,7 @@ impl NvmeError {
             NvmeError::Exists(_) => -17,
             NvmeError::Unsupported(_) => -95,
             NvmeError::NotFound(_) => -19,
+            NvmeError::Pcie(keel_nvme_pcie::PcieError::NoSuchDevice { .. }) => -19,
             _ => -5,
         }
     }

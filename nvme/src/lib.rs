@@ -33,12 +33,15 @@
 //!   no lock per I/O (`tests/no_alloc.rs`).
 //! * **Transports** are an internal seam ([`transport::Transport`]): every transport-specific
 //!   byte lives under `tcp/` (NVMe/TCP now); the PCIe driver (keel-nvme-pcie) plugs in as the
-//!   second variant. `trtype PCIe` is refused with a clear error until then.
+//!   second transport: `trtype PCIe` controllers are [`pcie::PcieController`]s, held by the
+//!   module beside the fabrics controllers (see [`pcie`] for their design: one keel-nvme-pcie
+//!   queue pair per reactor, bounce buffers, reset and hot removal).
 //!
 //! # Map
 //! - [`module`]: the per-registry module state: controllers by name, attach, detach, save_config.
 //! - [`ctrlr`]: the controller, its state machine and the admin poller.
 //! - `bdev`: a namespace as a bdev; its channel hands requests to the core's qpair.
+//! - [`pcie`]: the PCIe transport (keel-nvme-pcie): controller, admin poller, qpairs.
 //! - [`transport`]: the transport seam; `tcp/`: NVMe/TCP connections, the I/O qpair, the admin queue.
 //! - [`opts`]: attach options, transport ids, module options (`bdev_nvme_set_options`).
 #![forbid(unsafe_code)]
@@ -49,6 +52,7 @@ pub mod ctrlr;
 mod error;
 pub mod module;
 pub mod opts;
+pub mod pcie;
 mod tcp;
 pub mod transport;
 
@@ -56,3 +60,4 @@ pub use ctrlr::Controller;
 pub use error::NvmeError;
 pub use module::NvmeModule;
 pub use opts::{AttachOpts, ModuleOpts, TrType, TransportId};
+pub use pcie::{PcieController, PcieDevice};

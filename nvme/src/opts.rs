@@ -68,6 +68,10 @@ impl TransportId {
 
     /// `trid` of bdev_nvme_get_controllers.
     pub fn to_json(&self) -> Value {
+        if self.trtype == TrType::Pcie {
+            // SPDK writes only the fields that are set: a PCIe trid is its type and address.
+            return json!({"trtype": self.trtype.as_str(), "traddr": self.traddr});
+        }
         json!({
             "trtype": self.trtype.as_str(),
             "adrfam": self.adrfam,
@@ -167,7 +171,8 @@ pub struct ModuleOpts {
     pub fast_io_fail_timeout_sec: u64,
     /// I/O queue entries (SPDK's io_queue_requests 0 = the driver's default).
     pub io_queue_requests: u32,
-    /// Accepted and saved options Keel does not act on (name → value).
+    /// Accepted and saved options the fabrics transport does not act on (name → value);
+    /// PCIe controllers use `timeout_us` and `action_on_timeout` from here.
     pub other: serde_json::Map<String, Value>,
 }
 

@@ -21,12 +21,13 @@ pub enum Transport {
 }
 
 impl Transport {
-    /// The transport for `trtype`, or `Unsupported` for one not plugged in yet (PCIe).
+    /// The fabrics transport for `trtype`; `Unsupported` for PCIe, whose controllers are not
+    /// fabrics controllers (the module attaches them through [`crate::pcie`]).
     pub fn for_type(trtype: TrType) -> Result<Transport, NvmeError> {
         match trtype {
             TrType::Tcp => Ok(Transport::Tcp),
             TrType::Pcie => Err(NvmeError::Unsupported(
-                "trtype PCIe is not supported yet: the PCIe transport (keel-nvme-pcie) is not plugged in".into(),
+                "trtype PCIe controllers are attached by the PCIe transport, not a fabrics one".into(),
             )),
         }
     }

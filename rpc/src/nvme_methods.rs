@@ -7,11 +7,14 @@
 //! |---|---|---|
 //! | `bdev_nvme_attach_controller` | `name`, `trtype`, `traddr`, `adrfam`?, `trsvcid`?, `subnqn`?, `hostnqn`?, `hdgst`?, `ddgst`?, `num_io_queues`?, `ctrlr_loss_timeout_sec`?, `reconnect_delay_sec`?, `fast_io_fail_timeout_sec`?, and the keys rpc.py always sends | array of the namespace bdev names |
 //! | `bdev_nvme_detach_controller` | `name` (+ path filters) | `true` |
-//! | `bdev_nvme_get_controllers` | `name`? | `[{name, ctrlrs: [{state, trid, cntlid, host}]}]` |
+//! | `bdev_nvme_get_controllers` | `name`? | `[{name, ctrlrs: [{state, trid, cntlid, host}]}]` (PCIe: also `ctrlr_data`, the controller's identity) |
+//! | `bdev_nvme_reset_controller` | `name`, `cntlid`? | `true` (PCIe controllers; fabrics ones -95) |
 //! | `bdev_nvme_set_options` | SPDK's option keys | `true` |
 //!
-//! Errors: malformed params -32602; a name in use -17 (EEXIST); `trtype PCIe` -95 (not supported
-//! yet); an unknown controller -19 (ENODEV); a failed connect -5 (EIO) naming the step.
+//! Errors: malformed params -32602 (a PCIe `traddr` that is not a PCI address too); a name in use
+//! -17 (EEXIST); an unknown controller -19 (ENODEV); a failed connect -5 (EIO) naming the step;
+//! a PCIe function that cannot be taken (not bound to vfio-pci, IOMMU group not viable,
+//! RLIMIT_MEMLOCK too low) -5 with a message that says what to do (scripts/nvme-bind.sh, ulimit).
 //! Options that need features Keel's initiator lacks (TLS PSKs, DH-HMAC-CHAP, multipath,
 //! protection information checks) are refused with -32602 rather than ignored.
 
@@ -31,6 +34,7 @@ pub(crate) static TABLE: Table = Table {
         method!(bdev_nvme_attach_controller, Runtime),
         method!(bdev_nvme_detach_controller, Runtime),
         method!(bdev_nvme_get_controllers, Runtime),
+        method!(bdev_nvme_reset_controller, Runtime),
         method!(bdev_nvme_set_options, Both),
     ],
     subsystem: None,
@@ -165,11 +169,10 @@ struct Detach {
 fn bdev_nvme_detach_controller(ctx: &Ctx, params: Option<Value>, reply: Reply) {
     let p: Detach = params!(params, reply);
     let module = NvmeModule::of(&ctx.registry);
-    let Some(c) = module.controller(&p.name) else {
+    let Some(t) = module.trid_of(&p.name) else {
         return reply(Err(err(NvmeError::NotFound(p.name))));
     };
     // A path filter that does not match the controller's path: SPDK answers ENODEV.
-    let t = &c.opts().trid;
     let matches = p
         .trtype
         .as_deref()
@@ -195,6 +198,20 @@ fn bdev_nvme_get_controllers(ctx: &Ctx, params: Option<Value>, reply: Reply) {
     let p: GetControllers = params!(params, reply);
     let module = NvmeModule::of(&ctx.registry);
     reply(module.controllers_json(p.name.as_deref()).map_err(err))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ResetController {
+    name: String,
+    cntlid: Option<u16>,
+}
+
+fn bdev_nvme_reset_controller(ctx: &Ctx, params: Option<Value>, reply: Reply) {
+    let p: ResetController = params!(params, reply);
+    let _ = p.cntlid;
+    let module = NvmeModule::of(&ctx.registry);
+    reply(module.reset(&p.name).map(|()| json!(true)).map_err(err))
 }
 
 /// SPDK's bdev_nvme_set_options keys Keel accepts and saves without acting on them.
