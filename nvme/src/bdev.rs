@@ -7,20 +7,33 @@ use keel_bdev::{BackendChannel, BdevBackend, BdevInfo, ChannelCx, ConfigCall, Io
 use keel_reactor::{IoChannel, IoDevice};
 use serde_json::{json, Value};
 
-use crate::ctrlr::Controller;
-use crate::tcp::qpair::QpairCell;
+/// What a namespace bdev needs of its transport's controller (TCP's `Controller`, PCIe's
+/// `PcieController`): its per-core queue type and the `driver_specific` view of a namespace.
+pub(crate) trait NsController: Send + Sync + 'static {
+    /// The controller's I/O queue on one core (the value of its I/O device's channel).
+    type Queue: NsQueue;
+    /// `driver_specific.nvme` of namespace `nsid`. Main core.
+    fn ns_json(&self, nsid: u32) -> Value;
+}
 
-/// The backend of namespace bdev `{ctrlr}n{nsid}`. `Send + Sync`; recreated by the
-/// controller's attach (no per-bdev save_config call).
-pub(crate) struct NsBdev {
-    ctrlr: Weak<Controller>,
-    io_device: IoDevice<QpairCell>,
+/// A controller's I/O queue on one core, shared by all its namespaces there.
+pub(crate) trait NsQueue: 'static {
+    /// Takes `io` for namespace `nsid` (blocks of `block_size` bytes), or hands it back.
+    /// Called on the queue's core.
+    fn submit(&self, nsid: u32, block_size: u32, io: IoBox) -> Submit;
+}
+
+/// The backend of namespace bdev `{ctrlr}n{nsid}` of a controller of transport `C`.
+/// `Send + Sync`; recreated by the controller's attach (no per-bdev save_config call).
+pub(crate) struct NsBdev<C: NsController> {
+    ctrlr: Weak<C>,
+    io_device: IoDevice<C::Queue>,
     nsid: u32,
     block_size: u32,
 }
 
-impl NsBdev {
-    pub(crate) fn new(ctrlr: Weak<Controller>, io_device: IoDevice<QpairCell>, nsid: u32, block_size: u32) -> NsBdev {
+impl<C: NsController> NsBdev<C> {
+    pub(crate) fn new(ctrlr: Weak<C>, io_device: IoDevice<C::Queue>, nsid: u32, block_size: u32) -> NsBdev<C> {
         NsBdev {
             ctrlr,
             io_device,
@@ -30,7 +43,7 @@ impl NsBdev {
     }
 }
 
-impl BdevBackend for NsBdev {
+impl<C: NsController> BdevBackend for NsBdev<C> {
     fn create_channel(&self, _cx: &ChannelCx) -> Box<dyn BackendChannel> {
         Box::new(NsChannel {
             qpair: self.io_device.get_channel(),
@@ -51,14 +64,14 @@ impl BdevBackend for NsBdev {
     }
 }
 
-/// A namespace bdev's channel on one core: hands requests to the core's qpair.
-struct NsChannel {
-    qpair: IoChannel<QpairCell>,
+/// A namespace bdev's channel on one core: hands requests to the core's queue.
+struct NsChannel<Q: NsQueue> {
+    qpair: IoChannel<Q>,
     nsid: u32,
     block_size: u32,
 }
 
-impl BackendChannel for NsChannel {
+impl<Q: NsQueue> BackendChannel for NsChannel<Q> {
     #[inline]
     fn submit(&self, io: IoBox) -> Submit {
         self.qpair.rc().submit(self.nsid, self.block_size, io)

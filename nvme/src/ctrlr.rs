@@ -14,7 +14,7 @@ use keel_reactor::{current, IoDevice, PollStatus};
 use serde_json::{json, Value};
 use uuid::Uuid;
 
-use crate::bdev::NsBdev;
+use crate::bdev::{NsBdev, NsController};
 use crate::module::NvmeModule;
 use crate::opts::AttachOpts;
 use crate::tcp::admin::{AdminEvent, AdminOp, AdminQueue};
@@ -342,21 +342,6 @@ impl Controller {
         })
     }
 
-    /// `driver_specific.nvme` of a namespace bdev.
-    pub(crate) fn ns_json(&self, nsid: u32) -> Value {
-        let inner = self.inner.lock().unwrap();
-        json!([{
-            "trid": self.shared.opts.trid.to_json(),
-            "ctrlr_data": {
-                "cntlid": self.shared.cntlid(),
-                "serial_number": inner.serial,
-                "model_number": inner.model,
-                "firmware_revision": inner.firmware,
-            },
-            "ns_data": {"id": nsid},
-        }])
-    }
-
     /// Registers namespace `ns` as `{name}n{nsid}`; its name, or `None` if registration
     /// failed (logged).
     fn add_ns(self: &Arc<Self>, inner: &mut Inner, ns: NsInfo) -> Option<String> {
@@ -675,5 +660,24 @@ impl Controller {
             }
         }
         Ok(())
+    }
+}
+
+impl NsController for Controller {
+    type Queue = QpairCell;
+
+    /// `driver_specific.nvme` of a namespace bdev.
+    fn ns_json(&self, nsid: u32) -> Value {
+        let inner = self.inner.lock().unwrap();
+        json!([{
+            "trid": self.shared.opts.trid.to_json(),
+            "ctrlr_data": {
+                "cntlid": self.shared.cntlid(),
+                "serial_number": inner.serial,
+                "model_number": inner.model,
+                "firmware_revision": inner.firmware,
+            },
+            "ns_data": {"id": nsid},
+        }])
     }
 }

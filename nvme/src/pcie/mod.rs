@@ -41,16 +41,15 @@ use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 
-use keel_bdev::{
-    BackendChannel, BdevBackend, BdevInfo, BdevParams, BdevRegistry, ChannelCx, ConfigCall, IoBox, Submit,
-};
+use keel_bdev::{BdevParams, BdevRegistry};
 use keel_nvme_pcie::model::Model;
 use keel_nvme_pcie::{
     Controller, ControllerOpts, DmaMapper, Health, Mmio, PciAddress, PcieError, Registers, VfioDevice,
 };
-use keel_reactor::{current, IoChannel, IoDevice, PollStatus, PollerHandle};
+use keel_reactor::{current, IoDevice, PollStatus, PollerHandle};
 use serde_json::{json, Value};
 
+use crate::bdev::{NsBdev, NsController};
 use crate::module::NvmeModule;
 use crate::opts::AttachOpts;
 use qpair::{PcieQpairCell, CHUNK_BYTES};
@@ -312,12 +311,12 @@ impl PcieController {
                 caps: crate::ctrlr::ns_caps(c.facts.oncs),
                 optimal_io_boundary_blocks: 0,
             };
-            let backend = Arc::new(PcieNsBdev {
-                ctrlr: Arc::downgrade(&c),
-                io_device: c.io_device.clone(),
-                nsid: ns.nsid,
-                block_size: ns.block_size,
-            });
+            let backend = Arc::new(NsBdev::new(
+                Arc::downgrade(&c),
+                c.io_device.clone(),
+                ns.nsid,
+                ns.block_size,
+            ));
             match reg.register(params, backend) {
                 Ok(_) => {
                     c.namespaces.lock().unwrap().push(NsEntry {
@@ -405,22 +404,6 @@ impl PcieController {
         })
     }
 
-    fn ns_json(&self, nsid: u32) -> Value {
-        let f = &self.facts;
-        json!([{
-            "pci_address": self.shared.opts.trid.traddr,
-            "trid": self.shared.opts.trid.to_json(),
-            "ctrlr_data": {
-                "cntlid": f.cntlid,
-                "vendor_id": format!("{:#06x}", f.vid),
-                "serial_number": f.serial,
-                "model_number": f.model,
-                "firmware_revision": f.firmware,
-            },
-            "ns_data": {"id": nsid},
-        }])
-    }
-
     /// One admin poll (main reactor): health check, reset, removal. Whether it did work.
     fn admin_poll(self: &Arc<Self>) -> bool {
         if self.shared.gate() == PcieGate::Deleted {
@@ -495,50 +478,22 @@ fn text(s: Option<&str>) -> String {
     s.map(str::trim).unwrap_or("").to_string()
 }
 
-/// The backend of PCIe namespace bdev `{ctrlr}n{nsid}`. `Send + Sync`; recreated by the
-/// controller's attach (no per-bdev save_config call).
-struct PcieNsBdev {
-    ctrlr: Weak<PcieController>,
-    io_device: IoDevice<PcieQpairCell>,
-    nsid: u32,
-    block_size: u32,
-}
+impl NsController for PcieController {
+    type Queue = PcieQpairCell;
 
-impl BdevBackend for PcieNsBdev {
-    fn create_channel(&self, _cx: &ChannelCx) -> Box<dyn BackendChannel> {
-        Box::new(PcieNsChannel {
-            qpair: self.io_device.get_channel(),
-            nsid: self.nsid,
-            block_size: self.block_size,
-        })
-    }
-
-    fn driver_specific(&self) -> Value {
-        match self.ctrlr.upgrade() {
-            Some(c) => json!({ "nvme": c.ns_json(self.nsid) }),
-            None => json!({}),
-        }
-    }
-
-    fn config(&self, _info: &BdevInfo) -> Option<ConfigCall> {
-        None
-    }
-}
-
-/// A namespace bdev's channel on one core: hands requests to the core's qpair.
-struct PcieNsChannel {
-    qpair: IoChannel<PcieQpairCell>,
-    nsid: u32,
-    block_size: u32,
-}
-
-impl BackendChannel for PcieNsChannel {
-    #[inline]
-    fn submit(&self, io: IoBox) -> Submit {
-        self.qpair.rc().submit(self.nsid, self.block_size, io)
-    }
-
-    fn leaf(&self) -> bool {
-        true
+    fn ns_json(&self, nsid: u32) -> Value {
+        let f = &self.facts;
+        json!([{
+            "pci_address": self.shared.opts.trid.traddr,
+            "trid": self.shared.opts.trid.to_json(),
+            "ctrlr_data": {
+                "cntlid": f.cntlid,
+                "vendor_id": format!("{:#06x}", f.vid),
+                "serial_number": f.serial,
+                "model_number": f.model,
+                "firmware_revision": f.firmware,
+            },
+            "ns_data": {"id": nsid},
+        }])
     }
 }

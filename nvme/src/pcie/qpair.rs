@@ -587,3 +587,10 @@ fn copy_from_dma(pool: &DmaPool, src: &DmaBuf, iovs: &SgList, mut off: u64, len_
         off = 0;
     }
 }
+
+impl crate::bdev::NsQueue for PcieQpairCell {
+    #[inline]
+    fn submit(&self, nsid: u32, block_size: u32, io: IoBox) -> Submit {
+        PcieQpairCell::submit(self, nsid, block_size, io)
+    }
+}

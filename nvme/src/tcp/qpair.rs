@@ -670,6 +670,13 @@ impl Slots {
     }
 }
 
+impl crate::bdev::NsQueue for QpairCell {
+    #[inline]
+    fn submit(&self, nsid: u32, block_size: u32, io: IoBox) -> Submit {
+        QpairCell::submit(self, nsid, block_size, io)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use keel_nvme_proto::cqe::Cqe;
