@@ -164,9 +164,10 @@ pub type SgList = ArrayVec<IoVec, MAX_IOVS>;
 
 /// The parts of `iovs`' data from byte `offset_bytes` on, `len_bytes` long (less if the list
 /// ends first): per segment touched, the segment, where the part starts in the segment's buffer
-/// and its length in bytes.
+/// and its length in bytes. Any core; no allocation (what copies between a request's buffers
+/// and another memory walk).
 #[inline]
-fn windows(iovs: &SgList, offset_bytes: u64, len_bytes: u64) -> impl Iterator<Item = (&IoVec, u32, u32)> {
+pub fn iov_windows(iovs: &SgList, offset_bytes: u64, len_bytes: u64) -> impl Iterator<Item = (&IoVec, u32, u32)> {
     let (mut off, mut len) = (offset_bytes, len_bytes);
     iovs.iter()
         .map_while(move |v| {
@@ -194,7 +195,7 @@ fn windows(iovs: &SgList, offset_bytes: u64, len_bytes: u64) -> impl Iterator<It
 /// allocation.
 #[inline]
 pub fn slice_iovs(src: &SgList, offset_bytes: u64, len_bytes: u64, dst: &mut SgList) {
-    for (v, start, len) in windows(src, offset_bytes, len_bytes) {
+    for (v, start, len) in iov_windows(src, offset_bytes, len_bytes) {
         dst.push(IoVec {
             buf: v.buf.clone(),
             offset_bytes: start,
@@ -207,7 +208,7 @@ pub fn slice_iovs(src: &SgList, offset_bytes: u64, len_bytes: u64, dst: &mut SgL
 /// a read a layer answers with zeroes. The buffers are the request owner's; the caller holds the
 /// request. Any core; no allocation.
 pub fn zero_iovs(iovs: &SgList, offset_bytes: u64, len_bytes: u64) {
-    for (v, start, len) in windows(iovs, offset_bytes, len_bytes) {
+    for (v, start, len) in iov_windows(iovs, offset_bytes, len_bytes) {
         let start = start as usize;
         v.buf.bytes_mut()[start..start + len as usize].fill(0);
     }

@@ -67,8 +67,8 @@ pub use error::BdevError;
 pub use forward::{ForwardCtx, ForwardPath, Leg, Route, RouteHandle, ROUTE_LEGS};
 pub use gate::{Histogram, QosLimits};
 pub use io::{
-    slice_iovs, zero_iovs, CompletionQueue, IoBox, IoOp, IoPool, IoRequest, IoStatus, IoVec, SgList, Submit, MAX_DEPTH,
-    MAX_IOVS,
+    iov_windows, slice_iovs, zero_iovs, CompletionQueue, IoBox, IoOp, IoPool, IoRequest, IoStatus, IoVec, SgList,
+    Submit, MAX_DEPTH, MAX_IOVS,
 };
 pub use layer::{LayerCore, LayerHandle, LayerState};
 pub use module::{

@@ -34,7 +34,7 @@ use std::rc::Weak;
 use std::sync::Arc;
 use std::time::Instant;
 
-use keel_bdev::{IoBox, IoOp, IoRequest, IoStatus, SgList, Submit};
+use keel_bdev::{iov_windows, IoBox, IoOp, IoRequest, IoStatus, SgList, Submit};
 use keel_nvme_pcie::{Completion, DataBuf, DmaBuf, DmaPool, IoCommand, QueuePair, Submitted};
 use keel_reactor::{current, PollStatus, PollerHandle};
 
@@ -546,45 +546,23 @@ impl Slots {
 }
 
 /// Copies `len_bytes` of the request's data from byte `off` of `iovs` into bounce buffer `dst`.
-fn copy_to_dma(pool: &DmaPool, dst: &DmaBuf, iovs: &SgList, mut off: u64, len_bytes: u64) {
-    let mut done = 0u64;
-    for v in iovs.iter() {
-        if done == len_bytes {
-            break;
-        }
-        let vlen = u64::from(v.len_bytes);
-        if off >= vlen {
-            off -= vlen;
-            continue;
-        }
-        let take = (vlen - off).min(len_bytes - done);
-        let s = v.offset_bytes as usize + off as usize;
-        let b = v.buf.bytes();
-        let _ = pool.write(dst, done as usize, &b[s..s + take as usize]);
-        done += take;
-        off = 0;
+fn copy_to_dma(pool: &DmaPool, dst: &DmaBuf, iovs: &SgList, off: u64, len_bytes: u64) {
+    let mut done = 0usize;
+    for (v, start, len) in iov_windows(iovs, off, len_bytes) {
+        let (s, n) = (start as usize, len as usize);
+        let _ = pool.write(dst, done, &v.buf.bytes()[s..s + n]);
+        done += n;
     }
 }
 
 /// Copies `len_bytes` from bounce buffer `src` into the request's buffers from byte `off` of
 /// `iovs`.
-fn copy_from_dma(pool: &DmaPool, src: &DmaBuf, iovs: &SgList, mut off: u64, len_bytes: u64) {
-    let mut done = 0u64;
-    for v in iovs.iter() {
-        if done == len_bytes {
-            break;
-        }
-        let vlen = u64::from(v.len_bytes);
-        if off >= vlen {
-            off -= vlen;
-            continue;
-        }
-        let take = (vlen - off).min(len_bytes - done);
-        let s = v.offset_bytes as usize + off as usize;
-        let mut b = v.buf.bytes_mut();
-        let _ = pool.read(src, done as usize, &mut b[s..s + take as usize]);
-        done += take;
-        off = 0;
+fn copy_from_dma(pool: &DmaPool, src: &DmaBuf, iovs: &SgList, off: u64, len_bytes: u64) {
+    let mut done = 0usize;
+    for (v, start, len) in iov_windows(iovs, off, len_bytes) {
+        let (s, n) = (start as usize, len as usize);
+        let _ = pool.read(src, done, &mut v.buf.bytes_mut()[s..s + n]);
+        done += n;
     }
 }
 

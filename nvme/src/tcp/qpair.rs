@@ -33,7 +33,7 @@ use std::sync::mpsc::{Receiver, TryRecvError};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use keel_bdev::{IoBox, IoOp, IoRequest, IoStatus, SgList, Submit};
+use keel_bdev::{iov_windows, IoBox, IoOp, IoRequest, IoStatus, SgList, Submit};
 use keel_nvme_proto::sqe::{
     Command, DataPointer, DatasetManagement, DsmRange, NvmCommand, ReadWrite, SglDescriptor, WriteZeroes, DSM_RANGE_LEN,
 };
@@ -337,44 +337,22 @@ impl IoQpair {
 }
 
 /// Copies the parent's data from byte `off` of `iovs` into `dst`.
-fn copy_out(iovs: &SgList, mut off: u64, dst: &mut [u8]) {
+fn copy_out(iovs: &SgList, off: u64, dst: &mut [u8]) {
     let mut done = 0;
-    for v in iovs.iter() {
-        if done == dst.len() {
-            break;
-        }
-        let vlen = u64::from(v.len_bytes);
-        if off >= vlen {
-            off -= vlen;
-            continue;
-        }
-        let take = ((vlen - off) as usize).min(dst.len() - done);
-        let b = v.buf.bytes();
-        let s = v.offset_bytes as usize + off as usize;
-        dst[done..done + take].copy_from_slice(&b[s..s + take]);
-        done += take;
-        off = 0;
+    for (v, start, len) in iov_windows(iovs, off, dst.len() as u64) {
+        let (s, n) = (start as usize, len as usize);
+        dst[done..done + n].copy_from_slice(&v.buf.bytes()[s..s + n]);
+        done += n;
     }
 }
 
 /// Copies `src` into the parent's buffers from byte `off` of `iovs`.
-fn copy_in(iovs: &SgList, mut off: u64, src: &[u8]) {
+fn copy_in(iovs: &SgList, off: u64, src: &[u8]) {
     let mut done = 0;
-    for v in iovs.iter() {
-        if done == src.len() {
-            break;
-        }
-        let vlen = u64::from(v.len_bytes);
-        if off >= vlen {
-            off -= vlen;
-            continue;
-        }
-        let take = ((vlen - off) as usize).min(src.len() - done);
-        let mut b = v.buf.bytes_mut();
-        let s = v.offset_bytes as usize + off as usize;
-        b[s..s + take].copy_from_slice(&src[done..done + take]);
-        done += take;
-        off = 0;
+    for (v, start, len) in iov_windows(iovs, off, src.len() as u64) {
+        let (s, n) = (start as usize, len as usize);
+        v.buf.bytes_mut()[s..s + n].copy_from_slice(&src[done..done + n]);
+        done += n;
     }
 }
 
